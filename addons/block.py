@@ -1,0 +1,16 @@
+"""geoblock: block or log flows by the domain a client wants and where the server really is.
+
+Run as a mitmproxy script:  mitmdump -s addons/block.py [--set geoblock_rules=rules/ ...]
+The engine lives in the `geoblock` package beside this file; this file only registers the addon.
+"""
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from geoblock.addon import GeoBlock  # noqa: E402
+
+addons = [GeoBlock()]

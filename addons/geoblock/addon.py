@@ -1,0 +1,466 @@
+"""The mitmproxy addon: thin hooks that observe, enrich, decide, enforce and record.
+
+Hooks and what they decide on:
+- `http_connect`: the CONNECT target (explicit proxy), answered with 451 when blocked;
+- `next_layer`: the ClientHello's SNI, refused with a TLS alert when blocked (checked before mitmproxy's
+  own layer choice, so a blocked handshake is never relayed or intercepted);
+- `tls_clienthello`: allowed TLS passes through undecrypted unless `geoblock_intercept` is set;
+- `requestheaders`: Host, :authority and the request target of plain or decrypted HTTP, 451 page;
+- `server_connect`: last line of defence: a connection already judged blocked is never dialled.
+
+Every hook runs under one guard: an exception applies the policy's `on_error` verdict (block by default),
+records it, and is logged once per cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import functools
+import logging
+import os
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import layer as mlayer
+from mitmproxy.proxy.layers import tls as mtls
+
+from . import enforce
+from .decide import Facts, Verdict, decide
+from .geo import Geo
+from .names import IPAddress, InvalidHost, normalize_host, normalize_ip
+from .record import DecisionLog, make_record
+from .resolve import Resolver
+from .rules import RuleError
+from .ruleset import Ruleset
+
+logger = logging.getLogger("geoblock")
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_RULES = os.path.join(REPO, "rules")
+DEFAULT_COUNTRY_DB = os.path.join(REPO, "data", "geoip", "GeoLite2-Country.mmdb")
+DEFAULT_ASN_DB = os.path.join(REPO, "data", "geoip", "GeoLite2-ASN.mmdb")
+DEFAULT_LOG = os.path.join(REPO, "logs", "decisions.jsonl")
+DEFAULT_BLOCKED_BY = "https://geoblock.invalid/"
+
+
+@dataclass
+class ConnState:
+    """What geoblock knows about one client connection."""
+
+    connect_name: str | None = None
+    connect_ip: IPAddress | None = None
+    blocked: Verdict | None = None
+    tls_decided: bool = False
+    tls_allowed: bool = False
+    sni: str | None = None
+    resolved: dict[str, IPAddress | None] = field(default_factory=dict)
+
+
+class Failure(Exception):
+    """A flow geoblock could not judge: its verdict is the policy's on_error."""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def guarded(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Run a hook; on any exception, apply on_error for `stage` (fail closed by default)."""
+
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        async def hook(self: "GeoBlock", obj: Any) -> None:
+            try:
+                await method(self, obj)
+            except Exception as exc:  # noqa: BLE001 - this is the guard
+                self._on_error(stage, obj, exc)
+
+        return hook
+
+    return wrap
+
+
+class GeoBlock:
+    name = "geoblock"  # must not be "block" or "blocklist": those are mitmproxy built-ins
+
+    def __init__(self) -> None:
+        self.ruleset: Ruleset | None = None
+        self.geo: Geo | None = None
+        self.log: DecisionLog | None = None
+        self.resolver = Resolver()
+        self.page = enforce.PageTemplate()
+        self.conns: dict[str, ConnState] = {}
+        self.errors_seen: dict[str, int] = {}
+        self.counts = {"allow": 0, "log": 0, "block": 0, "error": 0}
+
+    # ------------------------------------------------------------------ options
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "geoblock_rules", str, DEFAULT_RULES,
+            "geoblock: a rules file or a directory of *.yaml rule files (policy.yaml + rule lists).",
+        )
+        loader.add_option(
+            "geoblock_country_db", str, DEFAULT_COUNTRY_DB,
+            "geoblock: a GeoIP2/GeoLite2 Country or City database (.mmdb). Empty = none: rules that need "
+            "a country follow unknown_country.",
+        )
+        loader.add_option(
+            "geoblock_asn_db", str, DEFAULT_ASN_DB,
+            "geoblock: a GeoLite2-ASN database (.mmdb). Empty = none: rules on ASNs follow unknown_country.",
+        )
+        loader.add_option(
+            "geoblock_log", str, DEFAULT_LOG,
+            "geoblock: the decision log, one JSON object per line per decision. Empty = off.",
+        )
+        loader.add_option(
+            "geoblock_monitor", bool, False,
+            "geoblock: log-only mode: decide and record every flow (enforced: false), block nothing.",
+        )
+        loader.add_option(
+            "geoblock_intercept", bool, False,
+            "geoblock: decrypt allowed TLS so Host checks apply inside it and blocked HTTPS requests get "
+            "the HTML page (clients must trust mitmproxy's CA). Default: allowed TLS passes through "
+            "undecrypted.",
+        )
+        loader.add_option(
+            "geoblock_block_page", str, "",
+            "geoblock: an HTML template for the 451 page ($host, $rule, $reason, $ts). Empty = built-in.",
+        )
+        loader.add_option(
+            "geoblock_blocked_by", str, DEFAULT_BLOCKED_BY,
+            'geoblock: the URI sent in the 451 answer\'s Link: <URI>; rel="blocked-by" header (RFC 7725).',
+        )
+        loader.add_option(
+            "geoblock_dns_timeout", float, 2.0,
+            "geoblock: seconds to wait for a name's address when a rule needs the server's location.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if "geoblock_rules" in updated:
+            try:
+                ruleset = Ruleset.load(opts.geoblock_rules)
+            except RuleError as exc:
+                raise exceptions.OptionsError(f"geoblock: rules refused: {exc}") from None
+            self.ruleset = ruleset
+            for warning in ruleset.source.warnings:
+                logger.warning(f"geoblock: {warning}")
+            s = ruleset.summary()
+            logger.info(
+                f"geoblock: ruleset {s['version']}: {s['rules']} rules, {s['domains']} domains "
+                f"from {opts.geoblock_rules}"
+            )
+        if updated & {"geoblock_country_db", "geoblock_asn_db", "geoblock_rules"}:
+            if updated & {"geoblock_country_db", "geoblock_asn_db"} or self.geo is None:
+                if self.geo is not None:
+                    self.geo.close()
+                self.geo = Geo(opts.geoblock_country_db or None, opts.geoblock_asn_db or None)
+            self._report_geo()
+        if "geoblock_log" in updated:
+            if self.log is not None:
+                self.log.close()
+                self.log = None
+            if opts.geoblock_log:
+                try:
+                    self.log = DecisionLog(opts.geoblock_log)
+                except OSError as exc:
+                    raise exceptions.OptionsError(
+                        f"geoblock: cannot open the decision log {opts.geoblock_log}: {exc.strerror}"
+                    ) from None
+        if "geoblock_block_page" in updated:
+            try:
+                self.page = (
+                    enforce.PageTemplate.from_file(opts.geoblock_block_page)
+                    if opts.geoblock_block_page
+                    else enforce.PageTemplate()
+                )
+            except (OSError, ValueError, KeyError) as exc:
+                raise exceptions.OptionsError(
+                    f"geoblock: block page template {opts.geoblock_block_page}: {exc}"
+                ) from None
+        if "geoblock_dns_timeout" in updated:
+            if not 0 < opts.geoblock_dns_timeout <= 30:
+                raise exceptions.OptionsError("geoblock: geoblock_dns_timeout must be between 0 and 30 seconds")
+            self.resolver.timeout = opts.geoblock_dns_timeout
+        if "connection_strategy" in updated or "geoblock_rules" in updated:
+            # With "eager", mitmproxy dials the server before the ClientHello is read: a blocked server
+            # would see a connection. geoblock needs "lazy".
+            if getattr(opts, "connection_strategy", "lazy") != "lazy":
+                logger.info("geoblock: setting connection_strategy=lazy so blocked servers are never dialled")
+                opts.update(connection_strategy="lazy")
+
+    def _report_geo(self) -> None:
+        if self.geo is None or self.ruleset is None:
+            return
+        rs = self.ruleset
+        for line in self.geo.describe():
+            logger.info(f"geoblock: {line}")
+        for problem in self.geo.problems:
+            logger.warning(f"geoblock: {problem}")
+        needy = [r.id for r in rs.rules if r.spec.offshore is not None or r.spec.countries]
+        if self.geo.country_info is None and needy:
+            logger.warning(
+                f"geoblock: without a country database, the {len(needy)} rule(s) that need a server's country "
+                f"({', '.join(needy[:5])}{', ...' if len(needy) > 5 else ''}) cannot place servers and give "
+                f"unknown_country={rs.policy.unknown_country}; domain rules are enforced as usual. "
+                f"Install one with scripts/geoip-update or set geoblock_country_db."
+            )
+        asn_rules = [r.id for r in rs.rules if r.spec.asns]
+        if self.geo.asn_info is None and asn_rules:
+            logger.warning(
+                f"geoblock: without an ASN database, the {len(asn_rules)} rule(s) on ASNs give "
+                f"unknown_country={rs.policy.unknown_country}."
+            )
+
+    def running(self) -> None:
+        if self.ruleset is None:  # configure refused the rules: never serve without them
+            logger.error("geoblock: no valid ruleset; shutting down")
+            ctx.master.shutdown()
+
+    def done(self) -> None:
+        self.resolver.close()
+        if self.log is not None:
+            self.log.close()
+        if self.geo is not None:
+            self.geo.close()
+
+    # ------------------------------------------------------------------ enrichment and decision
+
+    def _locate(self, facts: Facts) -> None:
+        if facts.server_ip is not None and self.geo is not None:
+            facts.country, facts.asn = self.geo.lookup(facts.server_ip)
+
+    async def _server_ip(self, state: ConnState | None, name: str | None, ip: IPAddress | None,
+                         names: tuple[str, ...]) -> IPAddress | None:
+        """The server's address: the dialled IP literal, else the resolved name when rules need it."""
+        if ip is not None:
+            return ip
+        rs = self.ruleset
+        if name is None or rs is None or not rs.needs_server_ip(names):
+            return None
+        if state is not None and name in state.resolved:
+            return state.resolved[name]
+        addr = await self.resolver.resolve(name)
+        if state is not None:
+            state.resolved[name] = addr
+        return addr
+
+    def _decide(self, facts: Facts) -> Verdict:
+        rs = self.ruleset
+        if rs is None:
+            raise Failure("no ruleset is loaded")
+        self._locate(facts)
+        return decide(facts, rs)
+
+    def _record(self, facts: Facts, verdict: Verdict, extra: dict[str, Any] | None = None) -> None:
+        self.counts[verdict.action] += 1
+        enforced = not ctx.options.geoblock_monitor
+        if verdict.action != "allow":
+            logger.info(
+                f"geoblock: {verdict.action}{'' if enforced else ' (monitor)'} {facts.stage} "
+                f"{verdict.name or facts.server_ip}: {verdict.reason}"
+            )
+        if self.log is not None:
+            rs = self.ruleset
+            self.log.write(make_record(facts, verdict, enforced, rs.version if rs else None, extra))
+
+    def _enforcing(self, verdict: Verdict) -> bool:
+        return verdict.action == "block" and not ctx.options.geoblock_monitor
+
+    def _state(self, client: Any) -> ConnState:
+        state = self.conns.get(client.id)
+        if state is None:
+            state = self.conns[client.id] = ConnState()
+        return state
+
+    # ------------------------------------------------------------------ hooks
+
+    @guarded("connect")
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        state = self._state(flow.client_conn)
+        facts = Facts("connect", client_ip=_client_ip(flow.client_conn))
+        try:
+            target = normalize_host(flow.request.host)
+        except InvalidHost as exc:
+            return self._invalid(facts, exc, "CONNECT target", flow)
+        if isinstance(target, str):
+            state.connect_name = target
+            facts.names = (target,)
+            facts.host = target
+        else:
+            state.connect_ip = target
+        facts.server_ip = await self._server_ip(state, state.connect_name, state.connect_ip, facts.names)
+        verdict = self._decide(facts)
+        self._record(facts, verdict)
+        if self._enforcing(verdict):
+            state.blocked = verdict
+            flow.response = enforce.connect_refusal(verdict, ctx.options.geoblock_blocked_by)
+
+    @guarded("tls")
+    async def next_layer(self, nextlayer: mlayer.NextLayer) -> None:
+        if nextlayer.layer is not None:
+            return
+        context = nextlayer.context
+        if context.client.transport_protocol != "tcp":
+            return
+        data = nextlayer.data_client()
+        if len(data) < 3 or data[0] != 0x16 or data[1] != 0x03:
+            return
+        state = self._state(context.client)
+        if state.tls_decided:
+            return
+        try:
+            hello = mtls.parse_client_hello(data)
+        except ValueError as exc:
+            raise Failure(f"malformed TLS ClientHello ({exc})") from None
+        if hello is None:
+            return  # wait for the rest of the ClientHello
+        state.tls_decided = True
+        facts = Facts("tls", client_ip=_client_ip(context.client))
+        address = context.server.address
+        if address and state.connect_name is None and state.connect_ip is None:
+            target = normalize_host(address[0])
+            if isinstance(target, str):
+                state.connect_name = target
+            else:
+                state.connect_ip = target
+        names: list[str] = []
+        if hello.sni is not None:
+            facts.sni = hello.sni
+            try:
+                sni = normalize_host(hello.sni)
+            except InvalidHost as exc:
+                return self._invalid(facts, exc, "SNI", nextlayer)
+            if isinstance(sni, str):
+                names.append(sni)
+                state.sni = sni
+        if state.connect_name and state.connect_name not in names:
+            names.append(state.connect_name)
+        facts.names = tuple(names)
+        facts.host = state.connect_name
+        facts.server_ip = await self._server_ip(state, state.connect_name, state.connect_ip, facts.names)
+        verdict = self._decide(facts)
+        self._record(facts, verdict)
+        if self._enforcing(verdict):
+            state.blocked = verdict
+            nextlayer.layer = enforce.DenyTLS(context)
+        else:
+            state.tls_allowed = True
+
+    @guarded("tls")
+    async def tls_clienthello(self, data: mtls.ClientHelloData) -> None:
+        state = self.conns.get(data.context.client.id)
+        if state is None or not state.tls_decided:
+            # The ClientHello reached TLS without geoblock judging it: never pass it through blindly.
+            raise Failure("a TLS handshake reached the TLS layer before geoblock judged it")
+        if state.blocked is not None:
+            data.ignore_connection = False
+            return
+        if state.tls_allowed and not ctx.options.geoblock_intercept:
+            data.ignore_connection = True
+
+    @guarded("http")
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        request = flow.request
+        state = self._state(flow.client_conn)
+        facts = Facts("http", client_ip=_client_ip(flow.client_conn))
+        names: list[str] = []
+        raw_host = request.host_header
+        facts.host = raw_host
+        facts.sni = flow.client_conn.sni
+        for label, value in (("Host", raw_host), ("request target", request.host), ("SNI", flow.client_conn.sni)):
+            if not value:
+                continue
+            try:
+                host = normalize_host(value)
+            except InvalidHost as exc:
+                return self._invalid(facts, exc, label, flow)
+            if isinstance(host, str) and host not in names:
+                names.append(host)
+        facts.names = tuple(names)
+        target = normalize_host(request.host) if request.host else None
+        if isinstance(target, str):
+            name, ip = target, None
+        else:
+            name, ip = None, target
+        if ip is None and state.connect_ip is not None:
+            ip = state.connect_ip
+        facts.server_ip = await self._server_ip(state, name, ip, facts.names)
+        verdict = self._decide(facts)
+        self._record(facts, verdict)
+        if self._enforcing(verdict):
+            flow.response = enforce.block_page(
+                verdict, verdict.name or raw_host or request.host, self.page, ctx.options.geoblock_blocked_by, _now()
+            )
+
+    @guarded("connect")
+    async def server_connect(self, data: Any) -> None:
+        state = self.conns.get(data.client.id)
+        if state is not None and state.blocked is not None and not ctx.options.geoblock_monitor:
+            data.server.error = f"blocked by geoblock rule {state.blocked.rule}"
+
+    def client_disconnected(self, client: Any) -> None:
+        self.conns.pop(client.id, None)
+
+    # ------------------------------------------------------------------ failures
+
+    def _invalid(self, facts: Facts, exc: InvalidHost, field_name: str, target: Any) -> None:
+        """A name that cannot be normalised: judged by on_error, with the offending value named."""
+        rs = self.ruleset
+        action = rs.policy.on_error if rs else "block"
+        verdict = Verdict(action, None, f"{field_name} {exc}; on_error is {action}", None, None)
+        self._record(facts, verdict, {"error": "invalid-input"})
+        self._enforce_stage(facts.stage, target, verdict)
+
+    def _on_error(self, stage: str, obj: Any, exc: Exception) -> None:
+        rs = self.ruleset
+        action = rs.policy.on_error if rs else "block"
+        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        cause = f"{type(exc).__name__} at {os.path.basename(frame.filename)}:{frame.lineno}" if frame else type(exc).__name__
+        seen = self.errors_seen.get(cause, 0)
+        self.errors_seen[cause] = seen + 1
+        self.counts["error"] += 1
+        if seen == 0:
+            logger.error(
+                f"geoblock: error in the {stage} stage, on_error={action} applies to this flow and to every "
+                f"later one with the same cause ({cause}): {exc}",
+                exc_info=(type(exc), exc, exc.__traceback__) if not isinstance(exc, Failure) else None,
+            )
+        verdict = Verdict(action, None, f"geoblock could not judge this flow ({exc}); on_error is {action}", None)
+        try:
+            facts = Facts(stage)
+            self._record(facts, verdict, {"error": cause})
+        except Exception:  # noqa: BLE001 - recording must not stop enforcement
+            pass
+        self._enforce_stage(stage, obj, verdict)
+
+    def _enforce_stage(self, stage: str, obj: Any, verdict: Verdict) -> None:
+        if not self._enforcing(verdict):
+            return
+        if isinstance(obj, http.HTTPFlow):
+            self._state(obj.client_conn).blocked = verdict
+            if obj.request.method == "CONNECT":
+                obj.response = enforce.connect_refusal(verdict, ctx.options.geoblock_blocked_by)
+            else:
+                obj.response = enforce.block_page(
+                    verdict, obj.request.host, self.page, ctx.options.geoblock_blocked_by, _now()
+                )
+        elif isinstance(obj, mlayer.NextLayer):
+            self._state(obj.context.client).blocked = verdict
+            obj.layer = enforce.DenyTLS(obj.context)
+        elif isinstance(obj, mtls.ClientHelloData):
+            self._state(obj.context.client).blocked = verdict
+            obj.ignore_connection = False
+        elif hasattr(obj, "server") and hasattr(obj, "client"):  # ServerConnectionHookData
+            obj.server.error = f"geoblock: {verdict.reason}"
+
+
+def _client_ip(client: Any) -> IPAddress | None:
+    try:
+        return normalize_ip(client.peername[0])
+    except (InvalidHost, TypeError, IndexError, AttributeError):
+        return None

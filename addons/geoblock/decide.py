@@ -1,0 +1,178 @@
+"""The decision: a pure function of what a flow shows (enriched) and the compiled ruleset.
+
+Semantics:
+- a rule matches when all its conditions hold (a list matches when any entry does);
+- the names of a flow (CONNECT target, SNI, Host) are judged one by one, and the strictest verdict
+  of them wins, so a blocked name cannot hide behind an allowed one;
+- for one name, an allow rule beats a block rule, which beats a log rule; with no match, `default`;
+- a rule that needs the server's location (country, offshore, ASN, network) when it cannot be found
+  gives the policy's `unknown_country` verdict, never more than the rule's own action; an allow rule is
+  never granted on an unknown location.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .names import IPAddress, unicode_name
+from .ruleset import SEVERITY, CompiledRule, Ruleset
+
+STAGES = ("connect", "tls", "http", "dns", "ip")
+
+
+@dataclass(slots=True)
+class Facts:
+    """What a flow shows at one stage, normalised and enriched with the server's location."""
+
+    stage: str
+    names: tuple[str, ...] = ()  # normalised, distinct; the first is the main one
+    client_ip: IPAddress | None = None
+    server_ip: IPAddress | None = None
+    country: str | None = None
+    asn: int | None = None
+    country_source: str | None = None  # "geoip" | None
+    sni: str | None = None  # as sent, for the record
+    host: str | None = None  # as sent, for the record
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: str  # allow | log | block
+    rule: str | None
+    reason: str
+    offshore: bool | None
+    name: str | None = None
+
+
+@dataclass(slots=True)
+class _Match:
+    rule: CompiledRule
+    why: str
+    action: str
+    unknown: str | None  # what could not be found, when the verdict comes from unknown_country
+
+
+def decide(facts: Facts, rs: Ruleset) -> Verdict:
+    """The verdict for `facts` under `rs`."""
+    country = facts.country
+    offshore = None if country is None else country not in rs.policy.home_countries
+    client_hits = rs.clients.lookup(facts.client_ip) if rs.clients and facts.client_ip is not None else None
+    server_hits = rs.networks.lookup(facts.server_ip) if rs.networks and facts.server_ip is not None else None
+    best: Verdict | None = None
+    for name in facts.names or (None,):
+        verdict = _decide_name(name, facts, rs, offshore, client_hits, server_hits)
+        if best is None or SEVERITY[verdict.action] > SEVERITY[best.action]:
+            best = verdict
+    assert best is not None
+    return best
+
+
+def _decide_name(
+    name: str | None,
+    facts: Facts,
+    rs: Ruleset,
+    offshore: bool | None,
+    client_hits: frozenset[int] | None,
+    server_hits: frozenset[int] | None,
+) -> Verdict:
+    rules = rs.rules
+    candidates: list[tuple[int, str]] = [(i, "") for i in rs.nameless]
+    if name is not None:
+        candidates.extend(rs.name_hits(name))
+    if not candidates:
+        return Verdict(rs.policy.default, None, _default_reason(name, rs), offshore, name)
+    if len(candidates) > 1:
+        candidates.sort(key=lambda c: c[0])
+    unknown_policy = rs.policy.unknown_country
+    found: dict[str, _Match] = {}
+    for index, why in candidates:
+        rule = rules[index]
+        spec = rule.spec
+        if spec.clients and (client_hits is None or index not in client_hits):
+            continue
+        unknown: str | None = None
+        if rule.needs_server_ip:
+            if spec.networks:
+                if facts.server_ip is None:
+                    unknown = "address"
+                elif server_hits is None or index not in server_hits:
+                    continue
+            if spec.countries or spec.offshore is not None:
+                if facts.country is None:
+                    unknown = unknown or "country"
+                elif spec.countries and facts.country not in spec.countries:
+                    continue
+                elif spec.offshore is not None and offshore != spec.offshore:
+                    continue
+            if spec.asns:
+                if facts.asn is None:
+                    unknown = unknown or "ASN"
+                elif facts.asn not in spec.asns:
+                    continue
+        action = rule.action
+        if unknown is not None:
+            if action == "allow" or unknown_policy == "allow":
+                continue
+            if SEVERITY[unknown_policy] < SEVERITY[action]:
+                action = unknown_policy
+        if action not in found:
+            found[action] = _Match(rule, why, action, unknown)
+    for action in ("allow", "block", "log"):
+        match = found.get(action)
+        if match is not None:
+            return Verdict(action, match.rule.id, _reason(name, facts, rs, offshore, match, found), offshore, name)
+    return Verdict(rs.policy.default, None, _default_reason(name, rs), offshore, name)
+
+
+def _default_reason(name: str | None, rs: Ruleset) -> str:
+    subject = unicode_name(name) if name else "this flow"
+    return f"no rule matches {subject}; the default is {rs.policy.default}"
+
+
+def _where(facts: Facts, offshore: bool | None, rs: Ruleset) -> str:
+    if facts.server_ip is None:
+        return "the server's address is unknown"
+    if facts.country is None:
+        place = f"server {facts.server_ip} has no known country"
+    else:
+        side = "offshore" if offshore else "onshore"
+        home = ",".join(sorted(rs.policy.home_countries)) or "none"
+        place = f"server {facts.server_ip} is in {facts.country} ({side}; home: {home})"
+    if facts.asn is not None:
+        place += f", AS{facts.asn}"
+    return place
+
+
+def _reason(
+    name: str | None,
+    facts: Facts,
+    rs: Ruleset,
+    offshore: bool | None,
+    match: _Match,
+    found: dict[str, _Match],
+) -> str:
+    spec = match.rule.spec
+    parts: list[str] = []
+    if name is not None and match.why:
+        shown = unicode_name(name)
+        if match.why == "pattern":
+            parts.append(f"{shown} matches a name pattern of rule {spec.id}")
+        elif match.why.startswith("="):
+            parts.append(f"{shown} is {match.why[1:]} in rule {spec.id}")
+        else:
+            parts.append(f"{shown} is under {match.why.removeprefix('*.')} in rule {spec.id}")
+    else:
+        parts.append(f"rule {spec.id} applies")
+    if spec.clients and facts.client_ip is not None:
+        parts.append(f"client {facts.client_ip} is in its client networks")
+    if spec.needs_server_ip:
+        parts.append(_where(facts, offshore, rs))
+    if match.unknown is not None:
+        parts.append(
+            f"the rule needs the server's {match.unknown}, which is unknown, so unknown_country "
+            f"({rs.policy.unknown_country}) applies"
+        )
+    sentence = "; ".join(parts) + f": {match.action}"
+    if match.action == "allow" and "block" in found:
+        sentence += f" (overrides block rule {found['block'].rule.id})"
+    return sentence

@@ -1,0 +1,119 @@
+"""The decision log: one JSON object per line per decision.
+
+Each record is written with a single write(2) on a file opened O_APPEND, so a crash of the proxy loses
+at most the line being written, and several workers may share one file. The file is reopened when it
+is moved away (log rotation). A failed write is counted, reported once per cause, and retried on the
+next record.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from .decide import Facts, Verdict
+
+logger = logging.getLogger("geoblock")
+
+_CHECK_EVERY = 1.0  # seconds between checks that the file is still the one at the path
+
+
+def make_record(
+    facts: Facts,
+    verdict: Verdict,
+    enforced: bool,
+    ruleset: str | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "ts": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "stage": facts.stage,
+        "client": None if facts.client_ip is None else str(facts.client_ip),
+        "sni": facts.sni,
+        "host": facts.host,
+        "name": verdict.name,
+        "server_ip": None if facts.server_ip is None else str(facts.server_ip),
+        "country": facts.country,
+        "asn": facts.asn,
+        "offshore": verdict.offshore,
+        "action": verdict.action,
+        "enforced": enforced,
+        "rule": verdict.rule,
+        "reason": verdict.reason,
+        "ruleset": ruleset,
+    }
+    if extra:
+        record.update(extra)
+    return record
+
+
+class DecisionLog:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.written = 0
+        self.lost = 0
+        self._inode: int | None = None
+        self._checked = 0.0
+        self._last_error: str | None = None
+        self._open()
+
+    def _open(self) -> None:
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o640)
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd = fd
+        self._inode = os.fstat(fd).st_ino
+        self._checked = time.monotonic()
+
+    def _rotated(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino != self._inode
+        except OSError:
+            return True
+
+    def write(self, record: dict[str, Any]) -> bool:
+        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode(
+            "utf-8", "backslashreplace"
+        )
+        try:
+            now = time.monotonic()
+            if self.fd is None or (now - self._checked > _CHECK_EVERY and self._rotated()):
+                self._open()
+            elif now - self._checked > _CHECK_EVERY:
+                self._checked = now
+            assert self.fd is not None
+            written = os.write(self.fd, line)
+            if written != len(line):
+                raise OSError(0, f"short write ({written} of {len(line)} bytes)")
+        except OSError as exc:
+            self.lost += 1
+            cause = exc.strerror or str(exc)
+            if cause != self._last_error:
+                self._last_error = cause
+                logger.error(f"geoblock: cannot write the decision log {self.path}: {cause}; "
+                             f"{self.lost} record(s) lost so far, retrying on the next decision")
+            if self.fd is not None:
+                try:
+                    os.close(self.fd)
+                except OSError:
+                    pass
+                self.fd = None
+            return False
+        self.written += 1
+        if self._last_error is not None:
+            logger.warning(f"geoblock: decision log {self.path} writable again; {self.lost} record(s) were lost")
+            self._last_error = None
+        return True
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -1,0 +1,103 @@
+"""Name resolution for rules that need a server's location when only its name is known.
+
+Asynchronous, cached (positive and negative), coalesced (one lookup per name in flight) and bounded:
+lookups run on a small dedicated thread pool, so a slow resolver can never starve the proxy's own
+connection set-up, and each waits at most `timeout` seconds. geoblock never connects to a server to
+learn where it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import socket
+import time
+from collections import OrderedDict
+from typing import Callable
+
+from .names import IPAddress, InvalidHost, normalize_ip
+
+LookupFn = Callable[[str], list[str]]
+
+
+def system_lookup(name: str) -> list[str]:
+    """Addresses for a name from the system resolver (getaddrinfo), in the order it prefers."""
+    infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    return [info[4][0] for info in infos]
+
+
+class Resolver:
+    def __init__(
+        self,
+        timeout: float = 2.0,
+        workers: int = 8,
+        ttl: float = 300.0,
+        negative_ttl: float = 30.0,
+        max_entries: int = 65536,
+        lookup: LookupFn = system_lookup,
+    ) -> None:
+        self.timeout = timeout
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.max_entries = max_entries
+        self._lookup = lookup
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geoblock-dns")
+        self._max_pending = workers * 16
+        self._cache: OrderedDict[str, tuple[float, IPAddress | None]] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[IPAddress | None]] = {}
+        self.stats = {"lookups": 0, "hits": 0, "failures": 0, "timeouts": 0, "shed": 0}
+
+    def cached(self, name: str) -> tuple[bool, IPAddress | None]:
+        entry = self._cache.get(name)
+        if entry is None or entry[0] < time.monotonic():
+            return False, None
+        return True, entry[1]
+
+    async def resolve(self, name: str) -> IPAddress | None:
+        """The first address of `name`, or None when it cannot be resolved in time."""
+        hit, addr = self.cached(name)
+        if hit:
+            self.stats["hits"] += 1
+            return addr
+        pending = self._inflight.get(name)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        if len(self._inflight) >= self._max_pending:
+            self.stats["shed"] += 1
+            return None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[IPAddress | None] = loop.create_future()
+        self._inflight[name] = future
+        try:
+            addr = await self._run(loop, name)
+            future.set_result(addr)
+            return addr
+        finally:
+            del self._inflight[name]
+            if not future.done():
+                future.set_result(None)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, name: str) -> IPAddress | None:
+        self.stats["lookups"] += 1
+        addr: IPAddress | None = None
+        try:
+            found = await asyncio.wait_for(loop.run_in_executor(self._pool, self._lookup, name), self.timeout)
+            for text in found:
+                try:
+                    addr = normalize_ip(text)
+                    break
+                except InvalidHost:
+                    continue
+        except asyncio.TimeoutError:
+            self.stats["timeouts"] += 1
+        except (OSError, UnicodeError, ValueError):
+            self.stats["failures"] += 1
+        ttl = self.ttl if addr is not None else self.negative_ttl
+        self._cache[name] = (time.monotonic() + ttl, addr)
+        self._cache.move_to_end(name)
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+        return addr
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,421 @@
+"""Reading and validating rule files (YAML) into plain, typed rule specifications.
+
+A rules source is one YAML file or a directory of them (*.yaml, *.yml; hidden files and editor
+back-ups are skipped; files are read in name order). Each file is a mapping that may hold:
+
+- policy keys (`home_countries`, `default`, `unknown_country`, `on_error`), normally in policy.yaml;
+  a key may be set in one file only;
+- `rules`: a list of rules.
+
+Every problem raises `RuleError` naming the file and line: bad YAML, unknown or duplicate keys, a bad
+CIDR, country code, ASN, domain or action, a duplicate rule id. Nothing here imports mitmproxy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .countries import ISO_3166_ALPHA2, suggest_country
+from .names import InvalidHost, normalize_host
+
+ACTIONS = ("allow", "log", "block")
+ON_ERROR = ("block", "allow")
+POLICY_KEYS = ("home_countries", "default", "unknown_country", "on_error")
+RULE_KEYS = (
+    "id",
+    "action",
+    "description",
+    "domains",
+    "patterns",
+    "offshore",
+    "countries",
+    "asns",
+    "networks",
+    "clients",
+)
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+_PATTERN = re.compile(r"[a-z0-9_.*?-]+\Z")
+
+
+class RuleError(ValueError):
+    """A rule file that cannot be used. `str()` is "file:line: message"."""
+
+    def __init__(self, path: str | os.PathLike[str], line: int | None, message: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.message = message
+        where = self.path if line is None else f"{self.path}:{line}"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """One entry of `domains`: `name` (name and subdomains), `=name` (exact), `*.name` (subdomains)."""
+
+    name: str
+    mode: str  # "tree" | "exact" | "below"
+    text: str  # as written, for explanations
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    id: str
+    action: str
+    source: str  # "file:line"
+    description: str = ""
+    domains: tuple[DomainSpec, ...] = ()
+    patterns: tuple[str, ...] = ()
+    offshore: bool | None = None
+    countries: frozenset[str] = frozenset()
+    asns: frozenset[int] = frozenset()
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @property
+    def has_name_condition(self) -> bool:
+        return bool(self.domains or self.patterns)
+
+    @property
+    def needs_location(self) -> bool:
+        """True when the rule needs the server's country or ASN."""
+        return self.offshore is not None or bool(self.countries) or bool(self.asns)
+
+    @property
+    def needs_server_ip(self) -> bool:
+        return self.needs_location or bool(self.networks)
+
+
+@dataclass(frozen=True)
+class Policy:
+    home_countries: frozenset[str] = frozenset()
+    default: str = "allow"
+    unknown_country: str = "log"
+    on_error: str = "block"
+
+
+@dataclass(frozen=True)
+class RuleSource:
+    """Everything read from a rules file or directory, before compilation."""
+
+    policy: Policy
+    rules: tuple[RuleSpec, ...]
+    files: tuple[str, ...]
+    version: str  # sha256 over file names and contents, shortened
+    warnings: tuple[str, ...] = field(default=())
+
+
+# --------------------------------------------------------------------------------------------
+# YAML with line numbers
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when libyaml is present
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+_NULL = "tag:yaml.org,2002:null"
+
+
+def _compose(path: Path, text: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise RuleError(path, line, f"bad YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise RuleError(path, None, f"bad YAML: {exc}") from None
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _mapping(path: Path, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    if not isinstance(node, yaml.MappingNode):
+        raise RuleError(path, _line(node), f"{what} must be a mapping")
+    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise RuleError(path, _line(key_node), f"{what}: keys must be plain names")
+        key = key_node.value
+        if key in out:
+            raise RuleError(
+                path, _line(key_node), f"{what}: duplicate key {key!r} (first on line {_line(out[key][0])})"
+            )
+        out[key] = (key_node, value_node)
+    return out
+
+
+def _scalar(path: Path, node: yaml.Node, what: str) -> Any:
+    """The Python value of a scalar node, typed as YAML reads it (int, bool, str, ...)."""
+    if not isinstance(node, yaml.ScalarNode):
+        raise RuleError(path, _line(node), f"{what} must be a single value")
+    construct = _CONSTRUCTOR.yaml_constructors.get(node.tag)
+    if construct is None:
+        return node.value
+    try:
+        return construct(_CONSTRUCTOR, node)
+    except (yaml.YAMLError, ValueError):
+        return node.value
+
+
+def _string(path: Path, node: yaml.Node, what: str) -> str:
+    value = _scalar(path, node, what)
+    if not isinstance(value, str) or not value.strip():
+        raise RuleError(path, _line(node), f"{what} must be a non-empty string, not {value!r}")
+    return value.strip()
+
+
+def _list(path: Path, node: yaml.Node, what: str) -> list[yaml.Node]:
+    if isinstance(node, yaml.ScalarNode) and node.tag != _NULL:
+        return [node]  # a single value is accepted where a list is expected
+    if isinstance(node, yaml.ScalarNode):
+        raise RuleError(path, _line(node), f"{what} must be a list, not empty")
+    if not isinstance(node, yaml.SequenceNode):
+        raise RuleError(path, _line(node), f"{what} must be a list")
+    if not node.value:
+        raise RuleError(path, _line(node), f"{what} is an empty list")
+    return list(node.value)
+
+
+def _choice(path: Path, node: yaml.Node, what: str, choices: tuple[str, ...]) -> str:
+    value = _scalar(path, node, what)
+    if value is True:  # YAML 1.1 reads a bare "on"/"yes" as true
+        value = "true"
+    if not isinstance(value, str) or value not in choices:
+        raise RuleError(path, _line(node), f"{what} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Field parsers
+
+
+def parse_country(path: Path, node: yaml.Node, what: str) -> str:
+    value = _scalar(path, node, what)
+    code = value.upper() if isinstance(value, str) else value
+    if not isinstance(code, str) or code not in ISO_3166_ALPHA2:
+        hint = suggest_country(code) if isinstance(code, str) else None
+        extra = f" (did you mean {hint}?)" if hint else ""
+        raise RuleError(
+            path, _line(node), f"{what}: {value!r} is not an ISO 3166 alpha-2 country code{extra}"
+        )
+    return code
+
+
+def parse_asn(path: Path, node: yaml.Node, what: str) -> int:
+    value = _scalar(path, node, what)
+    if isinstance(value, str) and value.upper().startswith("AS") and value[2:].isdigit():
+        value = int(value[2:])
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**32:
+        raise RuleError(path, _line(node), f"{what}: {value!r} is not an AS number (1 to 4294967295)")
+    return value
+
+
+def parse_network(path: Path, node: yaml.Node, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    value = _scalar(path, node, what)
+    try:
+        net = ipaddress.ip_network(str(value).strip(), strict=True)
+    except ValueError as exc:
+        raise RuleError(path, _line(node), f"{what}: {value!r} is not a valid CIDR network ({exc})") from None
+    if net.version == 6 and net.prefixlen >= 96 and net.network_address.ipv4_mapped is not None:
+        # ::ffff:a.b.c.d/n covers IPv4 addresses, which geoblock always compares as IPv4.
+        net = ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
+    return net
+
+
+def parse_domain(path: Path, node: yaml.Node, what: str) -> DomainSpec:
+    text = _string(path, node, what)
+    mode, name = "tree", text
+    if name.startswith("="):
+        mode, name = "exact", name[1:]
+    elif name.startswith("*."):
+        mode, name = "below", name[2:]
+    try:
+        host = normalize_host(name)
+    except InvalidHost as exc:
+        raise RuleError(path, _line(node), f"{what}: {text!r} is not a valid domain ({exc.why})") from None
+    if not isinstance(host, str):
+        raise RuleError(path, _line(node), f"{what}: {text!r} is an IP address; put it under networks")
+    if ":" in name or "/" in name:
+        raise RuleError(path, _line(node), f"{what}: {text!r} must be a bare domain (no port, scheme or path)")
+    return DomainSpec(host, mode, text)
+
+
+def parse_pattern(path: Path, node: yaml.Node, what: str) -> str:
+    text = _string(path, node, what).lower()
+    if not _PATTERN.match(text) or "*" not in text and "?" not in text:
+        raise RuleError(
+            path,
+            _line(node),
+            f"{what}: {text!r} is not a name pattern (letters, digits, '-', '.', with '*' or '?' wildcards)",
+        )
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def _parse_rule(path: Path, node: yaml.Node, index: int) -> RuleSpec:
+    where = f"rule #{index + 1}"
+    fields = _mapping(path, node, where)
+    if "id" in fields:
+        rule_id = _string(path, fields["id"][1], f"{where}: id")
+        if not _ID.match(rule_id):
+            raise RuleError(
+                path, _line(fields["id"][1]), f"rule id {rule_id!r}: use letters, digits, '.', '_', ':' or '-'"
+            )
+        where = f"rule {rule_id!r}"
+    else:
+        raise RuleError(path, _line(node), f"{where}: missing key 'id'")
+    for key, (key_node, _) in fields.items():
+        if key not in RULE_KEYS:
+            raise RuleError(
+                path, _line(key_node), f"{where}: unknown key {key!r} (allowed: {', '.join(RULE_KEYS)})"
+            )
+    if "action" not in fields:
+        raise RuleError(path, _line(node), f"{where}: missing key 'action' (one of {', '.join(ACTIONS)})")
+    action = _choice(path, fields["action"][1], f"{where}: action", ACTIONS)
+    kwargs: dict[str, Any] = {}
+    if "description" in fields:
+        kwargs["description"] = _string(path, fields["description"][1], f"{where}: description")
+    if "domains" in fields:
+        kwargs["domains"] = tuple(
+            parse_domain(path, n, f"{where}: domains") for n in _list(path, fields["domains"][1], f"{where}: domains")
+        )
+    if "patterns" in fields:
+        kwargs["patterns"] = tuple(
+            parse_pattern(path, n, f"{where}: patterns")
+            for n in _list(path, fields["patterns"][1], f"{where}: patterns")
+        )
+    if "offshore" in fields:
+        value = _scalar(path, fields["offshore"][1], f"{where}: offshore")
+        if not isinstance(value, bool):
+            raise RuleError(path, _line(fields["offshore"][1]), f"{where}: offshore must be true or false")
+        kwargs["offshore"] = value
+    if "countries" in fields:
+        kwargs["countries"] = frozenset(
+            parse_country(path, n, f"{where}: countries")
+            for n in _list(path, fields["countries"][1], f"{where}: countries")
+        )
+    if "asns" in fields:
+        kwargs["asns"] = frozenset(
+            parse_asn(path, n, f"{where}: asns") for n in _list(path, fields["asns"][1], f"{where}: asns")
+        )
+    for key in ("networks", "clients"):
+        if key in fields:
+            kwargs[key] = tuple(
+                parse_network(path, n, f"{where}: {key}") for n in _list(path, fields[key][1], f"{where}: {key}")
+            )
+    spec = RuleSpec(id=rule_id, action=action, source=f"{path}:{_line(node)}", **kwargs)
+    if not (spec.has_name_condition or spec.needs_server_ip or spec.clients):
+        raise RuleError(
+            path,
+            _line(node),
+            f"{where} has no condition (domains, patterns, offshore, countries, asns, networks or clients); "
+            "set `default` in policy.yaml to change what happens when no rule matches",
+        )
+    return spec
+
+
+def _parse_policy_value(path: Path, key: str, node: yaml.Node) -> Any:
+    if key == "home_countries":
+        if isinstance(node, yaml.SequenceNode) and not node.value:
+            return frozenset()
+        return frozenset(parse_country(path, n, "home_countries") for n in _list(path, node, "home_countries"))
+    if key == "on_error":
+        return _choice(path, node, key, ON_ERROR)
+    return _choice(path, node, key, ACTIONS)
+
+
+def read_file(path: Path, text: str) -> tuple[dict[str, tuple[Any, int]], list[RuleSpec]]:
+    """Parse one file: its policy keys (value, line) and its rules."""
+    root = _compose(path, text)
+    if root is None:
+        return {}, []
+    top = _mapping(path, root, "the file")
+    policy: dict[str, tuple[Any, int]] = {}
+    rules: list[RuleSpec] = []
+    for key, (key_node, value_node) in top.items():
+        if key in POLICY_KEYS:
+            policy[key] = (_parse_policy_value(path, key, value_node), _line(key_node))
+        elif key == "rules":
+            if isinstance(value_node, yaml.ScalarNode) and value_node.tag == _NULL:
+                continue
+            if not isinstance(value_node, yaml.SequenceNode):
+                raise RuleError(path, _line(value_node), "rules must be a list of rules")
+            rules.extend(_parse_rule(path, n, i) for i, n in enumerate(value_node.value))
+        else:
+            raise RuleError(
+                path,
+                _line(key_node),
+                f"unknown key {key!r} (allowed at the top of a file: {', '.join(POLICY_KEYS)}, rules)",
+            )
+    return policy, rules
+
+
+def rule_files(source: str | os.PathLike[str]) -> list[Path]:
+    """The files a rules source consists of, in the order they are read."""
+    path = Path(source)
+    if path.is_dir():
+        return sorted(
+            p
+            for p in path.iterdir()
+            if p.suffix in (".yaml", ".yml") and not p.name.startswith((".", "#", "~")) and p.is_file()
+        )
+    if path.is_file():
+        return [path]
+    raise RuleError(path, None, "no such rules file or directory")
+
+
+def load_rules(source: str | os.PathLike[str]) -> RuleSource:
+    """Read and validate a rules file or directory. Raises RuleError."""
+    files = rule_files(source)
+    if not files:
+        raise RuleError(source, None, "no rule files (*.yaml) in this directory")
+    digest = hashlib.sha256()
+    policy_values: dict[str, tuple[Any, str]] = {}
+    all_rules: list[RuleSpec] = []
+    seen: dict[str, str] = {}
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise RuleError(path, None, f"cannot read: {exc.strerror}") from None
+        digest.update(path.name.encode() + b"\0" + data + b"\0")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise RuleError(path, line, "not UTF-8 text") from None
+        policy, rules = read_file(path, text)
+        for key, (value, line) in policy.items():
+            if key in policy_values:
+                raise RuleError(path, line, f"{key} is already set in {policy_values[key][1]}")
+            policy_values[key] = (value, f"{path}:{line}")
+        for rule in rules:
+            if rule.id in seen:
+                raise RuleError(
+                    path, int(rule.source.rsplit(":", 1)[1]), f"duplicate rule id {rule.id!r} (first at {seen[rule.id]})"
+                )
+            seen[rule.id] = rule.source
+            all_rules.append(rule)
+    warnings = []
+    if "home_countries" not in policy_values and any(r.offshore is not None for r in all_rules):
+        warnings.append("home_countries is not set: every server with a known country counts as offshore")
+    policy = Policy(**{k: v for k, (v, _) in policy_values.items()})
+    return RuleSource(
+        policy=policy,
+        rules=tuple(all_rules),
+        files=tuple(str(p) for p in files),
+        version=digest.hexdigest()[:12],
+        warnings=tuple(warnings),
+    )

@@ -1,0 +1,154 @@
+"""Compiling rule specifications into lookup structures.
+
+A `Ruleset` is immutable: a reload compiles a new one and swaps it in whole. Lookups cost a handful of
+dict probes whatever the number of rules:
+
+- domain entries live in three suffix maps (name and subdomains, exact name, subdomains only); a name is
+  looked up by walking its suffixes (api.binance.com, binance.com, com);
+- networks (server side) and clients live in a `PrefixTable`: one dict per prefix length in use;
+- rules without a name condition are candidates for every flow;
+- patterns (globs such as `*exchange*`) compile into one regular expression per rule.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+from .names import IPAddress
+from .rules import Policy, RuleSource, RuleSpec, load_rules
+
+SEVERITY = {"allow": 0, "log": 1, "block": 2}
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class PrefixTable:
+    """Longest-and-shortest prefix lookup: every stored network containing an address."""
+
+    __slots__ = ("_v4", "_v6")
+
+    def __init__(self, entries: Iterable[tuple[Network, int]]) -> None:
+        v4: dict[int, dict[int, list[int]]] = {}
+        v6: dict[int, dict[int, list[int]]] = {}
+        for net, payload in entries:
+            table, bits = (v4, 32) if net.version == 4 else (v6, 128)
+            key = int(net.network_address) >> (bits - net.prefixlen)
+            table.setdefault(net.prefixlen, {}).setdefault(key, []).append(payload)
+        self._v4 = tuple((32 - plen, keys) for plen, keys in sorted(v4.items()))
+        self._v6 = tuple((128 - plen, keys) for plen, keys in sorted(v6.items()))
+
+    def __bool__(self) -> bool:
+        return bool(self._v4 or self._v6)
+
+    def lookup(self, addr: IPAddress) -> frozenset[int]:
+        value = int(addr)
+        hits: list[int] = []
+        for shift, keys in self._v4 if addr.version == 4 else self._v6:
+            found = keys.get(value >> shift)
+            if found:
+                hits.extend(found)
+        return frozenset(hits)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    index: int
+    spec: RuleSpec
+    id: str
+    action: str
+    pattern: re.Pattern[str] | None
+    needs_server_ip: bool
+
+
+class Ruleset:
+    """A compiled, immutable ruleset."""
+
+    def __init__(self, source: RuleSource) -> None:
+        self.source = source
+        self.policy: Policy = source.policy
+        self.version = source.version
+        self.rules: tuple[CompiledRule, ...] = tuple(
+            CompiledRule(
+                index=i,
+                spec=spec,
+                id=spec.id,
+                action=spec.action,
+                pattern=_compile_patterns(spec.patterns),
+                needs_server_ip=spec.needs_server_ip,
+            )
+            for i, spec in enumerate(source.rules)
+        )
+        self.tree: dict[str, list[tuple[int, str]]] = {}
+        self.exact: dict[str, list[tuple[int, str]]] = {}
+        self.below: dict[str, list[tuple[int, str]]] = {}
+        maps = {"tree": self.tree, "exact": self.exact, "below": self.below}
+        for rule in self.rules:
+            for dom in rule.spec.domains:
+                maps[dom.mode].setdefault(dom.name, []).append((rule.index, dom.text))
+        self.pattern_rules = tuple(r for r in self.rules if r.pattern is not None)
+        self.nameless = tuple(r.index for r in self.rules if not r.spec.has_name_condition)
+        self.nameless_need_server = any(self.rules[i].needs_server_ip for i in self.nameless)
+        self.networks = PrefixTable((net, r.index) for r in self.rules for net in r.spec.networks)
+        self.clients = PrefixTable((net, r.index) for r in self.rules for net in r.spec.clients)
+        self.domain_count = sum(len(r.spec.domains) for r in self.rules)
+        self.needs_country = any(r.spec.offshore is not None or r.spec.countries for r in self.rules)
+        self.needs_asn = any(r.spec.asns for r in self.rules)
+
+    @classmethod
+    def load(cls, source: str) -> "Ruleset":
+        """Read, validate and compile a rules file or directory. Raises RuleError."""
+        return cls(load_rules(source))
+
+    def name_hits(self, name: str) -> list[tuple[int, str]]:
+        """(rule index, why) for every rule whose name condition covers `name`."""
+        hits: list[tuple[int, str]] = []
+        found = self.exact.get(name)
+        if found:
+            hits.extend(found)
+        found = self.tree.get(name)
+        if found:
+            hits.extend(found)
+        tree, below = self.tree, self.below
+        dot = name.find(".")
+        while dot >= 0:
+            suffix = name[dot + 1 :]
+            found = tree.get(suffix)
+            if found:
+                hits.extend(found)
+            found = below.get(suffix)
+            if found:
+                hits.extend(found)
+            dot = name.find(".", dot + 1)
+        for rule in self.pattern_rules:
+            if rule.pattern.match(name):  # type: ignore[union-attr]
+                hits.append((rule.index, "pattern"))
+        return hits
+
+    def needs_server_ip(self, names: Iterable[str]) -> bool:
+        """Whether a verdict for these names could depend on the server's address or location."""
+        if self.nameless_need_server:
+            return True
+        rules = self.rules
+        return any(rules[i].needs_server_ip for name in names for i, _ in self.name_hits(name))
+
+    def summary(self) -> dict[str, object]:
+        counts = {a: 0 for a in SEVERITY}
+        for rule in self.rules:
+            counts[rule.action] += 1
+        return {
+            "version": self.version,
+            "rules": len(self.rules),
+            "domains": self.domain_count,
+            "by_action": counts,
+            "files": list(self.source.files),
+        }
+
+
+def _compile_patterns(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
