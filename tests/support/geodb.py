@@ -1,0 +1,53 @@
+"""Real MaxMind-format test databases, written with mmdb-writer.
+
+The loopback addresses the end-to-end tests serve on are placed in different countries:
+
+| address    | country        | ASN   |
+|------------|----------------|-------|
+| 127.0.0.1  | CN (home)      | 64500 |
+| 127.0.0.2  | SG (offshore)  | 64501 |
+| 127.0.0.3  | US (offshore)  | 64502 |
+| 127.0.0.4  | (not placed)   | -     |
+| 127.0.0.5  | SG (offshore)  | 64501 |
+| ::1        | CN (home)      | 64500 |
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmdb_writer import MMDBWriter, MmdbU32
+from netaddr import IPSet
+
+PLACES: dict[str, tuple[str, int]] = {
+    "127.0.0.1/32": ("CN", 64500),
+    "127.0.0.2/32": ("SG", 64501),
+    "127.0.0.3/32": ("US", 64502),
+    "127.0.0.5/32": ("SG", 64501),
+    "::1/128": ("CN", 64500),
+}
+
+
+def write_country_db(path: Path, places: dict[str, tuple[str, int]] = PLACES,
+                     edition: str = "GeoLite2-Country") -> Path:
+    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type=edition,
+                        languages=["en"], description="geoblock test country database")
+    for net, (country, _) in places.items():
+        writer.insert_network(IPSet([net]), {
+            "country": {"iso_code": country, "names": {"en": country}},
+            "registered_country": {"iso_code": country},
+        })
+    writer.to_db_file(str(path))
+    return path
+
+
+def write_asn_db(path: Path, places: dict[str, tuple[str, int]] = PLACES) -> Path:
+    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-ASN",
+                        languages=["en"], description="geoblock test ASN database")
+    for net, (_, asn) in places.items():
+        writer.insert_network(IPSet([net]), {
+            "autonomous_system_number": MmdbU32(asn),
+            "autonomous_system_organization": f"Test AS{asn}",
+        })
+    writer.to_db_file(str(path))
+    return path

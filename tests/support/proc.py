@@ -1,0 +1,87 @@
+"""Running a real mitmdump with geoblock for tests, benchmarks and recording scripts."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BLOCK_PY = REPO / "addons" / "block.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mitmdump_path() -> str:
+    return str(Path(sys.executable).with_name("mitmdump"))
+
+
+class Mitmdump:
+    """`mitmdump` as a child process on 127.0.0.1:<port>; `with_geoblock=False` runs it bare."""
+
+    def __init__(self, confdir: Path, options: dict[str, object] | None = None, with_geoblock: bool = True,
+                 extra_args: list[str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.confdir = confdir
+        self.args = [mitmdump_path(), "--listen-host", "127.0.0.1", "-p", str(self.port),
+                     "--set", f"confdir={confdir}", "--set", "termlog_verbosity=info"]
+        if with_geoblock:
+            self.args += ["-s", str(BLOCK_PY)]
+        for key, value in (options or {}).items():
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            self.args += ["--set", f"{key}={value}"]
+        self.args += extra_args or []
+        self.log_path = confdir / f"mitmdump-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> "Mitmdump":
+        self.confdir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mitmdump exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"mitmdump did not listen on {self.port}:\n{self.output()}")
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def __enter__(self) -> "Mitmdump":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,146 @@
+"""Local test servers on loopback addresses: HTTP and HTTPS, each counting the TCP connections it
+accepted, so a test can assert that a blocked server saw nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import ipaddress
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+TEST_NAMES = [
+    "allowed.test", "www.allowed.test", "binance.com", "api.binance.com", "okx.com",
+    "offshore-only.test", "coin-exchange.test", "localhost", "xn--bcher-kva.example",
+]
+
+
+@dataclass
+class TestPKI:
+    ca_pem: Path
+    cert_pem: Path
+    key_pem: Path
+    cert_der: bytes
+
+
+def make_pki(directory: Path, names: list[str] = TEST_NAMES) -> TestPKI:
+    """A test CA and one server certificate for `names` and the loopback addresses."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "geoblock test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    sans += [x509.IPAddress(ipaddress.ip_address(f"127.0.0.{i}")) for i in range(1, 8)]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pki = TestPKI(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem",
+                  cert.public_bytes(serialization.Encoding.DER))
+    pki.ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    pki.cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pki.key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+    return pki
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        server: "_HTTPServer" = self.server  # type: ignore[assignment]
+        server.owner.requests.append((self.headers.get("Host"), self.path))
+        body = f"hello from {server.owner.host}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    owner: "TestServer"
+
+    def get_request(self):  # type: ignore[no-untyped-def]
+        sock, addr = self.socket.accept()
+        with self.owner.lock:
+            self.owner.connections += 1
+        return sock, addr
+
+    def finish_request(self, request, client_address):  # type: ignore[no-untyped-def]
+        if self.owner.tls is not None:
+            try:
+                request = self.owner.tls.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError):
+                with self.owner.lock:
+                    self.owner.tls_failures += 1
+                return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request, client_address):  # type: ignore[no-untyped-def]
+        pass
+
+
+class TestServer:
+    """An HTTP(S) server on `host`, port chosen by the system; `.connections` counts accepted TCP."""
+
+    def __init__(self, host: str, pki: TestPKI | None = None) -> None:
+        self.host = host
+        self.connections = 0
+        self.tls_failures = 0
+        self.requests: list[tuple[str | None, str]] = []
+        self.lock = threading.Lock()
+        self.tls: ssl.SSLContext | None = None
+        if pki is not None:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(pki.cert_pem, pki.key_pem)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        _HTTPServer.address_family = family
+        self.httpd = _HTTPServer((host, 0), _Handler)
+        self.httpd.owner = self
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.connections = 0
+            self.tls_failures = 0
+            self.requests.clear()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

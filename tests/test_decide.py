@@ -1,0 +1,168 @@
+"""Matching and precedence, on real compiled rule files (shipped rules + tests/rules/extra.yaml) and a
+real GeoIP test database (127.0.0.1 = CN home, .2 = SG, .3 = US AS64502, .4 = not placed, .5 = SG)."""
+
+from pathlib import Path
+
+import pytest
+
+from geoblock.decide import Facts, decide
+from geoblock.geo import Geo
+from geoblock.names import normalize_host, normalize_ip
+from geoblock.ruleset import Ruleset
+
+
+@pytest.fixture(scope="module")
+def rs(rules_dir):
+    return Ruleset.load(str(rules_dir))
+
+
+@pytest.fixture(scope="module")
+def geo(geo_dir):
+    return Geo(str(geo_dir / "GeoLite2-Country.mmdb"), str(geo_dir / "GeoLite2-ASN.mmdb"))
+
+
+def judge(rs, geo, *names, server=None, client="127.0.0.1", stage="tls"):
+    facts = Facts(stage, names=tuple(normalize_host(n) for n in names),
+                  client_ip=normalize_ip(client) if client else None,
+                  server_ip=normalize_ip(server) if server else None)
+    if facts.server_ip is not None:
+        facts.country, facts.asn = geo.lookup(facts.server_ip)
+    return decide(facts, rs)
+
+
+@pytest.mark.parametrize("name, action, rule", [
+    ("binance.com", "block", "offshore-crypto-exchanges"),
+    ("api.binance.com", "block", "offshore-crypto-exchanges"),
+    ("WWW.Binance.COM.", "block", "offshore-crypto-exchanges"),
+    ("okx.com:443", "block", "offshore-crypto-exchanges"),
+    ("bitfinex.com", "block", "offshore-crypto-exchanges"),
+    ("notbinance.com", "allow", None),
+    ("binance.com.evil.test", "allow", None),
+    ("pay.binance.com", "allow", "exact-allow"),          # exact allow beats the block
+    ("www.pay.binance.com", "block", "offshore-crypto-exchanges"),  # "=name" is that name only
+    ("bücher.example", "block", "idn-block"),
+    ("xn--bcher-kva.example", "block", "idn-block"),
+    ("shop.BÜCHER.example", "block", "idn-block"),
+    ("wild.test", "allow", None),                          # "*.name" is subdomains only
+    ("a.wild.test", "block", "below-only"),
+])
+def test_names_at_a_home_server(rs, geo, name, action, rule):
+    v = judge(rs, geo, name, server="127.0.0.1")
+    assert (v.action, v.rule) == (action, rule), v.reason
+
+
+def test_reason_explains_the_match_and_the_override(rs, geo):
+    v = judge(rs, geo, "api.binance.com", server="127.0.0.2")
+    assert v.reason.startswith("api.binance.com is under binance.com in rule offshore-crypto-exchanges")
+    v = judge(rs, geo, "pay.binance.com", server="127.0.0.2")
+    assert "overrides block rule offshore-crypto-exchanges" in v.reason
+    v = judge(rs, geo, "example.org", server="127.0.0.1")
+    assert v.reason == "no rule matches example.org; the default is allow"
+
+
+@pytest.mark.parametrize("server, action, rule, offshore", [
+    ("127.0.0.2", "block", "offshore-only", True),    # SG: offshore
+    ("127.0.0.1", "allow", None, False),               # CN: home
+    ("127.0.0.4", "log", "offshore-only", None),       # not placed: unknown_country = log
+    (None, "log", "offshore-only", None),              # address unknown (name did not resolve)
+])
+def test_offshore_rule_depends_on_the_server_country(rs, geo, server, action, rule, offshore):
+    v = judge(rs, geo, "offshore-only.test", server=server)
+    assert (v.action, v.rule, v.offshore) == (action, rule, offshore), v.reason
+    if action == "log":
+        assert "unknown_country (log) applies" in v.reason
+
+
+def test_network_rule_blocks_any_name_and_no_name(rs, geo):
+    assert judge(rs, geo, "allowed.test", server="127.0.0.5").rule == "blocked-network"
+    assert judge(rs, geo, server="127.0.0.5").action == "block"
+    assert judge(rs, geo, server="::ffff:127.0.0.5").action == "block"  # IPv4-mapped
+    assert judge(rs, geo, server="2001:db8:5::9").action == "block"
+    # 127.0.0.6 is outside the network; it has no ASN either, so the ASN rule gives unknown_country
+    v = judge(rs, geo, server="127.0.0.6")
+    assert (v.action, v.rule) == ("log", "us-asn-log")
+
+
+def test_asn_rule_logs(rs, geo):
+    v = judge(rs, geo, "allowed.test", server="127.0.0.3")
+    assert (v.action, v.rule) == ("log", "us-asn-log")
+    assert "AS64502" in v.reason
+
+
+def test_client_rule(rs, geo):
+    assert judge(rs, geo, "allowed.test", server="127.0.0.1", client="127.0.0.9").rule == "blocked-client"
+    assert judge(rs, geo, "allowed.test", server="127.0.0.1", client="127.0.0.8").action == "allow"
+
+
+@pytest.mark.parametrize("server, action", [("127.0.0.2", "log"), ("127.0.0.3", "log"), ("127.0.0.1", "allow")])
+def test_review_pattern_rule_logs_offshore_trading_names(rs, geo, server, action):
+    v = judge(rs, geo, "coin-exchange.test", server=server)
+    assert v.action == action, v.reason
+    if server == "127.0.0.2":
+        assert v.rule == "review-offshore-trading-names"
+
+
+def test_strictest_name_wins_across_sni_and_host(rs, geo):
+    v = judge(rs, geo, "allowed.test", "binance.com", server="127.0.0.1")
+    assert (v.action, v.name) == ("block", "binance.com")
+    v = judge(rs, geo, "pay.binance.com", "binance.com", server="127.0.0.1")
+    assert v.action == "block"
+
+
+def test_no_names_and_no_rules_gives_default(rs, geo):
+    v = judge(rs, geo, server="127.0.0.1")
+    assert v.action == "allow" and v.rule is None
+
+
+# --- precedence and unknown_country, on small rule directories --------------------------------
+
+def ruleset(tmp_path: Path, policy: str, rules: str) -> Ruleset:
+    (tmp_path / "policy.yaml").write_text(policy)
+    (tmp_path / "r.yaml").write_text(rules)
+    return Ruleset.load(str(tmp_path))
+
+
+SAME_NAME = """rules:
+  - {id: l, action: log, domains: [x.test]}
+  - {id: b, action: block, domains: [x.test]}
+  - {id: a, action: allow, domains: [x.test], countries: [CN]}
+"""
+
+
+def test_allow_beats_block_beats_log(tmp_path, geo):
+    rs = ruleset(tmp_path, "home_countries: [CN]\n", SAME_NAME)
+    assert judge(rs, geo, "x.test", server="127.0.0.1").rule == "a"   # CN: allow applies
+    assert judge(rs, geo, "x.test", server="127.0.0.2").rule == "b"   # SG: allow does not apply
+    assert judge(rs, geo, "x.test", server="127.0.0.4").rule == "b"   # unknown: allow never granted
+
+
+@pytest.mark.parametrize("unknown, block_rule, log_rule", [
+    ("block", "block", "log"),   # never stronger than the rule's own action
+    ("log", "log", "log"),
+    ("allow", "allow", "allow"),  # the rule does not apply: the default (allow)
+])
+def test_unknown_country_caps(tmp_path, geo, unknown, block_rule, log_rule):
+    rs = ruleset(tmp_path, f"home_countries: [CN]\nunknown_country: {unknown}\n", """rules:
+  - {id: b, action: block, domains: [b.test], offshore: true}
+  - {id: l, action: log, domains: [l.test], countries: [SG]}
+""")
+    assert judge(rs, geo, "b.test", server="127.0.0.4").action == block_rule
+    assert judge(rs, geo, "l.test", server=None).action == log_rule
+
+
+def test_default_block(tmp_path, geo):
+    rs = ruleset(tmp_path, "default: block\n", "rules:\n  - {id: ok, action: allow, domains: [ok.test]}\n")
+    assert judge(rs, geo, "ok.test").action == "allow"
+    assert judge(rs, geo, "other.test").action == "block"
+
+
+def test_needs_server_ip_only_when_a_rule_could_use_it(rs, tmp_path):
+    # the network and ASN rules have no name condition, so every name may need the address
+    assert rs.nameless_need_server and rs.needs_server_ip(["binance.com"])
+    named = ruleset(tmp_path, "home_countries: [CN]\n", """rules:
+  - {id: b, action: block, domains: [b.test]}
+  - {id: o, action: block, domains: [o.test], offshore: true}
+""")
+    assert not named.needs_server_ip(["b.test"])
+    assert not named.needs_server_ip(["other.test"])
+    assert named.needs_server_ip(["www.o.test"])

@@ -1,0 +1,68 @@
+import ipaddress
+
+import pytest
+
+from geoblock.names import InvalidHost, normalize_host, normalize_ip, unicode_name
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("binance.com", "binance.com"),
+    ("BINANCE.Com", "binance.com"),
+    ("binance.com.", "binance.com"),
+    ("binance.com:443", "binance.com"),
+    ("API.Binance.COM.:8443", "api.binance.com"),
+    ("Bücher.example", "xn--bcher-kva.example"),
+    ("BÜCHER.EXAMPLE.", "xn--bcher-kva.example"),
+    ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+    ("XN--BCHER-KVA.example", "xn--bcher-kva.example"),
+    ("bücher。example", "xn--bcher-kva.example"),  # ideographic full stop is a dot in UTS 46
+    ("_dmarc.example.com", "_dmarc.example.com"),
+    ("1.2.3.4.example", "1.2.3.4.example"),
+])
+def test_names_normalise_to_one_spelling(raw, expected):
+    assert normalize_host(raw) == expected
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("127.0.0.2", "127.0.0.2"),
+    ("127.0.0.2:443", "127.0.0.2"),
+    ("[::1]", "::1"),
+    ("[::1]:443", "::1"),
+    ("::1", "::1"),
+    ("[2001:DB8::1]:8080", "2001:db8::1"),
+    ("::ffff:127.0.0.2", "127.0.0.2"),
+    ("[::ffff:203.0.113.9]:443", "203.0.113.9"),
+    ("fe80::1%eth0", "fe80::1"),
+])
+def test_ip_literals_become_addresses(raw, expected):
+    value = normalize_host(raw)
+    assert isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address))
+    assert str(value) == expected
+
+
+@pytest.mark.parametrize("raw, why", [
+    ("", "empty"),
+    (".", "empty"),
+    ("a..b", "empty label"),
+    ("-bad.example", "starts or ends with '-'"),
+    ("bad host.example", "characters not allowed"),
+    ("a" * 64 + ".example", "longer than 63"),
+    (("a" * 60 + ".") * 5 + "com", "longer than 253"),
+    ("[::1", "unclosed"),
+    ("host:port", "port is not a number"),
+    ("nul\x00.example", "characters not allowed"),
+])
+def test_invalid_hosts_are_refused_with_the_value(raw, why):
+    with pytest.raises(InvalidHost) as err:
+        normalize_host(raw)
+    assert why in str(err.value)
+    assert repr(raw)[:40] in str(err.value) or len(repr(raw)) > 80
+
+
+def test_ipv4_mapped_ipv6_is_ipv4():
+    assert normalize_ip("::ffff:10.1.2.3") == ipaddress.IPv4Address("10.1.2.3")
+
+
+def test_unicode_name_is_for_people():
+    assert unicode_name("xn--bcher-kva.example") == "bücher.example"
+    assert unicode_name("binance.com") == "binance.com"

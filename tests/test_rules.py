@@ -1,0 +1,135 @@
+"""Rule files: the shipped ones compile; each kind of broken file is refused naming file and line."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from geoblock.rules import RuleError, load_rules
+from geoblock.ruleset import Ruleset
+
+REPO = Path(__file__).resolve().parents[1]
+POLICY = "home_countries: [CN]\ndefault: allow\nunknown_country: log\non_error: block\n"
+
+
+def make(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (tmp_path / name).write_text(textwrap.dedent(text))
+    return tmp_path
+
+
+def refused(tmp_path: Path, files: dict[str, str]) -> RuleError:
+    with pytest.raises(RuleError) as err:
+        load_rules(make(tmp_path, files))
+    return err.value
+
+
+def test_shipped_rules_compile():
+    rs = Ruleset.load(str(REPO / "rules"))
+    assert rs.policy.home_countries == {"CN"}
+    assert rs.policy.on_error == "block"
+    ids = {r.id for r in rs.rules}
+    assert {"offshore-crypto-exchanges", "review-offshore-trading-names"} <= ids
+    crypto = next(r for r in rs.rules if r.id == "offshore-crypto-exchanges")
+    assert crypto.action == "block"
+    names = {d.name for d in crypto.spec.domains}
+    assert {"binance.com", "okx.com", "bitfinex.com"} <= names
+
+
+def test_shipped_list_names_at_least_124_platforms_each_with_a_comment():
+    text = (REPO / "rules" / "crypto-exchanges.yaml").read_text()
+    lines = [l.strip() for l in text.splitlines() if l.strip().startswith("- ") and "." in l]
+    assert all("#" in l for l in lines), [l for l in lines if "#" not in l][:3]
+    platforms = {l.split("#", 1)[1].strip().lower() for l in lines}
+    assert len(platforms) >= 124
+    assert len(lines) == len({l.split()[1] for l in lines})  # no domain twice
+
+
+def test_version_changes_with_content(tmp_path):
+    d = make(tmp_path, {"policy.yaml": POLICY, "r.yaml": "rules:\n  - {id: a, action: block, domains: [x.test]}\n"})
+    v1 = load_rules(d).version
+    (d / "r.yaml").write_text("rules:\n  - {id: a, action: block, domains: [y.test]}\n")
+    assert load_rules(d).version != v1
+
+
+@pytest.mark.parametrize("content, line, message", [
+    ("rules:\n  - id: a\n    action: block\n    domains: [x.test\n", 5, "bad YAML"),
+    ("rules:\n  - id: a\n    action: block\n    domian: [x.test]\n", 4, "unknown key 'domian'"),
+    ("rules:\n  - id: a\n    action: block\n    networks: [10.0.0.0/33]\n", 4, "'10.0.0.0/33' is not a valid CIDR"),
+    ("rules:\n  - id: a\n    action: block\n    networks: [10.0.0.1/8]\n", 4, "has host bits set"),
+    ("rules:\n  - id: a\n    action: block\n    countries: [UK]\n", 4, "'UK' is not an ISO 3166 alpha-2 country code (did you mean GB?)"),
+    ("rules:\n  - id: a\n    action: block\n    countries: [SG, XX]\n", 4, "'XX' is not an ISO 3166"),
+    ("rules:\n  - id: a\n    action: block\n    domains: [x.test]\n  - id: a\n    action: log\n    domains: [y.test]\n",
+     5, "duplicate rule id 'a' (first at"),
+    ("rules:\n  - id: a\n    action: deny\n    domains: [x.test]\n", 3, "action must be one of allow, log, block, not 'deny'"),
+    ("rules:\n  - id: a\n    action: block\n    asns: [AS-1]\n", 4, "is not an AS number"),
+    ("rules:\n  - id: a\n    action: block\n    domains: [bad..name]\n", 4, "not a valid domain"),
+    ("rules:\n  - id: a\n    action: block\n    domains: [https://x.test/]\n", 4, "not a valid domain"),
+    ("rules:\n  - id: a\n    action: block\n", 2, "has no condition"),
+    ("rules:\n  - action: block\n    domains: [x.test]\n", 2, "missing key 'id'"),
+    ("rules:\n  - id: a\n    action: block\n    domains: [x.test]\n    domains: [y.test]\n", 5, "duplicate key 'domains'"),
+    ("rulez: []\n", 1, "unknown key 'rulez'"),
+    ("rules:\n  - id: a\n    action: block\n    offshore: maybe\n", 4, "offshore must be true or false"),
+])
+def test_broken_rule_file_is_refused_naming_file_and_line(tmp_path, content, line, message):
+    err = refused(tmp_path, {"policy.yaml": POLICY, "broken.yaml": content})
+    assert err.path.endswith("broken.yaml")
+    assert err.line == line, str(err)
+    assert message in str(err)
+    assert str(err).startswith(f"{tmp_path / 'broken.yaml'}:{line}: ")
+
+
+def test_duplicate_id_across_files_names_both(tmp_path):
+    err = refused(tmp_path, {
+        "policy.yaml": POLICY,
+        "a.yaml": "rules:\n  - {id: same, action: block, domains: [x.test]}\n",
+        "b.yaml": "rules:\n\n  - {id: same, action: log, domains: [y.test]}\n",
+    })
+    assert err.path.endswith("b.yaml") and err.line == 3
+    assert "a.yaml:2" in str(err)
+
+
+@pytest.mark.parametrize("policy, line, message", [
+    ("home_countries: [CN]\ndefault: deny\n", 2, "default must be one of allow, log, block"),
+    ("home_countries: [CHN]\n", 1, "'CHN' is not an ISO 3166"),
+    ("on_error: log\n", 1, "on_error must be one of block, allow"),
+    ("unknown_country: maybe\n", 1, "unknown_country must be one of"),
+])
+def test_broken_policy_is_refused(tmp_path, policy, line, message):
+    err = refused(tmp_path, {"policy.yaml": policy})
+    assert err.path.endswith("policy.yaml") and err.line == line
+    assert message in str(err)
+
+
+def test_policy_key_set_twice_is_refused(tmp_path):
+    err = refused(tmp_path, {"policy.yaml": POLICY, "other.yaml": "default: block\n"})
+    # files are read in name order: other.yaml first, so policy.yaml:2 is the second setting
+    assert err.path.endswith("policy.yaml") and err.line == 2
+    assert "default is already set in" in str(err) and "other.yaml:1" in str(err)
+
+
+def test_missing_source_and_empty_directory(tmp_path):
+    with pytest.raises(RuleError, match="no such rules file or directory"):
+        load_rules(tmp_path / "nope")
+    with pytest.raises(RuleError, match="no rule files"):
+        load_rules(tmp_path)
+
+
+def test_non_utf8_file_is_refused_with_line(tmp_path):
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    (tmp_path / "bad.yaml").write_bytes(b"rules:\n  - id: a\n    action: block\n    domains: [\xff.test]\n")
+    with pytest.raises(RuleError) as err:
+        load_rules(tmp_path)
+    assert err.value.line == 4 and "not UTF-8" in str(err.value)
+
+
+def test_editor_backups_and_hidden_files_are_skipped(tmp_path):
+    make(tmp_path, {"policy.yaml": POLICY, ".hidden.yaml": "garbage: [", "r.yaml~": "garbage: ["})
+    assert load_rules(tmp_path).rules == ()
+
+
+def test_single_file_with_policy_and_rules(tmp_path):
+    f = tmp_path / "all.yaml"
+    f.write_text(POLICY + "rules:\n  - {id: a, action: block, domains: [x.test]}\n")
+    src = load_rules(f)
+    assert src.policy.default == "allow" and [r.id for r in src.rules] == ["a"]
