@@ -26,6 +26,7 @@ TEST_NAMES = [
 
 @dataclass
 class TestPKI:
+    __test__ = False
     ca_pem: Path
     cert_pem: Path
     key_pem: Path
@@ -116,6 +117,8 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
 
 class TestServer:
     """An HTTP(S) server on `host`, port chosen by the system; `.connections` counts accepted TCP."""
+
+    __test__ = False  # not a pytest test class
 
     def __init__(self, host: str, pki: TestPKI | None = None) -> None:
         self.host = host

@@ -1,0 +1,274 @@
+"""The addon's hooks, driven with mitmproxy's own test helpers and real ClientHello bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+
+import pytest
+from mitmproxy.addons import proxyserver
+from mitmproxy.proxy import commands, context, events, layer
+from mitmproxy.proxy.layers import tls
+from mitmproxy.test import taddons, tflow, tutils
+
+import geoblock.addon as addon_mod
+from geoblock import enforce
+from geoblock.addon import GeoBlock
+
+
+def client_hello(sni: str | None) -> bytes:
+    """The bytes a real Python TLS client sends first, for `sni` (None: no SNI extension)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def gb(tmp_path, rules_dir, geo_dir):
+    addon = GeoBlock()
+    # Proxyserver declares connection_strategy, which geoblock forces to "lazy" (as under mitmdump).
+    with taddons.context(proxyserver.Proxyserver(), addon) as tctx:
+        tctx.configure(
+            addon,
+            geoblock_rules=str(rules_dir),
+            geoblock_country_db=str(geo_dir / "GeoLite2-Country.mmdb"),
+            geoblock_asn_db=str(geo_dir / "GeoLite2-ASN.mmdb"),
+            geoblock_log=str(tmp_path / "decisions.jsonl"),
+        )
+        addon.tctx = tctx
+        addon.log_path = tmp_path / "decisions.jsonl"
+        yield addon
+
+
+def records(gb) -> list[dict]:
+    return [json.loads(line) for line in gb.log_path.read_text().splitlines()]
+
+
+def next_layer_for(gb, sni, server=("127.0.0.2", 443), data=None):
+    client = tflow.tclient_conn()
+    client.peername = ("127.0.0.1", 50000)
+    ctx = context.Context(client, gb.tctx.options)
+    ctx.server.address = server
+    nl = layer.NextLayer(ctx)
+    nl.events.append(events.DataReceived(client, data if data is not None else client_hello(sni)))
+    return nl
+
+
+def test_loading_sets_lazy_connections(gb):
+    assert gb.tctx.options.connection_strategy == "lazy"
+    gb.tctx.configure(gb, connection_strategy="eager")
+    assert gb.tctx.options.connection_strategy == "lazy"
+
+
+@pytest.mark.parametrize("sni", ["binance.com", "API.BINANCE.COM", "api.binance.com.", "bücher.example"])
+def test_blocked_sni_gets_a_tls_alert_layer(gb, sni):
+    nl = next_layer_for(gb, sni)
+    run(gb.next_layer(nl))
+    assert isinstance(nl.layer, enforce.DenyTLS)
+    cmds = list(nl.layer.handle_event(events.Start()))
+    assert isinstance(cmds[0], commands.SendData) and cmds[0].data == bytes.fromhex("15030300020231")
+    assert isinstance(cmds[1], commands.CloseConnection)
+    rec = records(gb)[-1]
+    assert rec["stage"] == "tls" and rec["action"] == "block" and rec["enforced"] is True
+    # the client puts the A-label (punycode) form of an IDN on the wire
+    assert rec["sni"].lower().rstrip(".") == sni.lower().rstrip(".").encode("idna").decode()
+    assert rec["server_ip"] == "127.0.0.2" and rec["country"] == "SG"
+
+
+def test_allowed_sni_passes_through_undecrypted(gb):
+    nl = next_layer_for(gb, "allowed.test", server=("127.0.0.1", 443))
+    run(gb.next_layer(nl))
+    assert nl.layer is None  # mitmproxy's own layer choice goes on
+    data = tls.ClientHelloData(nl.context, tls.parse_client_hello(client_hello("allowed.test")))
+    run(gb.tls_clienthello(data))
+    assert data.ignore_connection is True
+    rec = records(gb)[-1]
+    assert (rec["action"], rec["country"], rec["offshore"]) == ("allow", "CN", False)
+
+
+def test_intercept_option_decrypts_allowed_tls(gb):
+    gb.tctx.configure(gb, geoblock_intercept=True)
+    nl = next_layer_for(gb, "allowed.test", server=("127.0.0.1", 443))
+    run(gb.next_layer(nl))
+    data = tls.ClientHelloData(nl.context, tls.parse_client_hello(client_hello("allowed.test")))
+    run(gb.tls_clienthello(data))
+    assert data.ignore_connection is False
+
+
+def test_no_sni_is_judged_on_the_destination(gb):
+    nl = next_layer_for(gb, None, server=("127.0.0.5", 443))  # blocked-network
+    run(gb.next_layer(nl))
+    assert isinstance(nl.layer, enforce.DenyTLS)
+    assert records(gb)[-1]["rule"] == "blocked-network" and records(gb)[-1]["sni"] is None
+
+
+def test_partial_client_hello_waits_for_more(gb):
+    hello = client_hello("binance.com")
+    nl = next_layer_for(gb, None, data=hello[:20])
+    run(gb.next_layer(nl))
+    assert nl.layer is None and not gb.log_path.exists() or records(gb) == []
+    nl.events.append(events.DataReceived(nl.context.client, hello[20:]))
+    run(gb.next_layer(nl))
+    assert isinstance(nl.layer, enforce.DenyTLS)
+
+
+def test_malformed_client_hello_fails_closed(gb):
+    bad = bytes.fromhex("160301000a") + bytes.fromhex("01000006") + b"\x03\x03" + b"\xff" * 4
+    nl = next_layer_for(gb, None, data=bad)
+    run(gb.next_layer(nl))
+    assert isinstance(nl.layer, enforce.DenyTLS)
+    rec = records(gb)[-1]
+    assert rec["action"] == "block" and "ClientHello" in rec["reason"]
+
+
+def test_connect_to_blocked_name_is_answered_451(gb):
+    f = tflow.tflow(req=tutils.treq(method=b"CONNECT", host="binance.com", port=443, path=b"", authority=b"binance.com:443"))
+    run(gb.http_connect(f))
+    assert f.response.status_code == 451
+    assert f.response.reason == "Unavailable For Legal Reasons"
+    assert f.response.headers["link"] == '<https://geoblock.invalid/>; rel="blocked-by"'
+    assert records(gb)[-1]["stage"] == "connect"
+
+
+def test_connect_to_blocked_ip_is_answered_451(gb):
+    f = tflow.tflow(req=tutils.treq(method=b"CONNECT", host="127.0.0.5", port=443, path=b"", authority=b"127.0.0.5:443"))
+    run(gb.http_connect(f))
+    assert f.response.status_code == 451 and records(gb)[-1]["rule"] == "blocked-network"
+
+
+def http_flow(host_header, host="127.0.0.1", port=80):
+    f = tflow.tflow(req=tutils.treq(host=host, port=port, headers=((b"host", host_header.encode()),)))
+    f.client_conn.peername = ("127.0.0.1", 50000)
+    f.client_conn.sni = None
+    return f
+
+
+@pytest.mark.parametrize("host_header", ["binance.com", "BINANCE.COM.", "binance.com:8080", "xn--bcher-kva.example"])
+def test_blocked_host_gets_the_451_page(gb, host_header):
+    f = http_flow(host_header)
+    run(gb.requestheaders(f))
+    r = f.response
+    assert r.status_code == 451 and r.reason == "Unavailable For Legal Reasons"
+    assert 'rel="blocked-by"' in r.headers["link"]
+    assert r.headers["content-type"].startswith("text/html")
+    rule = records(gb)[-1]["rule"]
+    assert f"<code>{rule}</code>" in r.text
+
+
+def test_allowed_host_passes(gb):
+    f = http_flow("allowed.test")
+    run(gb.requestheaders(f))
+    assert f.response is None
+    assert records(gb)[-1]["action"] == "allow"
+
+
+def test_ipv6_literal_host(gb):
+    f = http_flow("[::1]:8080", host="::1")
+    run(gb.requestheaders(f))
+    assert f.response is None
+    assert records(gb)[-1]["server_ip"] == "::1" and records(gb)[-1]["country"] == "CN"
+
+
+def test_invalid_host_header_fails_closed(gb):
+    f = http_flow("bad..name")
+    run(gb.requestheaders(f))
+    assert f.response.status_code == 451
+    rec = records(gb)[-1]
+    assert rec["action"] == "block" and "'bad..name'" in rec["reason"] and rec["error"] == "invalid-input"
+
+
+def test_monitor_mode_blocks_nothing_and_records_everything(gb):
+    gb.tctx.configure(gb, geoblock_monitor=True)
+    f = http_flow("binance.com")
+    run(gb.requestheaders(f))
+    assert f.response is None
+    nl = next_layer_for(gb, "binance.com")
+    run(gb.next_layer(nl))
+    assert nl.layer is None
+    recs = records(gb)[-2:]
+    assert [(r["action"], r["enforced"]) for r in recs] == [("block", False), ("block", False)]
+
+
+def test_custom_block_page(gb, tmp_path):
+    page = tmp_path / "page.html"
+    page.write_text("<p>$host is blocked by $rule</p>")
+    gb.tctx.configure(gb, geoblock_block_page=str(page))
+    f = http_flow("okx.com")
+    run(gb.requestheaders(f))
+    assert f.response.text == "<p>okx.com is blocked by offshore-crypto-exchanges</p>"
+
+
+def test_bad_block_page_template_is_refused(gb, tmp_path):
+    page = tmp_path / "page.html"
+    page.write_text("<p>$unknown</p>")
+    from mitmproxy import exceptions
+    with pytest.raises(exceptions.OptionsError, match="page.html"):
+        gb.tctx.configure(gb, geoblock_block_page=str(page))
+
+
+def test_an_exception_applies_on_error_and_is_logged_once(gb, monkeypatch, caplog):
+    def broken(facts, rs):
+        raise RuntimeError("injected failure")
+    monkeypatch.setattr(addon_mod, "decide", broken)
+    caplog.set_level(logging.ERROR, logger="geoblock")
+    flows = [http_flow("allowed.test") for _ in range(3)]
+    for f in flows:
+        run(gb.requestheaders(f))
+    assert all(f.response is not None and f.response.status_code == 451 for f in flows)
+    nl = next_layer_for(gb, "allowed.test", server=("127.0.0.1", 443))
+    run(gb.next_layer(nl))
+    assert isinstance(nl.layer, enforce.DenyTLS)
+    c = tflow.tflow(req=tutils.treq(method=b"CONNECT", host="allowed.test", port=443, path=b"", authority=b"allowed.test:443"))
+    run(gb.http_connect(c))
+    assert c.response.status_code == 451
+    errors = [r for r in caplog.records if "injected failure" in r.getMessage()]
+    assert len(errors) == 1  # once per cause, not once per flow or per stage
+    recs = records(gb)
+    assert len(recs) == 5 and all(r["action"] == "block" and r["error"] for r in recs)
+
+
+def test_on_error_allow_is_honoured(gb, monkeypatch, tmp_path, rules_dir):
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "policy.yaml").write_text("on_error: allow\n")
+    (d / "r.yaml").write_text("rules:\n  - {id: b, action: block, domains: [b.test]}\n")
+    gb.tctx.configure(gb, geoblock_rules=str(d))
+    monkeypatch.setattr(addon_mod, "decide", lambda facts, rs: 1 / 0)
+    f = http_flow("b.test")
+    run(gb.requestheaders(f))
+    assert f.response is None
+    assert records(gb)[-1]["action"] == "allow"
+
+
+def test_server_connect_refuses_a_blocked_connection(gb):
+    nl = next_layer_for(gb, "binance.com")
+    run(gb.next_layer(nl))
+
+    class Data:
+        client = nl.context.client
+        server = nl.context.server
+    data = Data()
+    run(gb.server_connect(data))
+    assert data.server.error and "offshore-crypto-exchanges" in data.server.error
+
+
+def test_bad_rules_are_refused_and_the_old_ruleset_stays(gb, tmp_path):
+    from mitmproxy import exceptions
+    before = gb.ruleset
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "r.yaml").write_text("rules:\n  - id: x\n    action: block\n    countries: [ZZ]\n")
+    with pytest.raises(exceptions.OptionsError, match=r"r.yaml:4: .*'ZZ'"):
+        gb.tctx.configure(gb, geoblock_rules=str(bad))
+    assert gb.ruleset is before

@@ -1,0 +1,312 @@
+"""End to end: real mitmdump processes with geoblock, local HTTP/HTTPS servers on 127.0.0.x placed in
+different countries by a real test GeoIP database, and real clients (curl, Python ssl).
+
+Every blocked path is also checked on the server side: the server saw no connection at all.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from support.geodb import write_asn_db, write_country_db
+from support.proc import Mitmdump
+from support.servers import TestServer
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def servers(pki):
+    made = {
+        "https1": TestServer("127.0.0.1", pki),  # CN (home)
+        "https2": TestServer("127.0.0.2", pki),  # SG (offshore)
+        "https5": TestServer("127.0.0.5", pki),  # blocked network
+        "http1": TestServer("127.0.0.1"),
+        "http2": TestServer("127.0.0.2"),
+        "http5": TestServer("127.0.0.5"),
+        "http6": TestServer("::1"),
+    }
+    yield made
+    for s in made.values():
+        s.close()
+
+
+@pytest.fixture(autouse=True)
+def _reset(request):
+    if "servers" in request.fixturenames:
+        for s in request.getfixturevalue("servers").values():
+            s.reset()
+
+
+def options(rules_dir, geo_dir, log, **extra):
+    return {
+        "geoblock_rules": rules_dir,
+        "geoblock_country_db": geo_dir / "GeoLite2-Country.mmdb",
+        "geoblock_asn_db": geo_dir / "GeoLite2-ASN.mmdb",
+        "geoblock_log": log,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory, rules_dir, geo_dir, pki):
+    d = tmp_path_factory.mktemp("proxy")
+    m = Mitmdump(d / "conf", options(rules_dir, geo_dir, d / "decisions.jsonl",
+                                     ssl_verify_upstream_trusted_ca=pki.ca_pem))
+    m.decisions = d / "decisions.jsonl"
+    with m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def intercepting(tmp_path_factory, rules_dir, geo_dir, pki):
+    d = tmp_path_factory.mktemp("intercept")
+    m = Mitmdump(d / "conf", options(rules_dir, geo_dir, d / "decisions.jsonl", geoblock_intercept=True,
+                                     ssl_verify_upstream_trusted_ca=pki.ca_pem))
+    m.decisions = d / "decisions.jsonl"
+    with m:
+        yield m
+
+
+def curl(proxy: Mitmdump, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = ["curl", "-sS", "--max-time", "10", "-x", proxy.url, "-D", "-", "-o", "-", *args, url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+
+
+def records(path: Path, **match) -> list[dict]:
+    time.sleep(0.05)
+    out = []
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if all(rec.get(k) == v for k, v in match.items()):
+            out.append(rec)
+    return out
+
+
+def connect_tunnel(proxy: Mitmdump, target: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
+# --- CONNECT ---------------------------------------------------------------------------------
+
+def test_connect_to_blocked_name_gets_451(proxy):
+    r = curl(proxy, "https://binance.com/")
+    assert r.returncode == 56 and "CONNECT tunnel failed, response 451" in r.stderr
+    rec = records(proxy.decisions, stage="connect", host="binance.com")[-1]
+    assert rec["action"] == "block" and rec["rule"] == "offshore-crypto-exchanges" and rec["enforced"] is True
+
+
+def test_connect_to_blocked_ip_gets_451_and_the_server_sees_nothing(proxy, servers, pki):
+    s = servers["https5"]
+    r = curl(proxy, f"https://127.0.0.5:{s.port}/", "--cacert", str(pki.ca_pem))
+    assert "CONNECT tunnel failed, response 451" in r.stderr
+    assert s.connections == 0
+    assert records(proxy.decisions, stage="connect", server_ip="127.0.0.5")[-1]["rule"] == "blocked-network"
+
+
+def test_client_rule_applies_to_the_client_address(proxy, servers):
+    s = servers["http1"]
+    r = curl(proxy, f"http://127.0.0.1:{s.port}/", "--interface", "127.0.0.9", "-H", "Host: allowed.test")
+    assert r.stdout.startswith("HTTP/1.1 451")
+    assert s.connections == 0
+    assert records(proxy.decisions, client="127.0.0.9")[-1]["rule"] == "blocked-client"
+
+
+# --- TLS -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sni", ["binance.com", "API.BINANCE.COM", "www.okx.com."])
+def test_blocked_sni_gets_tls_alert_and_the_server_sees_nothing(proxy, servers, pki, sni):
+    s = servers["https2"]
+    r = curl(proxy, f"https://{sni}/", "--connect-to", f"{sni}:443:127.0.0.2:{s.port}", "--cacert", str(pki.ca_pem))
+    assert r.returncode == 35 and "alert access denied" in r.stderr, r.stderr
+    assert s.connections == 0
+    rec = records(proxy.decisions, stage="tls", sni=sni.rstrip(".") if False else sni)[-1]
+    assert (rec["action"], rec["rule"], rec["country"], rec["offshore"]) == (
+        "block", "offshore-crypto-exchanges", "SG", True)
+
+
+def test_blocked_sni_with_python_ssl(proxy, servers):
+    s = servers["https2"]
+    sock = connect_tunnel(proxy, f"127.0.0.2:{s.port}")
+    ctx = ssl.create_default_context()
+    with pytest.raises(ssl.SSLError, match="ACCESS_DENIED"):
+        ctx.wrap_socket(sock, server_hostname="api.binance.com")
+    sock.close()
+    assert s.connections == 0
+
+
+def test_idn_sni_is_blocked(proxy, servers, pki):
+    s = servers["https2"]
+    sock = connect_tunnel(proxy, f"127.0.0.2:{s.port}")
+    ctx = ssl.create_default_context()
+    with pytest.raises(ssl.SSLError, match="ACCESS_DENIED"):
+        ctx.wrap_socket(sock, server_hostname="shop.bücher.example")  # sent as xn--bcher-kva
+    assert s.connections == 0
+    assert records(proxy.decisions, stage="tls", rule="idn-block")
+
+
+def test_allowed_tls_passes_through_with_the_real_certificate(proxy, servers, pki):
+    s = servers["https1"]
+    r = curl(proxy, "https://allowed.test/", "--connect-to", f"allowed.test:443:127.0.0.1:{s.port}",
+             "--cacert", str(pki.ca_pem))
+    assert r.returncode == 0, r.stderr
+    assert "hello from 127.0.0.1" in r.stdout
+    sock = connect_tunnel(proxy, f"127.0.0.1:{s.port}")
+    ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+    with ctx.wrap_socket(sock, server_hostname="allowed.test") as tls:
+        assert tls.getpeercert(binary_form=True) == pki.cert_der  # not a mitmproxy certificate
+    assert s.connections == 2
+    rec = records(proxy.decisions, stage="tls", sni="allowed.test")[-1]
+    assert (rec["action"], rec["country"], rec["offshore"], rec["asn"]) == ("allow", "CN", False, 64500)
+
+
+def test_missing_sni_is_judged_on_the_destination(proxy, servers, pki):
+    s = servers["https1"]
+    sock = connect_tunnel(proxy, f"127.0.0.1:{s.port}")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(pki.ca_pem))
+    ctx.check_hostname = False
+    with ctx.wrap_socket(sock, server_hostname=None) as tls:
+        assert tls.getpeercert(binary_form=True) == pki.cert_der
+    rec = records(proxy.decisions, stage="tls", server_ip="127.0.0.1", sni=None)[-1]
+    assert rec["action"] == "allow"
+
+
+@pytest.mark.parametrize("server, blocked", [("https2", True), ("https1", False)])
+def test_offshore_rule_by_name_depends_on_the_server_country(proxy, servers, pki, server, blocked):
+    s = servers[server]
+    r = curl(proxy, "https://offshore-only.test/", "--connect-to",
+             f"offshore-only.test:443:{s.host}:{s.port}", "--cacert", str(pki.ca_pem))
+    if blocked:
+        assert "alert access denied" in r.stderr and s.connections == 0
+    else:
+        assert r.returncode == 0 and f"hello from {s.host}" in r.stdout
+    rec = records(proxy.decisions, stage="tls", sni="offshore-only.test")[-1]
+    assert rec["action"] == ("block" if blocked else "allow")
+    assert rec["offshore"] is blocked
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("host", ["binance.com", "BINANCE.COM.", "api.binance.com:8080", "bücher.example",
+                                  "xn--bcher-kva.example"])
+def test_blocked_host_gets_451_page_and_the_server_sees_nothing(proxy, servers, host):
+    s = servers["http2"]
+    r = curl(proxy, f"http://127.0.0.2:{s.port}/path", "-H", f"Host: {host}")
+    head, _, body = r.stdout.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 451 Unavailable For Legal Reasons"), head
+    assert 'link: <https://geoblock.invalid/>; rel="blocked-by"' in head.lower()
+    assert "<code>offshore-crypto-exchanges</code>" in body or "<code>idn-block</code>" in body
+    assert s.connections == 0
+
+
+def test_blocked_absolute_url_gets_451(proxy):
+    r = curl(proxy, "http://www.binance.com/x")
+    assert r.stdout.startswith("HTTP/1.1 451")
+
+
+@pytest.mark.parametrize("server, host", [("http1", "allowed.test"), ("http6", None), ("http2", "127.0.0.2")])
+def test_allowed_http_reaches_the_server(proxy, servers, server, host):
+    s = servers[server]
+    netloc = f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"
+    args = ["-H", f"Host: {host}"] if host else []
+    r = curl(proxy, f"http://{netloc}/", *args)
+    assert r.stdout.startswith("HTTP/1.1 200"), r.stdout + r.stderr
+    assert s.connections == 1
+
+
+# --- intercept mode: Host checks inside TLS --------------------------------------------------
+
+def test_intercept_blocks_by_host_inside_tls(intercepting, servers):
+    s = servers["https1"]
+    ca = intercepting.confdir / "mitmproxy-ca-cert.pem"
+    r = curl(intercepting, "https://allowed.test/", "--connect-to", f"allowed.test:443:127.0.0.1:{s.port}",
+             "--cacert", str(ca), "-H", "Host: binance.com")
+    assert r.stdout.startswith("HTTP/1.1 451"), r.stdout + r.stderr
+    assert "<code>offshore-crypto-exchanges</code>" in r.stdout
+    assert s.connections == 0
+    rec = records(intercepting.decisions, stage="http", host="binance.com")[-1]
+    assert rec["sni"] == "allowed.test" and rec["action"] == "block"
+
+
+def test_intercept_allows_and_decrypts(intercepting, servers):
+    s = servers["https1"]
+    ca = intercepting.confdir / "mitmproxy-ca-cert.pem"
+    r = curl(intercepting, "https://allowed.test/", "--connect-to", f"allowed.test:443:127.0.0.1:{s.port}",
+             "--cacert", str(ca))
+    assert r.returncode == 0 and "hello from 127.0.0.1" in r.stdout, r.stderr
+    assert s.requests and s.requests[-1][0] == "allowed.test"
+
+
+# --- monitor mode ----------------------------------------------------------------------------
+
+def test_monitor_mode_blocks_nothing_and_records_everything(tmp_path, rules_dir, geo_dir, servers, pki):
+    log = tmp_path / "decisions.jsonl"
+    s = servers["https2"]
+    with Mitmdump(tmp_path / "conf", options(rules_dir, geo_dir, log, geoblock_monitor=True)) as m:
+        r = curl(m, "https://binance.com/", "--connect-to", f"binance.com:443:127.0.0.2:{s.port}",
+                 "--cacert", str(pki.ca_pem))
+        assert r.returncode == 0 and "hello from 127.0.0.2" in r.stdout
+        h = servers["http2"]
+        r = curl(m, f"http://127.0.0.2:{h.port}/", "-H", "Host: okx.com")
+        assert r.stdout.startswith("HTTP/1.1 200")
+    blocks = records(log, action="block")
+    assert {r["stage"] for r in blocks} == {"tls", "http"}
+    assert all(r["enforced"] is False for r in records(log))
+
+
+# --- name resolution when a rule needs the country --------------------------------------------
+
+@pytest.mark.parametrize("country, blocked", [("SG", True), ("CN", False)])
+def test_a_name_is_resolved_when_a_rule_needs_its_country(tmp_path, servers, country, blocked):
+    """CONNECT localhost:PORT: the rule needs the server's country, geoblock resolves the name
+    (127.0.0.1 / ::1, placed in `country` here) and never connects to learn it."""
+    geo = tmp_path / "geo"
+    geo.mkdir()
+    places = {"127.0.0.1/32": (country, 64500), "::1/128": (country, 64500)}
+    write_country_db(geo / "GeoLite2-Country.mmdb", places)
+    write_asn_db(geo / "GeoLite2-ASN.mmdb", places)
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "policy.yaml").write_text("home_countries: [CN]\n")
+    (rules / "r.yaml").write_text("rules:\n  - {id: local-offshore, action: block, domains: [localhost], offshore: true}\n")
+    log = tmp_path / "decisions.jsonl"
+    s = servers["http1"]
+    with Mitmdump(tmp_path / "conf", options(rules, geo, log)) as m:
+        r = curl(m, f"http://localhost:{s.port}/")
+    if blocked:
+        assert r.stdout.startswith("HTTP/1.1 451") and s.connections == 0
+    else:
+        assert r.stdout.startswith("HTTP/1.1 200")
+    rec = records(log, stage="http")[-1]
+    assert rec["server_ip"] in ("127.0.0.1", "::1") and rec["country"] == country
+
+
+# --- the decision log ------------------------------------------------------------------------
+
+def test_every_record_has_the_documented_fields(proxy):
+    recs = records(proxy.decisions)
+    assert len(recs) >= 10
+    fields = {"ts", "stage", "client", "sni", "host", "server_ip", "country", "asn", "offshore", "action",
+              "enforced", "rule", "reason", "ruleset"}
+    for rec in recs:
+        assert fields <= rec.keys()
+        assert rec["ts"].endswith("Z") and rec["stage"] in ("connect", "tls", "http", "dns", "ip")
+        assert rec["action"] in ("allow", "log", "block") and rec["reason"]
+    assert {r["action"] for r in recs} >= {"allow", "block"}
