@@ -59,7 +59,8 @@ class PageTemplate:
 
 
 def _headers(verdict: Verdict, blocked_by: str, content_type: str) -> dict[str, str]:
-    headers = {"content-type": content_type, "cache-control": "no-store", "connection": "close"}
+    # No "connection" header: it is forbidden in HTTP/2 and HTTP/3 responses (RFC 9113 8.2.2).
+    headers = {"content-type": content_type, "cache-control": "no-store"}
     if blocked_by:
         headers["link"] = f'<{blocked_by}>; rel="blocked-by"'
     if verdict.rule:

@@ -1,0 +1,106 @@
+"""`geoblock`: a command line over the decision core, for operators.
+
+    geoblock check [RULES]                       validate and compile rules; print a summary
+    geoblock explain NAME|IP [--server IP] ...   the verdict a flow would get, and why
+
+Exit codes: 0 ok, 1 rules refused, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .decide import Facts, decide
+from .geo import Geo
+from .names import InvalidHost, normalize_host, normalize_ip
+from .rules import RuleError
+from .ruleset import Ruleset
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_RULES = REPO / "rules"
+DEFAULT_COUNTRY_DB = REPO / "data" / "geoip" / "GeoLite2-Country.mmdb"
+DEFAULT_ASN_DB = REPO / "data" / "geoip" / "GeoLite2-ASN.mmdb"
+
+
+def _load(rules: str) -> Ruleset:
+    try:
+        return Ruleset.load(rules)
+    except RuleError as exc:
+        print(f"geoblock: rules refused: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    rs = _load(args.rules)
+    summary = rs.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        by = ", ".join(f"{n} {a}" for a, n in summary["by_action"].items())  # type: ignore[union-attr]
+        print(f"ok: ruleset {rs.version}: {summary['rules']} rules ({by}), {summary['domains']} domains, "
+              f"{len(rs.source.files)} files")
+        for warning in rs.source.warnings:
+            print(f"warning: {warning}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    rs = _load(args.rules)
+    geo = Geo(args.country_db or None, args.asn_db or None)
+    try:
+        names: list[str] = []
+        server = normalize_ip(args.server) if args.server else None
+        for value in args.names:
+            host = normalize_host(value)
+            if isinstance(host, str):
+                names.append(host)
+            elif server is None:
+                server = host
+        client = normalize_ip(args.client) if args.client else None
+    except InvalidHost as exc:
+        print(f"geoblock: {exc}", file=sys.stderr)
+        return 2
+    facts = Facts(args.stage, names=tuple(dict.fromkeys(names)), client_ip=client, server_ip=server)
+    if server is not None:
+        facts.country, facts.asn = geo.lookup(server)
+    verdict = decide(facts, rs)
+    if args.json:
+        print(json.dumps({"action": verdict.action, "rule": verdict.rule, "reason": verdict.reason,
+                          "offshore": verdict.offshore, "country": facts.country, "asn": facts.asn,
+                          "ruleset": rs.version}))
+    else:
+        print(f"{verdict.action}: {verdict.reason}")
+        if verdict.rule:
+            spec = next(r.spec for r in rs.rules if r.id == verdict.rule)
+            print(f"rule {spec.id} is defined at {spec.source}")
+        for problem in geo.problems:
+            print(f"note: {problem}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="geoblock", description="geoblock rules: check and explain")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="validate and compile rules")
+    check.add_argument("rules", nargs="?", default=str(DEFAULT_RULES))
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=cmd_check)
+    explain = sub.add_parser("explain", help="the verdict a flow would get, and why")
+    explain.add_argument("names", nargs="+", help="names (SNI, Host, CONNECT target) or an IP literal")
+    explain.add_argument("--server", help="the server's IP address")
+    explain.add_argument("--client", help="the client's IP address")
+    explain.add_argument("--stage", default="tls", choices=["connect", "tls", "http", "dns", "ip"])
+    explain.add_argument("--rules", default=str(DEFAULT_RULES))
+    explain.add_argument("--country-db", default=str(DEFAULT_COUNTRY_DB))
+    explain.add_argument("--asn-db", default=str(DEFAULT_ASN_DB))
+    explain.add_argument("--json", action="store_true")
+    explain.set_defaults(func=cmd_explain)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

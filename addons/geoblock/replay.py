@@ -1,0 +1,319 @@
+"""Offline replay and explanation: judge recorded flows (mitmproxy .mitm files) under a ruleset.
+
+    python -m geoblock.replay FILE.mitm [--rules DIR] [--country-db X] [--asn-db Y] [--json]
+    geoblock-replay FILE.mitm ...
+
+Each HTTP flow of the file is judged the way the addon's `requestheaders` hook judges it live (stage
+"http": the Host header, the request target and the client's SNI are the names) and printed with its
+verdict, the rule and the reason; a summary counts the verdicts per action. With `--json`, each flow
+is printed as the decision-log record the addon would write (`enforced: false`) and the summary goes
+to stderr, so stdout stays one JSON object per line.
+
+The replay is offline: nothing is resolved and nothing is dialled. The server's address is the one
+mitmproxy actually dialled when the flow was recorded (`server_conn.peername`), else the request
+target when it is an IP literal; otherwise it is unknown and rules that need the server's location
+follow `unknown_country`.
+
+Exit codes: 0 = the file was judged (whatever the verdicts), 2 = unusable input (an unreadable or
+corrupt flow file, bad rules, an unusable GeoIP database given on the command line).
+
+This module imports `mitmproxy.io` and `mitmproxy.http` only (to read flows); the decision is the core's
+(`names`, `ruleset`, `decide`, `geo`, `record`), the same code the addon runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from mitmproxy import exceptions as mexceptions
+from mitmproxy import http
+from mitmproxy import io as mio
+
+from .decide import Facts, Verdict, decide
+from .geo import Geo
+from .names import IPAddress, InvalidHost, normalize_host, normalize_ip, unicode_name
+from .record import make_record
+from .rules import RuleError
+from .ruleset import SEVERITY, Ruleset
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_RULES = os.path.join(REPO, "rules")
+DEFAULT_COUNTRY_DB = os.path.join(REPO, "data", "geoip", "GeoLite2-Country.mmdb")
+DEFAULT_ASN_DB = os.path.join(REPO, "data", "geoip", "GeoLite2-ASN.mmdb")
+
+
+class ReplayError(Exception):
+    """A flow file that cannot be read. The message names the file."""
+
+    def __init__(self, path: str, why: str) -> None:
+        self.path = path
+        self.why = why
+        super().__init__(f"{path}: {why}")
+
+
+class InvalidFlow(ValueError):
+    """A flow with a name that cannot be normalised; the addon judges such a flow by `on_error`."""
+
+    def __init__(self, facts: Facts, field_name: str, cause: InvalidHost) -> None:
+        self.facts = facts
+        self.field_name = field_name
+        self.cause = cause
+        super().__init__(f"{field_name} {cause}")
+
+
+# --------------------------------------------------------------------------------------------
+# Facts from a recorded flow
+
+
+def _client_ip(client: Any) -> IPAddress | None:
+    try:
+        return normalize_ip(client.peername[0])
+    except (InvalidHost, TypeError, IndexError, AttributeError):
+        return None
+
+
+def _dialled_ip(flow: http.HTTPFlow) -> IPAddress | None:
+    """The address mitmproxy dialled for this flow, else the request target if it is an IP literal."""
+    server = flow.server_conn
+    peer = getattr(server, "peername", None) if server is not None else None
+    if peer:
+        try:
+            return normalize_ip(peer[0])
+        except (InvalidHost, TypeError, IndexError):
+            pass
+    if flow.request.host:
+        try:
+            target = normalize_host(flow.request.host)
+        except InvalidHost:
+            return None
+        if not isinstance(target, str):
+            return target
+    return None
+
+
+def facts_from_flow(flow: http.HTTPFlow, geo: Geo | None = None) -> Facts:
+    """Stage "http" facts for a recorded flow, built as the addon's `requestheaders` builds them.
+
+    Names, in order and without repeats: the Host header (or HTTP/2 :authority), the request target
+    (`request.host`), the client's SNI; IP literals are not names. `server_ip` is the IP actually dialled
+    (see `_dialled_ip`), `client_ip` the client's address. With `geo`, the country and ASN are filled in.
+    A CONNECT flow gives stage "connect" facts, as the addon's `http_connect` builds them.
+
+    Raises `InvalidFlow` (carrying the facts gathered so far) for a name that cannot be normalised.
+    """
+    request = flow.request
+    if request.method == "CONNECT":
+        facts = Facts("connect", client_ip=_client_ip(flow.client_conn))
+        try:
+            target = normalize_host(request.host)
+        except InvalidHost as exc:
+            raise InvalidFlow(facts, "CONNECT target", exc) from None
+        if isinstance(target, str):
+            facts.names = (target,)
+            facts.host = target
+    else:
+        facts = Facts("http", client_ip=_client_ip(flow.client_conn))
+        raw_host = request.host_header
+        facts.host = raw_host
+        facts.sni = flow.client_conn.sni
+        names: list[str] = []
+        for label, value in (("Host", raw_host), ("request target", request.host), ("SNI", flow.client_conn.sni)):
+            if not value:
+                continue
+            try:
+                host = normalize_host(value)
+            except InvalidHost as exc:
+                raise InvalidFlow(facts, label, exc) from None
+            if isinstance(host, str) and host not in names:
+                names.append(host)
+        facts.names = tuple(names)
+    facts.server_ip = _dialled_ip(flow)
+    if geo is not None and facts.server_ip is not None:
+        facts.country, facts.asn = geo.lookup(facts.server_ip)
+    return facts
+
+
+def judge(flow: http.HTTPFlow, ruleset: Ruleset, geo: Geo | None) -> tuple[Facts, Verdict]:
+    """Facts and verdict for one flow; an invalid name gets the policy's on_error, as in the addon."""
+    try:
+        facts = facts_from_flow(flow, geo)
+    except InvalidFlow as exc:
+        action = ruleset.policy.on_error
+        return exc.facts, Verdict(action, None, f"{exc}; on_error is {action}", None, None)
+    return facts, decide(facts, ruleset)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and replaying
+
+
+def read_flows(path: str | os.PathLike[str]) -> Iterator[http.HTTPFlow]:
+    """The HTTP flows of a .mitm (or HAR) file, in file order. Other flow types are skipped.
+
+    Raises `ReplayError` naming the file when it cannot be opened or is not a valid flow file (flows
+    before the damage have already been yielded).
+    """
+    name = os.fspath(path)
+    try:
+        fo = open(name, "rb")
+    except OSError as exc:
+        raise ReplayError(name, f"cannot open: {exc.strerror or exc}") from None
+    with fo:
+        reader = mio.FlowReader(fo)
+        try:
+            for flow in reader.stream():
+                if isinstance(flow, http.HTTPFlow):
+                    yield flow
+        except mexceptions.FlowReadException as exc:
+            raise ReplayError(name, f"not a valid mitmproxy flow file ({exc})") from None
+        except (OSError, EOFError) as exc:
+            raise ReplayError(name, f"cannot read: {exc}") from None
+        except (KeyError, AttributeError, TypeError, ValueError, UnicodeError) as exc:
+            # Structurally damaged flows that slip past FlowReader's own checks.
+            raise ReplayError(name, f"not a valid mitmproxy flow file ({type(exc).__name__}: {exc})") from None
+
+
+def replay(
+    path: str | os.PathLike[str], ruleset: Ruleset, geo: Geo | None
+) -> Iterator[tuple[http.HTTPFlow, Facts, Verdict]]:
+    """(flow, facts, verdict) for every HTTP flow of the file, in order. Raises `ReplayError`."""
+    for flow in read_flows(path):
+        facts, verdict = judge(flow, ruleset, geo)
+        yield flow, facts, verdict
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+@dataclass
+class _Summary:
+    counts: dict[str, int]
+
+    def line(self, path: str) -> str:
+        total = sum(self.counts.values())
+        parts = " ".join(f"{action}={self.counts[action]}" for action in SEVERITY)
+        return f"{path}: {total} flow{'s' if total != 1 else ''}: {parts}"
+
+
+def format_line(index: int, flow: http.HTTPFlow, facts: Facts, verdict: Verdict) -> str:
+    """One human-readable line: index, action, rule, what was asked, where the server is, why."""
+    request = flow.request
+    subject = unicode_name(verdict.name) if verdict.name else (facts.host or request.host or "?")
+    where = "server ?"
+    if facts.server_ip is not None:
+        where = f"server {facts.server_ip}"
+        where += f" {facts.country}" if facts.country else " (no country)"
+        if facts.asn is not None:
+            where += f" AS{facts.asn}"
+    return (
+        f"#{index} {verdict.action.upper():5} {verdict.rule or '-'} {request.method} "
+        f"{subject} ({where}): {verdict.reason}"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="geoblock-replay",
+        description="Judge the flows of a recorded mitmproxy file (.mitm) offline with geoblock's rules "
+        "and explain each verdict.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE.mitm", help="flow files written by mitmdump -w")
+    p.add_argument("--rules", default=DEFAULT_RULES, help="rules file or directory (default: %(default)s)")
+    p.add_argument(
+        "--country-db",
+        default=None,
+        help=f"GeoIP2/GeoLite2 Country or City database; '' for none (default: {DEFAULT_COUNTRY_DB} if present)",
+    )
+    p.add_argument(
+        "--asn-db",
+        default=None,
+        help=f"GeoLite2-ASN database; '' for none (default: {DEFAULT_ASN_DB} if present)",
+    )
+    p.add_argument("--json", action="store_true", help="print one decision record (JSON) per flow")
+    return p
+
+
+def _open_geo(country: str | None, asn: str | None) -> Geo:
+    """The GeoIP databases: ones named on the command line must work; absent defaults are skipped."""
+    explicit = {"country": country, "asn": asn}
+    if country is None:
+        country = DEFAULT_COUNTRY_DB if os.path.exists(DEFAULT_COUNTRY_DB) else ""
+    if asn is None:
+        asn = DEFAULT_ASN_DB if os.path.exists(DEFAULT_ASN_DB) else ""
+    geo = Geo(country or None, asn or None)
+    named = [path for path in explicit.values() if path]
+    refused = [p for p in geo.problems if any(p.startswith(f"{path}:") for path in named)]
+    if refused:
+        geo.close()
+        raise ValueError("; ".join(refused))
+    return geo
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status (0 judged, 2 unusable input, 1 output pipe closed)."""
+    args = _parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")  # names may be Unicode; never die printing them
+    try:
+        return _main(args)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, as command-line tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _main(args: argparse.Namespace) -> int:
+    err = sys.stderr
+    try:
+        ruleset = Ruleset.load(args.rules)
+    except RuleError as exc:
+        print(f"geoblock-replay: rules refused: {exc}", file=err)
+        return 2
+    try:
+        geo = _open_geo(args.country_db, args.asn_db)
+    except ValueError as exc:
+        print(f"geoblock-replay: GeoIP database refused: {exc}", file=err)
+        return 2
+    for problem in geo.problems:
+        print(f"geoblock-replay: warning: {problem}", file=err)
+    for warning in ruleset.source.warnings:
+        print(f"geoblock-replay: warning: {warning}", file=err)
+    if geo.country_info is None and ruleset.needs_country:
+        print("geoblock-replay: warning: no country database: rules that need a server's country give "
+              f"unknown_country={ruleset.policy.unknown_country}", file=err)
+    out = sys.stdout
+    status = 0
+    try:
+        for path in args.files:
+            summary = _Summary({action: 0 for action in SEVERITY})
+            try:
+                for index, (flow, facts, verdict) in enumerate(replay(path, ruleset, geo)):
+                    summary.counts[verdict.action] += 1
+                    if args.json:
+                        record = make_record(facts, verdict, False, ruleset.version,
+                                             {"file": path, "flow": index, "flow_id": flow.id})
+                        out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+                    else:
+                        out.write(format_line(index, flow, facts, verdict) + "\n")
+            except ReplayError as exc:
+                out.flush()
+                print(f"geoblock-replay: {exc}", file=err)
+                status = 2
+                continue
+            out.flush()
+            print(summary.line(path), file=err if args.json else out)
+    finally:
+        geo.close()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
