@@ -372,23 +372,25 @@ class GeoBlock:
         raw_host = request.host_header
         facts.host = raw_host
         facts.sni = flow.client_conn.sni
-        for label, value in (("Host", raw_host), ("request target", request.host), ("SNI", flow.client_conn.sni)):
+        # The request target (absolute URL, CONNECT target or transparent destination) is what
+        # mitmproxy dials: its IP, or its name resolved, is where the server is.
+        name: str | None = None
+        ip: IPAddress | None = state.connect_ip
+        for label, value in (("request target", request.host), ("Host", raw_host), ("SNI", flow.client_conn.sni)):
             if not value:
                 continue
             try:
                 host = normalize_host(value)
             except InvalidHost as exc:
                 return self._invalid(facts, exc, label, flow)
-            if isinstance(host, str) and host not in names:
-                names.append(host)
+            if isinstance(host, str):
+                if host not in names:
+                    names.append(host)
+                if label == "request target":
+                    name = host
+            elif label == "request target":
+                ip = host
         facts.names = tuple(names)
-        target = normalize_host(request.host) if request.host else None
-        if isinstance(target, str):
-            name, ip = target, None
-        else:
-            name, ip = None, target
-        if ip is None and state.connect_ip is not None:
-            ip = state.connect_ip
         facts.server_ip = await self._server_ip(state, name, ip, facts.names)
         verdict = self._decide(facts)
         self._record(facts, verdict)
