@@ -53,7 +53,7 @@ def test_names_at_a_home_server(rs, geo, name, action, rule):
 
 def test_reason_explains_the_match_and_the_override(rs, geo):
     v = judge(rs, geo, "api.binance.com", server="127.0.0.2")
-    assert v.reason.startswith("api.binance.com is under binance.com in rule offshore-crypto-exchanges")
+    assert v.reason.startswith("api.binance.com is under binance.com, listed in rule offshore-crypto-exchanges")
     v = judge(rs, geo, "pay.binance.com", server="127.0.0.2")
     assert "overrides block rule offshore-crypto-exchanges" in v.reason
     v = judge(rs, geo, "example.org", server="127.0.0.1")
@@ -166,3 +166,41 @@ def test_needs_server_ip_only_when_a_rule_could_use_it(rs, tmp_path):
     assert not named.needs_server_ip(["b.test"])
     assert not named.needs_server_ip(["other.test"])
     assert named.needs_server_ip(["www.o.test"])
+
+
+# --- an allow by name never lifts a block on where the server is or who the client is -----------
+
+def test_allow_by_name_does_not_lift_a_network_block(rs, geo):
+    # pay.binance.com has an exact allow; 127.0.0.5 is a blocked network. The Host header is chosen by
+    # the client, so it must not open a blocked server.
+    v = judge(rs, geo, "pay.binance.com", server="127.0.0.5", stage="http")
+    assert (v.action, v.rule) == ("block", "blocked-network"), v.reason
+    assert "allow rule exact-allow does not lift it" in v.reason
+
+
+def test_allow_by_name_does_not_lift_a_client_block(rs, geo):
+    v = judge(rs, geo, "pay.binance.com", server="127.0.0.1", client="127.0.0.9")
+    assert (v.action, v.rule) == ("block", "blocked-client"), v.reason
+
+
+def test_allow_that_constrains_the_server_lifts_a_location_block(tmp_path, geo):
+    rs = ruleset(tmp_path, "home_countries: [CN]\n", """rules:
+  - {id: no-sg, action: block, countries: [SG]}
+  - {id: ok-name, action: allow, domains: [ok.test]}
+  - {id: ok-name-in-sg, action: allow, domains: [fine.test], countries: [SG]}
+""")
+    assert judge(rs, geo, "ok.test", server="127.0.0.2").rule == "no-sg"
+    v = judge(rs, geo, "fine.test", server="127.0.0.2")
+    assert (v.action, v.rule) == ("allow", "ok-name-in-sg")
+    assert "(overrides block rule no-sg)" in v.reason
+
+
+def test_override_reason_names_every_lifted_rule(tmp_path, geo):
+    rs = ruleset(tmp_path, "home_countries: [CN]\n", """rules:
+  - {id: b1, action: block, domains: [x.test]}
+  - {id: b2, action: block, domains: [a.x.test]}
+  - {id: ok, action: allow, domains: [=a.x.test]}
+""")
+    v = judge(rs, geo, "a.x.test", server="127.0.0.1")
+    assert v.rule == "ok" and "(overrides block rules b1, b2)" in v.reason
+    assert v.reason.startswith("a.x.test is listed exactly (=a.x.test) in rule ok")

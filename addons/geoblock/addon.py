@@ -30,7 +30,9 @@ from mitmproxy.proxy.layers import tls as mtls
 from . import enforce
 from .decide import Facts, Verdict, decide
 from .geo import Geo
-from .names import IPAddress, InvalidHost, normalize_host, normalize_ip
+from .names import IPAddress, InvalidHost, normalize_host
+from .observe import InvalidField, http_target, peer_ip
+from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_LOG, DEFAULT_RULES
 from .record import DecisionLog, make_record
 from .resolve import Resolver
 from .rules import RuleError
@@ -38,11 +40,6 @@ from .ruleset import Ruleset
 
 logger = logging.getLogger("geoblock")
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_RULES = os.path.join(REPO, "rules")
-DEFAULT_COUNTRY_DB = os.path.join(REPO, "data", "geoip", "GeoLite2-Country.mmdb")
-DEFAULT_ASN_DB = os.path.join(REPO, "data", "geoip", "GeoLite2-ASN.mmdb")
-DEFAULT_LOG = os.path.join(REPO, "logs", "decisions.jsonl")
 DEFAULT_BLOCKED_BY = "https://geoblock.invalid/"
 
 
@@ -368,35 +365,21 @@ class GeoBlock:
         request = flow.request
         state = self._state(flow.client_conn)
         facts = Facts("http", client_ip=_client_ip(flow.client_conn))
-        names: list[str] = []
-        raw_host = request.host_header
-        facts.host = raw_host
+        facts.host = request.host_header
         facts.sni = flow.client_conn.sni
-        # The request target (absolute URL, CONNECT target or transparent destination) is what
-        # mitmproxy dials: its IP, or its name resolved, is where the server is.
-        name: str | None = None
-        ip: IPAddress | None = state.connect_ip
-        for label, value in (("request target", request.host), ("Host", raw_host), ("SNI", flow.client_conn.sni)):
-            if not value:
-                continue
-            try:
-                host = normalize_host(value)
-            except InvalidHost as exc:
-                return self._invalid(facts, exc, label, flow)
-            if isinstance(host, str):
-                if host not in names:
-                    names.append(host)
-                if label == "request target":
-                    name = host
-            elif label == "request target":
-                ip = host
-        facts.names = tuple(names)
+        try:
+            target = http_target(request.host, request.host_header, flow.client_conn.sni)
+        except InvalidField as exc:
+            return self._invalid(facts, exc.cause, exc.field, flow)
+        facts.names = target.names
+        # The request target is what mitmproxy dials: its IP, or its name resolved, places the server.
+        name, ip = target.target_name, target.target_ip or state.connect_ip
         facts.server_ip = await self._server_ip(state, name, ip, facts.names)
         verdict = self._decide(facts)
         self._record(facts, verdict)
         if self._enforcing(verdict):
             flow.response = enforce.block_page(
-                verdict, verdict.name or raw_host or request.host, self.page, ctx.options.geoblock_blocked_by, _now()
+                verdict, verdict.name or request.host_header or request.host, self.page, ctx.options.geoblock_blocked_by, _now()
             )
 
     @guarded("connect")
@@ -462,7 +445,4 @@ class GeoBlock:
 
 
 def _client_ip(client: Any) -> IPAddress | None:
-    try:
-        return normalize_ip(client.peername[0])
-    except (InvalidHost, TypeError, IndexError, AttributeError):
-        return None
+    return peer_ip(getattr(client, "peername", None))

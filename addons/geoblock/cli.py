@@ -11,18 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from .decide import Facts, decide
 from .geo import Geo
 from .names import InvalidHost, normalize_host, normalize_ip
+from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
 from .rules import RuleError
 from .ruleset import Ruleset
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_RULES = REPO / "rules"
-DEFAULT_COUNTRY_DB = REPO / "data" / "geoip" / "GeoLite2-Country.mmdb"
-DEFAULT_ASN_DB = REPO / "data" / "geoip" / "GeoLite2-ASN.mmdb"
 
 
 def _load(rules: str) -> Ruleset:

@@ -4,7 +4,11 @@ Semantics:
 - a rule matches when all its conditions hold (a list matches when any entry does);
 - the names of a flow (CONNECT target, SNI, Host) are judged one by one, and the strictest verdict
   of them wins, so a blocked name cannot hide behind an allowed one;
-- for one name, an allow rule beats a block rule, which beats a log rule; with no match, `default`;
+- for one name, an allow rule beats a block rule, which beats a log rule; with no match, `default`.
+  An allow rule overrides a block rule only where it is as specific: a block rule with no name
+  condition (on the server's location or the client's address) is overridden only by an allow rule
+  that also constrains the server (resp. the client). A client-chosen name alone never lifts a block
+  on where the server is or who the client is;
 - a rule that needs the server's location (country, offshore, ASN, network) when it cannot be found
   gives the policy's `unknown_country` verdict, never more than the rule's own action; an allow rule is
   never granted on an unknown location.
@@ -84,7 +88,7 @@ def _decide_name(
     if len(candidates) > 1:
         candidates.sort(key=lambda c: c[0])
     unknown_policy = rs.policy.unknown_country
-    found: dict[str, _Match] = {}
+    found: dict[str, list[_Match]] = {}
     for index, why in candidates:
         rule = rules[index]
         spec = rule.spec
@@ -115,13 +119,31 @@ def _decide_name(
                 continue
             if SEVERITY[unknown_policy] < SEVERITY[action]:
                 action = unknown_policy
-        if action not in found:
-            found[action] = _Match(rule, why, action, unknown)
-    for action in ("allow", "block", "log"):
-        match = found.get(action)
-        if match is not None:
-            return Verdict(action, match.rule.id, _reason(name, facts, rs, offshore, match, found), offshore, name)
+        found.setdefault(action, []).append(_Match(rule, why, action, unknown))
+    allows, blocks = found.get("allow"), found.get("block")
+    if allows:
+        standing = [b for b in blocks or () if not any(_overrides(a.rule, b.rule) for a in allows)]
+        if not standing:
+            return Verdict("allow", allows[0].rule.id, _reason(name, facts, rs, offshore, allows[0], blocks), offshore, name)
+        return Verdict("block", standing[0].rule.id,
+                       _reason(name, facts, rs, offshore, standing[0], None, allows[0]), offshore, name)
+    for action in ("block", "log"):
+        matches = found.get(action)
+        if matches:
+            return Verdict(action, matches[0].rule.id, _reason(name, facts, rs, offshore, matches[0], None), offshore, name)
     return Verdict(rs.policy.default, None, _default_reason(name, rs), offshore, name)
+
+
+def _overrides(allow: CompiledRule, block: CompiledRule) -> bool:
+    """Whether an allow rule may lift a block rule (see the module's semantics)."""
+    b, a = block.spec, allow.spec
+    if b.has_name_condition:
+        return True
+    if b.needs_server_ip and not a.needs_server_ip:
+        return False
+    if b.clients and not a.clients:
+        return False
+    return True
 
 
 def _default_reason(name: str | None, rs: Ruleset) -> str:
@@ -149,7 +171,8 @@ def _reason(
     rs: Ruleset,
     offshore: bool | None,
     match: _Match,
-    found: dict[str, _Match],
+    overridden: list[_Match] | None,
+    refused_allow: _Match | None = None,
 ) -> str:
     spec = match.rule.spec
     parts: list[str] = []
@@ -158,9 +181,11 @@ def _reason(
         if match.why == "pattern":
             parts.append(f"{shown} matches a name pattern of rule {spec.id}")
         elif match.why.startswith("="):
-            parts.append(f"{shown} is {match.why[1:]} in rule {spec.id}")
+            parts.append(f"{shown} is listed exactly (={match.why[1:]}) in rule {spec.id}")
+        elif name == match.why or unicode_name(name) == match.why:
+            parts.append(f"{shown} is listed in rule {spec.id}")
         else:
-            parts.append(f"{shown} is under {match.why.removeprefix('*.')} in rule {spec.id}")
+            parts.append(f"{shown} is under {match.why.removeprefix('*.')}, listed in rule {spec.id}")
     else:
         parts.append(f"rule {spec.id} applies")
     if spec.clients and facts.client_ip is not None:
@@ -173,6 +198,12 @@ def _reason(
             f"({rs.policy.unknown_country}) applies"
         )
     sentence = "; ".join(parts) + f": {match.action}"
-    if match.action == "allow" and "block" in found:
-        sentence += f" (overrides block rule {found['block'].rule.id})"
+    if overridden:
+        ids = ", ".join(m.rule.id for m in overridden)
+        sentence += f" (overrides block rule{'s' if len(overridden) > 1 else ''} {ids})"
+    if refused_allow is not None:
+        sentence += (
+            f" (allow rule {refused_allow.rule.id} does not lift it: it does not constrain the "
+            f"{'server' if spec.needs_server_ip else 'client'} this rule is about)"
+        )
     return sentence

@@ -37,14 +37,12 @@ from mitmproxy import io as mio
 from .decide import Facts, Verdict, decide
 from .geo import Geo
 from .names import IPAddress, InvalidHost, normalize_host, normalize_ip, unicode_name
+from .observe import InvalidField, http_target, peer_ip
+from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
 from .record import make_record
 from .rules import RuleError
 from .ruleset import SEVERITY, Ruleset
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_RULES = os.path.join(REPO, "rules")
-DEFAULT_COUNTRY_DB = os.path.join(REPO, "data", "geoip", "GeoLite2-Country.mmdb")
-DEFAULT_ASN_DB = os.path.join(REPO, "data", "geoip", "GeoLite2-ASN.mmdb")
 
 
 class ReplayError(Exception):
@@ -71,10 +69,7 @@ class InvalidFlow(ValueError):
 
 
 def _client_ip(client: Any) -> IPAddress | None:
-    try:
-        return normalize_ip(client.peername[0])
-    except (InvalidHost, TypeError, IndexError, AttributeError):
-        return None
+    return peer_ip(getattr(client, "peername", None))
 
 
 def _dialled_ip(flow: http.HTTPFlow) -> IPAddress | None:
@@ -99,8 +94,8 @@ def _dialled_ip(flow: http.HTTPFlow) -> IPAddress | None:
 def facts_from_flow(flow: http.HTTPFlow, geo: Geo | None = None) -> Facts:
     """Stage "http" facts for a recorded flow, built as the addon's `requestheaders` builds them.
 
-    Names, in order and without repeats: the Host header (or HTTP/2 :authority), the request target
-    (`request.host`), the client's SNI; IP literals are not names. `server_ip` is the IP actually dialled
+    Names, in order and without repeats: the request target (`request.host`), the Host header (or
+    HTTP/2 :authority), the client's SNI; IP literals are not names. `server_ip` is the IP actually dialled
     (see `_dialled_ip`), `client_ip` the client's address. With `geo`, the country and ASN are filled in.
     A CONNECT flow gives stage "connect" facts, as the addon's `http_connect` builds them.
 
@@ -121,17 +116,11 @@ def facts_from_flow(flow: http.HTTPFlow, geo: Geo | None = None) -> Facts:
         raw_host = request.host_header
         facts.host = raw_host
         facts.sni = flow.client_conn.sni
-        names: list[str] = []
-        for label, value in (("Host", raw_host), ("request target", request.host), ("SNI", flow.client_conn.sni)):
-            if not value:
-                continue
-            try:
-                host = normalize_host(value)
-            except InvalidHost as exc:
-                raise InvalidFlow(facts, label, exc) from None
-            if isinstance(host, str) and host not in names:
-                names.append(host)
-        facts.names = tuple(names)
+        try:
+            target = http_target(request.host, raw_host, flow.client_conn.sni)
+        except InvalidField as exc:
+            raise InvalidFlow(facts, exc.field, exc.cause) from None
+        facts.names = target.names
     facts.server_ip = _dialled_ip(flow)
     if geo is not None and facts.server_ip is not None:
         facts.country, facts.asn = geo.lookup(facts.server_ip)

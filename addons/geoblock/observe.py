@@ -1,0 +1,58 @@
+"""Observation: turning what a flow shows (raw strings) into normalised names and addresses.
+
+Shared by the addon's hooks and the offline tools, so a recorded flow is judged exactly as a live one.
+Nothing here imports mitmproxy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .names import IPAddress, InvalidHost, normalize_host, normalize_ip
+
+
+class InvalidField(ValueError):
+    """A field of a flow whose value is not a valid host; `field` says which (SNI, Host, ...)."""
+
+    def __init__(self, field: str, cause: InvalidHost) -> None:
+        self.field = field
+        self.cause = cause
+        super().__init__(f"{field} {cause}")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpTarget:
+    names: tuple[str, ...]  # request target, Host, SNI: normalised, distinct, IP literals left out
+    target_name: str | None  # the request target when it is a name (what mitmproxy resolves and dials)
+    target_ip: IPAddress | None  # the request target when it is an IP literal
+
+
+def http_target(request_host: str | None, host_header: str | None, sni: str | None) -> HttpTarget:
+    """Names and target of an HTTP request. Raises InvalidField."""
+    names: list[str] = []
+    target_name: str | None = None
+    target_ip: IPAddress | None = None
+    for field, value in (("request target", request_host), ("Host", host_header), ("SNI", sni)):
+        if not value:
+            continue
+        try:
+            host = normalize_host(value)
+        except InvalidHost as exc:
+            raise InvalidField(field, exc) from None
+        if isinstance(host, str):
+            if host not in names:
+                names.append(host)
+            if field == "request target":
+                target_name = host
+        elif field == "request target":
+            target_ip = host
+    return HttpTarget(tuple(names), target_name, target_ip)
+
+
+def peer_ip(peername: Any) -> IPAddress | None:
+    """The IP of a (host, port, ...) peer address, or None."""
+    try:
+        return normalize_ip(peername[0])
+    except (InvalidHost, TypeError, IndexError, ValueError):
+        return None
