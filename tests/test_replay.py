@@ -208,7 +208,7 @@ def test_addon_requestheaders_enforces_the_expected_verdicts(name, live, rs, geo
     assert all(r["enforced"] is True and r["stage"] == "http" and "error" not in r for r in records)
     assert live.resolver.stats["lookups"] == 0  # every server here is an IP literal: nothing resolved
     # The offline replay builds the same facts and reaches the same verdict, for the same reason.
-    replayed = [rp.make_record(facts, verdict, False, rs.version) for _, facts, verdict in rp.replay(FLOWS / name, rs, geo)]
+    replayed = [rp.make_record(facts, verdict, False, rs.version, geo.country_build, geo.asn_build) for _, facts, verdict in rp.replay(FLOWS / name, rs, geo)]
     assert [comparable(r) for r in replayed] == [comparable(r) for r in records]
 
 
@@ -228,7 +228,7 @@ def test_replay_takes_names_in_the_addons_order(live, rs, geo):
     live_flow.response = None
     asyncio.run(live.requestheaders(live_flow))
     (record,) = logged(live)
-    assert comparable(rp.make_record(facts, verdict, False, rs.version)) == comparable(record)
+    assert comparable(rp.make_record(facts, verdict, False, rs.version, geo.country_build, geo.asn_build)) == comparable(record)
     assert live_flow.response is not None and live_flow.response.status_code == 451
 
 

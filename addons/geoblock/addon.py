@@ -8,6 +8,10 @@ Hooks and what they decide on:
 - `requestheaders`: Host, :authority and the request target of plain or decrypted HTTP, 451 page;
 - `server_connect`: last line of defence: a connection already judged blocked is never dialled.
 
+Rules and databases are watched (`geoblock_reload_interval`) and reloaded on change, on SIGHUP and on
+the `geoblock.reload` command: a new ruleset or database is built aside and swapped in whole; one that
+does not load keeps the last good one, and the reason (file and line) is logged.
+
 Every hook runs under one guard: an exception applies the policy's `on_error` verdict (block by default),
 records it, and is logged once per cause.
 """
@@ -19,11 +23,13 @@ import datetime as _dt
 import functools
 import logging
 import os
+import signal
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.proxy import layer as mlayer
 from mitmproxy.proxy.layers import tls as mtls
 
@@ -37,6 +43,7 @@ from .record import DecisionLog, make_record
 from .resolve import Resolver
 from .rules import RuleError
 from .ruleset import Ruleset
+from .watch import files_stamp, rules_stamp
 
 logger = logging.getLogger("geoblock")
 
@@ -92,6 +99,11 @@ class GeoBlock:
         self.conns: dict[str, ConnState] = {}
         self.errors_seen: dict[str, int] = {}
         self.counts = {"allow": 0, "log": 0, "block": 0, "error": 0}
+        self._rules_stamp: object = None
+        self._geo_stamp: object = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.last_problem: str | None = None
+        self.reloads = 0
 
     # ------------------------------------------------------------------ options
 
@@ -132,6 +144,11 @@ class GeoBlock:
             'geoblock: the URI sent in the 451 answer\'s Link: <URI>; rel="blocked-by" header (RFC 7725).',
         )
         loader.add_option(
+            "geoblock_reload_interval", float, 2.0,
+            "geoblock: seconds between checks of the rule files and databases for changes (hot reload). "
+            "0 = only on SIGHUP or the geoblock.reload command.",
+        )
+        loader.add_option(
             "geoblock_dns_timeout", float, 2.0,
             "geoblock: seconds to wait for a name's address when a rule needs the server's location.",
         )
@@ -144,6 +161,7 @@ class GeoBlock:
             except RuleError as exc:
                 raise exceptions.OptionsError(f"geoblock: rules refused: {exc}") from None
             self.ruleset = ruleset
+            self._rules_stamp = rules_stamp(opts.geoblock_rules)
             for warning in ruleset.source.warnings:
                 logger.warning(f"geoblock: {warning}")
             s = ruleset.summary()
@@ -156,6 +174,7 @@ class GeoBlock:
                 if self.geo is not None:
                     self.geo.close()
                 self.geo = Geo(opts.geoblock_country_db or None, opts.geoblock_asn_db or None)
+                self._geo_stamp = files_stamp(opts.geoblock_country_db, opts.geoblock_asn_db)
             self._report_geo()
         if "geoblock_log" in updated:
             if self.log is not None:
@@ -217,19 +236,114 @@ class GeoBlock:
         if self.ruleset is None:  # configure refused the rules: never serve without them
             logger.error("geoblock: no valid ruleset; shutting down")
             ctx.master.shutdown()
+            return
+        loop = asyncio.get_running_loop()
+        if self._watcher is None:
+            self._watcher = loop.create_task(self._watch())
+        try:
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload(force=True)))
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+            pass
 
     def done(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         self.resolver.close()
         if self.log is not None:
             self.log.close()
         if self.geo is not None:
             self.geo.close()
 
+    # ------------------------------------------------------------------ hot reload
+
+    async def _watch(self) -> None:
+        while True:
+            interval = ctx.options.geoblock_reload_interval
+            await asyncio.sleep(interval if interval > 0 else 1.0)
+            if interval > 0:
+                try:
+                    await self.reload()
+                except Exception as exc:  # noqa: BLE001 - the watcher must outlive any failure
+                    logger.error(f"geoblock: reload failed: {exc}")
+
+    async def reload(self, force: bool = False) -> str:
+        """Reload what changed (everything when `force`); build aside in a thread, then swap."""
+        opts = ctx.options
+        rules_now = rules_stamp(opts.geoblock_rules)
+        geo_now = files_stamp(opts.geoblock_country_db, opts.geoblock_asn_db)
+        said: list[str] = []
+        if force or rules_now != self._rules_stamp:
+            self._rules_stamp = rules_now  # a broken edit is reported once, not at every check
+            started = time.perf_counter()
+            try:
+                ruleset = await asyncio.to_thread(Ruleset.load, opts.geoblock_rules)
+            except RuleError as exc:
+                old = self.ruleset.version if self.ruleset else "none"
+                self.last_problem = f"rules change refused, keeping ruleset {old}: {exc}"
+                logger.error(f"geoblock: {self.last_problem}")
+                said.append(self.last_problem)
+            else:
+                old = self.ruleset.version if self.ruleset else "none"
+                self.ruleset = ruleset
+                self.reloads += 1
+                self.last_problem = None
+                s = ruleset.summary()
+                msg = (f"rules reloaded: ruleset {old} -> {ruleset.version}, {s['rules']} rules, "
+                       f"{s['domains']} domains, in {(time.perf_counter() - started) * 1000:.0f} ms")
+                logger.info(f"geoblock: {msg}")
+                said.append(msg)
+        if force or geo_now != self._geo_stamp:
+            self._geo_stamp = geo_now
+            old_geo = self.geo
+            geo = await asyncio.to_thread(
+                Geo, opts.geoblock_country_db or None, opts.geoblock_asn_db or None, 65536, old_geo
+            )
+            self.geo = geo
+            if old_geo is not None:
+                old_geo.close()  # readers handed over to the new Geo stay open
+            for problem in geo.problems:
+                logger.error(f"geoblock: database change refused: {problem}")
+                said.append(problem)
+            msg = "databases reloaded: " + "; ".join(geo.describe())
+            logger.info(f"geoblock: {msg}")
+            said.append(msg)
+        return "\n".join(said) or "nothing changed"
+
+    @command.command("geoblock.reload")
+    def reload_command(self) -> None:
+        """Reload geoblock's rules and GeoIP databases now (a broken file keeps the last good one)."""
+        asyncio.get_running_loop().create_task(self.reload(force=True))
+
+    @command.command("geoblock.status")
+    def status(self) -> str:
+        """geoblock's ruleset version, rule counts, databases and counters."""
+        lines = []
+        rs = self.ruleset
+        if rs is None:
+            lines.append("ruleset: none")
+        else:
+            s = rs.summary()
+            by = ", ".join(f"{n} {a}" for a, n in s["by_action"].items())  # type: ignore[union-attr]
+            lines.append(f"ruleset {rs.version}: {s['rules']} rules ({by}), {s['domains']} domains, "
+                         f"{len(rs.source.files)} files, from {ctx.options.geoblock_rules}")
+        if self.geo is not None:
+            lines.extend(self.geo.describe())
+        c = self.counts
+        lines.append(f"decisions: {c['allow']} allow, {c['log']} log, {c['block']} block, {c['error']} errors; "
+                     f"reloads: {self.reloads}")
+        if self.log is not None:
+            lines.append(f"decision log {self.log.path}: {self.log.written} written, {self.log.lost} lost")
+        if self.last_problem:
+            lines.append(f"last problem: {self.last_problem}")
+        return "\n".join(lines)
+
     # ------------------------------------------------------------------ enrichment and decision
 
     def _locate(self, facts: Facts) -> None:
         if facts.server_ip is not None and self.geo is not None:
             facts.country, facts.asn = self.geo.lookup(facts.server_ip)
+            if facts.country is not None:
+                facts.country_source = "geoip"
 
     async def _server_ip(self, state: ConnState | None, name: str | None, ip: IPAddress | None,
                          names: tuple[str, ...]) -> IPAddress | None:
@@ -262,8 +376,9 @@ class GeoBlock:
                 f"{verdict.name or facts.server_ip}: {verdict.reason}"
             )
         if self.log is not None:
-            rs = self.ruleset
-            self.log.write(make_record(facts, verdict, enforced, rs.version if rs else None, extra))
+            rs, geo = self.ruleset, self.geo
+            self.log.write(make_record(facts, verdict, enforced, rs.version if rs else None,
+                                       geo.country_build if geo else None, geo.asn_build if geo else None, extra))
 
     def _enforcing(self, verdict: Verdict) -> bool:
         return verdict.action == "block" and not ctx.options.geoblock_monitor

@@ -34,7 +34,7 @@ class Facts:
     server_ip: IPAddress | None = None
     country: str | None = None
     asn: int | None = None
-    country_source: str | None = None  # "geoip" | None
+    country_source: str | None = None  # "geoip" | "rdap" | None
     sni: str | None = None  # as sent, for the record
     host: str | None = None  # as sent, for the record
 

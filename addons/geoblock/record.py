@@ -27,6 +27,8 @@ def make_record(
     verdict: Verdict,
     enforced: bool,
     ruleset: str | None,
+    geoip_build: str | None = None,
+    asn_build: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     record: dict[str, Any] = {
@@ -38,6 +40,7 @@ def make_record(
         "name": verdict.name,
         "server_ip": None if facts.server_ip is None else str(facts.server_ip),
         "country": facts.country,
+        "country_source": facts.country_source if facts.country is not None else None,
         "asn": facts.asn,
         "offshore": verdict.offshore,
         "action": verdict.action,
@@ -45,6 +48,8 @@ def make_record(
         "rule": verdict.rule,
         "reason": verdict.reason,
         "ruleset": ruleset,
+        "geoip_build": geoip_build,
+        "asn_build": asn_build,
     }
     if extra:
         record.update(extra)

@@ -124,6 +124,7 @@ def facts_from_flow(flow: http.HTTPFlow, geo: Geo | None = None) -> Facts:
     facts.server_ip = _dialled_ip(flow)
     if geo is not None and facts.server_ip is not None:
         facts.country, facts.asn = geo.lookup(facts.server_ip)
+        facts.country_source = "geoip" if facts.country is not None else None
     return facts
 
 
@@ -288,7 +289,9 @@ def _main(args: argparse.Namespace) -> int:
                     summary.counts[verdict.action] += 1
                     if args.json:
                         record = make_record(facts, verdict, False, ruleset.version,
-                                             {"file": path, "flow": index, "flow_id": flow.id})
+                                             geo.country_build if geo else None,
+                                             geo.asn_build if geo else None,
+                                             extra={"file": path, "flow": index, "flow_id": flow.id})
                         out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
                     else:
                         out.write(format_line(index, flow, facts, verdict) + "\n")

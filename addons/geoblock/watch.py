@@ -1,0 +1,38 @@
+"""Noticing that rule files or databases changed on disk, cheaply (stat only), for hot reload."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+Stamp = tuple[tuple[str, int, int, int], ...]
+
+
+def _stat(path: str) -> tuple[str, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (path, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def rules_stamp(source: str) -> Stamp:
+    """Names, inodes, mtimes and sizes of the rule files (a directory's *.yaml, or one file).
+
+    Any edit, addition, removal or replacement of a rule file changes the stamp.
+    """
+    path = Path(source)
+    if path.is_dir():
+        try:
+            names = sorted(p.name for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+        except OSError:
+            return (("<unreadable>", 0, 0, 0),)
+        stamps = (_stat(str(path / n)) for n in names)
+        return tuple(s for s in stamps if s is not None)
+    found = _stat(source)
+    return (found,) if found else ()
+
+
+def files_stamp(*paths: str | None) -> Stamp:
+    """Stamps of single files (databases); a missing file stamps as absent."""
+    return tuple(_stat(p) or (p, 0, 0, -1) for p in paths if p)
