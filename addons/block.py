@@ -11,6 +11,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from geoblock.addon import GeoBlock  # noqa: E402
+from geoblock.addon import GeoBlock, preflight  # noqa: E402
 
+preflight()  # a malformed --set geoblock_... stops mitmdump here instead of dropping geoblock silently
 addons = [GeoBlock()]

@@ -66,3 +66,20 @@ def test_starts_without_geoip_and_says_what_that_means(tmp_path):
     assert f"{tmp_path / 'none.mmdb'}: no such file" in out
     assert "without a country database" in out and "unknown_country=log" in out
     assert "domain rules are enforced as usual" in out
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["geoblock_monitor=maybe"], "option geoblock_monitor must be true or false, not 'maybe'"),
+    (["geoblock_rule=/etc/rules"], "unknown option 'geoblock_rule'"),
+    (["geoblock_log=/tmp/a.jsonl", "geoblock_log=/tmp/b.jsonl"], "option geoblock_log is given more than once"),
+    (["geoblock_dns_timeout=soon"], "geoblock_dns_timeout must be a number of seconds"),
+])
+def test_a_malformed_option_stops_mitmdump_instead_of_dropping_geoblock(tmp_path, sets, message):
+    # Left to mitmproxy, the first three would unload geoblock silently and serve unfiltered.
+    proc, port = run_mitmdump(tmp_path, *sets)
+    try:
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and message in out, out
+    assert not listening(port)

@@ -49,6 +49,65 @@ logger = logging.getLogger("geoblock")
 
 DEFAULT_BLOCKED_BY = "https://geoblock.invalid/"
 
+OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
+    ("geoblock_rules", str, DEFAULT_RULES,
+     "geoblock: a rules file or a directory of *.yaml rule files (policy.yaml + rule lists)."),
+    ("geoblock_country_db", str, DEFAULT_COUNTRY_DB,
+     "geoblock: a GeoIP2/GeoLite2 Country or City database (.mmdb). Empty = none: rules that need a "
+     "country follow unknown_country."),
+    ("geoblock_asn_db", str, DEFAULT_ASN_DB,
+     "geoblock: a GeoLite2-ASN database (.mmdb). Empty = none: rules on ASNs follow unknown_country."),
+    ("geoblock_log", str, DEFAULT_LOG,
+     "geoblock: the decision log, one JSON object per line per decision. Empty = off."),
+    ("geoblock_monitor", bool, False,
+     "geoblock: log-only mode: decide and record every flow (enforced: false), block nothing."),
+    ("geoblock_intercept", bool, False,
+     "geoblock: decrypt allowed TLS so Host checks apply inside it and blocked HTTPS requests get the "
+     "HTML page (clients must trust mitmproxy's CA). Default: allowed TLS passes through undecrypted."),
+    ("geoblock_block_page", str, "",
+     "geoblock: an HTML template for the 451 page ($host, $rule, $reason, $ts). Empty = built-in."),
+    ("geoblock_blocked_by", str, DEFAULT_BLOCKED_BY,
+     'geoblock: the URI sent in the 451 answer\'s Link: <URI>; rel="blocked-by" header (RFC 7725).'),
+    ("geoblock_reload_interval", str, "2",
+     "geoblock: seconds between checks of the rule files and databases for changes (hot reload). "
+     "0 = only on SIGHUP or the geoblock.reload command."),
+    ("geoblock_dns_timeout", str, "2",
+     "geoblock: seconds to wait for a name's address when a rule needs the server's location."),
+)
+
+
+class OptionProblem(Exception):
+    """A geoblock option given on the command line that mitmproxy would drop the addon over."""
+
+
+def preflight() -> None:
+    """Check geoblock's --set values before mitmproxy applies them.
+
+    mitmproxy applies a script's --set values when the script registers; a malformed one (a bool that
+    is not true/false, an option given twice) makes it drop the whole script silently and serve
+    without geoblock, and a misspelt option name is ignored. Refusing here makes mitmdump stop at
+    start-up with a message instead.
+    """
+    try:
+        deferred = dict(ctx.options.deferred)
+    except AttributeError:  # not loaded by mitmproxy (a plain import)
+        return
+    known = {name: typespec for name, typespec, _, _ in OPTIONS}
+    for name, value in deferred.items():
+        if not name.startswith("geoblock"):
+            continue
+        if name not in known:
+            raise OptionProblem(f"geoblock: unknown option {name!r}; geoblock's options are: {', '.join(known)}")
+        values = getattr(value, "val", None)
+        if values is None:
+            continue  # already typed (set from a config file or an API)
+        if len(values) > 1:
+            raise OptionProblem(f"geoblock: option {name} is given more than once: {values}")
+        if known[name] is bool and values and values[0] not in ("", "true", "false", "toggle"):
+            raise OptionProblem(f"geoblock: option {name} must be true or false, not {values[0]!r}")
+        if known[name] is str and not values:
+            raise OptionProblem(f"geoblock: option {name} needs a value ({name}=...)")
+
 
 @dataclass
 class ConnState:
@@ -104,54 +163,13 @@ class GeoBlock:
         self._watcher: asyncio.Task[None] | None = None
         self.last_problem: str | None = None
         self.reloads = 0
+        self.reload_interval = 2.0
 
     # ------------------------------------------------------------------ options
 
     def load(self, loader: Any) -> None:
-        loader.add_option(
-            "geoblock_rules", str, DEFAULT_RULES,
-            "geoblock: a rules file or a directory of *.yaml rule files (policy.yaml + rule lists).",
-        )
-        loader.add_option(
-            "geoblock_country_db", str, DEFAULT_COUNTRY_DB,
-            "geoblock: a GeoIP2/GeoLite2 Country or City database (.mmdb). Empty = none: rules that need "
-            "a country follow unknown_country.",
-        )
-        loader.add_option(
-            "geoblock_asn_db", str, DEFAULT_ASN_DB,
-            "geoblock: a GeoLite2-ASN database (.mmdb). Empty = none: rules on ASNs follow unknown_country.",
-        )
-        loader.add_option(
-            "geoblock_log", str, DEFAULT_LOG,
-            "geoblock: the decision log, one JSON object per line per decision. Empty = off.",
-        )
-        loader.add_option(
-            "geoblock_monitor", bool, False,
-            "geoblock: log-only mode: decide and record every flow (enforced: false), block nothing.",
-        )
-        loader.add_option(
-            "geoblock_intercept", bool, False,
-            "geoblock: decrypt allowed TLS so Host checks apply inside it and blocked HTTPS requests get "
-            "the HTML page (clients must trust mitmproxy's CA). Default: allowed TLS passes through "
-            "undecrypted.",
-        )
-        loader.add_option(
-            "geoblock_block_page", str, "",
-            "geoblock: an HTML template for the 451 page ($host, $rule, $reason, $ts). Empty = built-in.",
-        )
-        loader.add_option(
-            "geoblock_blocked_by", str, DEFAULT_BLOCKED_BY,
-            'geoblock: the URI sent in the 451 answer\'s Link: <URI>; rel="blocked-by" header (RFC 7725).',
-        )
-        loader.add_option(
-            "geoblock_reload_interval", float, 2.0,
-            "geoblock: seconds between checks of the rule files and databases for changes (hot reload). "
-            "0 = only on SIGHUP or the geoblock.reload command.",
-        )
-        loader.add_option(
-            "geoblock_dns_timeout", float, 2.0,
-            "geoblock: seconds to wait for a name's address when a rule needs the server's location.",
-        )
+        for name, typespec, default, text in OPTIONS:
+            loader.add_option(name, typespec, default, text)
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
@@ -199,9 +217,9 @@ class GeoBlock:
                     f"geoblock: block page template {opts.geoblock_block_page}: {exc}"
                 ) from None
         if "geoblock_dns_timeout" in updated:
-            if not 0 < opts.geoblock_dns_timeout <= 30:
-                raise exceptions.OptionsError("geoblock: geoblock_dns_timeout must be between 0 and 30 seconds")
-            self.resolver.timeout = opts.geoblock_dns_timeout
+            self.resolver.timeout = _seconds(opts.geoblock_dns_timeout, "geoblock_dns_timeout", 0.01, 30)
+        if "geoblock_reload_interval" in updated:
+            self.reload_interval = _seconds(opts.geoblock_reload_interval, "geoblock_reload_interval", 0, 3600)
         if "connection_strategy" in updated or "geoblock_rules" in updated:
             # With "eager", mitmproxy dials the server before the ClientHello is read: a blocked server
             # would see a connection. geoblock needs "lazy".
@@ -258,7 +276,7 @@ class GeoBlock:
 
     async def _watch(self) -> None:
         while True:
-            interval = ctx.options.geoblock_reload_interval
+            interval = self.reload_interval
             await asyncio.sleep(interval if interval > 0 else 1.0)
             if interval > 0:
                 try:
@@ -557,6 +575,16 @@ class GeoBlock:
             obj.ignore_connection = False
         elif hasattr(obj, "server") and hasattr(obj, "client"):  # ServerConnectionHookData
             obj.server.error = f"geoblock: {verdict.reason}"
+
+
+def _seconds(value: str, option: str, low: float, high: float) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not low <= seconds <= high:  # also refuses nan
+        raise exceptions.OptionsError(f"geoblock: {option} must be a number of seconds from {low:g} to {high:g}, not {value!r}")
+    return seconds
 
 
 def _client_ip(client: Any) -> IPAddress | None:

@@ -55,11 +55,12 @@ class Mitmdump:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mitmdump exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+            # mitmproxy 12 accepts TCP before its scripts are configured (the connection waits), so
+            # "ready" is its own "listening" line, after the scripts have loaded.
+            if "proxy listening at" in self.output():
+                with socket.create_connection(("127.0.0.1", self.port), timeout=2):
                     return self
-            except OSError:
-                time.sleep(0.05)
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"mitmdump did not listen on {self.port}:\n{self.output()}")
 
