@@ -40,6 +40,7 @@ from .names import IPAddress, InvalidHost, normalize_host
 from .observe import InvalidField, http_target, peer_ip
 from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_LOG, DEFAULT_RULES
 from .record import DecisionLog, make_record
+from . import rdap
 from .resolve import Resolver
 from .rules import RuleError
 from .ruleset import Ruleset
@@ -73,6 +74,13 @@ OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
      "0 = only on SIGHUP or the geoblock.reload command."),
     ("geoblock_dns_timeout", str, "2",
      "geoblock: seconds to wait for a name's address when a rule needs the server's location."),
+    ("geoblock_rdap", bool, True,
+     "geoblock: when the GeoIP database has no country for a public address, look it up over RDAP in the "
+     "background (the flow in hand follows unknown_country; later flows use the answer)."),
+    ("geoblock_rdap_url", str, rdap.DEFAULT_BOOTSTRAP_URL,
+     "geoblock: the RDAP bootstrap service (<url>/ip/<address>), e.g. an internal mirror."),
+    ("geoblock_rdap_timeout", str, "5",
+     "geoblock: seconds an RDAP lookup may take."),
 )
 
 
@@ -154,6 +162,7 @@ class GeoBlock:
         self.geo: Geo | None = None
         self.log: DecisionLog | None = None
         self.resolver = Resolver()
+        self.rdap: rdap.RdapLocator | None = None
         self.page = enforce.PageTemplate()
         self.conns: dict[str, ConnState] = {}
         self.errors_seen: dict[str, int] = {}
@@ -218,6 +227,15 @@ class GeoBlock:
                 ) from None
         if "geoblock_dns_timeout" in updated:
             self.resolver.timeout = _seconds(opts.geoblock_dns_timeout, "geoblock_dns_timeout", 0.01, 30)
+        if updated & {"geoblock_rdap", "geoblock_rdap_url", "geoblock_rdap_timeout"}:
+            timeout = _seconds(opts.geoblock_rdap_timeout, "geoblock_rdap_timeout", 0.1, 60)
+            try:
+                url = rdap.check_bootstrap_url(opts.geoblock_rdap_url)
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"geoblock: geoblock_rdap_url: {exc}") from None
+            if self.rdap is not None:
+                self.rdap.close()
+            self.rdap = rdap.RdapLocator(enabled=True, timeout=timeout, bootstrap_url=url) if opts.geoblock_rdap else None
         if "geoblock_reload_interval" in updated:
             self.reload_interval = _seconds(opts.geoblock_reload_interval, "geoblock_reload_interval", 0, 3600)
         if "connection_strategy" in updated or "geoblock_rules" in updated:
@@ -267,6 +285,8 @@ class GeoBlock:
         if self._watcher is not None:
             self._watcher.cancel()
         self.resolver.close()
+        if self.rdap is not None:
+            self.rdap.close()
         if self.log is not None:
             self.log.close()
         if self.geo is not None:
@@ -351,6 +371,10 @@ class GeoBlock:
                      f"reloads: {self.reloads}")
         if self.log is not None:
             lines.append(f"decision log {self.log.path}: {self.log.written} written, {self.log.lost} lost")
+        if self.rdap is not None:
+            st = self.rdap.stats()
+            lines.append(f"rdap: {st['answers']} answers, {st['negatives']} negatives, {st['in_flight']} in flight, "
+                         f"{st['cache_entries']} cached, {st['shed']} shed")
         if self.last_problem:
             lines.append(f"last problem: {self.last_problem}")
         return "\n".join(lines)
@@ -362,6 +386,12 @@ class GeoBlock:
             facts.country, facts.asn = self.geo.lookup(facts.server_ip)
             if facts.country is not None:
                 facts.country_source = "geoip"
+                return
+        if facts.server_ip is not None and self.rdap is not None and self.ruleset is not None and self.ruleset.needs_country:
+            # Non-blocking: a cached RDAP answer, else a background lookup for later flows.
+            country = self.rdap.country(facts.server_ip)
+            if country is not None:
+                facts.country, facts.country_source = country, rdap.SOURCE
 
     async def _server_ip(self, state: ConnState | None, name: str | None, ip: IPAddress | None,
                          names: tuple[str, ...]) -> IPAddress | None:

@@ -10,11 +10,14 @@ The loopback addresses the end-to-end tests serve on are placed in different cou
 | 127.0.0.4  | (not placed)   | -     |
 | 127.0.0.5  | SG (offshore)  | 64501 |
 | ::1        | CN (home)      | 64500 |
+
+`build_epoch` (seconds since 1970) stamps a chosen build time, e.g. an old build for freshness checks.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mmdb_writer import MMDBWriter, MmdbU32
 from netaddr import IPSet
@@ -28,10 +31,24 @@ PLACES: dict[str, tuple[str, int]] = {
 }
 
 
+class _Writer(MMDBWriter):
+    """MMDBWriter that can stamp a chosen build time (mmdb-writer stamps the time of writing)."""
+
+    def __init__(self, build_epoch: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._build_epoch = build_epoch
+
+    def _build_meta(self) -> dict[str, Any]:
+        meta = super()._build_meta()
+        if self._build_epoch is not None:
+            meta["build_epoch"] = self._build_epoch
+        return meta
+
+
 def write_country_db(path: Path, places: dict[str, tuple[str, int]] = PLACES,
-                     edition: str = "GeoLite2-Country") -> Path:
-    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type=edition,
-                        languages=["en"], description="geoblock test country database")
+                     edition: str = "GeoLite2-Country", build_epoch: int | None = None) -> Path:
+    writer = _Writer(build_epoch, ip_version=6, ipv4_compatible=True, database_type=edition,
+                     languages=["en"], description="geoblock test country database")
     for net, (country, _) in places.items():
         writer.insert_network(IPSet([net]), {
             "country": {"iso_code": country, "names": {"en": country}},
@@ -41,9 +58,10 @@ def write_country_db(path: Path, places: dict[str, tuple[str, int]] = PLACES,
     return path
 
 
-def write_asn_db(path: Path, places: dict[str, tuple[str, int]] = PLACES) -> Path:
-    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-ASN",
-                        languages=["en"], description="geoblock test ASN database")
+def write_asn_db(path: Path, places: dict[str, tuple[str, int]] = PLACES,
+                 edition: str = "GeoLite2-ASN", build_epoch: int | None = None) -> Path:
+    writer = _Writer(build_epoch, ip_version=6, ipv4_compatible=True, database_type=edition,
+                     languages=["en"], description="geoblock test ASN database")
     for net, (_, asn) in places.items():
         writer.insert_network(IPSet([net]), {
             "autonomous_system_number": MmdbU32(asn),

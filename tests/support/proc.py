@@ -57,7 +57,7 @@ class Mitmdump:
                 raise RuntimeError(f"mitmdump exited with {self.proc.returncode}:\n{self.output()}")
             # mitmproxy 12 accepts TCP before its scripts are configured (the connection waits), so
             # "ready" is its own "listening" line, after the scripts have loaded.
-            if "proxy listening at" in self.output():
+            if "listening at" in self.output():
                 with socket.create_connection(("127.0.0.1", self.port), timeout=2):
                     return self
             time.sleep(0.05)
