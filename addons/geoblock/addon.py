@@ -173,6 +173,7 @@ class GeoBlock:
         self.last_problem: str | None = None
         self.reloads = 0
         self.reload_interval = 2.0
+        self.monitor = False
 
     # ------------------------------------------------------------------ options
 
@@ -236,6 +237,8 @@ class GeoBlock:
             if self.rdap is not None:
                 self.rdap.close()
             self.rdap = rdap.RdapLocator(enabled=True, timeout=timeout, bootstrap_url=url) if opts.geoblock_rdap else None
+        if "geoblock_monitor" in updated:
+            self.monitor = bool(opts.geoblock_monitor)
         if "geoblock_reload_interval" in updated:
             self.reload_interval = _seconds(opts.geoblock_reload_interval, "geoblock_reload_interval", 0, 3600)
         if "connection_strategy" in updated or "geoblock_rules" in updated:
@@ -417,7 +420,7 @@ class GeoBlock:
 
     def _record(self, facts: Facts, verdict: Verdict, extra: dict[str, Any] | None = None) -> None:
         self.counts[verdict.action] += 1
-        enforced = not ctx.options.geoblock_monitor
+        enforced = not self.monitor
         if verdict.action != "allow":
             logger.info(
                 f"geoblock: {verdict.action}{'' if enforced else ' (monitor)'} {facts.stage} "
@@ -429,7 +432,7 @@ class GeoBlock:
                                        geo.country_build if geo else None, geo.asn_build if geo else None, extra))
 
     def _enforcing(self, verdict: Verdict) -> bool:
-        return verdict.action == "block" and not ctx.options.geoblock_monitor
+        return verdict.action == "block" and not self.monitor
 
     def _state(self, client: Any) -> ConnState:
         state = self.conns.get(client.id)
@@ -528,10 +531,10 @@ class GeoBlock:
         request = flow.request
         state = self._state(flow.client_conn)
         facts = Facts("http", client_ip=_client_ip(flow.client_conn))
-        facts.host = request.host_header
-        facts.sni = flow.client_conn.sni
+        facts.host = host_header = request.host_header
+        facts.sni = sni = flow.client_conn.sni
         try:
-            target = http_target(request.host, request.host_header, flow.client_conn.sni)
+            target = http_target(request.host, host_header, sni)
         except InvalidField as exc:
             return self._invalid(facts, exc.cause, exc.field, flow)
         facts.names = target.names
@@ -548,7 +551,7 @@ class GeoBlock:
     @guarded("connect")
     async def server_connect(self, data: Any) -> None:
         state = self.conns.get(data.client.id)
-        if state is not None and state.blocked is not None and not ctx.options.geoblock_monitor:
+        if state is not None and state.blocked is not None and not self.monitor:
             data.server.error = f"blocked by geoblock rule {state.blocked.rule}"
 
     def client_disconnected(self, client: Any) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 from typing import Union
 
 import idna
@@ -44,8 +45,24 @@ def _show(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+# The same few hosts and addresses recur on every flow: normalised forms are cached (bounded; values
+# are immutable; invalid input raises every time and is not cached).
+_CACHE = 16384
+
+
 def normalize_ip(value: str | IPAddress) -> IPAddress:
     """Parse an IP address; IPv4-mapped IPv6 becomes IPv4. Raises InvalidHost."""
+    if isinstance(value, str):
+        return _normalize_ip_text(value)
+    return _unmap(value)
+
+
+@lru_cache(maxsize=_CACHE)
+def _normalize_ip_text(value: str) -> IPAddress:
+    return _unmap(_parse_ip(value))
+
+
+def _parse_ip(value: str | IPAddress) -> IPAddress:
     if isinstance(value, str):
         try:
             addr: IPAddress = ipaddress.ip_address(value.split("%", 1)[0])
@@ -53,6 +70,10 @@ def normalize_ip(value: str | IPAddress) -> IPAddress:
             raise InvalidHost(value, "not an IP address") from None
     else:
         addr = value
+    return addr
+
+
+def _unmap(addr: IPAddress) -> IPAddress:
     if addr.version == 6 and addr.ipv4_mapped is not None:  # type: ignore[union-attr]
         return addr.ipv4_mapped  # type: ignore[union-attr,return-value]
     return addr
@@ -83,6 +104,11 @@ def normalize_host(value: str) -> str | IPAddress:
     """
     if not isinstance(value, str):
         raise InvalidHost(value, "not text")
+    return _normalize_host(value)
+
+
+@lru_cache(maxsize=_CACHE)
+def _normalize_host(value: str) -> str | IPAddress:
     host = _strip_port(value.strip())
     if not host:
         raise InvalidHost(value, "empty")
