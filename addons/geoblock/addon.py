@@ -1,6 +1,10 @@
 """The mitmproxy addon: thin hooks that observe, enrich, decide, enforce and record.
 
 Hooks and what they decide on:
+- `client_connected` (transparent mode): the original destination address, before any byte is read;
+  a block closes the connection without dialling the server;
+- `dns_request` (where geoblock serves DNS): the question's name; a block answers NXDOMAIN (or the
+  sinkhole address);
 - `http_connect`: the CONNECT target (explicit proxy), answered with 451 when blocked;
 - `next_layer`: the ClientHello's SNI, refused with a TLS alert when blocked (checked before mitmproxy's
   own layer choice, so a blocked handshake is never relayed or intercepted);
@@ -29,14 +33,16 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mitmproxy import command, ctx, exceptions, http
+from mitmproxy import command, ctx, dns, exceptions, http
+from mitmproxy.net.dns import response_codes, types as dns_types
+from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy import layer as mlayer
 from mitmproxy.proxy.layers import tls as mtls
 
 from . import enforce
 from .decide import Facts, Verdict, decide
 from .geo import Geo
-from .names import IPAddress, InvalidHost, normalize_host
+from .names import IPAddress, InvalidHost, normalize_host, normalize_ip
 from .observe import InvalidField, http_target, peer_ip
 from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_LOG, DEFAULT_RULES
 from .record import DecisionLog, make_record
@@ -74,6 +80,9 @@ OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
      "0 = only on SIGHUP or the geoblock.reload command."),
     ("geoblock_dns_timeout", str, "2",
      "geoblock: seconds to wait for a name's address when a rule needs the server's location."),
+    ("geoblock_dns_sinkhole", str, "",
+     "geoblock: where geoblock serves DNS, the address blocked names resolve to (A or AAAA by its "
+     "family). Empty = answer NXDOMAIN."),
     ("geoblock_rdap", bool, True,
      "geoblock: when the GeoIP database has no country for a public address, look it up over RDAP in the "
      "background (the flow in hand follows unknown_country; later flows use the answer)."),
@@ -174,6 +183,7 @@ class GeoBlock:
         self.reloads = 0
         self.reload_interval = 2.0
         self.monitor = False
+        self.sinkhole: IPAddress | None = None
 
     # ------------------------------------------------------------------ options
 
@@ -237,6 +247,13 @@ class GeoBlock:
             if self.rdap is not None:
                 self.rdap.close()
             self.rdap = rdap.RdapLocator(enabled=True, timeout=timeout, bootstrap_url=url) if opts.geoblock_rdap else None
+        if "geoblock_dns_sinkhole" in updated:
+            self.sinkhole = None
+            if opts.geoblock_dns_sinkhole:
+                try:
+                    self.sinkhole = normalize_ip(opts.geoblock_dns_sinkhole)
+                except InvalidHost as exc:
+                    raise exceptions.OptionsError(f"geoblock: geoblock_dns_sinkhole: {exc}") from None
         if "geoblock_monitor" in updated:
             self.monitor = bool(opts.geoblock_monitor)
         if "geoblock_reload_interval" in updated:
@@ -442,6 +459,59 @@ class GeoBlock:
 
     # ------------------------------------------------------------------ hooks
 
+    @guarded("ip")
+    async def client_connected(self, client: Any) -> None:
+        if not isinstance(client.proxy_mode, mode_specs.TransparentMode):
+            return  # only in transparent mode is the local address the server's (SO_ORIGINAL_DST)
+        state = self._state(client)
+        dest = peer_ip(client.sockname)
+        if dest is None:
+            raise Failure(f"no original destination for the transparent connection from {client.peername}")
+        state.connect_ip = dest
+        facts = Facts("ip", client_ip=_client_ip(client), server_ip=dest)
+        verdict = self._decide(facts)
+        self._record(facts, verdict)
+        if self._enforcing(verdict):
+            state.blocked = verdict
+            client.error = f"blocked by geoblock rule {verdict.rule}"
+
+    @guarded("dns")
+    async def dns_request(self, flow: Any) -> None:
+        request = flow.request
+        facts = Facts("dns", client_ip=_client_ip(flow.client_conn))
+        names: list[str] = []
+        for question in request.questions:
+            facts.host = question.name
+            try:
+                host = normalize_host(question.name)
+            except InvalidHost as exc:
+                return self._invalid(facts, exc, "DNS question", flow)
+            if isinstance(host, str) and host not in names:
+                names.append(host)
+        if not names:
+            return  # reverse lookups of addresses and the like: nothing to judge by name
+        facts.names = tuple(names)
+        verdict = self._decide(facts)
+        self._record(facts, verdict, {"qtype": [dns_types.to_str(q.type) for q in request.questions]})
+        if self._enforcing(verdict):
+            self._refuse_dns(flow)
+
+    def _refuse_dns(self, flow: Any) -> None:
+        """Answer a blocked question: the sinkhole address for A/AAAA when set, else NXDOMAIN.
+
+        Set even when mitmproxy's resolver already answered (11.x resolves before script hooks)."""
+        request = flow.request
+        sink = self.sinkhole
+        if sink is not None and request.questions:
+            q = request.questions[0]
+            if q.type == dns_types.A and sink.version == 4:
+                flow.response = request.succeed([dns.ResourceRecord.A(q.name, sink, ttl=60)])
+                return
+            if q.type == dns_types.AAAA and sink.version == 6:
+                flow.response = request.succeed([dns.ResourceRecord.AAAA(q.name, sink, ttl=60)])
+                return
+        flow.response = request.fail(response_codes.NXDOMAIN)
+
     @guarded("connect")
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow.client_conn)
@@ -608,6 +678,11 @@ class GeoBlock:
             obj.ignore_connection = False
         elif hasattr(obj, "server") and hasattr(obj, "client"):  # ServerConnectionHookData
             obj.server.error = f"geoblock: {verdict.reason}"
+        elif hasattr(obj, "request") and hasattr(obj.request, "questions"):  # DNSFlow
+            self._refuse_dns(obj)
+        elif hasattr(obj, "proxy_mode") and hasattr(obj, "sockname"):  # a client connection
+            self._state(obj).blocked = verdict
+            obj.error = f"geoblock: {verdict.reason}"
 
 
 def _seconds(value: str, option: str, low: float, high: float) -> float:

@@ -9,6 +9,11 @@ Semantics:
   condition (on the server's location or the client's address) is overridden only by an allow rule
   that also constrains the server (resp. the client). A client-chosen name alone never lifts a block
   on where the server is or who the client is;
+- at the "ip" stage (a transparent connection, before any byte is read) only the address is known:
+  `default` does not apply there (the name, still to come, decides), and a block waits for the name
+  when an allow rule on name and server could still lift it;
+- at the "dns" stage only the name is known: rules that need the server's location are left to the
+  connection that follows, which sees the server;
 - a rule that needs the server's location (country, offshore, ASN, network) when it cannot be found
   gives the policy's `unknown_country` verdict, never more than the rule's own action; an allow rule is
   never granted on an unknown location.
@@ -68,7 +73,20 @@ def decide(facts: Facts, rs: Ruleset) -> Verdict:
         if best is None or SEVERITY[verdict.action] > SEVERITY[best.action]:
             best = verdict
     assert best is not None
+    if facts.stage == "ip":
+        return _ip_stage(best, rs)
     return best
+
+
+def _ip_stage(verdict: Verdict, rs: Ruleset) -> Verdict:
+    if verdict.rule is None:
+        return Verdict("allow", None, "no rule applies to the address alone; the name will decide",
+                       verdict.offshore, None)
+    if verdict.action == "block" and rs.name_allows_on_server:
+        ids = ", ".join(r.id for r in rs.name_allows_on_server[:3])
+        return Verdict("allow", None, f"{verdict.reason}; waiting for the name, which allow rule "
+                       f"{ids} could exempt", verdict.offshore, None)
+    return verdict
 
 
 def _decide_name(
@@ -88,10 +106,13 @@ def _decide_name(
     if len(candidates) > 1:
         candidates.sort(key=lambda c: c[0])
     unknown_policy = rs.policy.unknown_country
+    dns_stage = facts.stage == "dns"
     found: dict[str, list[_Match]] = {}
     for index, why in candidates:
         rule = rules[index]
         spec = rule.spec
+        if dns_stage and rule.needs_server_ip:
+            continue
         if spec.clients and (client_hits is None or index not in client_hits):
             continue
         unknown: str | None = None

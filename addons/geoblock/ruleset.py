@@ -94,6 +94,10 @@ class Ruleset:
         self.nameless_need_server = any(self.rules[i].needs_server_ip for i in self.nameless)
         self.networks = PrefixTable((net, r.index) for r in self.rules for net in r.spec.networks)
         self.clients = PrefixTable((net, r.index) for r in self.rules for net in r.spec.clients)
+        # allow rules that could lift a block on the server's location once the name is known
+        self.name_allows_on_server = tuple(
+            r for r in self.rules if r.action == "allow" and r.spec.has_name_condition and r.needs_server_ip
+        )
         self.domain_count = sum(len(r.spec.domains) for r in self.rules)
         self.needs_country = any(r.spec.offshore is not None or r.spec.countries for r in self.rules)
         self.needs_asn = any(r.spec.asns for r in self.rules)
