@@ -274,3 +274,19 @@ def test_bad_rules_are_refused_and_the_old_ruleset_stays(gb, tmp_path):
     # mitmproxy rolls the option back; the same rules stay in force
     assert gb.tctx.options.geoblock_rules != str(bad)
     assert gb.ruleset.version == before.version and len(gb.ruleset.rules) == len(before.rules)
+
+
+def test_status_shows_ruleset_version_counts_and_database_builds(gb):
+    run(gb.requestheaders(http_flow("binance.com")))
+    text = gb.tctx.master.commands.execute("geoblock.status")
+    rs = gb.ruleset
+    assert f"ruleset {rs.version}: {len(rs.rules)} rules (" in text
+    assert f"{rs.domain_count} domains" in text
+    assert "country database: GeoLite2-Country built " in text and "ASN database: GeoLite2-ASN built " in text
+    assert "decisions: 0 allow, 0 log, 1 block, 0 errors" in text
+
+
+def test_forced_reload_reports_what_it_did(gb, tmp_path):
+    said = run(gb.reload(force=True))
+    assert "rules reloaded: ruleset" in said and "databases reloaded" in said
+    assert run(gb.reload()) == "nothing changed"
