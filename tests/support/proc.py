@@ -58,8 +58,12 @@ class Mitmdump:
             # mitmproxy 12 accepts TCP before its scripts are configured (the connection waits), so
             # "ready" is its own "listening" line, after the scripts have loaded.
             if "listening at" in self.output():
-                with socket.create_connection(("127.0.0.1", self.port), timeout=2):
-                    return self
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=2):
+                        return self
+                except OSError as exc:
+                    self.stop()  # never leave a process behind
+                    raise RuntimeError(f"mitmdump is not answering on {self.port} ({exc}):\n{self.output()}") from None
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"mitmdump did not listen on {self.port}:\n{self.output()}")
