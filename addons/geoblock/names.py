@@ -170,6 +170,7 @@ def _label_problem(label: str) -> str:
     return f"label {label!r} has characters not allowed in a host name"
 
 
+@lru_cache(maxsize=4096)
 def unicode_name(name: str) -> str:
     """The Unicode form of a normalised name, for people (falls back to the A-label form)."""
     if "xn--" not in name:

@@ -8,11 +8,11 @@ next record.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import os
 import time
+from functools import lru_cache
 from typing import Any
 
 from .decide import Facts, Verdict
@@ -20,6 +20,25 @@ from .decide import Facts, Verdict
 logger = logging.getLogger("geoblock")
 
 _CHECK_EVERY = 1.0  # seconds between checks that the file is still the one at the path
+
+
+_second: int = -1
+_second_text = ""
+
+
+def _timestamp() -> str:
+    """ISO 8601 UTC with milliseconds; the date and time part is formatted once per second."""
+    global _second, _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second:
+        _second, _second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second_text}.{int((now - second) * 1000):03d}Z"
+
+
+@lru_cache(maxsize=16384)
+def _text(addr: Any) -> str:
+    return str(addr)
 
 
 def make_record(
@@ -32,13 +51,13 @@ def make_record(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     record: dict[str, Any] = {
-        "ts": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "ts": _timestamp(),
         "stage": facts.stage,
-        "client": None if facts.client_ip is None else str(facts.client_ip),
+        "client": None if facts.client_ip is None else _text(facts.client_ip),
         "sni": facts.sni,
         "host": facts.host,
         "name": verdict.name,
-        "server_ip": None if facts.server_ip is None else str(facts.server_ip),
+        "server_ip": None if facts.server_ip is None else _text(facts.server_ip),
         "country": facts.country,
         "country_source": facts.country_source if facts.country is not None else None,
         "asn": facts.asn,

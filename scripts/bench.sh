@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up and run the benchmarks (figures in README.md, "Performance"):
+#   1. scripts/bench_decide.py: one decision, observe to verdict, GeoIP cached (shipped rules; 100k domains)
+#   2. scripts/bench_proxy.py: keep-alive HTTP req/s through mitmdump with vs without geoblock (wrk)
+# Results: the tables on stdout, and bench-results/{decide,proxy}.{json,md} (git-ignored).
+#   GEOBLOCK_PYTHON=3.12 scripts/bench.sh      other Python/mitmproxy pairing (results get a -3.12 suffix)
+#   scripts/bench.sh decide | proxy            one benchmark only
+#   BENCH_DECIDE_ARGS="--iterations 50000" BENCH_PROXY_ARGS="--rounds 3 --duration 10" scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ver="${GEOBLOCK_PYTHON:-3.11}"
+which="${1:-all}"
+case "$which" in all|decide|proxy) ;; *) echo "usage: scripts/bench.sh [all|decide|proxy]" >&2; exit 2;; esac
+venv="$(scripts/bootstrap.sh "$ver")"
+py="$venv/bin/python"
+suffix=""; [ "$ver" = "3.11" ] || suffix="-$ver"
+if [ "$which" != decide ] && ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "bench: installing wrk" >&2
+    apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+  else
+    echo "bench: wrk is needed for the proxy benchmark (sudo apt-get install -y wrk)" >&2; exit 1
+  fi
+fi
+mkdir -p bench-results
+echo "=== Python $ver, $("$py" -c 'import mitmproxy.version as v; print("mitmproxy", v.VERSION)'), $(nproc) CPUs"
+if [ "$which" != proxy ]; then
+  echo "=== decide: $py scripts/bench_decide.py ${BENCH_DECIDE_ARGS:-}"
+  # shellcheck disable=SC2086
+  "$py" scripts/bench_decide.py --out "bench-results/decide$suffix.json" ${BENCH_DECIDE_ARGS:-} \
+    | tee "bench-results/decide$suffix.md"
+fi
+if [ "$which" != decide ]; then
+  echo "=== proxy: $py scripts/bench_proxy.py ${BENCH_PROXY_ARGS:-}"
+  # shellcheck disable=SC2086
+  "$py" scripts/bench_proxy.py --out "bench-results/proxy$suffix.json" ${BENCH_PROXY_ARGS:-} \
+    | tee "bench-results/proxy$suffix.md"
+fi
+echo "=== results in bench-results/ (JSON and markdown)"
