@@ -290,3 +290,63 @@ def test_forced_reload_reports_what_it_did(gb, tmp_path):
     said = run(gb.reload(force=True))
     assert "rules reloaded: ruleset" in said and "databases reloaded" in said
     assert run(gb.reload()) == "nothing changed"
+
+
+def with_extension(hello: bytes, ext_type: int, data: bytes) -> bytes:
+    """A real ClientHello with one more extension appended (record, handshake and list lengths fixed)."""
+    body = bytearray(hello[9:])
+    i = 2 + 32
+    i += 1 + body[i]  # session id
+    i += 2 + int.from_bytes(body[i:i + 2], "big")  # cipher suites
+    i += 1 + body[i]  # compression methods
+    ext_len = int.from_bytes(body[i:i + 2], "big")
+    body += ext_type.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+    body[i:i + 2] = (ext_len + 4 + len(data)).to_bytes(2, "big")
+    handshake = bytes([0x01]) + len(body).to_bytes(3, "big") + bytes(body)
+    return hello[:3] + len(handshake).to_bytes(2, "big") + handshake
+
+
+def test_encrypted_client_hello_is_recorded_and_logged(gb):
+    hello = with_extension(client_hello("cloudflare-ech.com"), 0xFE0D, b"\x00" * 32)
+    assert tls.parse_client_hello(hello).sni == "cloudflare-ech.com"  # still a valid ClientHello
+    nl = next_layer_for(gb, None, server=("127.0.0.1", 443), data=hello)
+    run(gb.next_layer(nl))
+    assert nl.layer is None  # policy ech: log (the shipped default)
+    rec = records(gb)[-1]
+    assert rec["ech"] is True and (rec["action"], rec["rule"]) == ("log", "policy:ech")
+    assert "Encrypted Client Hello" in rec["reason"] and "cloudflare-ech.com" in rec["reason"]
+
+
+def test_encrypted_client_hello_can_be_blocked_by_policy(gb, tmp_path, rules_dir):
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "policy.yaml").write_text("home_countries: [CN]\nech: block\n")
+    (d / "r.yaml").write_text("rules:\n  - {id: b, action: block, domains: [b.test]}\n")
+    gb.tctx.configure(gb, geoblock_rules=str(d))
+    nl = next_layer_for(gb, None, server=("127.0.0.1", 443),
+                        data=with_extension(client_hello("public.example"), 0xFE0D, b"\x01" * 16))
+    run(gb.next_layer(nl))
+    assert isinstance(nl.layer, enforce.DenyTLS)
+    assert records(gb)[-1]["rule"] == "policy:ech"
+    plain = next_layer_for(gb, "public.example", server=("127.0.0.1", 443))
+    run(gb.next_layer(plain))
+    assert plain.layer is None  # without ECH the same name passes
+
+
+def test_sni_host_mismatch_is_recorded(gb):
+    f = http_flow("www.example.org")
+    f.client_conn.sni = "allowed.test"
+    run(gb.requestheaders(f))
+    assert f.response is None
+    rec = records(gb)[-1]
+    assert rec["mismatch"] == "Host www.example.org ≠ SNI allowed.test"
+    assert (rec["action"], rec["rule"]) == ("log", "policy:name-mismatch")
+
+
+def test_mismatch_with_a_blocked_name_is_blocked_by_the_name(gb):
+    f = http_flow("binance.com")
+    f.client_conn.sni = "allowed.test"  # domain fronting: an allowed SNI, a blocked Host
+    run(gb.requestheaders(f))
+    assert f.response.status_code == 451
+    rec = records(gb)[-1]
+    assert rec["rule"] == "offshore-crypto-exchanges" and rec["mismatch"]

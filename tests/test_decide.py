@@ -204,3 +204,24 @@ def test_override_reason_names_every_lifted_rule(tmp_path, geo):
     v = judge(rs, geo, "a.x.test", server="127.0.0.1")
     assert v.rule == "ok" and "(overrides block rules b1, b2)" in v.reason
     assert v.reason.startswith("a.x.test is listed exactly (=a.x.test) in rule ok")
+
+
+@pytest.mark.parametrize("policy, ech_action", [("allow", "allow"), ("log", "log"), ("block", "block")])
+def test_ech_policy(tmp_path, geo, policy, ech_action):
+    rs = ruleset(tmp_path, f"home_countries: [CN]\nech: {policy}\n", "rules:\n  - {id: b, action: block, domains: [b.test]}\n")
+    facts = Facts("tls", names=("public.example",), server_ip=normalize_ip("127.0.0.1"), country="CN", ech=True,
+                  sni="public.example")
+    v = decide(facts, rs)
+    assert v.action == ech_action and (v.rule == "policy:ech") == (policy != "allow")
+    blocked = Facts("tls", names=("b.test",), ech=True)
+    assert decide(blocked, rs).rule == "b"  # the rules' block stands whatever the ech policy
+
+
+@pytest.mark.parametrize("policy", ["allow", "log", "block"])
+def test_name_mismatch_policy(tmp_path, geo, policy):
+    rs = ruleset(tmp_path, f"name_mismatch: {policy}\n", "rules:\n  - {id: b, action: block, domains: [b.test]}\n")
+    facts = Facts("http", names=("a.test", "c.test"), mismatch="SNI a.test ≠ Host c.test")
+    v = decide(facts, rs)
+    assert v.action == policy
+    if policy != "allow":
+        assert v.rule == "policy:name-mismatch" and v.reason.startswith("SNI a.test ≠ Host c.test")

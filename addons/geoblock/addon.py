@@ -43,7 +43,7 @@ from . import enforce
 from .decide import Facts, Verdict, decide
 from .geo import Geo
 from .names import IPAddress, InvalidHost, normalize_host, normalize_ip
-from .observe import InvalidField, http_target, peer_ip
+from .observe import InvalidField, http_target, mismatch_of, peer_ip
 from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_LOG, DEFAULT_RULES
 from .record import DecisionLog, make_record
 from . import rdap
@@ -55,6 +55,7 @@ from .watch import files_stamp, rules_stamp
 logger = logging.getLogger("geoblock")
 
 DEFAULT_BLOCKED_BY = "https://geoblock.invalid/"
+TLS_EXT_ECH = 0xFE0D  # encrypted_client_hello
 
 OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
     ("geoblock_rules", str, DEFAULT_RULES,
@@ -574,6 +575,9 @@ class GeoBlock:
         if state.connect_name and state.connect_name not in names:
             names.append(state.connect_name)
         facts.names = tuple(names)
+        facts.ech = any(ext_type == TLS_EXT_ECH for ext_type, _ in hello.extensions)
+        if state.sni and state.connect_name:
+            facts.mismatch = mismatch_of([("SNI", state.sni), ("CONNECT target", state.connect_name)])
         facts.host = state.connect_name
         facts.server_ip = await self._server_ip(state, state.connect_name, state.connect_ip, facts.names)
         verdict = self._decide(facts)
@@ -608,6 +612,7 @@ class GeoBlock:
         except InvalidField as exc:
             return self._invalid(facts, exc.cause, exc.field, flow)
         facts.names = target.names
+        facts.mismatch = target.mismatch
         # The request target is what mitmproxy dials: its IP, or its name resolved, places the server.
         name, ip = target.target_name, target.target_ip or state.connect_ip
         facts.server_ip = await self._server_ip(state, name, ip, facts.names)

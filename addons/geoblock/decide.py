@@ -12,6 +12,9 @@ Semantics:
 - at the "ip" stage (a transparent connection, before any byte is read) only the address is known:
   `default` does not apply there (the name, still to come, decides), and a block waits for the name
   when an allow rule on name and server could still lift it;
+- a ClientHello with Encrypted Client Hello hides its real name, and a flow whose names differ (SNI
+  vs Host or CONNECT target: domain fronting) may hide one: the policy's `ech` and `name_mismatch`
+  verdicts (log by default) apply when they are stricter than the rules';
 - at the "dns" stage only the name is known: rules that need the server's location are left to the
   connection that follows, which sees the server;
 - a rule that needs the server's location (country, offshore, ASN, network) when it cannot be found
@@ -42,6 +45,8 @@ class Facts:
     country_source: str | None = None  # "geoip" | "rdap" | None
     sni: str | None = None  # as sent, for the record
     host: str | None = None  # as sent, for the record
+    ech: bool = False  # the ClientHello carries Encrypted Client Hello (TLS extension 0xfe0d)
+    mismatch: str | None = None  # "SNI a ≠ Host b" when the names of one flow differ
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,15 @@ def decide(facts: Facts, rs: Ruleset) -> Verdict:
     assert best is not None
     if facts.stage == "ip":
         return _ip_stage(best, rs)
+    if facts.ech and SEVERITY[rs.policy.ech] > SEVERITY[best.action]:
+        best = Verdict(rs.policy.ech, "policy:ech",
+                       f"the ClientHello uses Encrypted Client Hello, which hides the real name behind the "
+                       f"outer SNI {facts.sni or '(none)'}; the policy for ech is {rs.policy.ech} "
+                       f"(without it: {best.action})", offshore, best.name)
+    if facts.mismatch and SEVERITY[rs.policy.name_mismatch] > SEVERITY[best.action]:
+        best = Verdict(rs.policy.name_mismatch, "policy:name-mismatch",
+                       f"{facts.mismatch}; the policy for name_mismatch is {rs.policy.name_mismatch} "
+                       f"(without it: {best.action})", offshore, best.name)
     return best
 
 

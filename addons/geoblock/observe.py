@@ -26,11 +26,13 @@ class HttpTarget:
     names: tuple[str, ...]  # request target, Host, SNI: normalised, distinct, IP literals left out
     target_name: str | None  # the request target when it is a name (what mitmproxy resolves and dials)
     target_ip: IPAddress | None  # the request target when it is an IP literal
+    mismatch: str | None = None  # "request target a ≠ Host b" / "SNI a ≠ Host b" when names differ
 
 
 def http_target(request_host: str | None, host_header: str | None, sni: str | None) -> HttpTarget:
     """Names and target of an HTTP request. Raises InvalidField."""
     names: list[str] = []
+    seen: list[tuple[str, str]] = []
     target_name: str | None = None
     target_ip: IPAddress | None = None
     for field, value in (("request target", request_host), ("Host", host_header), ("SNI", sni)):
@@ -41,13 +43,22 @@ def http_target(request_host: str | None, host_header: str | None, sni: str | No
         except InvalidHost as exc:
             raise InvalidField(field, exc) from None
         if isinstance(host, str):
+            seen.append((field, host))
             if host not in names:
                 names.append(host)
             if field == "request target":
                 target_name = host
         elif field == "request target":
             target_ip = host
-    return HttpTarget(tuple(names), target_name, target_ip)
+    return HttpTarget(tuple(names), target_name, target_ip, mismatch_of(seen))
+
+
+def mismatch_of(seen: list[tuple[str, str]]) -> str | None:
+    """A sentence naming the first two fields whose names differ, or None."""
+    for field, name in seen[1:]:
+        if name != seen[0][1]:
+            return f"{seen[0][0]} {seen[0][1]} ≠ {field} {name}"
+    return None
 
 
 def peer_ip(peername: Any) -> IPAddress | None:

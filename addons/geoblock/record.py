@@ -70,6 +70,10 @@ def make_record(
         "geoip_build": geoip_build,
         "asn_build": asn_build,
     }
+    if facts.ech:
+        record["ech"] = True
+    if facts.mismatch:
+        record["mismatch"] = facts.mismatch
     if extra:
         record.update(extra)
     return record

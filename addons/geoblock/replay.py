@@ -121,6 +121,7 @@ def facts_from_flow(flow: http.HTTPFlow, geo: Geo | None = None) -> Facts:
         except InvalidField as exc:
             raise InvalidFlow(facts, exc.field, exc.cause) from None
         facts.names = target.names
+        facts.mismatch = target.mismatch
     facts.server_ip = _dialled_ip(flow)
     if geo is not None and facts.server_ip is not None:
         facts.country, facts.asn = geo.lookup(facts.server_ip)

@@ -28,7 +28,7 @@ from .names import InvalidHost, normalize_host
 
 ACTIONS = ("allow", "log", "block")
 ON_ERROR = ("block", "allow")
-POLICY_KEYS = ("home_countries", "default", "unknown_country", "on_error")
+POLICY_KEYS = ("home_countries", "default", "unknown_country", "on_error", "ech", "name_mismatch")
 RULE_KEYS = (
     "id",
     "action",
@@ -99,6 +99,8 @@ class Policy:
     default: str = "allow"
     unknown_country: str = "log"
     on_error: str = "block"
+    ech: str = "log"  # a ClientHello with Encrypted Client Hello: its real name is hidden
+    name_mismatch: str = "log"  # the names of one flow differ (SNI vs Host or CONNECT target)
 
 
 @dataclass(frozen=True)
