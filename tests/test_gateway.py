@@ -5,8 +5,10 @@ Topology (documentation address ranges, which exist only inside the namespaces):
     cli 192.0.2.2 / 2001:db8:1::2
      |  eth0 -- gb-in (the inbound interface)
     gw  192.0.2.1 / 2001:db8:1::1   scripts/gateway.sh up --in-iface gb-in   +   mitmdump --mode transparent
+                                 (+ for the DNS tests: mitmdump --mode dns@192.0.2.1:53)
      +-- home 198.51.100.10 / 2001:db8:a::10                       (CN in the test GeoIP database)
      +-- off  203.0.113.10, .99 / 2001:db8:b::10, ::99             (SG: offshore; .99 and ::99 blocked by network)
+              + a stub DNS resolver on 203.0.113.10:53 (the DNS mitmdump's upstream)
 
 The gateway is set up by the project's own scripts/gateway.sh (--netns); mitmdump runs inside the
 gateway namespace with every capability dropped. Clients are curl (--resolve NAME:PORT:IP keeps SNI and
@@ -30,13 +32,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dns.message
+import dns.query
+import dns.rcode
 import pytest
 
 from support import netns as ns
 from support.geodb import write_asn_db, write_country_db
 from support.netns import (BLOCKED4, BLOCKED6, CLIENT4, CLIENT6, GW_IN4, GW_IN_IFACE, HOME4, HOME6, OFFSHORE4,
-                           OFFSHORE6, NsMitmdump, NsServer, Topology, UdpEcho, curl, gateway_sh, gateway_topology,
-                           ip_literal, tcp_connect, udp_exchange, unit_command)
+                           OFFSHORE6, NsDnsStub, NsMitmdump, NsServer, Topology, UdpEcho, curl, gateway_sh,
+                           gateway_topology, inside, ip_literal, tcp_connect, udp_exchange, unit_command)
 
 pytestmark = pytest.mark.e2e
 
@@ -313,6 +318,70 @@ def test_blocked_host_on_plain_http_gets_451_and_the_server_sees_nothing(gw, fam
     assert r.stdout.startswith("HTTP/1.1 200") and f"hello from {home}" in r.stdout
     assert server.connections == 1 and server.requests == [("allowed.test", "/x")]
     assert records(gw.decisions, stage="http", host="allowed.test", server_ip=home)[-1]["action"] == "allow"
+
+
+# --- DNS on the gateway ---------------------------------------------------------------------------
+
+@dataclass
+class GatewayDns:
+    proxy: NsMitmdump
+    stub: NsDnsStub
+    decisions: Path
+
+
+@pytest.fixture(scope="module")
+def gw_dns(gw, tmp_path_factory):
+    """geoblock's DNS layer on the gateway's client-facing address (port 53), beside the transparent
+    mitmdump of `gw`: the unit's command line with --mode dns@192.0.2.1:53 in place of the transparent
+    mode, forwarding to a stub resolver in the offshore namespace. Its own decision log."""
+    d = tmp_path_factory.mktemp("gateway-dns")
+    write_test_data(d)
+    argv = unit_command("geoblock.service", d, d / "rules")
+    i = argv.index("--mode")
+    assert argv[i + 1:i + 4] == ["transparent", "--listen-port", "8080"], argv
+    argv[i + 1:i + 4] = [f"dns@{GW_IN4}:53"]
+    stub = NsDnsStub(gw.topo.ns("off"), OFFSHORE4, answer=HOME4)
+    try:
+        m = NsMitmdump(gw.topo, "gw", 53, d, argv, {
+            "geoblock_country_db": d / "GeoLite2-Country.mmdb", "geoblock_asn_db": d / "GeoLite2-ASN.mmdb",
+            "geoblock_rdap": False, "dns_name_servers": OFFSHORE4, "dns_use_hosts_file": False},
+            caps=("net_bind_service",))
+        try:
+            m.start()
+            yield GatewayDns(m, stub, d / "log" / "decisions.jsonl")
+        finally:
+            m.stop()
+    finally:
+        stub.close()
+
+
+def ask_gateway(gw, name: str, rdtype: str = "A") -> dns.message.Message:
+    """One DNS question over UDP from the client namespace to the gateway's address."""
+    with inside(gw.topo.ns("cli")):  # the socket dnspython opens stays in the client namespace
+        return dns.query.udp(dns.message.make_query(name, rdtype), GW_IN4, port=53, timeout=5)
+
+
+def test_dns_through_the_gateway_blocks_by_name_and_answers_the_rest(gw, gw_dns):
+    gw_dns.stub.reset()
+    blocked = ask_gateway(gw, "www.binance.com")
+    assert blocked.rcode() == dns.rcode.NXDOMAIN and not blocked.answer
+    allowed = ask_gateway(gw, "allowed.test")
+    assert allowed.rcode() == dns.rcode.NOERROR
+    assert [r.address for r in allowed.answer[0]] == [HOME4]  # the stub's answer, passed through
+    assert "allowed.test" in gw_dns.stub.seen
+    rec = records(gw_dns.decisions, stage="dns", name="www.binance.com")[-1]
+    assert (rec["action"], rec["rule"], rec["enforced"], rec["client"]) == (
+        "block", "offshore-crypto-exchanges", True, CLIENT4)
+    rec = records(gw_dns.decisions, stage="dns", name="allowed.test")[-1]
+    assert (rec["action"], rec["rule"], rec["client"]) == ("allow", None, CLIENT4)
+    # the DNS questions never reach the transparent proxy's log
+    assert records(gw.decisions, stage="dns") == []
+
+
+def test_dns_mitmdump_keeps_only_the_capability_to_bind_port_53(gw_dns):
+    caps = ns.capabilities(gw_dns.proxy.pid)
+    net_bind_service = 1 << 10
+    assert caps["CapEff"] == caps["CapPrm"] == caps["CapBnd"] == net_bind_service, caps
 
 
 # --- what the gateway script set up --------------------------------------------------------------

@@ -8,9 +8,10 @@ documentation address ranges, joined by veth pairs, with routes through the gate
   can open sockets there (servers that count connections, a UDP echo, Python ssl clients): a socket
   stays in the namespace it was created in.
 - `NsServer` / `UdpEcho`: HTTP(S) and UDP servers on fixed ports inside a namespace, counting what
-  reached them.
+  reached them; `NsDnsStub`: a tiny DNS resolver (UDP port 53) answering A questions.
 - `NsMitmdump`: a real `mitmdump --mode transparent` with geoblock in the gateway namespace, started
-  with every capability dropped (the gateway needs none: see deploy/systemd/geoblock.service).
+  with every capability dropped (the gateway needs none: see deploy/systemd/geoblock.service); a DNS
+  mode on port 53 keeps only CAP_NET_BIND_SERVICE (`caps`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+
+import dns.message
+import dns.rdatatype
+import dns.rrset
 
 from .proc import REPO, mitmdump_path
 from .servers import TestPKI, _Handler, _HTTPServer
@@ -295,6 +300,51 @@ class UdpEcho:
         self.sock.close()
 
 
+class NsDnsStub:
+    """A stub DNS resolver on host:53 (UDP) inside a namespace: every A question gets `answer`, other
+    types an empty NOERROR; `seen` lists the names asked."""
+
+    def __init__(self, netns: str, host: str, answer: str) -> None:
+        self.answer = answer
+        self.seen: list[str] = []
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with inside(netns):
+            self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((host, 53))
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            try:
+                query = dns.message.from_wire(data)
+            except Exception:
+                continue
+            question = query.question[0]
+            self.seen.append(str(question.name).rstrip("."))
+            reply = dns.message.make_response(query)
+            if question.rdtype == dns.rdatatype.A:
+                reply.answer.append(dns.rrset.from_text(question.name, 60, "IN", "A", self.answer))
+            with contextlib.suppress(OSError):
+                self.sock.sendto(reply.to_wire(), peer)
+
+    def reset(self) -> None:
+        self.seen.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
 def udp_exchange(netns: str, host: str, port: int, payload: bytes = b"ping", timeout: float = 1.0) -> bytes | None:
     """Send one datagram from inside `netns`; the answer, or None when none came in `timeout`."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -370,7 +420,8 @@ class NsMitmdump:
     `unit_command`); `options` are added as --set."""
 
     def __init__(self, topo: Topology, role: str, port: int, workdir: Path, argv: list[str],
-                 options: dict[str, object] | None = None, quiet_until: Path | None = None) -> None:
+                 options: dict[str, object] | None = None, quiet_until: Path | None = None,
+                 caps: tuple[str, ...] = ()) -> None:
         self.topo = topo
         self.role = role
         self.port = port
@@ -390,7 +441,10 @@ class NsMitmdump:
                 args[given[0]] = f"{key}={value}"
             else:
                 args += ["--set", f"{key}={value}"]
-        drop = ["setpriv", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
+        # `caps` (e.g. "net_bind_service" for DNS on port 53) are the only ones kept, like a unit's
+        # AmbientCapabilities=; by default none
+        keep = "".join(f",+{c}" for c in caps)
+        drop = ["setpriv", "--no-new-privs", f"--inh-caps=-all{keep}", f"--bounding-set=-all{keep}", "--"]
         self.args = topo.exec_args(role, *drop, *args)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = None
