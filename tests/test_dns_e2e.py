@@ -43,8 +43,9 @@ class StubResolver:
             answer = dns.message.make_response(query)
             if query.question[0].rdtype == 1:
                 answer.answer.append(dns.rrset.from_text(query.question[0].name, 60, "IN", "A", "127.0.0.1"))
-            elif query.question[0].rdtype == 65:  # HTTPS, with an ECH configuration
-                answer.answer.append(dns.rrset.from_text(query.question[0].name, 60, "IN", "HTTPS",
+            elif query.question[0].rdtype in (64, 65):  # SVCB or HTTPS, with an ECH configuration
+                rdtype = "HTTPS" if query.question[0].rdtype == 65 else "SVCB"
+                answer.answer.append(dns.rrset.from_text(query.question[0].name, 60, "IN", rdtype,
                                                          f'1 . alpn="h2" ech="{ECH}"'))
             self.sock.sendto(answer.to_wire(), addr)
 
@@ -98,9 +99,10 @@ def test_dns_blocks_by_name_and_answers_the_rest(dns_proxy):
     assert ("allowed.test", "allow", None) in dns_recs
 
 
-def test_ech_is_removed_from_https_answers(dns_proxy):
+@pytest.mark.parametrize("rdtype", ["HTTPS", "SVCB"])
+def test_ech_is_removed_from_https_and_svcb_answers(dns_proxy, rdtype):
     proxy, stub, log = dns_proxy
-    reply = dns.query.udp(dns.message.make_query("allowed.test", "HTTPS"), "127.0.0.1", port=proxy.dns_port,
+    reply = dns.query.udp(dns.message.make_query("allowed.test", rdtype), "127.0.0.1", port=proxy.dns_port,
                           timeout=5)
     assert reply.rcode() == dns.rcode.NOERROR and reply.answer
     text = reply.answer[0].to_text()

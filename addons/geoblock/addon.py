@@ -497,6 +497,25 @@ class GeoBlock:
         if self._enforcing(verdict):
             self._refuse_dns(flow)
 
+    def dns_response(self, flow: Any) -> None:
+        """Remove Encrypted Client Hello configurations from HTTPS and SVCB answers, so clients send a
+        readable SNI (mitmproxy's own strip_ech covers HTTPS records only, and can be turned off). An
+        answer that cannot be parsed is dropped rather than passed on with its ECH."""
+        response = flow.response
+        if response is None:
+            return
+        kept = []
+        for answer in response.answers:
+            if answer.type in (dns_types.HTTPS, dns_types.SVCB):
+                try:
+                    if answer.https_ech is not None:
+                        answer.https_ech = None
+                except Exception:  # noqa: BLE001 - malformed service binding data
+                    continue
+            kept.append(answer)
+        if len(kept) != len(response.answers):
+            response.answers = kept
+
     def _refuse_dns(self, flow: Any) -> None:
         """Answer a blocked question: the sinkhole address for A/AAAA when set, else NXDOMAIN.
 
