@@ -350,3 +350,16 @@ def test_mismatch_with_a_blocked_name_is_blocked_by_the_name(gb):
     assert f.response.status_code == 451
     rec = records(gb)[-1]
     assert rec["rule"] == "offshore-crypto-exchanges" and rec["mismatch"]
+
+
+@pytest.mark.parametrize("target", ["0x7f000005", "2130706437", "0177.0.0.5", "127.5", "[::ffff:127.0.0.5]"])
+def test_every_form_of_a_blocked_address_is_blocked(gb, target):
+    c = tflow.tflow(req=tutils.treq(method=b"CONNECT", host=target, port=443, path=b"",
+                                    authority=f"{target}:443".encode()))
+    run(gb.http_connect(c))
+    assert c.response is not None and c.response.status_code == 451, target
+    assert records(gb)[-1]["server_ip"] == "127.0.0.5"
+    f = http_flow(target, host=target)  # GET http://<target>/ through the explicit proxy
+    run(gb.requestheaders(f))
+    assert f.response is not None and f.response.status_code == 451
+    assert records(gb)[-1]["rule"] == "blocked-network"

@@ -66,3 +66,24 @@ def test_ipv4_mapped_ipv6_is_ipv4():
 def test_unicode_name_is_for_people():
     assert unicode_name("xn--bcher-kva.example") == "bücher.example"
     assert unicode_name("binance.com") == "binance.com"
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("2130706437", "127.0.0.5"),        # decimal
+    ("0x7f000005", "127.0.0.5"),        # hexadecimal
+    ("0X7F000005:80", "127.0.0.5"),
+    ("0177.0.0.5", "127.0.0.5"),        # octal parts
+    ("0x7f.0.0.05", "127.0.0.5"),       # mixed
+    ("127.5", "127.0.0.5"),             # shortened
+    ("127.0.5", "127.0.0.5"),
+])
+def test_legacy_ipv4_forms_are_the_address_the_system_would_dial(raw, expected):
+    # inet_aton (and so getaddrinfo) reads these as IPv4: treating them as names would let a client
+    # reach a blocked address under a name no rule lists.
+    value = normalize_host(raw)
+    assert isinstance(value, ipaddress.IPv4Address) and str(value) == expected
+
+
+@pytest.mark.parametrize("raw", ["0x7g.example", "1.2.3.4.5", "cafe", "abc.def", "12345.example", "08.example"])
+def test_names_that_only_look_numeric_stay_names(raw):
+    assert isinstance(normalize_host(raw), str)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from functools import lru_cache
 from typing import Union
 
@@ -115,12 +116,32 @@ def _normalize_host(value: str) -> str | IPAddress:
     if ":" in host:
         # IPv6 literal, possibly with a zone id.
         return normalize_ip(host)
-    if host[-1].isdigit():
+    if host[-1].isdigit() or host[-1] in "abcdefABCDEF.":
         try:
             return normalize_ip(host)
         except InvalidHost:
             pass  # e.g. "1.2.3.4.example.123": a name ending in a digit.
+        legacy = _legacy_ipv4(host)
+        if legacy is not None:
+            return legacy
     return normalize_name(host, original=value)
+
+
+_LEGACY_PART = re.compile(r"(?:0[xX][0-9a-fA-F]*|[0-9]+)\Z")
+
+
+def _legacy_ipv4(host: str) -> IPAddress | None:
+    """IPv4 in the forms the system resolver (inet_aton) still accepts: decimal ("2130706433"), octal
+    ("0177.0.0.1"), hexadecimal ("0x7f000001"), shortened ("127.1"). A client can reach a server with
+    them, so they are that server's address, never names."""
+    parts = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if not 1 <= len(parts) <= 4 or not all(_LEGACY_PART.match(p) for p in parts):
+        return None
+    try:
+        packed = socket.inet_aton(host.rstrip("."))
+    except OSError:
+        return None
+    return ipaddress.IPv4Address(packed)
 
 
 def normalize_name(name: str, original: object = None) -> str:
