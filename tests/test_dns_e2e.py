@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import socket
 import threading
 import time
@@ -18,7 +19,9 @@ from support.proc import Mitmdump, free_port
 
 pytestmark = pytest.mark.e2e
 
-STUB = "127.0.0.77"  # mitmproxy forwards to port 53 of its name servers
+# mitmproxy forwards to port 53 of its name servers: each run picks its own loopback address for the
+# stub, so concurrent runs on one machine do not meet
+STUB = f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
 ECH = "AEX+DQBBpQAgACB/RMw4f9J1ECRAOQwTtuk4ijBTrjpwcQEGWTCJbGRNUQAEAAEAAQASY2xvdWRmbGFyZS1lY2guY29tAAA="
 
 

@@ -87,3 +87,13 @@ def test_legacy_ipv4_forms_are_the_address_the_system_would_dial(raw, expected):
 @pytest.mark.parametrize("raw", ["0x7g.example", "1.2.3.4.5", "cafe", "abc.def", "12345.example", "08.example"])
 def test_names_that_only_look_numeric_stay_names(raw):
     assert isinstance(normalize_host(raw), str)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("１２７．０．０．５", "127.0.0.5"),   # fullwidth digits and dots
+    ("¹²⁷.⁰.⁰.⁵", "127.0.0.5"),           # superscript digits
+    ("１２７。０。０。５。", "127.0.0.5"),  # ideographic full stops, trailing dot
+])
+def test_unicode_spellings_of_an_address_are_that_address(raw, expected):
+    value = normalize_host(raw)
+    assert isinstance(value, ipaddress.IPv4Address) and str(value) == expected

@@ -116,15 +116,37 @@ def _normalize_host(value: str) -> str | IPAddress:
     if ":" in host:
         # IPv6 literal, possibly with a zone id.
         return normalize_ip(host)
+    if not host.isascii():
+        # UTS 46 maps fullwidth and superscript digits and ideographic dots to ASCII: "１２７．０．０．５"
+        # spells an address, and must be judged as one.
+        try:
+            mapped = idna.uts46_remap(host, std3_rules=False, transitional=False)
+        except (idna.IDNAError, UnicodeError) as exc:
+            raise InvalidHost(value, f"not a valid internationalised name ({exc})") from None
+        if mapped.isascii() and mapped and mapped != host:
+            as_address = _address_form(mapped)
+            if as_address is not None:
+                return as_address
+    as_address = _address_form(host)
+    if as_address is not None:
+        return as_address
+    return normalize_name(host, original=value)
+
+
+def _address_form(host: str) -> IPAddress | None:
+    """The address `host` spells (standard or legacy IPv4, IPv6), or None when it is a name."""
+    if ":" in host:
+        try:
+            return normalize_ip(host)
+        except InvalidHost:
+            return None
     if host[-1].isdigit() or host[-1] in "abcdefABCDEF.":
         try:
             return normalize_ip(host)
         except InvalidHost:
             pass  # e.g. "1.2.3.4.example.123": a name ending in a digit.
-        legacy = _legacy_ipv4(host)
-        if legacy is not None:
-            return legacy
-    return normalize_name(host, original=value)
+        return _legacy_ipv4(host)
+    return None
 
 
 _LEGACY_PART = re.compile(r"(?:0[xX][0-9a-fA-F]*|[0-9]+)\Z")
