@@ -37,8 +37,8 @@ import dns.message
 import dns.rdatatype
 import dns.rrset
 
-from .proc import REPO, mitmdump_path
-from .servers import TestPKI, _Handler, _HTTPServer
+from .proc import REPO, LoggedProcess, mitmdump_path
+from .servers import TestPKI, TestServer, _Handler, _HTTPServer
 
 GATEWAY_SH = REPO / "scripts" / "gateway.sh"
 PREFIX = "gb-"
@@ -226,9 +226,9 @@ class _NsHTTPServer(_HTTPServer):
         self.server_name, self.server_port = self.server_address[:2]
 
 
-class NsServer:
+class NsServer(TestServer):
     """An HTTP(S) server on host:port inside a namespace; counts accepted TCP connections, TLS
-    handshakes that failed, and requests (Host, path). Built on tests/support/servers.py."""
+    handshakes that failed, and requests (Host, path): a TestServer bound inside `netns`."""
 
     __test__ = False
 
@@ -250,16 +250,6 @@ class NsServer:
             self.httpd.owner = self
             self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.1,), daemon=True)
             self.thread.start()
-
-    def reset(self) -> None:
-        with self.lock:
-            self.connections = 0
-            self.tls_failures = 0
-            self.requests.clear()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 class UdpEcho:
@@ -413,7 +403,7 @@ def unit_command(unit: str, workdir: Path, rules: Path, instance: str = "", key:
     return argv
 
 
-class NsMitmdump:
+class NsMitmdump(LoggedProcess):
     """`mitmdump --mode transparent` with geoblock inside a namespace, listening on every address of it,
     started with no capabilities at all (setpriv: empty bounding set, no new privileges), like the
     systemd unit's unprivileged service. `argv` is its command line (e.g. a unit's, see
@@ -475,23 +465,6 @@ class NsMitmdump:
         assert self.proc is not None
         return self.proc.pid
 
-    def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 def curl(topo: Topology, role: str, *args: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,33 @@ def mitmdump_path() -> str:
     return str(Path(sys.executable).with_name("mitmdump"))
 
 
-class Mitmdump:
+class LoggedProcess:
+    """A child process whose output goes to `log_path`: read it, stop it (terminate, then kill)."""
+
+    proc: "subprocess.Popen[bytes] | None" = None
+    log_path: Path
+    _log = None
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class Mitmdump(LoggedProcess):
     """`mitmdump` as a child process on 127.0.0.1:<port>; `with_geoblock=False` runs it bare."""
 
     def __init__(self, confdir: Path, options: dict[str, object] | None = None, with_geoblock: bool = True,
@@ -68,22 +94,6 @@ class Mitmdump:
         self.stop()
         raise RuntimeError(f"mitmdump did not listen on {self.port}:\n{self.output()}")
 
-    def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "_log", None):
-            self._log.close()
 
     def __enter__(self) -> "Mitmdump":
         return self.start()
