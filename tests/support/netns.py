@@ -24,8 +24,6 @@ import secrets
 import shlex
 import signal
 import socket
-import socketserver
-import ssl
 import subprocess
 import threading
 import time
@@ -38,7 +36,7 @@ import dns.rdatatype
 import dns.rrset
 
 from .proc import REPO, LoggedProcess, mitmdump_path
-from .servers import TestPKI, TestServer, _Handler, _HTTPServer
+from .servers import TestPKI, TestServer
 
 GATEWAY_SH = REPO / "scripts" / "gateway.sh"
 PREFIX = "gb-"
@@ -218,14 +216,6 @@ def gateway_sh(topo: Topology, *args: str, state: Path | None = None, check: boo
 
 # ------------------------------------------------------------------------------------------ servers
 
-class _NsHTTPServer(_HTTPServer):
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind asks getfqdn(host): a reverse DNS lookup that waits ~10 s for a
-        # resolver a namespace cannot reach.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-
 class NsServer(TestServer):
     """An HTTP(S) server on host:port inside a namespace; counts accepted TCP connections, TLS
     handshakes that failed, and requests (Host, path): a TestServer bound inside `netns`."""
@@ -233,74 +223,21 @@ class NsServer(TestServer):
     __test__ = False
 
     def __init__(self, netns: str, host: str, port: int, pki: TestPKI | None = None) -> None:
-        self.host = host
-        self.port = port
-        self.connections = 0
-        self.tls_failures = 0
-        self.requests: list[tuple[str | None, str]] = []
-        self.lock = threading.Lock()
-        self.tls: ssl.SSLContext | None = None
-        if pki is not None:
-            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self.tls.load_cert_chain(pki.cert_pem, pki.key_pem)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server_class = type("NsHTTPServer", (_NsHTTPServer,), {"address_family": family})
-        with inside(netns):
-            self.httpd = server_class((host, port), _Handler)
-            self.httpd.owner = self
-            self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.1,), daemon=True)
-            self.thread.start()
+        self.netns = netns
+        super().__init__(host, pki, port)
+
+    def _binding(self) -> contextlib.AbstractContextManager[None]:
+        return inside(self.netns)
 
 
-class UdpEcho:
-    """A UDP echo on host:port inside a namespace; `datagrams` counts what arrived."""
+class _NsUdpServer:
+    """A UDP server on host:port inside a namespace; subclasses answer in `handle`."""
 
     def __init__(self, netns: str, host: str, port: int) -> None:
-        self.datagrams = 0
-        self.peers: list[str] = []  # source address of each datagram
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with inside(netns):
             self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.bind((host, port))
-        self.sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, peer = self.sock.recvfrom(2048)
-            except (TimeoutError, socket.timeout):
-                continue
-            except OSError:
-                return
-            self.datagrams += 1
-            self.peers.append(peer[0])
-            with contextlib.suppress(OSError):
-                self.sock.sendto(data, peer)
-
-    def reset(self) -> None:
-        self.datagrams = 0
-        self.peers.clear()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(2)
-        self.sock.close()
-
-
-class NsDnsStub:
-    """A stub DNS resolver on host:53 (UDP) inside a namespace: every A question gets `answer`, other
-    types an empty NOERROR; `seen` lists the names asked."""
-
-    def __init__(self, netns: str, host: str, answer: str) -> None:
-        self.answer = answer
-        self.seen: list[str] = []
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with inside(netns):
-            self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.bind((host, 53))
         self.sock.settimeout(0.2)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -314,25 +251,61 @@ class NsDnsStub:
                 continue
             except OSError:
                 return
-            try:
-                query = dns.message.from_wire(data)
-            except Exception:
-                continue
-            question = query.question[0]
-            self.seen.append(str(question.name).rstrip("."))
-            reply = dns.message.make_response(query)
-            if question.rdtype == dns.rdatatype.A:
-                reply.answer.append(dns.rrset.from_text(question.name, 60, "IN", "A", self.answer))
-            with contextlib.suppress(OSError):
-                self.sock.sendto(reply.to_wire(), peer)
+            reply = self.handle(data, peer)
+            if reply is not None:
+                with contextlib.suppress(OSError):
+                    self.sock.sendto(reply, peer)
 
-    def reset(self) -> None:
-        self.seen.clear()
+    def handle(self, data: bytes, peer: tuple) -> bytes | None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self._stop.set()
         self.thread.join(2)
         self.sock.close()
+
+
+class UdpEcho(_NsUdpServer):
+    """A UDP echo on host:port inside a namespace; `datagrams` counts what arrived."""
+
+    def __init__(self, netns: str, host: str, port: int) -> None:
+        self.datagrams = 0
+        self.peers: list[str] = []  # source address of each datagram
+        super().__init__(netns, host, port)
+
+    def handle(self, data: bytes, peer: tuple) -> bytes | None:
+        self.datagrams += 1
+        self.peers.append(peer[0])
+        return data
+
+    def reset(self) -> None:
+        self.datagrams = 0
+        self.peers.clear()
+
+
+class NsDnsStub(_NsUdpServer):
+    """A stub DNS resolver on host:53 (UDP) inside a namespace: every A question gets `answer`, other
+    types an empty NOERROR; `seen` lists the names asked."""
+
+    def __init__(self, netns: str, host: str, answer: str) -> None:
+        self.answer = answer
+        self.seen: list[str] = []
+        super().__init__(netns, host, 53)
+
+    def handle(self, data: bytes, peer: tuple) -> bytes | None:
+        try:
+            query = dns.message.from_wire(data)
+        except Exception:  # noqa: BLE001 - not a DNS message: no answer
+            return None
+        question = query.question[0]
+        self.seen.append(str(question.name).rstrip("."))
+        reply = dns.message.make_response(query)
+        if question.rdtype == dns.rdatatype.A:
+            reply.answer.append(dns.rrset.from_text(question.name, 60, "IN", "A", self.answer))
+        return reply.to_wire()
+
+    def reset(self) -> None:
+        self.seen.clear()
 
 
 def udp_exchange(netns: str, host: str, port: int, payload: bytes = b"ping", timeout: float = 1.0) -> bytes | None:

@@ -4,10 +4,12 @@ accepted, so a test can assert that a blocked server saw nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import http.server
 import ipaddress
 import socket
+import socketserver
 import ssl
 import threading
 from dataclasses import dataclass
@@ -95,6 +97,12 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     owner: "TestServer"
 
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind asks getfqdn(host), a reverse DNS lookup: not wanted in tests (and it
+        # waits ~10 s for a resolver a network namespace cannot reach).
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
     def get_request(self):  # type: ignore[no-untyped-def]
         sock, addr = self.socket.accept()
         with self.owner.lock:
@@ -120,7 +128,7 @@ class TestServer:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, host: str, pki: TestPKI | None = None) -> None:
+    def __init__(self, host: str, pki: TestPKI | None = None, port: int = 0) -> None:
         self.host = host
         self.connections = 0
         self.tls_failures = 0
@@ -131,12 +139,17 @@ class TestServer:
             self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.tls.load_cert_chain(pki.cert_pem, pki.key_pem)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        _HTTPServer.address_family = family
-        self.httpd = _HTTPServer((host, 0), _Handler)
+        server_class = type("TestHTTPServer", (_HTTPServer,), {"address_family": family})
+        with self._binding():
+            self.httpd = server_class((host, port), _Handler)
         self.httpd.owner = self
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.1,), daemon=True)
         self.thread.start()
+
+    def _binding(self) -> contextlib.AbstractContextManager[None]:
+        """Where the listening socket is made (a subclass binds inside a network namespace)."""
+        return contextlib.nullcontext()
 
     def reset(self) -> None:
         with self.lock:
