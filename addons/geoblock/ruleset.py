@@ -22,6 +22,7 @@ from .names import IPAddress
 from .rules import Policy, RuleSource, RuleSpec, load_rules
 
 SEVERITY = {"allow": 0, "log": 1, "block": 2}
+_HITS_MEMO = 16384  # names remembered per ruleset; the memo starts over when full
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -101,14 +102,29 @@ class Ruleset:
         self.domain_count = sum(len(r.spec.domains) for r in self.rules)
         self.needs_country = any(r.spec.offshore is not None or r.spec.countries for r in self.rules)
         self.needs_asn = any(r.spec.asns for r in self.rules)
+        self._hits_memo: dict[str, tuple[tuple[int, str], ...]] = {}
 
     @classmethod
     def load(cls, source: str) -> "Ruleset":
         """Read, validate and compile a rules file or directory. Raises RuleError."""
         return cls(load_rules(source))
 
-    def name_hits(self, name: str) -> list[tuple[int, str]]:
-        """(rule index, why) for every rule whose name condition covers `name`."""
+    def name_hits(self, name: str) -> tuple[tuple[int, str], ...]:
+        """(rule index, why) for every rule whose name condition covers `name`.
+
+        Memoised per ruleset (bounded): a flow asks once to know whether it needs the server's address
+        and again to decide, and the same names recur on every flow. A reload builds a new ruleset,
+        so the memo never outlives the rules it came from."""
+        memo = self._hits_memo
+        found = memo.get(name)
+        if found is None:
+            found = self._name_hits(name)
+            if len(memo) >= _HITS_MEMO:
+                memo.clear()
+            memo[name] = found
+        return found
+
+    def _name_hits(self, name: str) -> tuple[tuple[int, str], ...]:
         hits: list[tuple[int, str]] = []
         found = self.exact.get(name)
         if found:
@@ -130,7 +146,7 @@ class Ruleset:
         for rule in self.pattern_rules:
             if rule.pattern.match(name):  # type: ignore[union-attr]
                 hits.append((rule.index, "pattern"))
-        return hits
+        return tuple(hits)
 
     def needs_server_ip(self, names: Iterable[str]) -> bool:
         """Whether a verdict for these names could depend on the server's address or location."""
