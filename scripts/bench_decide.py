@@ -68,16 +68,12 @@ MIX: list[tuple[str, str | None, str, str, str]] = [
 TLDS = ["com", "net", "org", "io", "co", "xyz", "info", "biz", "de", "sg", "jp", "co.uk", "com.au", "exchange"]
 
 from bench_common import calibrate, source_state  # noqa: E402
+from geoblock.observe import http_target  # noqa: E402
 
 
 def observe(sni: str | None, target: str, client: str, server: str, geo: Geo, rs: Ruleset) -> Verdict:
     """Raw strings to a verdict: what a hook does, minus mitmproxy and the decision log."""
-    names: list[str] = []
-    for raw in (sni, target):
-        if raw:
-            host = normalize_host(raw)
-            if isinstance(host, str) and host not in names:
-                names.append(host)
+    names = http_target(target, None, sni).names  # the hooks' own name extraction
     facts = Facts("tls", names=tuple(names), client_ip=normalize_ip(client), server_ip=normalize_ip(server),
                   sni=sni, host=target)
     facts.country, facts.asn = geo.lookup(facts.server_ip)
@@ -88,12 +84,7 @@ def observe_staged(sni: str | None, target: str, client: str, server: str, geo: 
                    clock=time.perf_counter_ns) -> tuple[int, int, int, int, int]:
     """`observe`, with each step timed: (names, IPs, Facts, GeoIP, decide) in ns."""
     t0 = clock()
-    names: list[str] = []
-    for raw in (sni, target):
-        if raw:
-            host = normalize_host(raw)
-            if isinstance(host, str) and host not in names:
-                names.append(host)
+    names = http_target(target, None, sni).names  # the hooks' own name extraction
     t1 = clock()
     client_ip, server_ip = normalize_ip(client), normalize_ip(server)
     t2 = clock()

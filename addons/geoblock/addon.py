@@ -43,7 +43,7 @@ from . import enforce
 from .decide import Facts, Verdict, decide
 from .geo import Geo
 from .names import IPAddress, InvalidHost, normalize_host, normalize_ip
-from .observe import InvalidField, http_target, mismatch_of, peer_ip
+from .observe import InvalidField, client_ip, http_target, mismatch_of, peer_ip
 from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_LOG, DEFAULT_RULES
 from .record import DecisionLog, make_record
 from . import rdap
@@ -469,7 +469,7 @@ class GeoBlock:
         if dest is None:
             raise Failure(f"no original destination for the transparent connection from {client.peername}")
         state.connect_ip = dest
-        facts = Facts("ip", client_ip=_client_ip(client), server_ip=dest)
+        facts = Facts("ip", client_ip=client_ip(client), server_ip=dest)
         verdict = self._decide(facts)
         self._record(facts, verdict)
         if self._enforcing(verdict):
@@ -479,7 +479,7 @@ class GeoBlock:
     @guarded("dns")
     async def dns_request(self, flow: Any) -> None:
         request = flow.request
-        facts = Facts("dns", client_ip=_client_ip(flow.client_conn))
+        facts = Facts("dns", client_ip=client_ip(flow.client_conn))
         names: list[str] = []
         for question in request.questions:
             facts.host = question.name
@@ -535,7 +535,7 @@ class GeoBlock:
     @guarded("connect")
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         state = self._state(flow.client_conn)
-        facts = Facts("connect", client_ip=_client_ip(flow.client_conn))
+        facts = Facts("connect", client_ip=client_ip(flow.client_conn))
         try:
             target = normalize_host(flow.request.host)
         except InvalidHost as exc:
@@ -573,7 +573,7 @@ class GeoBlock:
         if hello is None:
             return  # wait for the rest of the ClientHello
         state.tls_decided = True
-        facts = Facts("tls", client_ip=_client_ip(context.client))
+        facts = Facts("tls", client_ip=client_ip(context.client))
         address = context.server.address
         if address and state.connect_name is None and state.connect_ip is None:
             target = normalize_host(address[0])
@@ -623,7 +623,7 @@ class GeoBlock:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         request = flow.request
         state = self._state(flow.client_conn)
-        facts = Facts("http", client_ip=_client_ip(flow.client_conn))
+        facts = Facts("http", client_ip=client_ip(flow.client_conn))
         facts.host = host_header = request.host_header
         facts.sni = sni = flow.client_conn.sni
         try:
@@ -719,5 +719,3 @@ def _seconds(value: str, option: str, low: float, high: float) -> float:
     return seconds
 
 
-def _client_ip(client: Any) -> IPAddress | None:
-    return peer_ip(getattr(client, "peername", None))

@@ -67,3 +67,8 @@ def peer_ip(peername: Any) -> IPAddress | None:
         return normalize_ip(peername[0])
     except (InvalidHost, TypeError, IndexError, ValueError):
         return None
+
+
+def client_ip(conn: Any) -> IPAddress | None:
+    """The address of a client connection (anything with a `peername`), or None."""
+    return peer_ip(getattr(conn, "peername", None))

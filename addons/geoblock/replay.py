@@ -37,7 +37,7 @@ from mitmproxy import io as mio
 from .decide import Facts, Verdict, decide
 from .geo import Geo
 from .names import IPAddress, InvalidHost, normalize_host, normalize_ip, unicode_name
-from .observe import InvalidField, http_target, peer_ip
+from .observe import InvalidField, client_ip, http_target, peer_ip
 from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
 from .record import make_record
 from .rules import RuleError
@@ -67,9 +67,6 @@ class InvalidFlow(ValueError):
 # --------------------------------------------------------------------------------------------
 # Facts from a recorded flow
 
-
-def _client_ip(client: Any) -> IPAddress | None:
-    return peer_ip(getattr(client, "peername", None))
 
 
 def _dialled_ip(flow: http.HTTPFlow) -> IPAddress | None:
@@ -103,7 +100,7 @@ def facts_from_flow(flow: http.HTTPFlow, geo: Geo | None = None) -> Facts:
     """
     request = flow.request
     if request.method == "CONNECT":
-        facts = Facts("connect", client_ip=_client_ip(flow.client_conn))
+        facts = Facts("connect", client_ip=client_ip(flow.client_conn))
         try:
             target = normalize_host(request.host)
         except InvalidHost as exc:
@@ -112,7 +109,7 @@ def facts_from_flow(flow: http.HTTPFlow, geo: Geo | None = None) -> Facts:
             facts.names = (target,)
             facts.host = target
     else:
-        facts = Facts("http", client_ip=_client_ip(flow.client_conn))
+        facts = Facts("http", client_ip=client_ip(flow.client_conn))
         raw_host = request.host_header
         facts.host = raw_host
         facts.sni = flow.client_conn.sni
