@@ -21,7 +21,7 @@ and a speed index (a fixed pure-Python loop timed before and after) that shows t
 summary gives the ratio of the medians and the median of the per-round ratios; `--noop-baseline` adds a
 third mitmdump with a do-nothing script addon, to separate what any `-s` script costs from geoblock's work.
 
-    .venv-3.11/bin/python scripts/bench_proxy.py [--rounds 8] [--duration 10] [--noop-baseline] [--connections 16]
+    .venv-3.11/bin/python scripts/bench_proxy.py [--rounds 12] [--duration 10] [--noop-baseline] [--connections 16]
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ def median(xs: list[float]) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=8, help="rounds per configuration (interleaved)")
+    ap.add_argument("--rounds", type=int, default=12, help="rounds per configuration (interleaved)")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per round")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per proxy before the rounds")
     ap.add_argument("--connections", type=int, default=16)
