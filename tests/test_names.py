@@ -97,3 +97,9 @@ def test_names_that_only_look_numeric_stay_names(raw):
 def test_unicode_spellings_of_an_address_are_that_address(raw, expected):
     value = normalize_host(raw)
     assert isinstance(value, ipaddress.IPv4Address) and str(value) == expected
+
+
+def test_an_error_names_the_value_as_given_with_its_spaces():
+    with pytest.raises(InvalidHost) as info:
+        normalize_host(":; ")
+    assert info.value.value == ":; "

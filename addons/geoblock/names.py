@@ -110,7 +110,10 @@ def normalize_host(value: str) -> str | IPAddress:
 
 @lru_cache(maxsize=_CACHE)
 def _normalize_host(value: str) -> str | IPAddress:
-    host = _strip_port(value.strip())
+    try:
+        host = _strip_port(value.strip())
+    except InvalidHost as exc:  # name the value as given, surrounding spaces included
+        raise InvalidHost(value, exc.why) from None
     if not host:
         raise InvalidHost(value, "empty")
     if ":" in host:
