@@ -3,7 +3,10 @@
 Each record is written with a single write(2) on a file opened O_APPEND, so a crash of the proxy loses
 at most the line being written, and several workers may share one file. The file is reopened when it
 is moved away (log rotation). A failed write is counted, reported once per cause, and retried on the
-next record.
+next record; the first record written after a loss carries `"lost_before": N`, the number of records
+lost since the one before it, so the log itself says where records are missing and how many. A write
+cut short by a full disk is taken back (the file is truncated to where the line began), so a partial
+line never glues itself to the next record.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ class DecisionLog:
         self.fd: int | None = None
         self.written = 0
         self.lost = 0
+        self._gap = 0  # records lost since the last one written
         self._inode: int | None = None
         self._checked = 0.0
         self._last_error: str | None = None
@@ -108,6 +112,8 @@ class DecisionLog:
             return True
 
     def write(self, record: dict[str, Any]) -> bool:
+        if self._gap:
+            record = {**record, "lost_before": self._gap}
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode(
             "utf-8", "backslashreplace"
         )
@@ -120,9 +126,10 @@ class DecisionLog:
             assert self.fd is not None
             written = os.write(self.fd, line)
             if written != len(line):
-                raise OSError(0, f"short write ({written} of {len(line)} bytes)")
+                self._finish(line, written)
         except OSError as exc:
             self.lost += 1
+            self._gap += 1
             cause = exc.strerror or str(exc)
             if cause != self._last_error:
                 self._last_error = cause
@@ -136,10 +143,34 @@ class DecisionLog:
                 self.fd = None
             return False
         self.written += 1
+        self._gap = 0
         if self._last_error is not None:
             logger.warning(f"geoblock: decision log {self.path} writable again; {self.lost} record(s) were lost")
             self._last_error = None
         return True
+
+    def _finish(self, line: bytes, written: int) -> None:
+        """After a short write: write the rest, which usually fails with the cause (a full disk). Then
+        the start of the line is taken back (the file is truncated to where it began), so the next record
+        starts on a line of its own, and the cause is the system's, the same for every record lost."""
+        assert self.fd is not None
+        try:
+            rest = os.write(self.fd, line[written:])
+        except OSError:
+            self._take_back(written)
+            raise
+        if rest != len(line) - written:
+            self._take_back(written + rest)
+            raise OSError(0, "short write (is the disk full?)")
+
+    def _take_back(self, written: int) -> None:
+        assert self.fd is not None
+        try:
+            size = os.fstat(self.fd).st_size
+            if written > 0 and size >= written:
+                os.ftruncate(self.fd, size - written)
+        except OSError:
+            pass
 
     def close(self) -> None:
         if self.fd is not None:
