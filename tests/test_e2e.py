@@ -299,6 +299,42 @@ def test_a_name_is_resolved_when_a_rule_needs_its_country(tmp_path, servers, cou
     assert rec["server_ip"] in ("127.0.0.1", "::1") and rec["country"] == country
 
 
+@pytest.mark.parametrize("way", ["absolute-form", "connect", "connect-tls"])
+def test_the_server_is_dialled_at_the_address_geoblock_judged(tmp_path, pki, way):
+    """DNS that answers differently from one query to the next: geoblock learns 127.0.0.3 (home) for
+    `localhost`, the system would answer 127.0.0.1 (offshore). The connection goes to the address that
+    was judged; the offshore server never sees one."""
+    tls = pki if way == "connect-tls" else None
+    judged = TestServer("127.0.0.3", tls)
+    other = TestServer("127.0.0.1", tls, port=judged.port)
+    try:
+        geo = tmp_path / "geo"
+        geo.mkdir()
+        places = {"127.0.0.3/32": ("CN", 64500), "127.0.0.1/32": ("SG", 64501), "::1/128": ("SG", 64501)}
+        write_country_db(geo / "GeoLite2-Country.mmdb", places)
+        write_asn_db(geo / "GeoLite2-ASN.mmdb", places)
+        rules = tmp_path / "rules"
+        rules.mkdir()
+        (rules / "policy.yaml").write_text("home_countries: [CN]\n")
+        (rules / "r.yaml").write_text(
+            "rules:\n  - {id: local-offshore, action: block, domains: [localhost], offshore: true}\n")
+        log = tmp_path / "decisions.jsonl"
+        pin = Path(__file__).parent / "support" / "pin_resolver.py"
+        with Mitmdump(tmp_path / "conf", options(rules, geo, log), extra_args=["-s", str(pin)]) as m:
+            if way == "connect-tls":  # passed through: the server's own certificate for localhost
+                r = curl(m, f"https://localhost:{judged.port}/", "--cacert", str(pki.ca_pem))
+            else:
+                r = curl(m, f"http://localhost:{judged.port}/", *(["--proxytunnel"] if way == "connect" else []))
+        assert "HTTP/1.1 200" in r.stdout, r.stdout + r.stderr
+        assert judged.connections == 1 and other.connections == 0
+        assert judged.requests and judged.requests[0][0] == f"localhost:{judged.port}"  # Host unchanged
+        rec = records(log, stage="http" if way == "absolute-form" else "connect")[-1]
+        assert (rec["server_ip"], rec["country"], rec["action"]) == ("127.0.0.3", "CN", "allow")
+    finally:
+        judged.close()
+        other.close()
+
+
 # --- the decision log ------------------------------------------------------------------------
 
 def test_every_record_has_the_documented_fields(proxy):

@@ -645,8 +645,33 @@ class GeoBlock:
     @guarded("connect")
     async def server_connect(self, data: Any) -> None:
         state = self.conns.get(data.client.id)
-        if state is not None and state.blocked is not None and not self.monitor:
+        if state is None:
+            return
+        if state.blocked is not None and not self.monitor:
             data.server.error = f"blocked by geoblock rule {state.blocked.rule}"
+            return
+        if state.resolved:
+            self._pin(state, data.server, data.client)
+
+    @staticmethod
+    def _pin(state: ConnState, server: Any, client: Any) -> None:
+        """Dial the address geoblock judged. When a rule needed a name's location, geoblock resolved
+        the name itself; mitmproxy would resolve it again when dialling and could get another answer
+        (round-robin DNS, a short TTL, a server that answers differently on purpose). The server is
+        dialled at the judged address instead; the TLS server name stays the name."""
+        address = server.address
+        if not address or server.via is not None or not isinstance(address[0], str):
+            return
+        try:
+            name = normalize_host(address[0])
+        except InvalidHost:
+            return
+        pinned = state.resolved.get(name) if isinstance(name, str) else None
+        if pinned is None:
+            return
+        if server.sni is None:
+            server.sni = client.sni or address[0]  # what mitmproxy would have sent
+        server.address = (str(pinned), address[1])
 
     def client_disconnected(self, client: Any) -> None:
         self.conns.pop(client.id, None)
