@@ -145,3 +145,17 @@ def test_monitor_mode_answers_normally(gb):
     f = dns_flow("binance.com")
     asyncio.run(gb.dns_request(f))
     assert f.response is None and last(gb)["enforced"] is False
+
+
+def test_a_failure_while_stripping_ech_applies_on_error(gb):
+    class Unreadable:
+        @property
+        def answers(self):
+            raise RuntimeError("answer section cannot be read")
+
+    f = dns_flow("allowed.test", dns_types.HTTPS)
+    f.response = Unreadable()
+    asyncio.run(gb.dns_response(f))  # on_error: block (shipped policy): NXDOMAIN, not the answer
+    assert f.response.response_code == response_codes.NXDOMAIN
+    rec = last(gb)
+    assert (rec["stage"], rec["action"]) == ("dns", "block") and rec["error"].startswith("RuntimeError")

@@ -497,10 +497,12 @@ class GeoBlock:
         if self._enforcing(verdict):
             self._refuse_dns(flow)
 
-    def dns_response(self, flow: Any) -> None:
+    @guarded("dns")
+    async def dns_response(self, flow: Any) -> None:
         """Remove Encrypted Client Hello configurations from HTTPS and SVCB answers, so clients send a
         readable SNI (mitmproxy's own strip_ech covers HTTPS records only, and can be turned off). An
-        answer that cannot be parsed is dropped rather than passed on with its ECH."""
+        answer that cannot be parsed is dropped rather than passed on with its ECH; any other failure
+        here applies on_error to the answer."""
         response = flow.response
         if response is None:
             return
