@@ -4,12 +4,18 @@ Asynchronous, cached (positive and negative), coalesced (one lookup per name in 
 lookups run on a small dedicated thread pool, so a slow resolver can never starve the proxy's own
 connection set-up, and each waits at most `timeout` seconds. geoblock never connects to a server to
 learn where it is.
+
+A resolver that fails (a timeout, a server failure) is reported once per cause on the "geoblock"
+logger, with what it means (such names follow unknown_country); further failures are counted in
+`stats`, and the first success after them says resolution works again. A name that does not exist is
+an answer, not a failure, and is not logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import socket
 import time
 from collections import OrderedDict
@@ -17,7 +23,12 @@ from typing import Callable
 
 from .names import IPAddress, InvalidHost, normalize_ip
 
+logger = logging.getLogger("geoblock")
+
 LookupFn = Callable[[str], list[str]]
+
+# getaddrinfo's answers that a name has no address: not a resolver failure
+_NO_SUCH_NAME = {getattr(socket, n) for n in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY") if hasattr(socket, n)}
 
 
 def system_lookup(name: str) -> list[str]:
@@ -46,6 +57,7 @@ class Resolver:
         self._cache: OrderedDict[str, tuple[float, IPAddress | None]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[IPAddress | None]] = {}
         self.stats = {"lookups": 0, "hits": 0, "failures": 0, "timeouts": 0, "shed": 0}
+        self._reported: set[str] = set()  # failure causes logged since resolution last worked
 
     def cached(self, name: str) -> tuple[bool, IPAddress | None]:
         entry = self._cache.get(name)
@@ -80,6 +92,7 @@ class Resolver:
     async def _run(self, loop: asyncio.AbstractEventLoop, name: str) -> IPAddress | None:
         self.stats["lookups"] += 1
         addr: IPAddress | None = None
+        failure: str | None = None
         try:
             found = await asyncio.wait_for(loop.run_in_executor(self._pool, self._lookup, name), self.timeout)
             for text in found:
@@ -90,14 +103,33 @@ class Resolver:
                     continue
         except asyncio.TimeoutError:
             self.stats["timeouts"] += 1
-        except (OSError, UnicodeError, ValueError):
+            failure = f"no answer within {self.timeout:g} s"
+        except (OSError, UnicodeError, ValueError) as exc:
             self.stats["failures"] += 1
+            if not (isinstance(exc, socket.gaierror) and exc.errno in _NO_SUCH_NAME):
+                failure = (exc.strerror if isinstance(exc, OSError) and exc.strerror else None) or type(exc).__name__
+        self._report(name, addr, failure)
         ttl = self.ttl if addr is not None else self.negative_ttl
         self._cache[name] = (time.monotonic() + ttl, addr)
         self._cache.move_to_end(name)
         while len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
         return addr
+
+    def _report(self, name: str, addr: IPAddress | None, failure: str | None) -> None:
+        if failure is not None and failure not in self._reported:
+            self._reported.add(failure)
+            logger.warning(
+                f"geoblock: name resolution failed: {failure} (first seen for {name}); names whose location a "
+                f"rule needs follow unknown_country while it fails (retried after {self.negative_ttl:g} s); "
+                f"further failures of this kind are counted, not logged"
+            )
+        elif addr is not None and self._reported:
+            self._reported.clear()
+            logger.warning(
+                f"geoblock: name resolution works again ({self.stats['timeouts']} timeouts, "
+                f"{self.stats['failures']} failures so far)"
+            )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
