@@ -124,6 +124,13 @@ class Proxy:
         return found[-1]
 
 
+def replace(path: Path, data: bytes) -> None:
+    """Replace a file whole (write aside, then rename), as an operator or updater would."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def still_serving(p: Proxy, web) -> None:
     """What an operator checks first: an allowed request gets 200, a blocked name still gets 451."""
     assert p.status(web["cn"], "allowed.test") == 200
@@ -139,12 +146,13 @@ def test_geoip_database_fault_keeps_the_last_good_one_and_a_restored_one_applies
         db = p.country_db
         good = db.read_bytes()
         assert p.status(web["sg"], "offshore-only.test") == 451 and p.last()["country"] == "SG"
+        # each fault is one change on disk (one syscall), so it is seen and reported exactly once
         if fault == "deleted":
             db.unlink()
         elif fault == "truncated":
-            db.write_bytes(good[: len(good) // 3])
+            os.truncate(db, len(good) // 3)  # in place, under the running proxy
         else:
-            db.write_bytes(os.urandom(len(good)))
+            replace(db, os.urandom(len(good)))
         wait_for(lambda: p.count("database change refused") >= 1, RECOVERY, "the refusal")
         time.sleep(float(INTERVAL) * 5)  # several checks of an unchanged broken file
         assert p.count("database change refused") == 1  # once, not at every check
@@ -179,7 +187,7 @@ def test_without_a_geoip_database_country_rules_follow_unknown_country_until_one
         assert rec["country"] is None and rec["offshore"] is None and rec["geoip_build"] is None
         assert "unknown_country (block) applies" in rec["reason"]
         # garbage at the path: refused once, still unknown_country
-        missing.write_bytes(b"\x00garbage" * 512)
+        replace(missing, b"\x00garbage" * 512)
         wait_for(lambda: p.count("not a readable MaxMind database") >= 1, RECOVERY, "the refusal")
         time.sleep(float(INTERVAL) * 5)
         assert p.count("not a readable MaxMind database") == 1
@@ -210,8 +218,9 @@ def test_rules_directory_removed_keeps_the_last_good_ruleset_and_a_restored_one_
         still_serving(p, web)
         assert p.status(web["sg"], "offshore-only.test") == 451
         assert p.last()["ruleset"] == version
-        # restored, with one more blocked name: in force within the interval
-        write_rules(p.rules, extra="  - {id: more, action: block, domains: [okx.com]}\n")
+        # restored (made aside, then moved into place), with one more blocked name: in force within the interval
+        write_rules(tmp_path / "rules.new", extra="  - {id: more, action: block, domains: [okx.com]}\n")
+        (tmp_path / "rules.new").rename(p.rules)
         wait_for(lambda: p.status(web["cn"], "okx.com") == 451, RECOVERY, "the restored rules")
         assert p.last()["ruleset"] != version and p.last()["rule"] == "more"
         assert p.count("rules reloaded") == 1
