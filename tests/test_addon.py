@@ -117,10 +117,14 @@ def test_partial_client_hello_waits_for_more(gb):
     hello = client_hello("binance.com")
     nl = next_layer_for(gb, None, data=hello[:20])
     run(gb.next_layer(nl))
-    assert nl.layer is None and not gb.log_path.exists() or records(gb) == []
-    nl.events.append(events.DataReceived(nl.context.client, hello[20:]))
-    run(gb.next_layer(nl))
-    assert isinstance(nl.layer, enforce.DenyTLS)
+    # held by geoblock (mitmproxy would otherwise pick its TLS layer on these bytes); nothing decided yet
+    assert isinstance(nl.layer, enforce.AwaitClientHello)
+    assert not gb.log_path.exists() or records(gb) == []
+    # once whole, the bytes go to a fresh NextLayer, whose hook decides
+    whole = layer.NextLayer(nl.context)
+    whole.events.append(events.DataReceived(nl.context.client, hello))
+    run(gb.next_layer(whole))
+    assert isinstance(whole.layer, enforce.DenyTLS)
 
 
 def test_malformed_client_hello_fails_closed(gb):

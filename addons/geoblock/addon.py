@@ -43,7 +43,7 @@ from . import enforce
 from .decide import Facts, Verdict, decide
 from .geo import Geo
 from .names import IPAddress, InvalidHost, normalize_host, normalize_ip
-from .observe import InvalidField, client_ip, http_target, mismatch_of, peer_ip
+from .observe import InvalidField, client_ip, http_target, mismatch_of, peer_ip, sni_problem
 from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_LOG, DEFAULT_RULES
 from .record import DecisionLog, make_record
 from . import rdap
@@ -563,17 +563,22 @@ class GeoBlock:
         if context.client.transport_protocol != "tcp":
             return
         data = nextlayer.data_client()
-        if len(data) < 3 or data[0] != 0x16 or data[1] != 0x03:
+        if not enforce.may_be_client_hello(data):
             return
         state = self._state(context.client)
         if state.tls_decided:
             return
         try:
-            hello = mtls.parse_client_hello(data)
+            hello = mtls.parse_client_hello(data) if len(data) >= 3 else None
         except ValueError as exc:
             raise Failure(f"malformed TLS ClientHello ({exc})") from None
         if hello is None:
-            return  # wait for the rest of the ClientHello
+            if len(data) >= enforce.CLIENT_HELLO_LIMIT:
+                raise Failure(f"no complete TLS ClientHello in the first {len(data)} bytes")
+            # Wait for the rest however the client splits it: left alone, mitmproxy would pick its TLS
+            # layer on these first bytes (raw TCP when fewer than 3 came) before geoblock read the SNI.
+            nextlayer.layer = enforce.AwaitClientHello(context)
+            return
         state.tls_decided = True
         facts = Facts("tls", client_ip=client_ip(context.client))
         address = context.server.address
@@ -583,6 +588,10 @@ class GeoBlock:
                 state.connect_name = target
             else:
                 state.connect_ip = target
+        problem = sni_problem(hello.extensions, hello.sni)
+        if problem is not None:  # a server_name mitmproxy cannot read is not "no SNI"
+            facts.sni = str(problem.value)
+            return self._invalid(facts, problem, "SNI", nextlayer)
         names: list[str] = []
         if hello.sni is not None:
             facts.sni = hello.sni

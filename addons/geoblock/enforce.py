@@ -5,6 +5,9 @@ responses and layers.
 - TLS with a blocked SNI: a fatal `access_denied` alert, then close (`DenyTLS`);
 - HTTP with a blocked Host: 451 Unavailable For Legal Reasons, a `Link: <...>; rel="blocked-by"` header
   (RFC 7725) and a short HTML page naming the rule (the template can be replaced).
+
+It also holds `AwaitClientHello`, the layer that keeps a connection's first bytes until they are a whole
+ClientHello, so a ClientHello split into several TCP segments is judged whole.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from mitmproxy import http
 from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from .decide import Verdict
 from .names import unicode_name
@@ -90,3 +94,57 @@ class DenyTLS(layer.Layer):
             yield commands.SendData(self.context.client, TLS_ACCESS_DENIED)
             yield commands.CloseConnection(self.context.client)
         # Everything after that (more data, the client closing) needs no answer.
+
+
+# A ClientHello is a few hundred bytes (a few KiB with post-quantum key shares); geoblock holds at most
+# this much while waiting for one to be complete.
+CLIENT_HELLO_LIMIT = 64 * 1024
+
+
+def may_be_client_hello(data: bytes) -> bool:
+    """Whether `data` may be (the start of) a TLS handshake record: 0x16, then 0x03."""
+    return bool(data) and data[0] == 0x16 and (len(data) < 2 or data[1] == 0x03)
+
+
+class AwaitClientHello(layer.Layer):
+    """Holds a connection's first bytes until they are a whole TLS ClientHello (or cannot be one, or
+    exceed CLIENT_HELLO_LIMIT), then replays them to a fresh NextLayer, whose next_layer hook (geoblock's
+    included) sees the complete ClientHello.
+
+    Without it, mitmproxy picks its TLS layer as soon as the first 3 bytes look like TLS, and raw TCP
+    pass-through when fewer than 3 bytes came first: a ClientHello split into several TCP segments would
+    reach the TLS layer unjudged, or the server unread."""
+
+    def __init__(self, context) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(context)
+        self.context.layers.remove(self)  # like NextLayer: not a protocol layer of the stack
+        self.held: list[events.Event] = []
+        self.next: layer.NextLayer | None = None
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if self.next is not None:
+            yield from self.next.handle_event(event)
+            return
+        self.held.append(event)
+        if isinstance(event, events.ConnectionClosed) and event.connection == self.context.client:
+            yield commands.CloseConnection(self.context.client)
+            return
+        if not isinstance(event, events.DataReceived):
+            return
+        data = b"".join(e.data for e in self.held
+                        if isinstance(e, events.DataReceived) and e.connection == self.context.client)
+        if may_be_client_hello(data) and len(data) < CLIENT_HELLO_LIMIT:
+            try:
+                if len(data) < 3 or parse_client_hello(data) is None:
+                    return  # wait for more
+            except ValueError:
+                pass  # not a ClientHello: the next layer says so
+        # The client's bytes go on as one event: a NextLayer asks its hook on the first data event, and
+        # must see them all.
+        client = self.context.client
+        replay = [e for e in self.held if not (isinstance(e, events.DataReceived) and e.connection == client)]
+        replay.append(events.DataReceived(client, data))
+        self.held = []
+        self.next = layer.NextLayer(self.context)
+        for e in replay:
+            yield from self.next.handle_event(e)

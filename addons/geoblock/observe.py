@@ -7,7 +7,7 @@ Nothing here imports mitmproxy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from .names import IPAddress, InvalidHost, normalize_host, normalize_ip
 
@@ -59,6 +59,41 @@ def mismatch_of(seen: list[tuple[str, str]]) -> str | None:
         if name != seen[0][1]:
             return f"{seen[0][0]} {seen[0][1]} ≠ {field} {name}"
     return None
+
+
+def sni_problem(extensions: Iterable[tuple[int, bytes]], sni: str | None) -> InvalidHost | None:
+    """Why the server_name extensions of a ClientHello cannot be judged, or None when they can.
+
+    `sni` is mitmproxy's reading of them: None when the extension is absent, but also when its name is
+    not a valid host (NUL, control or non-ASCII bytes, an empty or over-long label) or it lists several
+    names. A server may still read a name from such an extension, so a ClientHello carrying one must not
+    be judged as one without SNI. Several server_name extensions are refused too (TLS forbids repeating
+    an extension; mitmproxy reads the first valid one, a server may read another).
+    """
+    bodies = [body for ext_type, body in extensions if ext_type == 0]
+    if not bodies:
+        return None
+    shown = "; ".join(", ".join(n.decode("utf-8", "backslashreplace") for n in _server_names(b)) or repr(b)
+                      for b in bodies)
+    if len(bodies) > 1:
+        return InvalidHost(shown, "the ClientHello has more than one server_name extension")
+    if sni is None:
+        names = _server_names(bodies[0])
+        why = ("the server_name extension lists several names" if len(names) > 1
+               else "the server_name extension does not hold a valid host name")
+        return InvalidHost(shown, why)
+    return None
+
+
+def _server_names(body: bytes) -> list[bytes]:
+    """The names in a server_name extension's body (as far as it can be read)."""
+    names = []
+    p = 2
+    while p + 3 <= len(body):
+        n = int.from_bytes(body[p + 1:p + 3], "big")
+        names.append(body[p + 3:p + 3 + n])
+        p += 3 + n
+    return names
 
 
 def peer_ip(peername: Any) -> IPAddress | None:
