@@ -360,14 +360,14 @@ def test_dns_failing_gives_unknown_country_reported_once_then_recovers(tmp_path,
 
 
 def test_dns_slow_does_not_hold_flows_past_the_timeout_then_recovers(tmp_path, web, stub):
-    with dns_proxy(tmp_path, stub, timeout="0.5", resolver_timeout=8) as p:
-        stub.set_mode("slow", delay=6.0)
+    with dns_proxy(tmp_path, stub, timeout="0.5", resolver_timeout=10) as p:
+        stub.set_mode("slow", delay=8.0)
         names = [f"{label}.offshore-only.test" for label in "abcdefghijkl"]  # more than geoblock's lookup threads
         with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
             results = list(pool.map(lambda n: p.http(None, url=name_url(web, n)), names))
         for (status, took), name in zip(results, names):
             assert status == 451, name  # unknown_country: block, decided without the late answer
-            assert took < 5.0, (name, took)  # not the 6 s the resolver takes
+            assert took < 6.0, (name, took)  # not the 8 s the resolver takes
         rec = p.last(stage="http", name=names[0])
         assert rec["server_ip"] is None and "unknown_country (block) applies" in rec["reason"]
         assert p.count("name resolution failed: no answer within 0.5 s") == 1
@@ -375,7 +375,7 @@ def test_dns_slow_does_not_hold_flows_past_the_timeout_then_recovers(tmp_path, w
         # DNS fast again: once the slow lookups have drained, new names are placed and allowed
         stub.set_mode("answer")
         fresh = iter(f"late{i}.offshore-only.test" for i in range(60))
-        wait_for(lambda: p.status(None, url=name_url(web, next(fresh))) == 200, 30, "resolution to recover",
+        wait_for(lambda: p.status(None, url=name_url(web, next(fresh))) == 200, 40, "resolution to recover",
                  every=0.5)
         assert p.count("name resolution works again") == 1
 
@@ -412,11 +412,11 @@ def test_rdap_hanging_stalls_no_flow_and_later_answers_are_used(tmp_path, geo_di
         with m:
             for addr in hung:
                 err, took = connect(addr)
-                assert "response 451" in err and took < 3.0  # unknown_country now, RDAP in the background
+                assert "response 451" in err and took < 5.0  # unknown_country now, RDAP in the background
             wait_for(lambda: sum(rdap.hits_for(a) for a in hung) >= 4, RECOVERY, "the RDAP lookups to hang")
             for addr in hung * 2:
                 err, took = connect(addr)
-                assert "response 451" in err and took < 3.0, took
+                assert "response 451" in err and took < 5.0, took  # not curl's 10 s
                 assert "unknown_country (block) applies" in last(addr)["reason"]
             # plain requests go on (through the local upstream)
             r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "-x",

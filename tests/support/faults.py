@@ -98,7 +98,9 @@ class DnsStub:
             if mode == "silent":
                 continue
             if mode == "slow":
-                threading.Timer(delay, self._answer, (query, name, peer)).start()
+                timer = threading.Timer(delay, self._answer, (query, name, peer))
+                timer.daemon = True  # a late answer never holds up the test run's exit
+                timer.start()
                 continue
             self._answer(query, name, peer, servfail=mode == "servfail")
 
