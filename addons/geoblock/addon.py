@@ -39,7 +39,7 @@ from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy import layer as mlayer
 from mitmproxy.proxy.layers import tls as mtls
 
-from . import enforce
+from . import enforce, names as _names, record as _record, ruleset as _ruleset
 from .decide import Facts, Verdict, decide
 from .geo import Geo
 from .names import IPAddress, InvalidHost, normalize_host, normalize_ip
@@ -396,9 +396,38 @@ class GeoBlock:
             st = self.rdap.stats()
             lines.append(f"rdap: {st['answers']} answers, {st['negatives']} negatives, {st['in_flight']} in flight, "
                          f"{st['cache_entries']} cached, {st['shed']} shed")
+        sizes = self.caches()
+        lines.append("caches (entries/bound): " + ", ".join(
+            f"{label} {n}/{bound}" for label, (n, bound) in sizes.items() if bound is not None))
+        lines.append(f"connection states: {sizes['connection states'][0]}")
         if self.last_problem:
             lines.append(f"last problem: {self.last_problem}")
         return "\n".join(lines)
+
+    def caches(self) -> dict[str, tuple[int, int | None]]:
+        """(entries, bound) of each of geoblock's caches, and the per-connection states held now (no
+        bound: each ends with its connection, so they count the open connections geoblock has seen)."""
+        out: dict[str, tuple[int, int | None]] = {}
+        for label, fn in (("names", _names._normalize_host), ("addresses", _names._normalize_ip_text),
+                          ("unicode names", _names.unicode_name), ("record addresses", _record._text),
+                          ("rdap lookupable", rdap.lookupable)):
+            info = fn.cache_info()
+            out[label] = (info.currsize, info.maxsize)
+        if self.ruleset is not None:
+            out["rule hits"] = (len(self.ruleset._hits_memo), _ruleset._HITS_MEMO)
+        if self.geo is not None:
+            info = self.geo.lookup.cache_info()  # type: ignore[attr-defined]
+            out["geoip"] = (info.currsize, info.maxsize)
+        out["dns"] = (len(self.resolver._cache), self.resolver.max_entries)
+        out["dns in flight"] = (len(self.resolver._inflight), self.resolver._max_pending)
+        if self.rdap is not None:
+            st = self.rdap.stats()
+            out["rdap"] = (st["cache_entries"], self.rdap.max_entries)
+            out["rdap ranges"] = (st["range_entries"], self.rdap.max_entries)
+            out["rdap in flight"] = (st["in_flight"], self.rdap.workers + self.rdap.max_queued)
+        out["error causes"] = (len(self.errors_seen), None)
+        out["connection states"] = (len(self.conns), None)
+        return out
 
     # ------------------------------------------------------------------ enrichment and decision
 
