@@ -43,7 +43,7 @@ from . import enforce, names as _names, record as _record, ruleset as _ruleset
 from .decide import Facts, Verdict, decide
 from .geo import Geo
 from .names import IPAddress, InvalidHost, normalize_host, normalize_ip
-from .observe import InvalidField, client_ip, http_target, mismatch_of, peer_ip, sni_problem
+from .observe import InvalidField, client_ip, http_target, mismatch_of, peer_ip, sni_problem, uri_authority
 from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_LOG, DEFAULT_RULES
 from .record import DecisionLog, make_record
 from . import rdap
@@ -667,7 +667,7 @@ class GeoBlock:
         facts.host = host_header = request.host_header
         facts.sni = sni = flow.client_conn.sni
         try:
-            target = http_target(request.host, host_header, sni)
+            target = http_target(request.host, host_header, sni, uri_authority(request))
         except InvalidField as exc:
             return self._invalid(facts, exc.cause, exc.field, flow)
         facts.names = target.names

@@ -29,13 +29,19 @@ class HttpTarget:
     mismatch: str | None = None  # "request target a ≠ Host b" / "SNI a ≠ Host b" when names differ
 
 
-def http_target(request_host: str | None, host_header: str | None, sni: str | None) -> HttpTarget:
-    """Names and target of an HTTP request. Raises InvalidField."""
+def http_target(request_host: str | None, host_header: str | None, sni: str | None,
+                authority: str | None = None) -> HttpTarget:
+    """Names and target of an HTTP request. Raises InvalidField.
+
+    `authority` is the authority of an absolute-form request target (`uri_authority`): inside a tunnel
+    mitmproxy dials the tunnel's server but forwards the absolute URI, and a server must route on it
+    rather than on Host (RFC 9112, 3.2.2), so it is judged like the Host."""
     names: list[str] = []
     seen: list[tuple[str, str]] = []
     target_name: str | None = None
     target_ip: IPAddress | None = None
-    for field, value in (("request target", request_host), ("Host", host_header), ("SNI", sni)):
+    for field, value in (("request target", request_host), ("URI authority", authority), ("Host", host_header),
+                         ("SNI", sni)):
         if not value:
             continue
         try:
@@ -51,6 +57,14 @@ def http_target(request_host: str | None, host_header: str | None, sni: str | No
         elif field == "request target":
             target_ip = host
     return HttpTarget(tuple(names), target_name, target_ip, mismatch_of(seen))
+
+
+def uri_authority(request: Any) -> str | None:
+    """The authority of an HTTP/1 absolute-form request target, or None (origin-form; in HTTP/2 and 3 the
+    authority is the :authority pseudo-header, which mitmproxy already gives as the Host)."""
+    if getattr(request, "is_http2", False) or getattr(request, "is_http3", False):
+        return None
+    return getattr(request, "authority", None) or None
 
 
 def mismatch_of(seen: list[tuple[str, str]]) -> str | None:

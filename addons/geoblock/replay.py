@@ -37,7 +37,7 @@ from mitmproxy import io as mio
 from .decide import Facts, Verdict, decide
 from .geo import Geo
 from .names import IPAddress, InvalidHost, normalize_host, normalize_ip, unicode_name
-from .observe import InvalidField, client_ip, http_target, peer_ip
+from .observe import InvalidField, client_ip, http_target, peer_ip, uri_authority
 from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
 from .record import make_record
 from .rules import RuleError
@@ -114,7 +114,7 @@ def facts_from_flow(flow: http.HTTPFlow, geo: Geo | None = None) -> Facts:
         facts.host = raw_host
         facts.sni = flow.client_conn.sni
         try:
-            target = http_target(request.host, raw_host, flow.client_conn.sni)
+            target = http_target(request.host, raw_host, flow.client_conn.sni, uri_authority(request))
         except InvalidField as exc:
             raise InvalidFlow(facts, exc.field, exc.cause) from None
         facts.names = target.names
