@@ -1,0 +1,106 @@
+"""Hand-made TLS ClientHellos for the evasion tests.
+
+`client_hello(sni)` takes a real ClientHello from Python's ssl module (memory BIOs, no network), so a
+real server answers it. `Hello` splits it into its fields and extensions, lets a test change the
+server_name extension byte for byte or add extensions (ECH), and puts it back together, in one TLS
+record or fragmented across several.
+"""
+
+from __future__ import annotations
+
+import ssl
+import struct
+from dataclasses import dataclass, field
+
+EXT_SERVER_NAME = 0x0000
+EXT_ECH = 0xFE0D
+HANDSHAKE = 0x16
+ALERT = 0x15
+APPLICATION_DATA = 0x17
+ACCESS_DENIED_ALERT = bytes.fromhex("15030300020231")  # what geoblock answers a blocked ClientHello with
+
+
+def client_hello(sni: str | None = "allowed.test") -> bytes:
+    """A real ClientHello (TLS records, as a client would send them) from Python's ssl."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=sni)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def server_name_body(*names: bytes, name_type: int = 0) -> bytes:
+    """The body of a server_name extension listing `names` (raw bytes, unchecked)."""
+    entries = b"".join(struct.pack("!BH", name_type, len(n)) + n for n in names)
+    return struct.pack("!H", len(entries)) + entries
+
+
+@dataclass
+class Hello:
+    """A ClientHello message: the fields before the extensions, and the extensions in order."""
+
+    head: bytes  # version, random, session id, cipher suites, compression methods
+    extensions: list[tuple[int, bytes]] = field(default_factory=list)
+    record_version: bytes = b"\x03\x01"
+
+    @classmethod
+    def parse(cls, records: bytes) -> "Hello":
+        handshake = b""
+        rest = records
+        record_version = records[1:3]
+        while rest:
+            assert rest[0] == HANDSHAKE, rest[:5]
+            (length,) = struct.unpack("!H", rest[3:5])
+            handshake += rest[5:5 + length]
+            rest = rest[5 + length:]
+        assert handshake[0] == 1, "not a ClientHello"
+        body = handshake[4:4 + int.from_bytes(handshake[1:4], "big")]
+        p = 2 + 32
+        p += 1 + body[p]  # session id
+        p += 2 + struct.unpack("!H", body[p:p + 2])[0]  # cipher suites
+        p += 1 + body[p]  # compression methods
+        head = body[:p]
+        (ext_len,) = struct.unpack("!H", body[p:p + 2])
+        ext_data = body[p + 2:p + 2 + ext_len]
+        extensions = []
+        q = 0
+        while q < len(ext_data):
+            ext_type, n = struct.unpack("!HH", ext_data[q:q + 4])
+            extensions.append((ext_type, ext_data[q + 4:q + 4 + n]))
+            q += 4 + n
+        return cls(head, extensions, record_version)
+
+    def with_server_name(self, body: bytes | None) -> "Hello":
+        """Replace the server_name extension's body (None: remove it); added first when absent."""
+        exts = [e for e in self.extensions if e[0] != EXT_SERVER_NAME]
+        if body is not None:
+            exts.insert(0, (EXT_SERVER_NAME, body))
+        return Hello(self.head, exts, self.record_version)
+
+    def with_extension(self, ext_type: int, body: bytes, first: bool = False) -> "Hello":
+        exts = list(self.extensions)
+        # keep pre_shared_key (41) last, as TLS 1.3 requires
+        at = 0 if first else next((i for i, (t, _) in enumerate(exts) if t == 41), len(exts))
+        exts.insert(at, (ext_type, body))
+        return Hello(self.head, exts, self.record_version)
+
+    def message(self) -> bytes:
+        """The handshake message (type 1, ClientHello)."""
+        ext_data = b"".join(struct.pack("!HH", t, len(b)) + b for t, b in self.extensions)
+        body = self.head + struct.pack("!H", len(ext_data)) + ext_data
+        return b"\x01" + len(body).to_bytes(3, "big") + body
+
+    def records(self, fragment: int | None = None) -> bytes:
+        """The message in TLS handshake records of at most `fragment` bytes each (default: one)."""
+        msg = self.message()
+        size = fragment or len(msg)
+        return b"".join(record(HANDSHAKE, msg[i:i + size], self.record_version) for i in range(0, len(msg), size))
+
+
+def record(content_type: int, payload: bytes, version: bytes = b"\x03\x03") -> bytes:
+    return bytes([content_type]) + version + struct.pack("!H", len(payload)) + payload

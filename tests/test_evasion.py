@@ -1,0 +1,900 @@
+"""The evasion table (docs/evasion.md), one test or parametrised case per row, end to end.
+
+Each case runs a real mitmdump with geoblock and a real client: curl, raw sockets sending exact bytes
+(request lines and headers, hand-made ClientHellos from tests/support/evasion_tls.py), Python ssl, an
+HTTP/2 client (h2). Servers on 127.0.0.x are placed in countries by a test GeoIP database
+(tests/support/geodb.py): 127.0.0.1 CN (home), 127.0.0.2 SG (offshore), 127.0.0.5 SG and blocked by
+the network rule `blocked-network`. Each case checks what the client sees, that a blocked server saw
+no connection, and the decision record.
+
+Three proxies: `proxy` (the shipped policy: ech and name_mismatch are log), `strict` (ech: block,
+name_mismatch: block, and geoblock_intercept so Host checks apply inside TLS), `intercepting` (the
+shipped policy with geoblock_intercept). The transparent-gateway rows run in network namespaces (root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import pytest
+
+from support import evasion_tls as et
+from support.proc import Mitmdump
+from support.servers import TestServer
+
+pytestmark = pytest.mark.e2e
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+BLOCKED_IP = "127.0.0.5"  # SG, rule blocked-network
+# spellings of 127.0.0.5 that the system resolver (inet_aton) and mitmproxy accept
+BLOCKED_IP_FORMS = {
+    "decimal": "2130706437",
+    "octal": "0177.0.0.05",
+    "hex": "0x7f000005",
+    "shortened": "127.5",
+    "ipv4-mapped IPv6": "[::ffff:127.0.0.5]",
+    "ipv4-mapped IPv6 with zone id": "[::ffff:127.0.0.5%25lo]",
+}
+HOMOGRAPH = "bіnance.com"  # Cyrillic "і" (U+0456): IDNA xn--bnance-pvf.com, another name than binance.com
+LISTED_HOMOGRAPH = "okх.com"  # Cyrillic "х" (U+0445): listed in the test rule known-lookalikes
+
+EVASION_RULES = f"""\
+# Test rules for tests/test_evasion.py: a lookalike spelling listed on purpose.
+rules:
+  - id: known-lookalikes
+    action: block
+    domains: [{LISTED_HOMOGRAPH}]
+"""
+
+
+# --------------------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def servers(pki):
+    made = {
+        "https1": TestServer("127.0.0.1", pki),  # CN
+        "https2": TestServer("127.0.0.2", pki),  # SG
+        "https5": TestServer("127.0.0.5", pki),  # blocked network
+        "http1": TestServer("127.0.0.1"),
+        "http2": TestServer("127.0.0.2"),
+        "http5": TestServer("127.0.0.5"),
+        "http6": TestServer("::1"),
+    }
+    yield made
+    for s in made.values():
+        s.close()
+
+
+@pytest.fixture(autouse=True)
+def _reset(request):
+    if "servers" in request.fixturenames:
+        for s in request.getfixturevalue("servers").values():
+            s.reset()
+
+
+def make_rules(d: Path, **policy: str) -> Path:
+    """The shipped rules + tests/rules/extra.yaml + the lookalike rule; `policy` overrides policy keys."""
+    d.mkdir(parents=True)
+    for f in (REPO / "rules").glob("*.yaml"):
+        shutil.copy(f, d / f.name)
+    shutil.copy(TESTS / "rules" / "extra.yaml", d / "zz-extra.yaml")
+    (d / "zz-evasion.yaml").write_text(EVASION_RULES, encoding="utf-8")
+    text = (d / "policy.yaml").read_text()
+    for key, value in policy.items():
+        lines = [line for line in text.splitlines() if line.startswith(f"{key}:")]
+        assert len(lines) == 1, key
+        text = text.replace(lines[0], f"{key}: {value}")
+    (d / "policy.yaml").write_text(text)
+    return d
+
+
+def start_proxy(d: Path, geo_dir: Path, pki, **extra) -> Mitmdump:
+    rules = make_rules(d / "rules", **extra.pop("policy", {}))
+    m = Mitmdump(d / "conf", {
+        "geoblock_rules": rules,
+        "geoblock_country_db": geo_dir / "GeoLite2-Country.mmdb",
+        "geoblock_asn_db": geo_dir / "GeoLite2-ASN.mmdb",
+        "geoblock_log": d / "decisions.jsonl",
+        "geoblock_rdap": False,
+        "ssl_verify_upstream_trusted_ca": pki.ca_pem,
+        **extra,
+    })
+    m.decisions = d / "decisions.jsonl"
+    return m
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory, geo_dir, pki):
+    with start_proxy(tmp_path_factory.mktemp("evasion-proxy"), geo_dir, pki) as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory, geo_dir, pki):
+    with start_proxy(tmp_path_factory.mktemp("evasion-strict"), geo_dir, pki, geoblock_intercept=True,
+                     policy={"ech": "block", "name_mismatch": "block"}) as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def intercepting(tmp_path_factory, geo_dir, pki):
+    with start_proxy(tmp_path_factory.mktemp("evasion-intercept"), geo_dir, pki, geoblock_intercept=True) as m:
+        yield m
+
+
+# ---------------------------------------------------------------------------------------- clients
+
+class Log:
+    """The decision records a proxy wrote since the test started."""
+
+    def __init__(self, proxy: Mitmdump) -> None:
+        self.path: Path = proxy.decisions
+        self.start = len(self._lines())
+
+    def _lines(self) -> list[str]:
+        try:
+            return self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+
+    def all(self) -> list[dict]:
+        return [json.loads(line) for line in self._lines()[self.start:]]
+
+    def wait(self, timeout: float = 10.0, **match) -> dict:
+        """The last new record with these fields, waiting for it to be written."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [r for r in self.all() if all(r.get(k) == v for k, v in match.items())]
+            if found:
+                return found[-1]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no record with {match}; new records: {self.all()}")
+            time.sleep(0.05)
+
+    def none(self, settle: float = 0.3, **match) -> None:
+        time.sleep(settle)
+        found = [r for r in self.all() if all(r.get(k) == v for k, v in match.items())]
+        assert not found, found
+
+
+@pytest.fixture
+def log(request):
+    for name in ("proxy", "strict", "intercepting"):
+        if name in request.fixturenames:
+            return Log(request.getfixturevalue(name))
+    return None
+
+
+def read_all(sock: socket.socket, timeout: float = 5.0) -> tuple[bytes, bool]:
+    """Everything until the peer closes (True) or `timeout` passes without it (False)."""
+    sock.settimeout(timeout)
+    out = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return out, True
+            out += chunk
+    except socket.timeout:
+        return out, False
+    except ConnectionResetError:
+        return out, True
+
+
+def send_raw(proxy: Mitmdump, data: bytes | list[bytes], timeout: float = 5.0) -> bytes:
+    """Send exact bytes to the proxy (a list: separate TCP segments), return everything until close."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i, part in enumerate(data if isinstance(data, list) else [data]):
+            if i:
+                time.sleep(0.05)
+            sock.sendall(part)
+        return read_all(sock, timeout)[0]
+
+
+def http_get(proxy: Mitmdump, target: str, *headers: bytes) -> bytes:
+    """An HTTP/1.1 request with request target `target` and exactly these header lines."""
+    head = b"GET " + target.encode() + b" HTTP/1.1\r\n" + b"".join(h + b"\r\n" for h in headers)
+    return send_raw(proxy, head + b"Connection: close\r\n\r\n")
+
+
+def status(answer: bytes) -> int:
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+    return int(answer[9:12])
+
+
+def connect(proxy: Mitmdump, authority: bytes | str) -> tuple[socket.socket, bytes]:
+    """A CONNECT with exactly this authority; the socket and the proxy's answer head."""
+    if isinstance(authority, str):
+        authority = authority.encode()
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(b"CONNECT " + authority + b" HTTP/1.1\r\nHost: " + authority + b"\r\n\r\n")
+    head = b""
+    sock.settimeout(10)
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return sock, head
+
+
+def tunnel(proxy: Mitmdump, authority: str) -> socket.socket:
+    sock, head = connect(proxy, authority)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
+def tls_first_record(sock: socket.socket, chunks: list[bytes], timeout: float = 5.0) -> tuple[bytes, bool]:
+    """Send `chunks` (separate TCP segments) and read the first TLS record that comes back.
+
+    Returns (record, closed): the bytes of that record (b"" when none came) and whether the
+    connection was closed right after it."""
+    for i, part in enumerate(chunks):
+        if i:
+            time.sleep(0.05)
+        sock.sendall(part)
+    sock.settimeout(timeout)
+    out = b""
+    try:
+        while len(out) < 5 or len(out) < 5 + int.from_bytes(out[3:5], "big"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                return out, True
+            out += chunk
+    except socket.timeout:
+        return out, False
+    except ConnectionResetError:
+        return out, True
+    record = out[:5 + int.from_bytes(out[3:5], "big")]
+    if record == et.ACCESS_DENIED_ALERT:
+        rest, closed = read_all(sock, 2.0)
+        return record + rest, closed
+    return record, False
+
+
+def hello(sni: bytes | None = b"allowed.test", *names: bytes) -> et.Hello:
+    """A real ClientHello whose server_name extension lists exactly `sni` (and `names`)."""
+    base = et.Hello.parse(et.client_hello("allowed.test"))
+    return base.with_server_name(None if sni is None else et.server_name_body(sni, *names))
+
+
+def assert_denied(answer: tuple[bytes, bool]) -> None:
+    """geoblock's TLS access_denied alert, then the connection closed."""
+    record, closed = answer
+    assert record == et.ACCESS_DENIED_ALERT and closed, answer
+
+
+def assert_server_hello(answer: tuple[bytes, bool]) -> None:
+    """The real server's ServerHello (a handshake record, type 2), passed through."""
+    record, _ = answer
+    assert record[:1] == b"\x16" and record[5:6] == b"\x02", answer
+
+
+def curl(proxy: Mitmdump, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = ["curl", "-sS", "--max-time", "10", "-x", proxy.url, "-D", "-", "-o", "-", *args, url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+
+
+# ============================================================== 1. spellings of one name
+
+@pytest.mark.parametrize("sni", [b"binance.com.", b"BiNaNcE.CoM", b"xn--bcher-kva.example",
+                                 "ｂｉｎａｎｃｅ.com".encode("utf-8")],
+                         ids=["trailing-dot", "mixed-case", "punycode", "fullwidth-utf8"])
+def test_sni_spellings_of_a_blocked_name(proxy, servers, log, sni):
+    """Exact SNI bytes; the fullwidth spelling is not a valid SNI at all (invalid input)."""
+    s = servers["https2"]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        assert_denied(tls_first_record(sock, [hello(sni).records()]))
+    assert s.connections == 0
+    rec = log.wait(stage="tls")
+    assert rec["action"] == "block" and rec["enforced"] is True
+    if sni.isascii():
+        assert rec["sni"] == sni.decode() and rec["rule"] in ("offshore-crypto-exchanges", "idn-block")
+    else:
+        assert rec["error"] == "invalid-input" and "not hold a valid host name" in rec["reason"]
+
+
+def test_sni_unicode_from_python_ssl(proxy, servers, log):
+    """Python ssl sends a Unicode server_hostname as its A-label (punycode)."""
+    s = servers["https2"]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with pytest.raises(ssl.SSLError, match="ACCESS_DENIED"):
+        ssl.create_default_context().wrap_socket(sock, server_hostname="Shop.Bücher.example")
+    sock.close()
+    assert s.connections == 0
+    rec = log.wait(stage="tls", action="block")
+    assert rec["rule"] == "idn-block" and rec["name"] == "shop.xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize("host", [b"binance.com.", b"BINANCE.com", "bücher.example".encode(), b"XN--BCHER-KVA.example",
+                                  "ｂｉｎａｎｃｅ。com".encode(), b"www.okx.com:8080"],
+                         ids=["trailing-dot", "mixed-case", "unicode-utf8", "punycode-upper", "fullwidth",
+                              "port"])
+def test_host_spellings_of_a_blocked_name(proxy, servers, log, host):
+    s = servers["http2"]
+    answer = http_get(proxy, f"http://127.0.0.2:{s.port}/", b"Host: " + host)
+    assert status(answer) == 451 and b'rel="blocked-by"' in answer
+    assert s.connections == 0
+    rec = log.wait(stage="http")
+    assert rec["action"] == "block" and rec["rule"] in ("offshore-crypto-exchanges", "idn-block")
+    assert rec["name"] in ("binance.com", "xn--bcher-kva.example", "www.okx.com")
+
+
+@pytest.mark.parametrize("authority", ["binance.com.:443", "BINANCE.COM:443", "xn--bcher-kva.example:443"],
+                         ids=["trailing-dot", "mixed-case", "punycode"])
+def test_connect_spellings_of_a_blocked_name(proxy, log, authority):
+    sock, head = connect(proxy, authority)
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 451 Unavailable For Legal Reasons"), head
+    rec = log.wait(stage="connect")
+    assert rec["action"] == "block" and rec["rule"] in ("offshore-crypto-exchanges", "idn-block")
+
+
+def test_connect_unicode_name(proxy, log):
+    """A raw UTF-8 name in the CONNECT line: mitmproxy refuses the request line itself (400)."""
+    sock, head = connect(proxy, "bücher.example:443".encode())
+    sock.close()
+    code = int(head[9:12])
+    assert code in (400, 451), head
+    if code == 451:
+        assert log.wait(stage="connect")["rule"] == "idn-block"
+    else:
+        log.none(stage="connect", action="allow")
+
+
+def test_homograph_is_another_name(proxy, servers, log):
+    """Cyrillic "і" in bіnance.com: IDNA makes it xn--bnance-pvf.com, which no rule lists. It reaches
+    the server like any unlisted name, and the record names it in both forms."""
+    s = servers["http2"]
+    answer = http_get(proxy, f"http://127.0.0.2:{s.port}/", b"Host: " + HOMOGRAPH.encode())
+    assert status(answer) == 200 and s.connections == 1
+    rec = log.wait(stage="http")
+    assert (rec["action"], rec["rule"], rec["name"]) == ("allow", None, "xn--bnance-pvf.com")
+    assert HOMOGRAPH in rec["reason"]  # the reason shows the Unicode form a person reads
+
+
+@pytest.mark.parametrize("spelling", [LISTED_HOMOGRAPH, "xn--ok-1mc.com"], ids=["unicode", "punycode"])
+def test_a_listed_homograph_is_blocked_in_both_spellings(proxy, servers, log, spelling):
+    s = servers["https2"]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        assert_denied(tls_first_record(sock, [hello(b"xn--ok-1mc.com").records()]))  # SNI: always the A-label
+    answer = http_get(proxy, f"http://127.0.0.2:{servers['http2'].port}/", b"Host: " + spelling.encode())
+    assert status(answer) == 451
+    assert s.connections == 0 and servers["http2"].connections == 0
+    assert log.wait(stage="tls")["rule"] == "known-lookalikes"
+    assert log.wait(stage="http")["rule"] == "known-lookalikes"
+
+
+# ============================================================== 2. names that differ in one flow
+
+def test_sni_allowed_host_blocked_is_blocked_and_the_mismatch_recorded(intercepting, servers, log):
+    s = servers["https1"]
+    ca = intercepting.confdir / "mitmproxy-ca-cert.pem"
+    r = curl(intercepting, "https://allowed.test/", "--connect-to", f"allowed.test:443:127.0.0.1:{s.port}",
+             "--cacert", str(ca), "-H", "Host: binance.com", "--http1.1")
+    assert "HTTP/1.1 451 Unavailable For Legal Reasons" in r.stdout, r.stdout + r.stderr
+    assert s.connections == 0
+    rec = log.wait(stage="http")
+    assert (rec["action"], rec["rule"], rec["sni"]) == ("block", "offshore-crypto-exchanges", "allowed.test")
+    assert rec["mismatch"] == "Host binance.com ≠ SNI allowed.test"
+
+
+def test_sni_blocked_host_allowed_is_blocked_at_the_handshake(intercepting, servers, log):
+    s = servers["https1"]
+    ca = intercepting.confdir / "mitmproxy-ca-cert.pem"
+    r = curl(intercepting, "https://binance.com/", "--connect-to", f"binance.com:443:127.0.0.1:{s.port}",
+             "--cacert", str(ca), "-H", "Host: allowed.test")
+    assert r.returncode == 35 and "alert access denied" in r.stderr, r.stderr
+    assert s.connections == 0
+    log.wait(stage="tls", sni="binance.com", action="block")
+    log.none(stage="http")
+
+
+@pytest.mark.parametrize("which", ["intercepting", "strict"])
+def test_sni_and_host_both_allowed_but_different(request, servers, which):
+    """Default policy: logged with the mismatch; name_mismatch: block refuses it."""
+    proxy = request.getfixturevalue(which)
+    log = Log(proxy)
+    s = servers["https1"]
+    ca = proxy.confdir / "mitmproxy-ca-cert.pem"
+    r = curl(proxy, "https://allowed.test/", "--connect-to", f"allowed.test:443:127.0.0.1:{s.port}",
+             "--cacert", str(ca), "-H", "Host: www.allowed.test", "--http1.1")
+    rec = log.wait(stage="http")
+    assert rec["mismatch"] == "Host www.allowed.test ≠ SNI allowed.test"
+    if which == "strict":
+        assert "HTTP/1.1 451" in r.stdout and s.connections == 0
+        assert (rec["action"], rec["rule"]) == ("block", "policy:name-mismatch")
+    else:
+        assert "hello from 127.0.0.1" in r.stdout, r.stdout + r.stderr
+        assert (rec["action"], rec["rule"]) == ("log", "policy:name-mismatch")
+
+
+def test_connect_target_allowed_sni_blocked(proxy, log):
+    """CONNECT to an allowed name, SNI of a blocked one: blocked at the handshake, both recorded."""
+    sock = tunnel(proxy, "allowed.test:443")
+    with sock:
+        assert_denied(tls_first_record(sock, [hello(b"binance.com").records()]))
+    rec = log.wait(stage="tls")
+    assert (rec["action"], rec["rule"], rec["host"]) == ("block", "offshore-crypto-exchanges", "allowed.test")
+    assert rec["mismatch"] == "SNI binance.com ≠ CONNECT target allowed.test"
+
+
+def test_connect_target_blocked_sni_allowed(proxy, servers, log):
+    s = servers["https2"]
+    sock, head = connect(proxy, "binance.com:443")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 451")  # refused before any ClientHello
+    assert log.wait(stage="connect")["rule"] == "offshore-crypto-exchanges"
+
+
+@pytest.mark.parametrize("which", ["proxy", "strict"])
+def test_connect_target_and_sni_both_allowed_but_different(request, servers, which):
+    proxy = request.getfixturevalue(which)
+    log = Log(proxy)
+    s = servers["https1"]
+    sock = tunnel(proxy, f"localhost:{s.port}")
+    with sock:
+        answer = tls_first_record(sock, [hello(b"allowed.test").records()])
+    rec = log.wait(stage="tls")
+    assert rec["mismatch"] == "SNI allowed.test ≠ CONNECT target localhost"
+    if which == "strict":
+        assert_denied(answer)
+        assert s.connections == 0 and (rec["action"], rec["rule"]) == ("block", "policy:name-mismatch")
+    else:
+        assert_server_hello(answer)
+        assert s.connections == 1 and (rec["action"], rec["rule"]) == ("log", "policy:name-mismatch")
+
+
+# ============================================================== 3. ECH
+
+ECH_BODY = b"\x00" + b"\x00\x01\x00\x01" + b"\x2a" + b"\x00\x20" + b"\x11" * 32 + b"\x00\x40" + b"\x22" * 64
+
+
+@pytest.mark.parametrize("which", ["proxy", "strict"])
+def test_ech_with_an_allowed_public_name(request, servers, which):
+    """ClientHello with encrypted_client_hello (0xfe0d); outer SNI allowed.test. Log (default) or block."""
+    proxy = request.getfixturevalue(which)
+    log = Log(proxy)
+    s = servers["https2"]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        answer = tls_first_record(sock, [hello(b"allowed.test").with_extension(et.EXT_ECH, ECH_BODY).records()])
+    rec = log.wait(stage="tls")
+    assert rec["ech"] is True and rec["rule"] == "policy:ech"
+    if which == "strict":
+        assert_denied(answer)
+        assert s.connections == 0 and rec["action"] == "block"
+    else:
+        assert_server_hello(answer)
+        assert s.connections == 1 and rec["action"] == "log"
+
+
+def test_ech_with_a_blocked_public_name(proxy, servers, log):
+    s = servers["https2"]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        assert_denied(tls_first_record(sock, [hello(b"binance.com").with_extension(et.EXT_ECH, ECH_BODY).records()]))
+    assert s.connections == 0
+    rec = log.wait(stage="tls")
+    assert (rec["action"], rec["rule"], rec["ech"]) == ("block", "offshore-crypto-exchanges", True)
+
+
+# ============================================================== 4. no SNI, IP literals
+
+def test_no_sni_is_judged_on_the_destination(proxy, servers, log):
+    allowed, blocked = servers["https2"], servers["https5"]
+    sock = tunnel(proxy, f"127.0.0.2:{allowed.port}")
+    with sock:
+        assert_server_hello(tls_first_record(sock, [hello(None).records()]))
+    rec = log.wait(stage="tls")
+    assert (rec["action"], rec["sni"], rec["server_ip"], rec["country"]) == ("allow", None, "127.0.0.2", "SG")
+    sock, head = connect(proxy, f"127.0.0.5:{blocked.port}")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 451") and blocked.connections == 0
+
+
+def test_ip_literal_in_sni_is_not_a_name(proxy, servers, log):
+    """SNI "127.0.0.5" (a blocked address) toward 127.0.0.2: the dialled address is judged, not the SNI."""
+    s = servers["https2"]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        assert_server_hello(tls_first_record(sock, [hello(b"127.0.0.5").records()]))
+    rec = log.wait(stage="tls")
+    assert (rec["action"], rec["sni"], rec["name"], rec["server_ip"]) == ("allow", "127.0.0.5", None, "127.0.0.2")
+
+
+@pytest.mark.parametrize("form", list(BLOCKED_IP_FORMS), ids=list(BLOCKED_IP_FORMS))
+def test_ip_forms_in_connect(proxy, servers, log, form):
+    s = servers["https5"]
+    sock, head = connect(proxy, f"{BLOCKED_IP_FORMS[form]}:{s.port}")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 451 Unavailable For Legal Reasons"), head
+    assert s.connections == 0
+    rec = log.wait(stage="connect")
+    assert (rec["action"], rec["rule"], rec["server_ip"]) == ("block", "blocked-network", BLOCKED_IP)
+
+
+@pytest.mark.parametrize("form", list(BLOCKED_IP_FORMS), ids=list(BLOCKED_IP_FORMS))
+def test_ip_forms_in_the_request_target(proxy, servers, log, form):
+    """Absolute-form URI with the address spelt otherwise; Host is an allowed name."""
+    s = servers["http5"]
+    answer = http_get(proxy, f"http://{BLOCKED_IP_FORMS[form]}:{s.port}/", b"Host: allowed.test")
+    assert s.connections == 0
+    if status(answer) == 400:  # mitmproxy refuses the request line itself: nothing reaches geoblock
+        log.none(stage="http", action="allow")
+        return
+    assert status(answer) == 451
+    rec = log.wait(stage="http")
+    assert (rec["action"], rec["rule"], rec["server_ip"]) == ("block", "blocked-network", BLOCKED_IP)
+
+
+@pytest.mark.parametrize("form", list(BLOCKED_IP_FORMS), ids=list(BLOCKED_IP_FORMS))
+def test_ip_forms_in_host_are_not_where_the_request_goes(proxy, servers, log, form):
+    """Host spells the blocked address, the request goes to 127.0.0.2: judged on the dialled address."""
+    s = servers["http2"]
+    answer = http_get(proxy, f"http://127.0.0.2:{s.port}/", b"Host: " + BLOCKED_IP_FORMS[form].encode())
+    assert status(answer) == 200 and s.connections == 1
+    rec = log.wait(stage="http")
+    assert (rec["action"], rec["name"], rec["server_ip"]) == ("allow", None, "127.0.0.2")
+    assert rec["host"] == BLOCKED_IP_FORMS[form]
+
+
+def test_bracketed_ipv6_in_connect_and_request_target(proxy, servers, log):
+    s = servers["http6"]
+    answer = http_get(proxy, f"http://[::1]:{s.port}/", b"Host: allowed.test")
+    assert status(answer) == 200 and s.connections == 1
+    rec = log.wait(stage="http")
+    assert (rec["action"], rec["server_ip"], rec["country"]) == ("allow", "::1", "CN")
+    tunnel(proxy, f"[::1]:{s.port}").close()
+    assert log.wait(stage="connect")["server_ip"] == "::1"
+
+
+def test_zone_id_on_an_unknown_link_local_address(proxy, log):
+    """[fe80::1%25eth0]: judged as fe80::1 (no country: unknown_country), then the dial fails."""
+    sock, head = connect(proxy, "[fe80::1%25eth0]:443")
+    sock.close()
+    rec = log.wait(stage="connect")
+    assert rec["server_ip"] == "fe80::1" and rec["country"] is None
+    assert rec["action"] in ("allow", "log")
+
+
+# ============================================================== 5. HTTP fields
+
+def test_http2_authority_and_a_different_host_header(intercepting, servers, log):
+    """:authority allowed.test plus Host: binance.com: the HTTP/2 layer refuses the request as
+    malformed (GOAWAY PROTOCOL_ERROR); nothing reaches the server."""
+    s = servers["https1"]
+    sock = tunnel(intercepting, f"127.0.0.1:{s.port}")
+    context = ssl.create_default_context(cafile=str(intercepting.confdir / "mitmproxy-ca-cert.pem"))
+    context.set_alpn_protocols(["h2"])
+    events = []
+    with context.wrap_socket(sock, server_hostname="allowed.test") as tls:
+        assert tls.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":authority", "allowed.test"), (":scheme", "https"),
+                              (":path", "/"), ("host", "binance.com")], end_stream=True)
+        tls.sendall(conn.data_to_send())
+        tls.settimeout(5)
+        with contextlib.suppress(socket.timeout, ConnectionError, ssl.SSLError):
+            while not any(isinstance(e, (h2.events.ConnectionTerminated, h2.events.StreamEnded)) for e in events):
+                data = tls.recv(65536)
+                if not data:
+                    break
+                events += conn.receive_data(data)
+    terminated = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert terminated and terminated[0].error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR, events
+    assert not [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+    assert s.connections == 0 and s.requests == []
+    log.none(stage="http", action="allow")
+
+
+def test_http2_authority_blocked(intercepting, servers, log):
+    s = servers["https1"]
+    ca = intercepting.confdir / "mitmproxy-ca-cert.pem"
+    r = curl(intercepting, "https://allowed.test/", "--connect-to", f"allowed.test:443:127.0.0.1:{s.port}",
+             "--cacert", str(ca), "-H", "Host: www.okx.com", "--http2")
+    assert "HTTP/2 451" in r.stdout, r.stdout + r.stderr
+    assert s.connections == 0
+    rec = log.wait(stage="http")
+    assert (rec["host"], rec["rule"], rec["mismatch"]) == ("www.okx.com", "offshore-crypto-exchanges",
+                                                          "Host www.okx.com ≠ SNI allowed.test")
+
+
+@pytest.mark.parametrize("target, host, name", [
+    ("http://binance.com/", b"allowed.test", "binance.com"),
+    ("http://127.0.0.2:{port}/", b"binance.com", "binance.com"),
+], ids=["uri-blocked", "host-blocked"])
+def test_absolute_uri_vs_host(proxy, servers, log, target, host, name):
+    s = servers["http2"]
+    answer = http_get(proxy, target.format(port=s.port), b"Host: " + host)
+    assert status(answer) == 451 and s.connections == 0
+    rec = log.wait(stage="http")
+    assert (rec["action"], rec["name"]) == ("block", name)
+    if b"binance" not in host:
+        assert rec["mismatch"] == "request target binance.com ≠ Host allowed.test"
+
+
+@pytest.mark.parametrize("which", ["proxy", "strict"])
+def test_absolute_uri_and_host_both_allowed_but_different(request, servers, which):
+    proxy = request.getfixturevalue(which)
+    log = Log(proxy)
+    s = servers["http1"]
+    answer = http_get(proxy, f"http://localhost:{s.port}/", b"Host: allowed.test")
+    rec = log.wait(stage="http")
+    assert rec["mismatch"] == "request target localhost ≠ Host allowed.test"
+    if which == "strict":
+        assert status(answer) == 451 and s.connections == 0 and rec["rule"] == "policy:name-mismatch"
+    else:
+        assert status(answer) == 200 and (rec["action"], rec["rule"]) == ("log", "policy:name-mismatch")
+
+
+def test_absolute_uri_inside_a_decrypted_tunnel(intercepting, servers, log):
+    """Inside TLS with SNI allowed.test: GET http://binance.com/ with Host: allowed.test. mitmproxy
+    dials the tunnel's server and forwards the absolute URI, which a server must route on (RFC 9112,
+    3.2.2): its authority is judged like the Host."""
+    s = servers["https1"]
+    sock = tunnel(intercepting, f"127.0.0.1:{s.port}")
+    context = ssl.create_default_context(cafile=str(intercepting.confdir / "mitmproxy-ca-cert.pem"))
+    with context.wrap_socket(sock, server_hostname="allowed.test") as tls:
+        tls.sendall(b"GET http://binance.com/ HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n")
+        answer, _ = read_all(tls)
+    assert status(answer) == 451 and s.connections == 0
+    rec = log.wait(stage="http")
+    assert (rec["name"], rec["rule"]) == ("binance.com", "offshore-crypto-exchanges")
+    assert rec["mismatch"] == "URI authority binance.com ≠ Host allowed.test"
+
+
+@pytest.mark.parametrize("first, second", [(b"allowed.test", b"binance.com"), (b"binance.com", b"allowed.test"),
+                                           (b"allowed.test", b"allowed.test")],
+                         ids=["allowed-then-blocked", "blocked-then-allowed", "same-twice"])
+def test_duplicate_host_headers_are_refused(proxy, servers, log, first, second):
+    """Two Host headers (RFC 9112: a server must refuse them): mitmproxy joins them ("a, b"), which is
+    not a host: invalid input, on_error (block) applies, whatever the values."""
+    s = servers["http2"]
+    answer = http_get(proxy, f"http://127.0.0.2:{s.port}/", b"Host: " + first, b"Host: " + second)
+    assert status(answer) == 451 and s.connections == 0
+    rec = log.wait(stage="http")
+    assert (rec["action"], rec["error"]) == ("block", "invalid-input")
+    assert rec["host"] == (first + b", " + second).decode()
+
+
+def test_userinfo_in_host(proxy, servers, log):
+    s = servers["http2"]
+    answer = http_get(proxy, f"http://127.0.0.2:{s.port}/", b"Host: user@binance.com")
+    assert status(answer) == 451 and s.connections == 0
+    rec = log.wait(stage="http")
+    assert (rec["error"], rec["host"]) == ("invalid-input", "user@binance.com")
+
+
+def test_userinfo_in_the_request_target(proxy, servers, log):
+    """http://binance.com@127.0.0.2/: mitmproxy refuses userinfo in the request line (400)."""
+    s = servers["http2"]
+    answer = http_get(proxy, f"http://binance.com@127.0.0.2:{s.port}/", b"Host: 127.0.0.2")
+    assert status(answer) == 400 and s.connections == 0
+    log.none(stage="http", action="allow")
+
+
+def test_port_that_is_not_a_number_in_host(proxy, servers, log):
+    s = servers["http2"]
+    answer = http_get(proxy, f"http://127.0.0.2:{s.port}/", b"Host: allowed.test:x443")
+    assert status(answer) == 451 and s.connections == 0
+    assert log.wait(stage="http")["error"] == "invalid-input"
+
+
+# ============================================================== 6. malformed names in every field
+
+MALFORMED = {
+    "label-over-63": b"a" * 64 + b".binance.com",
+    "name-over-253": b"a." * 125 + b"binance.com",
+    "empty-label": b"a..binance.com",
+    "nul": b"binance.com\x00.allowed.test",
+    "control": b"binance.com\x01",
+    "non-utf8": b"bin\xffance.com",
+}
+
+
+@pytest.mark.parametrize("kind", list(MALFORMED), ids=list(MALFORMED))
+def test_malformed_sni(proxy, servers, log, kind):
+    s = servers["https2"]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        assert_denied(tls_first_record(sock, [hello(MALFORMED[kind]).records()]))
+    assert s.connections == 0
+    rec = log.wait(stage="tls")
+    assert (rec["action"], rec["error"]) == ("block", "invalid-input")
+    assert rec["sni"] == MALFORMED[kind].decode("utf-8", "backslashreplace")
+
+
+@pytest.mark.parametrize("kind", list(MALFORMED), ids=list(MALFORMED))
+def test_malformed_host(proxy, servers, log, kind):
+    s = servers["http2"]
+    answer = http_get(proxy, f"http://127.0.0.2:{s.port}/", b"Host: " + MALFORMED[kind])
+    assert s.connections == 0
+    if status(answer) == 400:  # refused by mitmproxy's HTTP parser
+        log.none(stage="http", action="allow")
+        return
+    assert status(answer) == 451
+    rec = log.wait(stage="http")
+    assert (rec["action"], rec["error"]) == ("block", "invalid-input")
+
+
+@pytest.mark.parametrize("kind", list(MALFORMED), ids=list(MALFORMED))
+def test_malformed_connect_target(proxy, log, kind):
+    sock, head = connect(proxy, MALFORMED[kind] + b":443")
+    sock.close()
+    code = int(head[9:12])
+    assert code in (400, 451), head  # mitmproxy's parser (400) or geoblock (451): never a tunnel
+    if code == 451:
+        rec = log.wait(stage="connect")
+        assert (rec["action"], rec["error"]) == ("block", "invalid-input")
+    else:
+        log.none(stage="connect")
+
+
+@pytest.mark.parametrize("kind", list(MALFORMED), ids=list(MALFORMED))
+def test_malformed_request_target(proxy, log, kind):
+    answer = http_get(proxy, "http://" + MALFORMED[kind].decode("latin-1") + "/", b"Host: allowed.test")
+    assert status(answer) in (400, 451), answer[:200]
+    if status(answer) == 451:
+        assert log.wait(stage="http")["error"] == "invalid-input"
+    else:
+        log.none(stage="http", action="allow")
+
+
+def test_several_names_in_one_sni(proxy, servers, log):
+    s = servers["https2"]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        assert_denied(tls_first_record(sock, [hello(b"allowed.test", b"binance.com").records()]))
+    assert s.connections == 0
+    rec = log.wait(stage="tls")
+    assert rec["error"] == "invalid-input" and "several names" in rec["reason"]
+
+
+def test_two_server_name_extensions(proxy, servers, log):
+    s = servers["https2"]
+    two = hello(b"allowed.test").with_extension(et.EXT_SERVER_NAME, et.server_name_body(b"binance.com"))
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        assert_denied(tls_first_record(sock, [two.records()]))
+    assert s.connections == 0
+    rec = log.wait(stage="tls")
+    assert rec["error"] == "invalid-input" and "more than one server_name" in rec["reason"]
+
+
+def test_empty_server_name_extension(proxy, servers, log):
+    s = servers["https2"]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        assert_denied(tls_first_record(sock, [hello(b"").records()]))
+    assert s.connections == 0
+    assert log.wait(stage="tls")["error"] == "invalid-input"
+
+
+# ============================================================== 7. how the ClientHello arrives
+
+def _split(data: bytes, sizes: list[int]) -> list[bytes]:
+    out, p = [], 0
+    for n in sizes:
+        out.append(data[p:p + n])
+        p += n
+    return out + [data[p:]]
+
+
+@pytest.mark.parametrize("how", ["1-byte-first", "2-bytes-first", "7-byte-segments", "two-records",
+                                 "records-and-segments"])
+def test_split_client_hello_with_a_blocked_sni(proxy, servers, log, how):
+    s = servers["https2"]
+    h = hello(b"binance.com")
+    chunks = {
+        "1-byte-first": _split(h.records(), [1]),
+        "2-bytes-first": _split(h.records(), [2]),
+        "7-byte-segments": [h.records()[i:i + 7] for i in range(0, len(h.records()), 7)],
+        "two-records": [h.records(fragment=len(h.message()) // 2 + 1)],
+        "records-and-segments": _split(h.records(fragment=40), [3, 50, 100]),
+    }[how]
+    if how == "two-records":
+        assert chunks[0].count(b"\x16\x03\x01") >= 2
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        assert_denied(tls_first_record(sock, chunks))
+    assert s.connections == 0
+    rec = log.wait(stage="tls")
+    assert (rec["action"], rec["sni"], rec["rule"]) == ("block", "binance.com", "offshore-crypto-exchanges")
+
+
+@pytest.mark.parametrize("how", ["1-byte-first", "7-byte-segments", "two-records"])
+def test_split_client_hello_with_an_allowed_sni_passes(proxy, servers, log, how):
+    s = servers["https2"]
+    h = hello(b"allowed.test")
+    chunks = {
+        "1-byte-first": _split(h.records(), [1]),
+        "7-byte-segments": [h.records()[i:i + 7] for i in range(0, len(h.records()), 7)],
+        "two-records": [h.records(fragment=len(h.message()) // 2 + 1)],
+    }[how]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        assert_server_hello(tls_first_record(sock, chunks))
+    assert s.connections == 1
+    assert log.wait(stage="tls")["action"] == "allow"
+
+
+@pytest.mark.parametrize("content_type", [et.APPLICATION_DATA, et.ALERT], ids=["application-data", "alert"])
+def test_non_handshake_record_first_is_tunnelled_to_the_judged_destination(proxy, servers, log, content_type):
+    """Not TLS to geoblock: raw TCP to the destination the CONNECT was judged on (allowed here); the
+    server answers its own alert. No name was shown, so only the connect record exists."""
+    s = servers["https2"]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        record, _ = tls_first_record(sock, [et.record(content_type, b"\x02\x28" if content_type == et.ALERT else b"x" * 20)])
+    assert record[:1] == b"\x15" and record != et.ACCESS_DENIED_ALERT  # the server's alert, not geoblock's
+    assert s.connections == 1
+    assert log.wait(stage="connect")["action"] == "allow"
+    log.none(stage="tls")
+
+
+@pytest.mark.parametrize("payload", [
+    et.record(et.HANDSHAKE, b"\x02\x00\x00\x04\x03\x03\x00\x00"),  # a handshake record, not a ClientHello
+    hello(b"binance.com").records(fragment=40)[:45] + et.record(et.APPLICATION_DATA, b"x" * 20),
+], ids=["server-hello-type", "handshake-then-application-data"])
+def test_malformed_handshake_fails_closed(proxy, servers, log, payload):
+    s = servers["https2"]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        assert_denied(tls_first_record(sock, [payload]))
+    assert s.connections == 0
+    rec = log.wait(stage="tls")
+    assert rec["action"] == "block" and rec["error"].startswith("Failure")
+    assert "malformed TLS ClientHello" in rec["reason"]
+
+
+def test_garbage_after_16_03_is_held_and_nothing_is_dialled(proxy, servers, log):
+    """0x16 0x03 and a length never delivered: geoblock waits for a ClientHello, nothing is dialled."""
+    s = servers["https2"]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        record, closed = tls_first_record(sock, [b"\x16\x03\x01\xff\xff" + b"\xff" * 10], timeout=1.5)
+        assert record == b"" and not closed
+    time.sleep(0.3)
+    assert s.connections == 0
+    log.none(stage="tls")
+
+
+# ============================================================== 8. the helpers behind the fixes (unit)
+
+def test_sni_problem_unit():
+    from geoblock.observe import sni_problem
+
+    assert sni_problem([(10, b"x")], None) is None  # no server_name extension: no SNI
+    assert sni_problem([(0, et.server_name_body(b"a.test"))], "a.test") is None
+    problem = sni_problem([(0, et.server_name_body(b"a\x00.test"))], None)
+    assert problem is not None and problem.value == "a\x00.test"
+    assert "several names" in sni_problem([(0, et.server_name_body(b"a.test", b"b.test"))], None).why
+    assert "more than one" in sni_problem([(0, et.server_name_body(b"a.test"))] * 2, "a.test").why
+
+
+def test_may_be_client_hello_unit():
+    from geoblock import enforce
+
+    assert enforce.may_be_client_hello(b"\x16") and enforce.may_be_client_hello(b"\x16\x03")
+    assert not enforce.may_be_client_hello(b"") and not enforce.may_be_client_hello(b"\x16\x01")
+    assert not enforce.may_be_client_hello(b"GET / HTTP/1.1\r\n")
