@@ -681,6 +681,24 @@ class GeoBlock:
             flow.response = enforce.block_page(
                 verdict, verdict.name or request.host_header or request.host, self.page, ctx.options.geoblock_blocked_by, _now()
             )
+        elif name is not None and facts.server_ip is not None and state.resolved.get(name) == facts.server_ip:
+            self._target_judged(flow, facts.server_ip)
+
+    @staticmethod
+    def _target_judged(flow: http.HTTPFlow, addr: IPAddress) -> None:
+        """Plain HTTP to a name geoblock resolved: the request goes to the address judged, its Host header
+        unchanged. mitmproxy then pools upstream connections by that address, as for a request target
+        given as an address. (Pinning each connection in server_connect instead leaves mitmproxy's pool
+        keyed by the name while its limit of 5 connections per address and client connection counts the
+        address: a keep-alive client's 6th request, to the same name or another on that address, waited
+        forever, and each request opened a new upstream connection.)"""
+        request = flow.request
+        if request.scheme != "http" or not isinstance(flow.client_conn.proxy_mode, mode_specs.RegularMode):
+            return  # TLS keeps its server name (pinned in server_connect); other modes choose their server
+        host_header = request.host_header
+        request.host = str(addr)  # mitmproxy rewrites the Host header with it: put the client's back
+        if host_header is not None:
+            request.host_header = host_header
 
     @guarded("connect")
     async def server_connect(self, data: Any) -> None:
