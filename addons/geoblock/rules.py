@@ -131,6 +131,11 @@ def _compose(path: Path, text: str) -> yaml.Node | None:
         line = mark.line + 1 if mark is not None else None
         problem = exc.problem or exc.context or "invalid YAML"
         raise RuleError(path, line, f"bad YAML: {problem}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML refuses (e.g. a control character)
+        # its position counts UTF-8 bytes (libyaml) or characters (the pure-Python parser)
+        before = text.encode("utf-8")[: exc.position] if _Loader is not yaml.SafeLoader else text[: exc.position]
+        line = before.count(b"\n" if isinstance(before, bytes) else "\n") + 1
+        raise RuleError(path, line, f"bad YAML: {str(exc).splitlines()[0]}") from None
     except yaml.YAMLError as exc:
         raise RuleError(path, None, f"bad YAML: {exc}") from None
 
