@@ -898,3 +898,61 @@ def test_may_be_client_hello_unit():
     assert enforce.may_be_client_hello(b"\x16") and enforce.may_be_client_hello(b"\x16\x03")
     assert not enforce.may_be_client_hello(b"") and not enforce.may_be_client_hello(b"\x16\x01")
     assert not enforce.may_be_client_hello(b"GET / HTTP/1.1\r\n")
+
+
+# ============================================================== 9. transparent gateway: Host vs destination
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, pki):
+    """The transparent gateway of tests/test_gateway.py (namespaces, scripts/gateway.sh, mitmdump as the
+    systemd unit runs it) with plain HTTP servers at home (CN), offshore (SG) and on a blocked address."""
+    from support import netns as ns
+
+    reason = ns.unavailable()
+    if reason:
+        pytest.skip(reason)
+    from test_gateway import proxy as gateway_proxy, topology
+
+    d = tmp_path_factory.mktemp("evasion-gateway")
+    with topology() as (topo, stack):
+        servers = {}
+        for name, role, host in (("home", "home", ns.HOME4), ("off", "off", ns.OFFSHORE4),
+                                 ("blocked", "off", ns.BLOCKED4)):
+            servers[name] = ns.NsServer(topo.ns(role), host, 80)
+            stack.callback(servers[name].close)
+        ns.gateway_sh(topo, "up", "--in-iface", ns.GW_IN_IFACE, "--port", "8080", state=d / "gateway.state")
+        m = gateway_proxy(topo, d, "geoblock.service", 8080)
+        stack.callback(m.stop)
+        m.start()
+        yield topo, m, servers
+
+
+@pytest.mark.parametrize("host, dest, seen", [
+    ("allowed.test", "off", 200),         # an allowed name to an offshore address: judged on both, allowed
+    ("offshore-only.test", "off", 451),   # a rule on the name's location: the real destination decides
+    ("offshore-only.test", "home", 200),
+    ("binance.com", "home", 451),         # a listed name is blocked wherever the address is
+    ("allowed.test", "blocked", None),    # an allowed name cannot lift a block on the address
+])
+def test_transparent_host_is_judged_with_the_real_destination(gateway, host, dest, seen):
+    from support import netns as ns
+
+    topo, m, servers = gateway
+    for s in servers.values():
+        s.reset()
+    log = Log(m)
+    ip = {"home": ns.HOME4, "off": ns.OFFSHORE4, "blocked": ns.BLOCKED4}[dest]
+    r = ns.curl(topo, "cli", f"http://{ip}/", "-H", f"Host: {host}")
+    if seen is None:  # closed at the "ip" stage, before any byte
+        assert r.returncode in (52, 56) and r.stdout == "", (r.returncode, r.stderr)
+        rec = log.wait(stage="ip", server_ip=ip)
+        assert (rec["action"], rec["rule"]) == ("block", "blocked-offshore-network")
+        log.none(stage="http")
+    else:
+        assert r.stdout.startswith(f"HTTP/1.1 {seen}"), r.stdout[:200] + r.stderr
+        rec = log.wait(stage="http", server_ip=ip)
+        assert rec["host"] == host and rec["country"] == ("SG" if dest == "off" else "CN")
+        assert rec["action"] == ("block" if seen == 451 else "allow")
+        # geoblock does not resolve the Host to compare it with the destination: no mismatch field
+        assert "mismatch" not in rec
+    assert servers[dest].connections == (1 if seen == 200 else 0)
