@@ -574,8 +574,11 @@ class ClientHelloTarget(Target):
                 out.append(Finding("fail-open", f"SNI {hello.sni!r} allowed: {hit}"))
         if not ref.strict:
             # Framing a conforming server refuses (an odd cipher-suites length, extension lengths that
-            # disagree, ...): mitmproxy's lenient parser may read such a message otherwise than the RFC
-            # layout does, but no such server gets as far as reading a name from it.
+            # disagree, ...), which mitmproxy's lenient parser may read otherwise than the RFC layout
+            # does (it found no server_name where the layout has one): malformed, never allowed.
+            out.append(Finding("fail-open", f"a malformed ClientHello was allowed (server_name entries by the RFC "
+                                            f"layout: {list(ref.names)[:3]!r}; mitmproxy's SNI "
+                                            f"{None if hello is None else hello.sni!r})"))
             return out
         for name_type, raw in ref.names:
             hit = reference_blocked_name(raw.decode("utf-8", "surrogateescape"))

@@ -127,6 +127,21 @@ def test_a_server_name_geoblock_cannot_judge_gets_a_tls_alert(targets, exts):
     assert sent[0].data == bytes.fromhex("15030300020231")  # TLS fatal alert access_denied
 
 
+def test_a_malformed_client_hello_mitmproxy_misreads_gets_a_tls_alert(targets):
+    """Found by the clienthello fuzzer: with an odd cipher-suite length (3 bytes), mitmproxy's lenient
+    parser reads the server_name extension as another one and sees no SNI, while the declared lengths
+    put binance.com there. Such a ClientHello was judged as one without SNI, and allowed."""
+    from mitmproxy.proxy.layers.tls import parse_client_hello
+
+    data = ft.records(ft.handshake(ft.client_hello_body([ft.sni_ext([b"binance.com"])], ciphers=b"\x13\x01\x00")))
+    assert parse_client_hello(data).sni is None  # what mitmproxy reads
+    assert ft.reference_hello(data).names == ((0, b"binance.com"),)  # what the lengths say
+    outcome, layer, errors = targets["clienthello"].run_hook(ft.SERVERS[1], data)
+    assert outcome == "block" and all(cause.startswith("Failure ") for cause in errors)
+    well_formed = ft.records(ft.handshake(ft.client_hello_body([ft.sni_ext([b"example.org"])])))
+    assert targets["clienthello"].run_hook(ft.SERVERS[1], well_formed)[0] == "allow"
+
+
 # ----------------------------------------------------------------------------------------------
 # The harness: a short bounded run of each target
 

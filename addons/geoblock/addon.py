@@ -43,7 +43,8 @@ from . import enforce, names as _names, record as _record, ruleset as _ruleset
 from .decide import Facts, Verdict, decide
 from .geo import Geo
 from .names import IPAddress, InvalidHost, normalize_host, normalize_ip
-from .observe import InvalidField, client_ip, http_target, mismatch_of, peer_ip, sni_problem, uri_authority
+from .observe import (InvalidField, client_hello_problem, client_ip, http_target, mismatch_of, peer_ip, sni_problem,
+                      uri_authority)
 from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_LOG, DEFAULT_RULES
 from .record import DecisionLog, make_record
 from . import rdap
@@ -608,6 +609,9 @@ class GeoBlock:
             # layer on these first bytes (raw TCP when fewer than 3 came) before geoblock read the SNI.
             nextlayer.layer = enforce.AwaitClientHello(context)
             return
+        framing = client_hello_problem(mtls.get_client_hello(data) or b"")
+        if framing is not None:  # mitmproxy's lenient parser may have misread it (see client_hello_problem)
+            raise Failure(f"malformed TLS ClientHello ({framing})")
         state.tls_decided = True
         facts = Facts("tls", client_ip=client_ip(context.client))
         address = context.server.address

@@ -99,6 +99,54 @@ def sni_problem(extensions: Iterable[tuple[int, bytes]], sni: str | None) -> Inv
     return None
 
 
+def client_hello_problem(message: bytes) -> str | None:
+    """Why a ClientHello handshake message (type, length, body) is not framed as RFC 8446 lays it out,
+    or None when every length in it is consistent.
+
+    mitmproxy's parser is lenient: it reads extensions to the end of the message whatever their declared
+    length, a cipher-suite list of odd length, a server_name list of any declared length. On a malformed
+    message it may so read no server_name, or another one, where a server reading the declared lengths
+    finds one. Conforming servers refuse such messages; geoblock refuses them rather than judge a name
+    it may have misread.
+    """
+    if len(message) < 4 or message[0] != 1:
+        return "not a ClientHello message"
+    body = message[4:]
+    p = 2 + 32  # version, random
+    if len(body) < p + 1 or body[p] > 32:
+        return "bad session id"
+    p += 1 + body[p]
+    if len(body) < p + 2:
+        return "truncated before the cipher suites"
+    n = int.from_bytes(body[p:p + 2], "big")
+    if n < 2 or n % 2 or len(body) < p + 2 + n:
+        return "bad cipher-suite list length"
+    p += 2 + n
+    if len(body) < p + 1 or body[p] < 1 or len(body) < p + 1 + body[p]:
+        return "bad compression-method list"
+    p += 1 + body[p]
+    if p == len(body):
+        return None  # no extensions
+    if len(body) < p + 2 or int.from_bytes(body[p:p + 2], "big") != len(body) - p - 2:
+        return "the extensions' length does not match the message"
+    p += 2
+    while p < len(body):
+        if len(body) < p + 4:
+            return "truncated extension header"
+        ext_type, size = int.from_bytes(body[p:p + 2], "big"), int.from_bytes(body[p + 2:p + 4], "big")
+        ext = body[p + 4:p + 4 + size]
+        if len(ext) != size:
+            return "an extension runs past the message"
+        if ext_type == 0:
+            q = 2
+            while q + 3 <= len(ext):
+                q += 3 + int.from_bytes(ext[q + 1:q + 3], "big")
+            if len(ext) < 2 or int.from_bytes(ext[:2], "big") != len(ext) - 2 or q != len(ext):
+                return "the server_name extension's lengths do not match"
+        p += 4 + size
+    return None
+
+
 def _server_names(body: bytes) -> list[bytes]:
     """The names in a server_name extension's body (as far as it can be read)."""
     names = []
