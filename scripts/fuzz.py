@@ -96,6 +96,7 @@ def worker(args: argparse.Namespace, libfuzzer_args: list[str]) -> None:
             "findings": findings[:50], "python": sys.version.split()[0],
         }
         Path(args.stats).write_text(json.dumps(stats))
+        fuzz_targets.cleanup()  # os._exit skips atexit
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1 if state["crash"] or state["fail-open"] else 0)

@@ -403,6 +403,14 @@ def workdir() -> Path:
     return _WORK
 
 
+def cleanup() -> None:
+    """Remove the work directory now (a process ending with os._exit runs no atexit handlers)."""
+    global _WORK
+    if _WORK is not None:
+        shutil.rmtree(_WORK, ignore_errors=True)
+        _WORK = None
+
+
 class Target:
     name = ""
 
