@@ -211,7 +211,7 @@ class Load:
     # -- names -------------------------------------------------------------------------------------
 
     def _name(self, domains: list[str], popular: list[str], fresh: float) -> str:
-        if self.rng.random() < fresh:
+        if self.rng.random() < fresh * self.args.fresh:
             name = f"s{next(self.seq):x}.{self.rng.choice(domains)}"
         else:
             name = self.rng.choice(popular)
@@ -432,7 +432,7 @@ class Load:
             await self.close(writer)
 
     async def op_connect_netblocked(self) -> None:
-        name = f"s{next(self.seq):x}.netblocked.test"
+        name = f"s{next(self.seq):x}.netblocked.test" if self.rng.random() < self.args.fresh else "www.netblocked.test"
         self.names.add(name)
         server = self.servers[(NETBLOCKED, "tls")]
         reader, writer = await self.connect()
@@ -591,7 +591,7 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
         load = Load(args, proxy.port, servers, client_tls)
         ramp = min(10.0, args.duration / 6)
-        warmup = max(10.0, ramp + 5, args.duration * 0.1) if args.warmup is None else args.warmup
+        warmup = max(15.0, ramp + 10, args.duration * 0.1) if args.warmup is None else args.warmup
         samples: list[dict[str, Any]] = []
         t0 = time.monotonic()
         tasks = [asyncio.create_task(load.slot(ramp)) for _ in range(args.connections)]
@@ -759,11 +759,14 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=500, help="client connections held open at all times")
     ap.add_argument("--churn", type=float, default=20.0, help="short connections started per second")
     ap.add_argument("--think", type=float, default=3.0, help="mean seconds between requests on a held connection")
+    ap.add_argument("--fresh", type=float, default=1.0,
+                    help="scale of the share of fresh names (0: only a few popular names, so caches stay small)")
     ap.add_argument("--blocked-share", type=float, default=0.2, help="share of blocked requests on held HTTP connections")
     ap.add_argument("--lifetime-min", type=float, default=10.0, help="seconds a held connection lives, at least")
     ap.add_argument("--lifetime-max", type=float, default=30.0, help="seconds a held connection lives, at most")
     ap.add_argument("--warmup", type=float, default=None,
-                    help="seconds before the RSS baseline (default: 10 %% of the duration, at least 10 s)")
+                    help="seconds before the RSS baseline (default: 10 %% of the duration, at least 15 s and "
+                         "10 s after the ramp-up)")
     ap.add_argument("--op-timeout", type=float, default=60.0, help="seconds an exchange may take before it is an error")
     ap.add_argument("--sample", type=float, default=2.0, help="seconds between RSS samples")
     ap.add_argument("--print-every", type=float, default=10.0, help="seconds between progress lines")
