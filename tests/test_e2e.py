@@ -335,6 +335,41 @@ def test_the_server_is_dialled_at_the_address_geoblock_judged(tmp_path, pki, way
         other.close()
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_keepalive_requests_by_name_in_an_intercepted_tunnel_are_all_answered(tmp_path, pki, scheme):
+    """Decrypted (or plain) HTTP inside one CONNECT tunnel, 8 requests by a name whose location a rule
+    needs: every one is answered, at the judged address, with the certificate checked for the name."""
+    tls = pki if scheme == "https" else None
+    judged = TestServer("127.0.0.3", tls)
+    other = TestServer("127.0.0.1", tls, port=judged.port)
+    try:
+        geo = tmp_path / "geo"
+        geo.mkdir()
+        places = {"127.0.0.3/32": ("CN", 64500), "127.0.0.1/32": ("SG", 64501), "::1/128": ("SG", 64501)}
+        write_country_db(geo / "GeoLite2-Country.mmdb", places)
+        write_asn_db(geo / "GeoLite2-ASN.mmdb", places)
+        rules = tmp_path / "rules"
+        rules.mkdir()
+        (rules / "policy.yaml").write_text("home_countries: [CN]\n")
+        (rules / "r.yaml").write_text(
+            "rules:\n  - {id: local-offshore, action: block, domains: [localhost], offshore: true}\n")
+        log = tmp_path / "decisions.jsonl"
+        pin = Path(__file__).parent / "support" / "pin_resolver.py"
+        opts = options(rules, geo, log, geoblock_intercept=True, ssl_verify_upstream_trusted_ca=pki.ca_pem)
+        with Mitmdump(tmp_path / "conf", opts, extra_args=["-s", str(pin)]) as m:
+            url = f"{scheme}://localhost:{judged.port}/"
+            extra = ["--cacert", str(m.confdir / "mitmproxy-ca-cert.pem")] if tls else ["--proxytunnel"]
+            cmd = ["curl", "-sS", "--max-time", "20", "-x", m.url, "-w", "%{http_code}\n", *extra,
+                   *[arg for _ in range(8) for arg in (url, "-o", "/dev/null")]]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=40)
+        assert r.stdout.split() == ["200"] * 8, r.stdout + r.stderr
+        assert judged.connections >= 1 and other.connections == 0
+        assert [h for h, _ in judged.requests] == [f"localhost:{judged.port}"] * 8
+    finally:
+        judged.close()
+        other.close()
+
+
 # --- the decision log ------------------------------------------------------------------------
 
 def test_every_record_has_the_documented_fields(proxy):

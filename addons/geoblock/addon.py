@@ -139,6 +139,7 @@ class ConnState:
     tls_allowed: bool = False
     sni: str | None = None
     resolved: dict[str, IPAddress | None] = field(default_factory=dict)
+    server_names: dict[tuple[str, int], str] = field(default_factory=dict)  # judged address -> TLS name
 
 
 class Failure(Exception):
@@ -686,19 +687,23 @@ class GeoBlock:
                 verdict, verdict.name or request.host_header or request.host, self.page, ctx.options.geoblock_blocked_by, _now()
             )
         elif name is not None and facts.server_ip is not None and state.resolved.get(name) == facts.server_ip:
-            self._target_judged(flow, facts.server_ip)
+            self._target_judged(flow, facts.server_ip, state)
 
     @staticmethod
-    def _target_judged(flow: http.HTTPFlow, addr: IPAddress) -> None:
-        """Plain HTTP to a name geoblock resolved: the request goes to the address judged, its Host header
-        unchanged. mitmproxy then pools upstream connections by that address, as for a request target
-        given as an address. (Pinning each connection in server_connect instead leaves mitmproxy's pool
-        keyed by the name while its limit of 5 connections per address and client connection counts the
-        address: a keep-alive client's 6th request, to the same name or another on that address, waited
-        forever, and each request opened a new upstream connection.)"""
+    def _target_judged(flow: http.HTTPFlow, addr: IPAddress, state: ConnState) -> None:
+        """HTTP (plain, or decrypted inside a tunnel) to a name geoblock resolved: the request goes to the
+        address judged, its Host header unchanged; for HTTPS the upstream TLS server name stays the name
+        (set in server_connect). mitmproxy then pools upstream connections by that address, as for a
+        request target given as an address. (Pinning each connection in server_connect instead leaves
+        mitmproxy's pool keyed by the name: each request opened a new upstream connection, and a
+        keep-alive client's 6th request by name could wait forever.)"""
         request = flow.request
-        if request.scheme != "http" or not isinstance(flow.client_conn.proxy_mode, mode_specs.RegularMode):
-            return  # TLS keeps its server name (pinned in server_connect); other modes choose their server
+        if not isinstance(flow.client_conn.proxy_mode, mode_specs.RegularMode):
+            return  # other modes choose their server themselves
+        if request.scheme == "https":
+            state.server_names[(str(addr), request.port)] = request.host
+        elif request.scheme != "http":
+            return
         host_header = request.host_header
         request.host = str(addr)  # mitmproxy rewrites the Host header with it: put the client's back
         if host_header is not None:
@@ -713,7 +718,12 @@ class GeoBlock:
             data.server.error = f"blocked by geoblock rule {state.blocked.rule}"
             return
         if state.resolved:
-            self._pin(state, data.server, data.client)
+            server = data.server
+            name = state.server_names.get(server.address) if server.address else None
+            if name is not None and server.sni in (None, server.address[0]):
+                server.sni = name  # HTTPS sent to the judged address: the certificate is the name's
+            else:
+                self._pin(state, server, data.client)
 
     @staticmethod
     def _pin(state: ConnState, server: Any, client: Any) -> None:
