@@ -6,6 +6,7 @@ Every blocked path is also checked on the server side: the server saw no connect
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
@@ -299,12 +300,11 @@ def test_a_name_is_resolved_when_a_rule_needs_its_country(tmp_path, servers, cou
     assert rec["server_ip"] in ("127.0.0.1", "::1") and rec["country"] == country
 
 
-@pytest.mark.parametrize("way", ["absolute-form", "connect", "connect-tls"])
-def test_the_server_is_dialled_at_the_address_geoblock_judged(tmp_path, pki, way):
-    """DNS that answers differently from one query to the next: geoblock learns 127.0.0.3 (home) for
-    `localhost`, the system would answer 127.0.0.1 (offshore). The connection goes to the address that
-    was judged; the offshore server never sees one."""
-    tls = pki if way == "connect-tls" else None
+@contextlib.contextmanager
+def judged_elsewhere(tmp_path, tls, **extra):
+    """DNS that answers differently from one query to the next: geoblock learns 127.0.0.3 (home, CN) for
+    `localhost` (tests/support/pin_resolver.py), the system would answer 127.0.0.1 (offshore, SG), and a
+    rule blocks `localhost` when offshore. Yields (judged server, other server, running mitmdump)."""
     judged = TestServer("127.0.0.3", tls)
     other = TestServer("127.0.0.1", tls, port=judged.port)
     try:
@@ -318,21 +318,30 @@ def test_the_server_is_dialled_at_the_address_geoblock_judged(tmp_path, pki, way
         (rules / "policy.yaml").write_text("home_countries: [CN]\n")
         (rules / "r.yaml").write_text(
             "rules:\n  - {id: local-offshore, action: block, domains: [localhost], offshore: true}\n")
-        log = tmp_path / "decisions.jsonl"
         pin = Path(__file__).parent / "support" / "pin_resolver.py"
-        with Mitmdump(tmp_path / "conf", options(rules, geo, log), extra_args=["-s", str(pin)]) as m:
-            if way == "connect-tls":  # passed through: the server's own certificate for localhost
-                r = curl(m, f"https://localhost:{judged.port}/", "--cacert", str(pki.ca_pem))
-            else:
-                r = curl(m, f"http://localhost:{judged.port}/", *(["--proxytunnel"] if way == "connect" else []))
-        assert "HTTP/1.1 200" in r.stdout, r.stdout + r.stderr
-        assert judged.connections == 1 and other.connections == 0
-        assert judged.requests and judged.requests[0][0] == f"localhost:{judged.port}"  # Host unchanged
-        rec = records(log, stage="http" if way == "absolute-form" else "connect")[-1]
-        assert (rec["server_ip"], rec["country"], rec["action"]) == ("127.0.0.3", "CN", "allow")
+        m = Mitmdump(tmp_path / "conf", options(rules, geo, tmp_path / "decisions.jsonl", **extra),
+                     extra_args=["-s", str(pin)])
+        m.decisions = tmp_path / "decisions.jsonl"
+        with m:
+            yield judged, other, m
     finally:
         judged.close()
         other.close()
+
+
+@pytest.mark.parametrize("way", ["absolute-form", "connect", "connect-tls"])
+def test_the_server_is_dialled_at_the_address_geoblock_judged(tmp_path, pki, way):
+    """The connection goes to the address that was judged; the offshore server never sees one."""
+    with judged_elsewhere(tmp_path, pki if way == "connect-tls" else None) as (judged, other, m):
+        if way == "connect-tls":  # passed through: the server's own certificate for localhost
+            r = curl(m, f"https://localhost:{judged.port}/", "--cacert", str(pki.ca_pem))
+        else:
+            r = curl(m, f"http://localhost:{judged.port}/", *(["--proxytunnel"] if way == "connect" else []))
+        assert "HTTP/1.1 200" in r.stdout, r.stdout + r.stderr
+        assert judged.connections == 1 and other.connections == 0
+        assert judged.requests and judged.requests[0][0] == f"localhost:{judged.port}"  # Host unchanged
+        rec = records(m.decisions, stage="http" if way == "absolute-form" else "connect")[-1]
+        assert (rec["server_ip"], rec["country"], rec["action"]) == ("127.0.0.3", "CN", "allow")
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
@@ -340,34 +349,16 @@ def test_keepalive_requests_by_name_in_an_intercepted_tunnel_are_all_answered(tm
     """Decrypted (or plain) HTTP inside one CONNECT tunnel, 8 requests by a name whose location a rule
     needs: every one is answered, at the judged address, with the certificate checked for the name."""
     tls = pki if scheme == "https" else None
-    judged = TestServer("127.0.0.3", tls)
-    other = TestServer("127.0.0.1", tls, port=judged.port)
-    try:
-        geo = tmp_path / "geo"
-        geo.mkdir()
-        places = {"127.0.0.3/32": ("CN", 64500), "127.0.0.1/32": ("SG", 64501), "::1/128": ("SG", 64501)}
-        write_country_db(geo / "GeoLite2-Country.mmdb", places)
-        write_asn_db(geo / "GeoLite2-ASN.mmdb", places)
-        rules = tmp_path / "rules"
-        rules.mkdir()
-        (rules / "policy.yaml").write_text("home_countries: [CN]\n")
-        (rules / "r.yaml").write_text(
-            "rules:\n  - {id: local-offshore, action: block, domains: [localhost], offshore: true}\n")
-        log = tmp_path / "decisions.jsonl"
-        pin = Path(__file__).parent / "support" / "pin_resolver.py"
-        opts = options(rules, geo, log, geoblock_intercept=True, ssl_verify_upstream_trusted_ca=pki.ca_pem)
-        with Mitmdump(tmp_path / "conf", opts, extra_args=["-s", str(pin)]) as m:
-            url = f"{scheme}://localhost:{judged.port}/"
-            extra = ["--cacert", str(m.confdir / "mitmproxy-ca-cert.pem")] if tls else ["--proxytunnel"]
-            cmd = ["curl", "-sS", "--max-time", "20", "-x", m.url, "-w", "%{http_code}\n", *extra,
-                   *[arg for _ in range(8) for arg in (url, "-o", "/dev/null")]]
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=40)
+    with judged_elsewhere(tmp_path, tls, geoblock_intercept=True,
+                          ssl_verify_upstream_trusted_ca=pki.ca_pem) as (judged, other, m):
+        url = f"{scheme}://localhost:{judged.port}/"
+        extra = ["--cacert", str(m.confdir / "mitmproxy-ca-cert.pem")] if tls else ["--proxytunnel"]
+        cmd = ["curl", "-sS", "--max-time", "20", "-x", m.url, "-w", "%{http_code}\n", *extra,
+               *[arg for _ in range(8) for arg in (url, "-o", "/dev/null")]]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=40)
         assert r.stdout.split() == ["200"] * 8, r.stdout + r.stderr
         assert judged.connections >= 1 and other.connections == 0
         assert [h for h, _ in judged.requests] == [f"localhost:{judged.port}"] * 8
-    finally:
-        judged.close()
-        other.close()
 
 
 # --- the decision log ------------------------------------------------------------------------
