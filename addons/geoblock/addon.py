@@ -38,6 +38,7 @@ from mitmproxy.net.dns import response_codes, types as dns_types
 from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy import layer as mlayer
 from mitmproxy.proxy.layers import tls as mtls
+from mitmproxy.tls import ClientHello
 
 from . import enforce, names as _names, record as _record, ruleset as _ruleset
 from .decide import Facts, Verdict, decide
@@ -600,17 +601,21 @@ class GeoBlock:
         if state.tls_decided:
             return
         try:
-            hello = mtls.parse_client_hello(data) if len(data) >= 3 else None
+            raw = mtls.get_client_hello(data) if len(data) >= 3 else None  # reassembled from its records
         except ValueError as exc:
             raise Failure(f"malformed TLS ClientHello ({exc})") from None
-        if hello is None:
+        if raw is None:
             if len(data) >= enforce.CLIENT_HELLO_LIMIT:
                 raise Failure(f"no complete TLS ClientHello in the first {len(data)} bytes")
             # Wait for the rest however the client splits it: left alone, mitmproxy would pick its TLS
             # layer on these first bytes (raw TCP when fewer than 3 came) before geoblock read the SNI.
             nextlayer.layer = enforce.AwaitClientHello(context)
             return
-        framing = client_hello_problem(mtls.get_client_hello(data) or b"")
+        try:
+            hello = ClientHello(raw[4:])  # what parse_client_hello does, without reassembling twice
+        except (EOFError, ValueError) as exc:
+            raise Failure(f"malformed TLS ClientHello ({exc or 'Invalid ClientHello'})") from None
+        framing = client_hello_problem(raw)
         if framing is not None:  # mitmproxy's lenient parser may have misread it (see client_hello_problem)
             raise Failure(f"malformed TLS ClientHello ({framing})")
         state.tls_decided = True
