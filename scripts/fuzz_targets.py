@@ -311,20 +311,9 @@ def reference_hello(data: bytes) -> RefHello:
 
 def python_client_hello(sni: str | None, alpn: Sequence[str] = ()) -> bytes:
     """The bytes a real Python (OpenSSL) TLS client sends first."""
-    import ssl
+    from support.evasion_tls import client_hello
 
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    if alpn:
-        ctx.set_alpn_protocols(list(alpn))
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return outgoing.read()
+    return client_hello(sni, alpn)
 
 
 # ----------------------------------------------------------------------------------------------

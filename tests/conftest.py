@@ -12,7 +12,7 @@ sys.path.insert(0, str(REPO / "addons"))
 sys.path.insert(0, str(TESTS))
 
 from support.geodb import write_asn_db, write_country_db  # noqa: E402
-from support.servers import make_pki  # noqa: E402
+from support.servers import TestServer, make_pki  # noqa: E402
 
 SHIPPED_RULES = REPO / "rules"
 
@@ -38,3 +38,28 @@ def rules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory):
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def servers(pki):
+    """HTTP(S) servers on loopback addresses the test database places: 127.0.0.1 in CN (home),
+    127.0.0.2 in SG (offshore), 127.0.0.5 in a blocked network, ::1. Counters are reset before each test."""
+    made = {
+        "https1": TestServer("127.0.0.1", pki),
+        "https2": TestServer("127.0.0.2", pki),
+        "https5": TestServer("127.0.0.5", pki),
+        "http1": TestServer("127.0.0.1"),
+        "http2": TestServer("127.0.0.2"),
+        "http5": TestServer("127.0.0.5"),
+        "http6": TestServer("::1"),
+    }
+    yield made
+    for s in made.values():
+        s.close()
+
+
+@pytest.fixture(autouse=True)
+def _reset_servers(request):
+    if "servers" in request.fixturenames:
+        for s in request.getfixturevalue("servers").values():
+            s.reset()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 
 import pytest
 from mitmproxy.addons import proxyserver
@@ -14,20 +13,11 @@ from mitmproxy.proxy.layers import tls
 from mitmproxy.test import taddons, tflow, tutils
 
 import geoblock.addon as addon_mod
+from support.evasion_tls import client_hello
 from geoblock import enforce
 from geoblock.addon import GeoBlock
 
 
-def client_hello(sni: str | None) -> bytes:
-    """The bytes a real Python TLS client sends first, for `sni` (None: no SNI extension)."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
-    with pytest.raises(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
 
 
 def run(coro):

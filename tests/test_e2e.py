@@ -23,29 +23,6 @@ from support.servers import TestServer
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def servers(pki):
-    made = {
-        "https1": TestServer("127.0.0.1", pki),  # CN (home)
-        "https2": TestServer("127.0.0.2", pki),  # SG (offshore)
-        "https5": TestServer("127.0.0.5", pki),  # blocked network
-        "http1": TestServer("127.0.0.1"),
-        "http2": TestServer("127.0.0.2"),
-        "http5": TestServer("127.0.0.5"),
-        "http6": TestServer("::1"),
-    }
-    yield made
-    for s in made.values():
-        s.close()
-
-
-@pytest.fixture(autouse=True)
-def _reset(request):
-    if "servers" in request.fixturenames:
-        for s in request.getfixturevalue("servers").values():
-            s.reset()
-
-
 def options(rules_dir, geo_dir, log, **extra):
     return {
         "geoblock_rules": rules_dir,

@@ -31,7 +31,6 @@ import pytest
 
 from support import evasion_tls as et
 from support.proc import Mitmdump
-from support.servers import TestServer
 
 pytestmark = pytest.mark.e2e
 
@@ -61,29 +60,6 @@ rules:
 
 
 # --------------------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module")
-def servers(pki):
-    made = {
-        "https1": TestServer("127.0.0.1", pki),  # CN
-        "https2": TestServer("127.0.0.2", pki),  # SG
-        "https5": TestServer("127.0.0.5", pki),  # blocked network
-        "http1": TestServer("127.0.0.1"),
-        "http2": TestServer("127.0.0.2"),
-        "http5": TestServer("127.0.0.5"),
-        "http6": TestServer("::1"),
-    }
-    yield made
-    for s in made.values():
-        s.close()
-
-
-@pytest.fixture(autouse=True)
-def _reset(request):
-    if "servers" in request.fixturenames:
-        for s in request.getfixturevalue("servers").values():
-            s.reset()
-
 
 def make_rules(d: Path, **policy: str) -> Path:
     """The shipped rules + tests/rules/extra.yaml + the lookalike rule; `policy` overrides policy keys."""

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from support.faults import (DnsStub, RefusingPort, ResettingServer, Tmpfs, priva
 from support.geodb import PLACES, write_asn_db, write_country_db
 from support.proc import Mitmdump
 from support.rdap_server import RdapServer, country, hang
+from support.evasion_tls import client_hello
 from support.servers import TestServer
 
 POLICY = "home_countries: [CN]\ndefault: allow\nunknown_country: block\non_error: block\n"
@@ -492,14 +492,6 @@ from geoblock.addon import GeoBlock  # noqa: E402
 
 
 
-def client_hello(sni: str) -> bytes:
-    """The first bytes a real Python TLS client sends."""
-    ctx = ssl.create_default_context()
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
-    with pytest.raises(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
 
 
 try:

@@ -9,6 +9,7 @@ record or fragmented across several.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 import struct
 from dataclasses import dataclass, field
 
@@ -20,11 +21,14 @@ APPLICATION_DATA = 0x17
 ACCESS_DENIED_ALERT = bytes.fromhex("15030300020231")  # what geoblock answers a blocked ClientHello with
 
 
-def client_hello(sni: str | None = "allowed.test") -> bytes:
-    """A real ClientHello (TLS records, as a client would send them) from Python's ssl."""
+def client_hello(sni: str | None = "allowed.test", alpn: Sequence[str] = ()) -> bytes:
+    """A real ClientHello (TLS records, as a client would send them) from Python's ssl; `sni` None sends
+    no server_name extension. The one maker of ClientHello bytes for the tests and the fuzzers."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_hostname=sni)
     try:
