@@ -18,6 +18,8 @@ import time
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
 from .decide import Facts, Verdict
 
 logger = logging.getLogger("geoblock")
@@ -42,6 +44,29 @@ def _timestamp() -> str:
 @lru_cache(maxsize=16384)
 def _text(addr: Any) -> str:
     return str(addr)
+
+
+_LINE = orjson.OPT_APPEND_NEWLINE
+
+
+def encode_line(record: dict[str, Any]) -> bytes:
+    """One record as one line of compact UTF-8 JSON (orjson: about a tenth of the json module's time).
+    Text that is not valid Unicode (a lone surrogate from a peer's bytes) cannot be UTF-8: such a record
+    is written by the json module instead, the character escaped as \\udcXX, rather than lost."""
+    try:
+        return orjson.dumps(record, default=str, option=_LINE)
+    except TypeError:  # orjson.JSONEncodeError: surrogates, or a value `default` cannot turn into text
+        return (json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode(
+            "utf-8", "backslashreplace"
+        )
+
+
+_TS_OPEN = b'{"ts":"'
+
+
+def stamped(rest: bytes) -> bytes:
+    """A record's line again, at the time now: `rest` is what DecisionLog.write returned for it."""
+    return _TS_OPEN + _timestamp().encode("ascii") + rest
 
 
 def make_record(
@@ -111,12 +136,27 @@ class DecisionLog:
         except OSError:
             return True
 
-    def write(self, record: dict[str, Any]) -> bool:
+    def write(self, record: dict[str, Any]) -> bytes | None:
+        """Write one record (made by make_record, "ts" first). Returns what follows the timestamp in the
+        line written, for `write_again`; None when the line was not written or carried `lost_before`."""
+        gap = self._gap
+        if gap:
+            record = {**record, "lost_before": gap}
+        line = encode_line(record)
+        if not self._write_line(line) or gap:
+            return None
+        head = _TS_OPEN + record["ts"].encode("ascii")
+        return line[len(head):] if line.startswith(head) else None
+
+    def write_again(self, rest: bytes) -> bool:
+        """Write a record that differs from one written before only in its time. Returns False, writing
+        nothing, when the next line must say how many records were lost (call `write` instead)."""
         if self._gap:
-            record = {**record, "lost_before": self._gap}
-        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode(
-            "utf-8", "backslashreplace"
-        )
+            return False
+        self._write_line(stamped(rest))
+        return True
+
+    def _write_line(self, line: bytes) -> bool:
         try:
             now = time.monotonic()
             if self.fd is None or (now - self._checked > _CHECK_EVERY and self._rotated()):
