@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import shutil
 
 import pytest
 from mitmproxy.addons import proxyserver
@@ -192,6 +194,83 @@ def test_monitor_mode_blocks_nothing_and_records_everything(gb):
     assert nl.layer is None
     recs = records(gb)[-2:]
     assert [(r["action"], r["enforced"]) for r in recs] == [("block", False), ("block", False)]
+
+
+def on_same_connection(first, host_header, host="127.0.0.1"):
+    """Another request on `first`'s client connection (a keep-alive client)."""
+    f = http_flow(host_header, host)
+    f.client_conn = first.client_conn
+    return f
+
+
+def without_time(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "ts"}
+
+
+def test_each_keep_alive_request_is_judged_recorded_and_enforced(gb):
+    first = http_flow("allowed.test")
+    hosts = ["allowed.test", "allowed.test", "binance.com", "binance.com", "allowed.test", "okx.com"]
+    flows = [first] + [on_same_connection(first, h) for h in hosts[1:]]
+    for f in flows:
+        run(gb.requestheaders(f))
+    assert [f.response.status_code if f.response else None for f in flows] == [None, None, 451, 451, None, 451]
+    recs = records(gb)
+    assert [(r["host"], r["action"]) for r in recs] == [
+        ("allowed.test", "allow"), ("allowed.test", "allow"), ("binance.com", "block"), ("binance.com", "block"),
+        ("allowed.test", "allow"), ("okx.com", "block")]
+    # A repeated request is a whole record of its own: the same fields as the first, its own time.
+    assert without_time(recs[1]) == without_time(recs[0]) and without_time(recs[3]) == without_time(recs[2])
+    assert recs[5]["rule"] == "offshore-crypto-exchanges" and recs[5]["name"] == "okx.com"
+    assert (gb.counts["allow"], gb.counts["block"]) == (3, 3)
+
+
+def test_the_uri_authority_of_a_later_request_is_judged(gb):
+    first = http_flow("allowed.test")
+    run(gb.requestheaders(first))
+    second = on_same_connection(first, "allowed.test")
+    second.request.authority = "binance.com"  # absolute-form target naming another host, same Host header
+    run(gb.requestheaders(second))
+    assert first.response is None and second.response.status_code == 451
+
+
+def test_a_rules_change_applies_to_the_next_request_on_an_open_connection(gb, rules_dir, tmp_path):
+    rules = tmp_path / "rules"
+    shutil.copytree(rules_dir, rules)
+    gb.tctx.configure(gb, geoblock_rules=str(rules))
+    first = http_flow("allowed.test")
+    run(gb.requestheaders(first))
+    assert first.response is None
+    (rules / "zzz-new.yaml").write_text("rules:\n  - id: new-block\n    action: block\n    domains: [allowed.test]\n")
+    assert "rules reloaded" in run(gb.reload())
+    second = on_same_connection(first, "allowed.test")
+    run(gb.requestheaders(second))
+    assert second.response.status_code == 451 and records(gb)[-1]["rule"] == "new-block"
+
+
+def test_monitor_mode_switched_on_applies_to_the_next_request(gb):
+    first = http_flow("binance.com")
+    run(gb.requestheaders(first))
+    gb.tctx.configure(gb, geoblock_monitor=True)
+    second = on_same_connection(first, "binance.com")
+    run(gb.requestheaders(second))
+    assert first.response.status_code == 451 and second.response is None
+    assert [r["enforced"] for r in records(gb)] == [True, False]
+
+
+def test_a_record_lost_between_repeats_is_counted_in_the_next_line(gb):
+    first = http_flow("allowed.test")
+    run(gb.requestheaders(first))
+    full = os.open("/dev/full", os.O_WRONLY)  # every write fails with ENOSPC
+    os.close(gb.log.fd)
+    gb.log.fd = full
+    flows = [on_same_connection(first, "allowed.test") for _ in range(3)]
+    for f in flows:
+        run(gb.requestheaders(f))
+    recs = records(gb)
+    assert len(recs) == 3 and gb.log.lost == 1  # the second request's record went to the full device
+    assert recs[1]["lost_before"] == 1 and "lost_before" not in recs[2]
+    assert without_time(recs[2]) == without_time(recs[0])
+    assert {k: v for k, v in without_time(recs[1]).items() if k != "lost_before"} == without_time(recs[0])
 
 
 def test_custom_block_page(gb, tmp_path):

@@ -141,6 +141,27 @@ class ConnState:
     sni: str | None = None
     resolved: dict[str, IPAddress | None] = field(default_factory=dict)
     server_names: dict[tuple[str, int], str] = field(default_factory=dict)  # judged address -> TLS name
+    http_memo: "HttpMemo | None" = None  # the last HTTP request's judgement on this connection
+
+
+@dataclass(slots=True)
+class HttpMemo:
+    """The judgement of an HTTP request, kept for the next request on the same connection.
+
+    A keep-alive client usually sends the same target, Host and SNI again and again. The verdict is a
+    pure function of what the request shows, what the connection showed before (its CONNECT address
+    and the names geoblock resolved for it, both fixed for the connection's life) and the ruleset,
+    databases and mode in force: when all of these are the same objects as last time, so is the
+    verdict. The request is still recorded, counted and enforced; only the line's time differs."""
+
+    shows: tuple[Any, ...]  # request target, Host, URI authority, HTTP version, SNI, CONNECT address
+    ruleset: Ruleset
+    geo: Geo | None
+    monitor: bool
+    facts: Facts
+    verdict: Verdict
+    target_name: str | None
+    line_rest: bytes | None  # the record's line after its timestamp (DecisionLog.write)
 
 
 class Failure(Exception):
@@ -197,6 +218,8 @@ class GeoBlock:
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
+        for state in self.conns.values():
+            state.http_memo = None  # judge every request anew under the new options
         if "geoblock_rules" in updated:
             try:
                 ruleset = Ruleset.load(opts.geoblock_rules)
@@ -468,7 +491,10 @@ class GeoBlock:
         self._locate(facts)
         return decide(facts, rs)
 
-    def _record(self, facts: Facts, verdict: Verdict, extra: dict[str, Any] | None = None) -> None:
+    def _record(self, facts: Facts, verdict: Verdict, extra: dict[str, Any] | None = None,
+                again: bytes | None = None) -> bytes | None:
+        """Count, log and write one decision. `again`: the line of an identical earlier record after its
+        timestamp, to write without building it anew. Returns that part of the line written, if any."""
         self.counts[verdict.action] += 1
         enforced = not self.monitor
         if verdict.action != "allow":
@@ -476,10 +502,14 @@ class GeoBlock:
                 f"geoblock: {verdict.action}{'' if enforced else ' (monitor)'} {facts.stage} "
                 f"{verdict.name or facts.server_ip}: {verdict.reason}"
             )
-        if self.log is not None:
-            rs, geo = self.ruleset, self.geo
-            self.log.write(make_record(facts, verdict, enforced, rs.version if rs else None,
-                                       geo.country_build if geo else None, geo.asn_build if geo else None, extra))
+        log = self.log
+        if log is None:
+            return None
+        if again is not None and log.write_again(again):
+            return again
+        rs, geo = self.ruleset, self.geo
+        return log.write(make_record(facts, verdict, enforced, rs.version if rs else None,
+                                     geo.country_build if geo else None, geo.asn_build if geo else None, extra))
 
     def _enforcing(self, verdict: Verdict) -> bool:
         return verdict.action == "block" and not self.monitor
@@ -673,23 +703,36 @@ class GeoBlock:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         request = flow.request
         state = self._state(flow.client_conn)
-        facts = Facts("http", client_ip=client_ip(flow.client_conn))
-        facts.host = host_header = request.host_header
-        facts.sni = sni = flow.client_conn.sni
-        try:
-            target = http_target(request.host, host_header, sni, uri_authority(request))
-        except InvalidField as exc:
-            return self._invalid(facts, exc.cause, exc.field, flow)
-        facts.names = target.names
-        facts.mismatch = target.mismatch
-        # The request target is what mitmproxy dials: its IP, or its name resolved, places the server.
-        name, ip = target.target_name, target.target_ip or state.connect_ip
-        facts.server_ip = await self._server_ip(state, name, ip, facts.names)
-        verdict = self._decide(facts)
-        self._record(facts, verdict)
+        host_header = request.host_header
+        sni = flow.client_conn.sni
+        data = request.data  # the URI authority as received: decoded (uri_authority) only when judged anew
+        shows = (request.host, host_header, data.authority, data.http_version, sni, state.connect_ip)
+        memo = state.http_memo
+        if (memo is not None and memo.shows == shows and memo.ruleset is self.ruleset and memo.geo is self.geo
+                and memo.monitor == self.monitor):
+            facts, verdict, name = memo.facts, memo.verdict, memo.target_name
+            memo.line_rest = self._record(facts, verdict, again=memo.line_rest)
+        else:
+            state.http_memo = None
+            facts = Facts("http", client_ip=client_ip(flow.client_conn), host=host_header, sni=sni)
+            try:
+                target = http_target(request.host, host_header, sni, uri_authority(request))
+            except InvalidField as exc:
+                return self._invalid(facts, exc.cause, exc.field, flow)
+            facts.names = target.names
+            facts.mismatch = target.mismatch
+            # The request target is what mitmproxy dials: its IP, or its name resolved, places the server.
+            name, ip = target.target_name, target.target_ip or state.connect_ip
+            facts.server_ip = await self._server_ip(state, name, ip, facts.names)
+            verdict = self._decide(facts)
+            rest = self._record(facts, verdict)
+            rs = self.ruleset
+            if rs is not None and (facts.country is not None or self.rdap is None):
+                # (A server that only RDAP can place may be placed by a later request: judge each anew.)
+                state.http_memo = HttpMemo(shows, rs, self.geo, self.monitor, facts, verdict, name, rest)
         if self._enforcing(verdict):
             flow.response = enforce.block_page(
-                verdict, verdict.name or request.host_header or request.host, self.page, ctx.options.geoblock_blocked_by, _now()
+                verdict, verdict.name or host_header or request.host, self.page, ctx.options.geoblock_blocked_by, _now()
             )
         elif name is not None and facts.server_ip is not None and state.resolved.get(name) == facts.server_ip:
             self._target_judged(flow, facts.server_ip, state)
