@@ -3,25 +3,34 @@
 
 Both mitmdump processes run side by side for the whole run (same version, same options, same
 `connection_strategy=lazy`; the geoblock one adds `-s addons/block.py` with the shipped rules, test GeoIP
-databases and the decision log ON, written to a temporary file). wrk drives one of them at a time, in
-interleaved rounds (A B, B A, A B, ...), with N keep-alive connections, through the proxy (absolute-form
-request `http://127.0.0.1:PORT/` plus a Host header naming an allowed host), to a small asyncio keep-alive HTTP
-server on 127.0.0.1 (placed in the home country by the test database, so every request is allowed and
-forwarded upstream).
+databases and the decision log ON, written to a temporary file). wrk drives them with N keep-alive
+connections, through the proxy (absolute-form request `http://127.0.0.1:PORT/` plus a Host header naming an
+allowed host), to a small asyncio keep-alive HTTP server on 127.0.0.1 (placed in the home country by the
+test database, so every request is allowed and forwarded upstream).
+
+Two kinds of round, both interleaved (`--mode both`, the default, runs the alternating rounds and then the
+concurrent ones):
+- alternate: one proxy at a time, A B, B A, ... (each configuration goes first equally often);
+- concurrent: every proxy driven at once by its own wrk, all pinned to one CPU, so the scheduler
+  interleaves them a few milliseconds at a time and each gets an equal share of that CPU. Whatever the
+  host does to the CPU's speed (this is a shared virtual machine) then reaches every arm alike, and the
+  ratio of their request rates is the ratio of their costs per request.
+With `--pin` (the default with 2+ CPUs) every mitmdump runs on the last CPU and wrk and the upstream on
+the others, in both modes.
 
 Before the rounds, the upstream server is measured alone (wrk straight at it) to show it is not the
 bottleneck; so is tests/support/servers.py's ThreadingHTTPServer, for comparison.
 
-After each geoblock round the decision-log lines written during the round are counted and checked (one
-record per request: stage "http", action "allow", the Host name).
+After each round the decision-log lines written during it are counted and checked (one record per
+request: stage "http", action "allow", the Host name).
 
-Noise: on a shared 2-core virtual machine throughput moves by 10-30 % from one round to the next. Each
+Noise: on a shared 2-core virtual machine, alternating rounds move by 10-30 % from one to the next. Each
 round records the CPU other processes used while it ran (and is flagged "disturbed" above 5 % of a CPU),
 and a speed index (a fixed pure-Python loop timed before and after) that shows the host's own load. The
 summary gives the ratio of the medians and the median of the per-round ratios; `--noop-baseline` adds a
 third mitmdump with a do-nothing script addon, to separate what any `-s` script costs from geoblock's work.
 
-    .venv-3.11/bin/python scripts/bench_proxy.py [--rounds 12] [--duration 10] [--noop-baseline] [--connections 16]
+    .venv-3.11/bin/python scripts/bench_proxy.py [--mode both] [--rounds 12] [--duration 10] [--noop-baseline]
 """
 
 from __future__ import annotations
@@ -135,12 +144,27 @@ def wrk_script(directory: Path, upstream_port: int, host_header: str | None) -> 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def run_wrk(url: str, duration: float, connections: int, threads: int, script: Path | None) -> dict:
+def start_wrk(url: str, duration: float, connections: int, threads: int,
+              script: Path | None) -> "tuple[subprocess.Popen[str], list[str]]":
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s", "--timeout", "10s", "--latency"]
     if script is not None:
         cmd += ["-s", str(script)]
     cmd.append(url)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), cmd
+
+
+def run_wrk(url: str, duration: float, connections: int, threads: int, script: Path | None) -> dict:
+    return finish_wrk(*start_wrk(url, duration, connections, threads, script), timeout=duration + 60)
+
+
+def finish_wrk(wrk: "subprocess.Popen[str]", cmd: list[str], timeout: float) -> dict:
+    try:
+        out, err = wrk.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        wrk.kill()
+        wrk.communicate()
+        raise RuntimeError(f"wrk did not finish in {timeout:g} s: {' '.join(cmd)}") from None
+    proc = subprocess.CompletedProcess(cmd, wrk.returncode, out, err)
     out = proc.stdout
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr}\n{out}")
@@ -262,6 +286,12 @@ def main() -> int:
                     help="also run a third mitmdump with a do-nothing script addon (the cost of any -s script)")
     ap.add_argument("--quiet-flows", action="store_true",
                     help="run both mitmdumps with flow_detail=0 (default: mitmdump's default flow output)")
+    ap.add_argument("--mode", choices=("alternate", "concurrent", "both"), default="both",
+                    help="alternate: one proxy at a time (A B, B A, ...); concurrent: every proxy driven at once, "
+                         "pinned to one CPU; both (default): the alternating rounds, then the concurrent ones")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2,
+                    help="run the mitmdumps on the last CPU and wrk and the upstream on the others, so the two "
+                         "arms never compete with the load generator for a CPU (default: on with 2+ CPUs)")
     ap.add_argument("--out", default=str(REPO / "bench-results" / "proxy.json"))
     args = ap.parse_args()
 
@@ -281,6 +311,15 @@ def main() -> int:
         "target_ratio": TARGET_RATIO,
         "source": source_state(),
     }
+
+    proxy_cpu: int | None = None
+    if args.pin and shutil.which("taskset") is not None:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= 2:
+            # The driver thread (and so the upstream thread and wrk, which inherit it) on the other CPUs.
+            proxy_cpu = cpus[-1]
+            os.sched_setaffinity(0, set(cpus[:-1]))
+    results["proxy_cpu"] = proxy_cpu
 
     tmp = Path(tempfile.mkdtemp(prefix="geoblock-bench-proxy-"))
     upstream = Upstream("127.0.0.1")
@@ -333,6 +372,8 @@ def main() -> int:
             configs[NOOP] = Mitmdump(tmp / "conf-noop", options=common, with_geoblock=False,
                                      extra_args=["-s", str(noop)])
         for m in configs.values():
+            if proxy_cpu is not None:
+                m.args = ["taskset", "-c", str(proxy_cpu), *m.args]  # every thread of it, from exec on
             m.start()
             procs.append(m)
         results["mitmdump_args"] = {k: m.args for k, m in configs.items()}
@@ -347,51 +388,59 @@ def main() -> int:
         time.sleep(0.5)  # let in-flight requests finish
         log_offset = decision_log.stat().st_size if decision_log.exists() else 0
 
-        # 3. Interleaved rounds.
+        # 3. The rounds: alternating (one proxy at a time: A B, B A, ...), then concurrent (all at once).
         rounds: list[dict] = []
-        for r in range(1, args.rounds + 1):
-            # A B, then B A, ...: each configuration goes first equally often (drift and the first run
-            # after an idle second then favour neither).
-            order = list(configs.items()) if r % 2 else list(reversed(configs.items()))
-            for label, m in order:
-                waited, _ = wait_quiet(procs, args.quiet_wait) if args.quiet_wait > 0 else (0.0, 0.0)
-                calib0 = calibrate()
-                served0 = upstream.requests
-                ours0 = own_seconds() + sum(cpu_seconds(x.proc.pid) for x in procs)  # type: ignore[union-attr]
-                busy0 = system_busy_seconds()
-                cpu0 = cpu_seconds(m.proc.pid)  # type: ignore[union-attr]
-                res = run_wrk(m.url + "/", args.duration, args.connections, args.threads, script)
-                cpu1 = cpu_seconds(m.proc.pid)  # type: ignore[union-attr]
-                busy1 = system_busy_seconds()
-                ours1 = own_seconds() + sum(cpu_seconds(x.proc.pid) for x in procs)  # type: ignore[union-attr]
-                # CPU used by anything else on the machine during the round (noise): should be ~0.
-                res["other_cpu_s"] = round(max(0.0, (busy1 - busy0) - (ours1 - ours0)), 2)
-                time.sleep(0.3)  # let in-flight requests finish
-                res["calibration_ms"] = [round(calib0, 1), round(calibrate(), 1)]
-                res["round"] = r
-                res["waited_for_quiet_s"] = round(waited, 1)
-                res["disturbed"] = res["other_cpu_s"] > DISTURBED * args.duration
-                res["config"] = label
-                res["upstream_requests"] = upstream.requests - served0
-                res["mitmdump_cpu_s"] = round(cpu1 - cpu0, 2)
-                res["mitmdump_cpu_ms_per_request"] = (cpu1 - cpu0) * 1000 / max(res["requests"], 1)
-                if m is with_gb:
-                    lines, log_offset = read_new_lines(decision_log, log_offset)
-                    res["decision_log"] = check_records(lines, args.host)
+        modes = ["alternate", "concurrent"] if args.mode == "both" else [args.mode]
+        for mode in modes:
+            for r in range(1, args.rounds + 1):
+                if mode == "alternate":
+                    # Each configuration goes first equally often (drift and the first run after an idle
+                    # second then favour neither).
+                    order = list(configs.items()) if r % 2 else list(reversed(configs.items()))
+                    groups = [[item] for item in order]
                 else:
+                    groups = [list(configs.items())]
+                for group in groups:
+                    waited, _ = wait_quiet(procs, args.quiet_wait) if args.quiet_wait > 0 else (0.0, 0.0)
+                    calib0 = calibrate()
+                    served0 = upstream.requests
+                    ours0 = own_seconds() + sum(cpu_seconds(x.proc.pid) for x in procs)  # type: ignore[union-attr]
+                    busy0 = system_busy_seconds()
+                    cpu0 = {label: cpu_seconds(m.proc.pid) for label, m in group}  # type: ignore[union-attr]
+                    started = [(label, m, start_wrk(m.url + "/", args.duration, args.connections, args.threads,
+                                                    script)) for label, m in group]
+                    results_now = [(label, m, finish_wrk(*w, timeout=args.duration + 60)) for label, m, w in started]
+                    cpu1 = {label: cpu_seconds(m.proc.pid) for label, m in group}  # type: ignore[union-attr]
+                    busy1 = system_busy_seconds()
+                    ours1 = own_seconds() + sum(cpu_seconds(x.proc.pid) for x in procs)  # type: ignore[union-attr]
+                    # CPU used by anything else on the machine during the round (noise): should be ~0.
+                    other = round(max(0.0, (busy1 - busy0) - (ours1 - ours0)), 2)
+                    time.sleep(0.3)  # let in-flight requests finish
+                    calib1 = calibrate()
                     lines, log_offset = read_new_lines(decision_log, log_offset)
-                    res["decision_log_lines_during_bare_round"] = len(lines)
-                rounds.append(res)
-                extra = ""
-                if "decision_log" in res:
-                    d = res["decision_log"]
-                    extra = f", {d['records']} log records ({'ok' if d['as_expected'] else 'UNEXPECTED'})"
-                print(f"round {r} {label}: {res['req_per_s']:,.0f} req/s, {res['requests']} requests, "
-                      f"non-2xx {res['non_2xx']}, socket errors {res['socket_errors']}, upstream saw "
-                      f"{res['upstream_requests']}, mitmdump CPU {res['mitmdump_cpu_ms_per_request']:.3f} ms/req, "
-                      f"other processes' CPU {res['other_cpu_s']:.1f} s, speed index {res['calibration_ms'][0]:.0f}/"
-                      f"{res['calibration_ms'][1]:.0f} ms before/after{extra}",
-                      flush=True)
+                    for label, m, res in results_now:
+                        res.update(mode=mode, round=r, config=label, other_cpu_s=other,
+                                   calibration_ms=[round(calib0, 1), round(calib1, 1)],
+                                   waited_for_quiet_s=round(waited, 1),
+                                   disturbed=other > DISTURBED * args.duration,
+                                   mitmdump_cpu_s=round(cpu1[label] - cpu0[label], 2),
+                                   mitmdump_cpu_ms_per_request=(cpu1[label] - cpu0[label]) * 1000 / max(res["requests"], 1))
+                        if m is with_gb:
+                            res["decision_log"] = check_records(lines, args.host)
+                        if len(group) == 1:
+                            res["upstream_requests"] = upstream.requests - served0
+                        rounds.append(res)
+                        if m is not with_gb and len(group) == 1:
+                            res["decision_log_lines_during_bare_round"] = len(lines)
+                        extra = ""
+                        if "decision_log" in res:
+                            d = res["decision_log"]
+                            extra = f", {d['records']} log records ({'ok' if d['as_expected'] else 'UNEXPECTED'})"
+                        print(f"{mode} round {r} {label}: {res['req_per_s']:,.0f} req/s, {res['requests']} requests, "
+                              f"non-2xx {res['non_2xx']}, socket errors {res['socket_errors']}, mitmdump CPU "
+                              f"{res['mitmdump_cpu_s']:.1f} s, {res['mitmdump_cpu_ms_per_request']:.3f} ms/req, "
+                              f"other processes' CPU {other:.1f} s, speed index {calib0:.0f}/{calib1:.0f} ms "
+                              f"before/after{extra}", flush=True)
         results["rounds"] = rounds
         for label, m in configs.items():
             m.stop()
@@ -404,100 +453,22 @@ def main() -> int:
             m.stop()
         upstream.close()
 
-    # 4. Summary.
-    summary = {}
-    for label in configs:
-        rs = [x for x in rounds if x["config"] == label]
-        summary[label] = {
-            "req_per_s": [x["req_per_s"] for x in rs],
-            "median_req_per_s": median([x["req_per_s"] for x in rs]),
-            "median_cpu_ms_per_request": median([x["mitmdump_cpu_ms_per_request"] for x in rs]),
-            "median_p50_latency_ms": median([x["latency"].get("p50_ms", float("nan")) for x in rs]),
-            "median_p99_latency_ms": median([x["latency"].get("p99_ms", float("nan")) for x in rs]),
-            "non_2xx": sum(x["non_2xx"] for x in rs),
-            "socket_errors": sum(x["socket_errors"] for x in rs),
-            "requests": sum(x["requests"] for x in rs),
-            "upstream_requests": sum(x["upstream_requests"] for x in rs),
-        }
-    a, b = summary["with geoblock"], summary["without geoblock"]
-    ratio = a["median_req_per_s"] / b["median_req_per_s"]
-    cpu_ratio = a["median_cpu_ms_per_request"] / b["median_cpu_ms_per_request"]
-    gb_rounds = [x for x in rounds if x["config"] == "with geoblock"]
-    log_records = sum(x["decision_log"]["records"] for x in gb_rounds)
-    log_ok = all(x["decision_log"]["as_expected"] for x in gb_rounds)
-    pairs = []
-    for r in range(1, args.rounds + 1):
-        ga = next(x for x in rounds if x["round"] == r and x["config"] == "with geoblock")
-        gb = next(x for x in rounds if x["round"] == r and x["config"] == "without geoblock")
-        pairs.append({"round": r, "ratio": ga["req_per_s"] / gb["req_per_s"],
-                      "quiet": not (ga["disturbed"] or gb["disturbed"])})
-    quiet = [p for p in pairs if p["quiet"]]
-    summary["pairs"] = pairs
-    summary["median_pair_ratio"] = median([p["ratio"] for p in pairs])
-    summary["quiet_pairs"] = len(quiet)
-    summary["median_quiet_pair_ratio"] = median([p["ratio"] for p in quiet]) if quiet else None
-    summary["ratio_with_over_without"] = ratio
-    summary["cpu_per_request_ratio"] = cpu_ratio
-    summary["target_met"] = ratio >= TARGET_RATIO
-    summary["decision_log"] = {
-        "records_in_geoblock_rounds": log_records,
-        "wrk_completed_requests": a["requests"],
-        "upstream_requests": a["upstream_requests"],
-        "records_all_as_expected": log_ok,
-    }
-    results["summary"] = summary
-
+    # 4. Summary, per mode.
+    results["summary"] = {}
+    for mode in modes:
+        results["summary"][mode] = summarize([x for x in rounds if x["mode"] == mode], list(configs), args)
     print()
-    print(f"### Proxy throughput: keep-alive HTTP via mitmdump {results['mitmproxy']} (Python {results['python']}, "
+    print(f"## Proxy throughput: keep-alive HTTP via mitmdump {results['mitmproxy']} (Python {results['python']}, "
           f"{results['machine']['cpus']} CPUs), wrk -t{args.threads} -c{args.connections}, "
-          f"{args.rounds} × {args.duration:g} s rounds each, interleaved (AB, BA, ...)")
+          f"{args.rounds} × {args.duration:g} s rounds per mode")
     print()
     print(f"Upstream alone: {alone['req_per_s']:,.0f} req/s"
           + (f" (ThreadingHTTPServer: {results['threading_server_alone']['req_per_s']:,.0f} req/s)"
              if "threading_server_alone" in results else ""))
-    print()
-    noop_on = NOOP in summary
-    print("| round | with geoblock req/s | without geoblock req/s | ratio | "
-          + ("no-op script req/s | " if noop_on else "")
-          + "decision-log records / wrk requests | other processes' CPU s (with / without) "
-          "| speed index ms (with / without) |")
-    print("|---:|---:|---:|---:|" + ("---:|" if noop_on else "") + "---|---|---|")
-    for r in range(1, args.rounds + 1):
-        ga = next(x for x in rounds if x["round"] == r and x["config"] == "with geoblock")
-        gb = next(x for x in rounds if x["round"] == r and x["config"] == "without geoblock")
-        flag = "" if pairs[r - 1]["quiet"] else " (disturbed)"
-        gn = next((x for x in rounds if x["round"] == r and x["config"] == NOOP), None)
-        print(f"| {r} | {ga['req_per_s']:,.0f} | {gb['req_per_s']:,.0f} | {pairs[r - 1]['ratio']:.3f} | "
-              + (f"{gn['req_per_s']:,.0f} | " if gn else "")
-              + f"{ga['decision_log']['records']} / {ga['requests']} | "
-              f"{ga['other_cpu_s']:.1f} / {gb['other_cpu_s']:.1f}{flag} | "
-              f"{statistics.fmean(ga['calibration_ms']):.0f} / {statistics.fmean(gb['calibration_ms']):.0f} |")
-    print(f"| **median** | **{a['median_req_per_s']:,.0f}** | **{b['median_req_per_s']:,.0f}** | "
-          f"**{ratio:.3f}** | " + (f"**{summary[NOOP]['median_req_per_s']:,.0f}** | " if noop_on else "") + "| | |")
-    print()
-    verdict = "met" if ratio >= TARGET_RATIO else f"MISSED by {(TARGET_RATIO - ratio) * 100:.1f} points"
-    print(f"- ratio with/without (medians): **{ratio:.3f}** (target ≥ {TARGET_RATIO}: {verdict})")
-    qp = summary["median_quiet_pair_ratio"]
-    print(f"- per-round ratios: median {summary['median_pair_ratio']:.3f}; over the {len(quiet)} undisturbed round(s): "
-          + (f"{qp:.3f}" if qp is not None else "none") + " (a round is disturbed when other processes used more than "
-          f"{DISTURBED * 100:.0f} % of a CPU during it)")
-    if noop_on:
-        n = summary[NOOP]
-        print(f"- no-op script addon / without: {n['median_req_per_s'] / b['median_req_per_s']:.3f} (req/s), "
-              f"CPU per request {n['median_cpu_ms_per_request']:.3f} ms: "
-              "the share of the gap that any `-s` script costs")
-    print("- speed index: ms for a fixed pure-Python loop just before/after each round (mean shown); it varies "
-          "with the load of the host's other guests, which no process here can see")
-    print(f"- mitmdump CPU per request (median): {a['median_cpu_ms_per_request']:.3f} ms with, "
-          f"{b['median_cpu_ms_per_request']:.3f} ms without (×{cpu_ratio:.3f})")
-    print(f"- latency p50/p99 (median of rounds): "
-          f"{a['median_p50_latency_ms']:.1f}/{a['median_p99_latency_ms']:.1f} ms with, "
-          f"{b['median_p50_latency_ms']:.1f}/{b['median_p99_latency_ms']:.1f} ms without")
-    print(f"- non-2xx: {a['non_2xx']} with, {b['non_2xx']} without; socket errors: {a['socket_errors']} with, "
-          f"{b['socket_errors']} without")
-    print(f"- decision log: {log_records} records in the geoblock rounds for {a['requests']} requests completed by wrk "
-          f"({a['upstream_requests']} reached the upstream); every record stage=http, action=allow, "
-          f"name={args.host}: {'yes' if log_ok else 'NO'}")
+    if proxy_cpu is not None:
+        print(f"\nPinned: every mitmdump on CPU {proxy_cpu}; wrk and the upstream on the other CPU(s).")
+    for mode in modes:
+        report(mode, [x for x in rounds if x["mode"] == mode], results["summary"][mode], args)
 
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -505,6 +476,108 @@ def main() -> int:
     print(f"\nJSON: {out_path}")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+MODE_TITLES = {
+    "alternate": "Alternating rounds: one proxy at a time, A B, B A, ...",
+    "concurrent": "Concurrent rounds: all proxies driven at once, sharing one CPU (the host's speed changes "
+                  "then reach every arm alike)",
+}
+
+
+def summarize(rounds: list[dict], labels: list[str], args: argparse.Namespace) -> dict:
+    summary: dict = {}
+    for label in labels:
+        rs = [x for x in rounds if x["config"] == label]
+        summary[label] = {
+            "req_per_s": [x["req_per_s"] for x in rs],
+            "median_req_per_s": median([x["req_per_s"] for x in rs]),
+            "median_cpu_ms_per_request": median([x["mitmdump_cpu_ms_per_request"] for x in rs]),
+            "median_cpu_share": median([x["mitmdump_cpu_s"] / x["seconds"] for x in rs]),
+            "median_p50_latency_ms": median([x["latency"].get("p50_ms", float("nan")) for x in rs]),
+            "median_p99_latency_ms": median([x["latency"].get("p99_ms", float("nan")) for x in rs]),
+            "non_2xx": sum(x["non_2xx"] for x in rs),
+            "socket_errors": sum(x["socket_errors"] for x in rs),
+            "requests": sum(x["requests"] for x in rs),
+        }
+    a, b = summary["with geoblock"], summary["without geoblock"]
+    gb_rounds = [x for x in rounds if x["config"] == "with geoblock"]
+    pairs = []
+    for r in range(1, args.rounds + 1):
+        ga = next(x for x in rounds if x["round"] == r and x["config"] == "with geoblock")
+        gb = next(x for x in rounds if x["round"] == r and x["config"] == "without geoblock")
+        pairs.append({"round": r, "ratio": ga["req_per_s"] / gb["req_per_s"],
+                      "quiet": not (ga["disturbed"] or gb["disturbed"])})
+    quiet = [p for p in pairs if p["quiet"]]
+    ratio = a["median_req_per_s"] / b["median_req_per_s"]
+    summary["pairs"] = pairs
+    summary["median_pair_ratio"] = median([p["ratio"] for p in pairs])
+    summary["quiet_pairs"] = len(quiet)
+    summary["median_quiet_pair_ratio"] = median([p["ratio"] for p in quiet]) if quiet else None
+    summary["ratio_with_over_without"] = ratio
+    summary["cpu_per_request_ratio"] = a["median_cpu_ms_per_request"] / b["median_cpu_ms_per_request"]
+    summary["target_met"] = ratio >= TARGET_RATIO
+    summary["decision_log"] = {
+        "records_in_geoblock_rounds": sum(x["decision_log"]["records"] for x in gb_rounds),
+        "wrk_completed_requests": a["requests"],
+        "upstream_requests": sum(x.get("upstream_requests", 0) for x in gb_rounds),
+        "records_all_as_expected": all(x["decision_log"]["as_expected"] for x in gb_rounds),
+    }
+    return summary
+
+
+def report(mode: str, rounds: list[dict], summary: dict, args: argparse.Namespace) -> None:
+    a, b = summary["with geoblock"], summary["without geoblock"]
+    ratio = summary["ratio_with_over_without"]
+    noop_on = NOOP in summary
+    print()
+    print(f"### {MODE_TITLES[mode]}")
+    print()
+    print("| round | with geoblock req/s | without geoblock req/s | ratio | "
+          + ("no-op script req/s | " if noop_on else "")
+          + "decision-log records / wrk requests | other processes' CPU s | speed index ms |")
+    print("|---:|---:|---:|---:|" + ("---:|" if noop_on else "") + "---|---|---|")
+    for r in range(1, args.rounds + 1):
+        ga = next(x for x in rounds if x["round"] == r and x["config"] == "with geoblock")
+        gb = next(x for x in rounds if x["round"] == r and x["config"] == "without geoblock")
+        gn = next((x for x in rounds if x["round"] == r and x["config"] == NOOP), None)
+        flag = "" if summary["pairs"][r - 1]["quiet"] else " (disturbed)"
+        other = (f"{ga['other_cpu_s']:.1f}" if mode == "concurrent"
+                 else f"{ga['other_cpu_s']:.1f} / {gb['other_cpu_s']:.1f}")
+        speed = (f"{statistics.fmean(ga['calibration_ms']):.0f}" if mode == "concurrent"
+                 else f"{statistics.fmean(ga['calibration_ms']):.0f} / {statistics.fmean(gb['calibration_ms']):.0f}")
+        print(f"| {r} | {ga['req_per_s']:,.0f} | {gb['req_per_s']:,.0f} | {summary['pairs'][r - 1]['ratio']:.3f} | "
+              + (f"{gn['req_per_s']:,.0f} | " if gn else "")
+              + f"{ga['decision_log']['records']} / {ga['requests']} | {other}{flag} | {speed} |")
+    print(f"| **median** | **{a['median_req_per_s']:,.0f}** | **{b['median_req_per_s']:,.0f}** | "
+          f"**{ratio:.3f}** | " + (f"**{summary[NOOP]['median_req_per_s']:,.0f}** | " if noop_on else "") + "| | |")
+    print()
+    verdict = "met" if ratio >= TARGET_RATIO else f"MISSED by {(TARGET_RATIO - ratio) * 100:.1f} points"
+    print(f"- ratio with/without (medians): **{ratio:.3f}** (target ≥ {TARGET_RATIO}: {verdict})")
+    qp = summary["median_quiet_pair_ratio"]
+    print(f"- per-round ratios: median {summary['median_pair_ratio']:.3f}, range "
+          f"{min(p['ratio'] for p in summary['pairs']):.3f}-{max(p['ratio'] for p in summary['pairs']):.3f}; "
+          f"over the {summary['quiet_pairs']} undisturbed round(s): "
+          + (f"{qp:.3f}" if qp is not None else "none") + " (a round is disturbed when other processes used more than "
+          f"{DISTURBED * 100:.0f} % of a CPU during it)")
+    if noop_on:
+        n = summary[NOOP]
+        print(f"- no-op script addon / without: {n['median_req_per_s'] / b['median_req_per_s']:.3f} (req/s), "
+              f"CPU per request {n['median_cpu_ms_per_request']:.3f} ms: what any `-s` script costs")
+    print(f"- mitmdump CPU per request (median): {a['median_cpu_ms_per_request']:.3f} ms with, "
+          f"{b['median_cpu_ms_per_request']:.3f} ms without (×{summary['cpu_per_request_ratio']:.3f})")
+    if mode == "concurrent":
+        print(f"- share of a CPU each mitmdump got (median): {a['median_cpu_share']:.2f} with, "
+              f"{b['median_cpu_share']:.2f} without" + (f", {summary[NOOP]['median_cpu_share']:.2f} no-op" if noop_on else ""))
+    print(f"- latency p50/p99 (median of rounds): "
+          f"{a['median_p50_latency_ms']:.1f}/{a['median_p99_latency_ms']:.1f} ms with, "
+          f"{b['median_p50_latency_ms']:.1f}/{b['median_p99_latency_ms']:.1f} ms without")
+    print(f"- non-2xx: {a['non_2xx']} with, {b['non_2xx']} without; socket errors: {a['socket_errors']} with, "
+          f"{b['socket_errors']} without")
+    d = summary["decision_log"]
+    print(f"- decision log: {d['records_in_geoblock_rounds']} records in the geoblock rounds for "
+          f"{d['wrk_completed_requests']} requests completed by wrk; every record stage=http, action=allow, "
+          f"name={args.host}: {'yes' if d['records_all_as_expected'] else 'NO'}")
 
 
 if __name__ == "__main__":
