@@ -23,7 +23,8 @@ from geoblock.addon import GeoBlock
 
 
 def run(coro):
-    return asyncio.run(coro)
+    """Run a hook's result: a coroutine, or None when the hook finished at once (requestheaders may)."""
+    return asyncio.run(coro) if coro is not None else None
 
 
 @pytest.fixture

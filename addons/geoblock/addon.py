@@ -31,7 +31,7 @@ import signal
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine
 
 from mitmproxy import command, ctx, dns, exceptions, http
 from mitmproxy.net.dns import response_codes, types as dns_types
@@ -177,9 +177,9 @@ def guarded(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
     def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
-        async def hook(self: "GeoBlock", obj: Any) -> None:
+        async def hook(self: "GeoBlock", obj: Any, *args: Any) -> None:
             try:
-                await method(self, obj)
+                await method(self, obj, *args)
             except Exception as exc:  # noqa: BLE001 - this is the guard
                 self._on_error(stage, obj, exc)
 
@@ -699,40 +699,56 @@ class GeoBlock:
         if state.tls_allowed and not ctx.options.geoblock_intercept:
             data.ignore_connection = True
 
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Judge an HTTP request. A request that the connection's last judgement covers (HttpMemo) is
+        recorded and enforced here and now; any other is judged by the coroutine returned, which
+        mitmproxy awaits (a hook may return an awaitable). Both are guarded as every hook is."""
+        try:
+            request = flow.request
+            state = self._state(flow.client_conn)
+            data = request.data  # the URI authority as received: decoded (uri_authority) only when judged anew
+            shows = (request.host, request.host_header, data.authority, data.http_version, flow.client_conn.sni,
+                     state.connect_ip)
+            memo = state.http_memo
+            if (memo is None or memo.shows != shows or memo.ruleset is not self.ruleset or memo.geo is not self.geo
+                    or memo.monitor != self.monitor):
+                state.http_memo = None
+                return self._judge_request(flow, state, shows)
+            memo.line_rest = self._record(memo.facts, memo.verdict, again=memo.line_rest)
+            self._enforce_request(flow, state, memo.facts, memo.verdict, memo.target_name)
+        except Exception as exc:  # noqa: BLE001 - the guard (see guarded)
+            self._on_error("http", flow, exc)
+        return None
+
     @guarded("http")
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    async def _judge_request(self, flow: http.HTTPFlow, state: ConnState, shows: tuple[Any, ...]) -> None:
         request = flow.request
-        state = self._state(flow.client_conn)
-        host_header = request.host_header
-        sni = flow.client_conn.sni
-        data = request.data  # the URI authority as received: decoded (uri_authority) only when judged anew
-        shows = (request.host, host_header, data.authority, data.http_version, sni, state.connect_ip)
-        memo = state.http_memo
-        if (memo is not None and memo.shows == shows and memo.ruleset is self.ruleset and memo.geo is self.geo
-                and memo.monitor == self.monitor):
-            facts, verdict, name = memo.facts, memo.verdict, memo.target_name
-            memo.line_rest = self._record(facts, verdict, again=memo.line_rest)
-        else:
-            state.http_memo = None
-            facts = Facts("http", client_ip=client_ip(flow.client_conn), host=host_header, sni=sni)
-            try:
-                target = http_target(request.host, host_header, sni, uri_authority(request))
-            except InvalidField as exc:
-                return self._invalid(facts, exc.cause, exc.field, flow)
-            facts.names = target.names
-            facts.mismatch = target.mismatch
-            # The request target is what mitmproxy dials: its IP, or its name resolved, places the server.
-            name, ip = target.target_name, target.target_ip or state.connect_ip
-            facts.server_ip = await self._server_ip(state, name, ip, facts.names)
-            verdict = self._decide(facts)
-            rest = self._record(facts, verdict)
-            rs = self.ruleset
-            if rs is not None and (facts.country is not None or self.rdap is None):
-                # (A server that only RDAP can place may be placed by a later request: judge each anew.)
-                state.http_memo = HttpMemo(shows, rs, self.geo, self.monitor, facts, verdict, name, rest)
+        host_header, sni = shows[1], shows[4]
+        facts = Facts("http", client_ip=client_ip(flow.client_conn), host=host_header, sni=sni)
+        try:
+            target = http_target(request.host, host_header, sni, uri_authority(request))
+        except InvalidField as exc:
+            return self._invalid(facts, exc.cause, exc.field, flow)
+        facts.names = target.names
+        facts.mismatch = target.mismatch
+        # The request target is what mitmproxy dials: its IP, or its name resolved, places the server.
+        name, ip = target.target_name, target.target_ip or state.connect_ip
+        facts.server_ip = await self._server_ip(state, name, ip, facts.names)
+        verdict = self._decide(facts)
+        rest = self._record(facts, verdict)
+        rs = self.ruleset
+        if rs is not None and (facts.country is not None or self.rdap is None):
+            # (A server that only RDAP can place may be placed by a later request: judge each anew.)
+            state.http_memo = HttpMemo(shows, rs, self.geo, self.monitor, facts, verdict, name, rest)
+        self._enforce_request(flow, state, facts, verdict, name)
+
+    def _enforce_request(self, flow: http.HTTPFlow, state: ConnState, facts: Facts, verdict: Verdict,
+                         name: str | None) -> None:
         if self._enforcing(verdict):
+            request = flow.request
             flow.response = enforce.block_page(
-                verdict, verdict.name or host_header or request.host, self.page, ctx.options.geoblock_blocked_by, _now()
+                verdict, verdict.name or request.host_header or request.host, self.page,
+                ctx.options.geoblock_blocked_by, _now()
             )
         elif name is not None and facts.server_ip is not None and state.resolved.get(name) == facts.server_ip:
             self._target_judged(flow, facts.server_ip, state)
