@@ -360,6 +360,18 @@ def test_status_shows_ruleset_version_counts_and_database_builds(gb):
     assert "decisions: 0 allow, 0 log, 1 block, 0 errors" in text
 
 
+def test_status_lists_every_cache_with_its_bound(gb):
+    run(gb.requestheaders(http_flow("allowed.test")))
+    sizes = gb.caches()
+    assert set(sizes) == {"names", "addresses", "unicode names", "record addresses", "rdap lookupable", "rule hits",
+                          "geoip", "dns", "dns in flight", "error causes", "connection states"}  # RDAP is off
+    assert sizes["rule hits"][0] >= 1 and sizes["names"][0] >= 1 and sizes["geoip"] == (1, 65536)
+    assert sizes["connection states"] == (1, None)
+    text = gb.tctx.master.commands.execute("geoblock.status")
+    assert "caches (entries/bound): names " in text and ", dns 0/65536, " in text and "geoip 1/65536" in text
+    assert "connection states: 1" in text
+
+
 def test_forced_reload_reports_what_it_did(gb, tmp_path):
     said = run(gb.reload(force=True))
     assert "rules reloaded: ruleset" in said and "databases reloaded" in said

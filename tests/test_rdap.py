@@ -148,6 +148,8 @@ def test_public_ip_is_looked_up_once_then_cached(server: RdapServer, make) -> No
     st = loc.stats()
     assert (st["lookups"], st["answers"], st["negatives"], st["in_flight"], st["running"]) == (1, 1, 0, 0, 0)
     assert st["hits"] >= 502 and st["cache_entries"] == 1 and st["range_entries"] == 1
+    assert loc.sizes() == {"rdap": (1, loc.max_entries), "rdap ranges": (1, loc.max_entries),
+                           "rdap in flight": (0, loc.workers + loc.max_queued)}
 
 
 def test_ipv6_public_address(server: RdapServer, make) -> None:

@@ -40,7 +40,7 @@ from mitmproxy.proxy import layer as mlayer
 from mitmproxy.proxy.layers import tls as mtls
 from mitmproxy.tls import ClientHello
 
-from . import enforce, names as _names, record as _record, ruleset as _ruleset
+from . import enforce, names as _names, record as _record
 from .decide import Facts, Verdict, decide
 from .geo import Geo
 from .names import IPAddress, InvalidHost, normalize_host, normalize_ip
@@ -433,24 +433,15 @@ class GeoBlock:
     def caches(self) -> dict[str, tuple[int, int | None]]:
         """(entries, bound) of each of geoblock's caches, and the per-connection states held now (no
         bound: each ends with its connection, so they count the open connections geoblock has seen)."""
-        out: dict[str, tuple[int, int | None]] = {}
-        for label, fn in (("names", _names._normalize_host), ("addresses", _names._normalize_ip_text),
-                          ("unicode names", _names.unicode_name), ("record addresses", _record._text),
-                          ("rdap lookupable", rdap.lookupable)):
-            info = fn.cache_info()
-            out[label] = (info.currsize, info.maxsize)
+        out: dict[str, tuple[int, int | None]] = {**_names.cache_sizes(), **_record.cache_sizes(),
+                                                  **rdap.cache_sizes()}
         if self.ruleset is not None:
-            out["rule hits"] = (len(self.ruleset._hits_memo), _ruleset._HITS_MEMO)
+            out.update(self.ruleset.sizes())
         if self.geo is not None:
-            info = self.geo.lookup.cache_info()  # type: ignore[attr-defined]
-            out["geoip"] = (info.currsize, info.maxsize)
-        out["dns"] = (len(self.resolver._cache), self.resolver.max_entries)
-        out["dns in flight"] = (len(self.resolver._inflight), self.resolver._max_pending)
+            out.update(self.geo.sizes())
+        out.update(self.resolver.sizes())
         if self.rdap is not None:
-            st = self.rdap.stats()
-            out["rdap"] = (st["cache_entries"], self.rdap.max_entries)
-            out["rdap ranges"] = (st["range_entries"], self.rdap.max_entries)
-            out["rdap in flight"] = (st["in_flight"], self.rdap.workers + self.rdap.max_queued)
+            out.update(self.rdap.sizes())
         out["error causes"] = (len(self.errors_seen), None)
         out["connection states"] = (len(self.conns), None)
         return out

@@ -167,6 +167,11 @@ class Geo:
             if reader is not None and want not in self._borrowed:
                 reader.close()
 
+    def sizes(self) -> dict[str, tuple[int, int | None]]:
+        """(entries, bound) of the lookup cache, for geoblock.status."""
+        info = self.lookup.cache_info()  # type: ignore[attr-defined]
+        return {"geoip": (info.currsize, info.maxsize)}
+
     def describe(self) -> list[str]:
         out = []
         for what, info in (("country", self.country_info), ("ASN", self.asn_info)):

@@ -225,3 +225,10 @@ def unicode_name(name: str) -> str:
         return idna.decode(name)
     except (idna.IDNAError, UnicodeError):
         return name
+
+
+def cache_sizes() -> dict[str, tuple[int, int | None]]:
+    """(entries, bound) of this module's caches, for geoblock.status."""
+    return {label: (fn.cache_info().currsize, fn.cache_info().maxsize)
+            for label, fn in (("names", _normalize_host), ("addresses", _normalize_ip_text),
+                              ("unicode names", unicode_name))}

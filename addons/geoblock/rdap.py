@@ -192,6 +192,12 @@ def _answer_from(addr: IPAddress, result: Any) -> RdapAnswer:
     return RdapAnswer(code, None, start, end, handle)
 
 
+def cache_sizes() -> dict[str, tuple[int, int | None]]:
+    """(entries, bound) of this module's cache, for geoblock.status."""
+    info = lookupable.cache_info()
+    return {"rdap lookupable": (info.currsize, info.maxsize)}
+
+
 @lru_cache(maxsize=8192)
 def lookupable(addr: IPAddress) -> bool:
     """Whether an address could be in a registry's RDAP: globally routable, not special-purpose."""
@@ -427,6 +433,12 @@ class RdapLocator:
             del keys[i]
 
     # -- reporting and life cycle --------------------------------------------------------------------
+
+    def sizes(self) -> dict[str, tuple[int, int | None]]:
+        """(entries, bound) of the answer and range caches and of the lookups in flight."""
+        with self._lock:
+            return {"rdap": (len(self._cache), self.max_entries), "rdap ranges": (len(self._ranges), self.max_entries),
+                    "rdap in flight": (len(self._inflight), self.workers + self.max_queued)}
 
     def stats(self) -> dict[str, int]:
         """Counters: lookups (started), answers, negatives, skipped (not global or not an address),

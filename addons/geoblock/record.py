@@ -69,6 +69,12 @@ def stamped(rest: bytes) -> bytes:
     return _TS_OPEN + _timestamp().encode("ascii") + rest
 
 
+def cache_sizes() -> dict[str, tuple[int, int | None]]:
+    """(entries, bound) of this module's cache, for geoblock.status."""
+    info = _text.cache_info()
+    return {"record addresses": (info.currsize, info.maxsize)}
+
+
 def make_record(
     facts: Facts,
     verdict: Verdict,

@@ -131,5 +131,9 @@ class Resolver:
                 f"{self.stats['failures']} failures so far)"
             )
 
+    def sizes(self) -> dict[str, tuple[int, int | None]]:
+        """(entries, bound) of the answer cache and of the lookups in flight, for geoblock.status."""
+        return {"dns": (len(self._cache), self.max_entries), "dns in flight": (len(self._inflight), self._max_pending)}
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

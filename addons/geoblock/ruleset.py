@@ -155,6 +155,10 @@ class Ruleset:
         rules = self.rules
         return any(rules[i].needs_server_ip for name in names for i, _ in self.name_hits(name))
 
+    def sizes(self) -> dict[str, tuple[int, int | None]]:
+        """(entries, bound) of this ruleset's memo, for geoblock.status."""
+        return {"rule hits": (len(self._hits_memo), _HITS_MEMO)}
+
     def summary(self) -> dict[str, object]:
         counts = {a: 0 for a in SEVERITY}
         for rule in self.rules:
