@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import re
@@ -146,7 +147,8 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 def start_wrk(url: str, duration: float, connections: int, threads: int,
               script: Path | None) -> "tuple[subprocess.Popen[str], list[str]]":
-    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s", "--timeout", "10s", "--latency"]
+    seconds = max(1, math.ceil(duration))  # wrk takes whole seconds
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s", "--latency"]
     if script is not None:
         cmd += ["-s", str(script)]
     cmd.append(url)

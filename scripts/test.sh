@@ -4,9 +4,16 @@
 # GEOBLOCK_PYTHONS="3.12" limits the run; extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v curl >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq curl >/dev/null; else echo "test: curl is needed" >&2; exit 1; fi
-fi
+# curl: the tests' HTTP and TLS client; wrk: the benchmarks' load generator (tests/test_bench.py).
+for tool in curl wrk; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get install -y -qq "$tool" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null; }
+    else
+      echo "test: $tool is needed (sudo apt-get install -y $tool)" >&2; exit 1
+    fi
+  fi
+done
 status=0
 for ver in ${GEOBLOCK_PYTHONS:-3.11 3.12}; do
   venv="$(scripts/bootstrap.sh "$ver")"

@@ -1,0 +1,43 @@
+"""The benchmarks still run and still check what they measure (one short round each; no figure is
+asserted: figures belong to `make bench` and the README, never to a test)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_proxy_benchmark_runs_both_modes_and_checks_every_record(tmp_path: Path) -> None:
+    out = tmp_path / "proxy.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_proxy.py"), "--rounds", "1", "--duration", "1",
+         "--warmup", "0.5", "--server-check", "0.5", "--quiet-wait", "0", "--connections", "4",
+         "--noop-baseline", "--out", str(out)],
+        capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())
+    assert set(results["summary"]) == {"alternate", "concurrent"}
+    assert {(r["mode"], r["config"]) for r in results["rounds"]} == {
+        (mode, arm) for mode in ("alternate", "concurrent")
+        for arm in ("with geoblock", "without geoblock", "no-op script addon")}
+    for mode, summary in results["summary"].items():
+        log = summary["decision_log"]
+        assert log["records_all_as_expected"] and log["records_in_geoblock_rounds"] >= log["wrk_completed_requests"] > 0
+        for arm in ("with geoblock", "without geoblock", "no-op script addon"):
+            assert summary[arm]["non_2xx"] == 0 and summary[arm]["socket_errors"] == 0, (mode, arm)
+    assert results["mitmdump_errors"] == {"with geoblock": [], "without geoblock": [], "no-op script addon": []}
+    assert "### Concurrent rounds" in proc.stdout and "paired (each round's with/without" in proc.stdout
+
+
+def test_hook_benchmark_times_both_cases() -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_hook.py"), "--batch", "300"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any("the same request again:" in ln and "µs per request" in ln for ln in lines)
+    assert any("a new Host each request:" in ln and "µs per request" in ln for ln in lines)
