@@ -449,3 +449,14 @@ def test_every_form_of_a_blocked_address_is_blocked(gb, target):
     run(gb.requestheaders(f))
     assert f.response is not None and f.response.status_code == 451
     assert records(gb)[-1]["rule"] == "blocked-network"
+
+
+def test_a_record_line_is_compact_json_and_keeps_text_that_is_not_unicode():
+    from geoblock.record import encode_line
+
+    record = {"ts": "2026-11-24T00:00:00.000Z", "host": "bücher.example", "asn": 64500, "offshore": None}
+    line = encode_line(record)
+    assert line == (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    odd = {"sni": "a\udcffb", "n": 1}  # a lone surrogate (undecodable bytes from a peer): not UTF-8
+    line = encode_line(odd)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and json.loads(line) == odd
