@@ -14,6 +14,8 @@ for tool in curl wrk; do
     fi
   fi
 done
+# As root nothing is missing that a test needs: a skipped test then fails the run (tests/conftest.py).
+if [ "$(id -u)" = 0 ]; then export GEOBLOCK_REQUIRE_ALL="${GEOBLOCK_REQUIRE_ALL:-1}"; fi
 status=0
 for ver in ${GEOBLOCK_PYTHONS:-3.11 3.12}; do
   venv="$(scripts/bootstrap.sh "$ver")"

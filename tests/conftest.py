@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -15,6 +16,20 @@ from support.geodb import write_asn_db, write_country_db  # noqa: E402
 from support.servers import TestServer, make_pki  # noqa: E402
 
 SHIPPED_RULES = REPO / "rules"
+
+# Some tests need root (namespaces, nftables, mounts, port 53) and skip, saying why, where it is missing.
+# Where every test must run (CI, any run as root: scripts/test.sh sets this), a skip is a failure.
+REQUIRE_ALL = os.environ.get("GEOBLOCK_REQUIRE_ALL") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if REQUIRE_ALL and report.skipped:
+        why = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but GEOBLOCK_REQUIRE_ALL=1 says every test must run here: {why}"
 
 
 @pytest.fixture(scope="session")
