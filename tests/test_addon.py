@@ -460,3 +460,38 @@ def test_a_record_line_is_compact_json_and_keeps_text_that_is_not_unicode():
     odd = {"sni": "a\udcffb", "n": 1}  # a lone surrogate (undecodable bytes from a peer): not UTF-8
     line = encode_line(odd)
     assert line.endswith(b"\n") and line.count(b"\n") == 1 and json.loads(line) == odd
+
+
+def count_decisions(gb, monkeypatch) -> list:
+    judged = []
+    real = gb._decide
+
+    def spy(facts):
+        judged.append(facts.host)
+        return real(facts)
+    monkeypatch.setattr(gb, "_decide", spy)
+    return judged
+
+
+def test_with_rdap_on_a_server_it_cannot_place_keeps_the_judgement_and_one_it_may_place_does_not(gb, monkeypatch):
+    gb.tctx.configure(gb, geoblock_rdap=True, geoblock_rdap_url="http://127.0.0.1:9/")  # nothing answers
+    judged = count_decisions(gb, monkeypatch)
+    for target in ("192.0.2.1", "8.8.8.8"):  # documentation range (never looked up); a public address
+        first = http_flow("allowed.test", host=target)
+        run(gb.requestheaders(first))
+        run(gb.requestheaders(on_same_connection(first, "allowed.test", host=target)))
+    assert [r["country"] for r in records(gb)] == [None] * 4
+    assert len(judged) == 3  # 192.0.2.1 once; 8.8.8.8 twice: RDAP's answer may place it for the second
+
+
+def test_a_change_while_a_name_is_resolved_leaves_no_judgement_to_reuse(gb, monkeypatch):
+    judged = count_decisions(gb, monkeypatch)
+
+    async def reload_meanwhile(state, name, ip, names):
+        gb.generation += 1  # what a reload or an option change does while the resolver is waited for
+        return ip
+    monkeypatch.setattr(gb, "_server_ip", reload_meanwhile)
+    first = http_flow("allowed.test")
+    run(gb.requestheaders(first))
+    run(gb.requestheaders(on_same_connection(first, "allowed.test")))
+    assert len(judged) == 2 and len(records(gb)) == 2

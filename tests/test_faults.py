@@ -491,9 +491,6 @@ from geoblock import enforce  # noqa: E402
 from geoblock.addon import GeoBlock  # noqa: E402
 
 
-
-
-
 from mitmproxy import dns as mdns  # noqa: E402
 
 DNSMessage = getattr(mdns, "DNSMessage", None) or mdns.Message  # mitmproxy 12 renamed Message

@@ -151,13 +151,12 @@ class HttpMemo:
     A keep-alive client usually sends the same target, Host and SNI again and again. The verdict is a
     pure function of what the request shows, what the connection showed before (its CONNECT address
     and the names geoblock resolved for it, both fixed for the connection's life) and the ruleset,
-    databases and mode in force: when all of these are the same objects as last time, so is the
-    verdict. The request is still recorded, counted and enforced; only the line's time differs."""
+    databases and options in force (GeoBlock.generation changes with any of them): when all of these
+    are the same as last time, so is the verdict. The request is still recorded, counted and enforced;
+    only the line's time differs."""
 
     shows: tuple[Any, ...]  # request target, Host, URI authority, HTTP version, SNI, CONNECT address
-    ruleset: Ruleset
-    geo: Geo | None
-    monitor: bool
+    generation: int  # GeoBlock.generation when it was judged
     facts: Facts
     verdict: Verdict
     target_name: str | None
@@ -208,6 +207,7 @@ class GeoBlock:
         self.reloads = 0
         self.reload_interval = 2.0
         self.monitor = False
+        self.generation = 0  # +1 whenever the ruleset, the databases or an option changes (HttpMemo)
         self.sinkhole: IPAddress | None = None
 
     # ------------------------------------------------------------------ options
@@ -218,8 +218,7 @@ class GeoBlock:
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
-        for state in self.conns.values():
-            state.http_memo = None  # judge every request anew under the new options
+        self.generation += 1
         if "geoblock_rules" in updated:
             try:
                 ruleset = Ruleset.load(opts.geoblock_rules)
@@ -370,6 +369,7 @@ class GeoBlock:
             else:
                 old = self.ruleset.version if self.ruleset else "none"
                 self.ruleset = ruleset
+                self.generation += 1
                 self.reloads += 1
                 self.last_problem = None
                 s = ruleset.summary()
@@ -384,6 +384,7 @@ class GeoBlock:
                 Geo, opts.geoblock_country_db or None, opts.geoblock_asn_db or None, 65536, old_geo
             )
             self.geo = geo
+            self.generation += 1
             if old_geo is not None:
                 old_geo.close()  # readers handed over to the new Geo stay open
             for problem in geo.problems:
@@ -454,11 +455,17 @@ class GeoBlock:
             if facts.country is not None:
                 facts.country_source = "geoip"
                 return
-        if facts.server_ip is not None and self.rdap is not None and self.ruleset is not None and self.ruleset.needs_country:
+        if self._rdap_may_place(facts):
             # Non-blocking: a cached RDAP answer, else a background lookup for later flows.
-            country = self.rdap.country(facts.server_ip)
+            country = self.rdap.country(facts.server_ip)  # type: ignore[union-attr,arg-type]
             if country is not None:
                 facts.country, facts.country_source = country, rdap.SOURCE
+
+    def _rdap_may_place(self, facts: Facts) -> bool:
+        """Whether RDAP is asked for the country of this server: its answer may come for a later flow."""
+        rs = self.ruleset
+        return (facts.country is None and facts.server_ip is not None and self.rdap is not None
+                and rs is not None and rs.needs_country and rdap.lookupable(facts.server_ip))
 
     async def _server_ip(self, state: ConnState | None, name: str | None, ip: IPAddress | None,
                          names: tuple[str, ...]) -> IPAddress | None:
@@ -701,8 +708,7 @@ class GeoBlock:
             shows = (request.host, request.host_header, data.authority, data.http_version, flow.client_conn.sni,
                      state.connect_ip)
             memo = state.http_memo
-            if (memo is None or memo.shows != shows or memo.ruleset is not self.ruleset or memo.geo is not self.geo
-                    or memo.monitor != self.monitor):
+            if memo is None or memo.generation != self.generation or memo.shows != shows:
                 state.http_memo = None
                 return self._judge_request(flow, state, shows)
             memo.line_rest = self._record(memo.facts, memo.verdict, again=memo.line_rest)
@@ -724,13 +730,14 @@ class GeoBlock:
         facts.mismatch = target.mismatch
         # The request target is what mitmproxy dials: its IP, or its name resolved, places the server.
         name, ip = target.target_name, target.target_ip or state.connect_ip
+        generation = self.generation
         facts.server_ip = await self._server_ip(state, name, ip, facts.names)
         verdict = self._decide(facts)
         rest = self._record(facts, verdict)
-        rs = self.ruleset
-        if rs is not None and (facts.country is not None or self.rdap is None):
-            # (A server that only RDAP can place may be placed by a later request: judge each anew.)
-            state.http_memo = HttpMemo(shows, rs, self.geo, self.monitor, facts, verdict, name, rest)
+        # Kept unless the ruleset, databases or options changed while the name was resolved (the address
+        # was sought for the old ruleset), or RDAP may place the server for a later request.
+        if generation == self.generation and not self._rdap_may_place(facts):
+            state.http_memo = HttpMemo(shows, generation, facts, verdict, name, rest)
         self._enforce_request(flow, state, facts, verdict, name)
 
     def _enforce_request(self, flow: http.HTTPFlow, state: ConnState, facts: Facts, verdict: Verdict,

@@ -229,6 +229,6 @@ def unicode_name(name: str) -> str:
 
 def cache_sizes() -> dict[str, tuple[int, int | None]]:
     """(entries, bound) of this module's caches, for geoblock.status."""
-    return {label: (fn.cache_info().currsize, fn.cache_info().maxsize)
-            for label, fn in (("names", _normalize_host), ("addresses", _normalize_ip_text),
-                              ("unicode names", unicode_name))}
+    infos = {"names": _normalize_host.cache_info(), "addresses": _normalize_ip_text.cache_info(),
+             "unicode names": unicode_name.cache_info()}
+    return {label: (info.currsize, info.maxsize) for label, info in infos.items()}

@@ -156,7 +156,8 @@ class DecisionLog:
 
     def write_again(self, rest: bytes) -> bool:
         """Write a record that differs from one written before only in its time. Returns False, writing
-        nothing, when the next line must say how many records were lost (call `write` instead)."""
+        nothing, when the next line must say how many records were lost (call `write` instead). A failed
+        write returns True: the record is counted lost here, and must not be written (or lost) twice."""
         if self._gap:
             return False
         self._write_line(stamped(rest))
