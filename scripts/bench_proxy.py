@@ -27,10 +27,14 @@ request: stage "http", action "allow", the Host name).
 Noise: on a shared 2-core virtual machine, alternating rounds move by 10-30 % from one to the next. Each
 round records the CPU other processes used while it ran (and is flagged "disturbed" above 5 % of a CPU),
 and a speed index (a fixed pure-Python loop timed before and after) that shows the host's own load. The
-summary gives the ratio of the medians and the median of the per-round ratios; `--noop-baseline` adds a
-third mitmdump with a do-nothing script addon, to separate what any `-s` script costs from geoblock's work.
+summary gives the ratio of the medians and the median of the per-round ratios. Reference arms, each one
+more mitmdump without geoblock:
+- `--noop-baseline`: a do-nothing script addon, to separate what any `-s` script costs from geoblock's work;
+- `--frozen-baseline`: a script that only freezes the start-up heap as geoblock does (geoblock_gc_freeze),
+  so "with geoblock / frozen bare" is what geoblock costs apart from the collector's savings it brings.
 
     .venv-3.11/bin/python scripts/bench_proxy.py [--mode both] [--rounds 12] [--duration 10] [--noop-baseline]
+        [--frozen-baseline]
 """
 
 from __future__ import annotations
@@ -61,6 +65,15 @@ from support.proc import Mitmdump  # noqa: E402
 
 TARGET_RATIO = 0.95
 NOOP = "no-op script addon"
+FROZEN = "frozen bare"
+# Reference arms: label -> (script addon, what its column and summary line say).
+REFERENCES = {
+    NOOP: ("class NoOp:\n    name = 'benchnoop'\n\n    def requestheaders(self, flow):\n        pass\n\n\n"
+           "addons = [NoOp()]\n", "no-op script", "what any `-s` script costs"),
+    FROZEN: ("import gc\n\n\nclass Freeze:\n    name = 'benchfreeze'\n\n    def running(self):\n"
+             "        gc.collect()\n        gc.freeze()\n\n\naddons = [Freeze()]\n",
+             "frozen bare", "mitmdump alone with its start-up heap frozen as geoblock_gc_freeze does"),
+}
 DISTURBED = 0.05  # a round is "disturbed" when other processes used > 5 % of one CPU during it
 
 from bench_common import calibrate, source_state  # noqa: E402
@@ -286,6 +299,9 @@ def main() -> int:
                     help="before each round, wait up to this many seconds for other processes to be idle")
     ap.add_argument("--noop-baseline", action="store_true",
                     help="also run a third mitmdump with a do-nothing script addon (the cost of any -s script)")
+    ap.add_argument("--frozen-baseline", action="store_true",
+                    help="also run a mitmdump without geoblock whose start-up heap is frozen (gc.freeze) as "
+                         "geoblock_gc_freeze does: geoblock's cost apart from the collector's savings")
     ap.add_argument("--quiet-flows", action="store_true",
                     help="run both mitmdumps with flow_detail=0 (default: mitmdump's default flow output)")
     ap.add_argument("--mode", choices=("alternate", "concurrent", "both"), default="both",
@@ -366,13 +382,12 @@ def main() -> int:
         }, with_geoblock=True)
         without = Mitmdump(tmp / "conf-bare", options=common, with_geoblock=False)
         configs = {"with geoblock": with_gb, "without geoblock": without}
-        if args.noop_baseline:
-            # A third mitmdump with a do-nothing script addon: what loading any `-s` script costs.
-            noop = tmp / "noop_addon.py"
-            noop.write_text("class NoOp:\n    name = 'benchnoop'\n\n    def requestheaders(self, flow):\n"
-                            "        pass\n\n\naddons = [NoOp()]\n")
-            configs[NOOP] = Mitmdump(tmp / "conf-noop", options=common, with_geoblock=False,
-                                     extra_args=["-s", str(noop)])
+        for label, wanted in ((NOOP, args.noop_baseline), (FROZEN, args.frozen_baseline)):
+            if wanted:  # one more mitmdump without geoblock, running a reference script
+                addon = tmp / f"reference_{len(configs)}.py"
+                addon.write_text(REFERENCES[label][0])
+                configs[label] = Mitmdump(tmp / f"conf-{len(configs)}", options=common, with_geoblock=False,
+                                          extra_args=["-s", str(addon)])
         for m in configs.values():
             if proxy_cpu is not None:
                 m.args = ["taskset", "-c", str(proxy_cpu), *m.args]  # every thread of it, from exec on
@@ -518,6 +533,19 @@ def summarize(rounds: list[dict], labels: list[str], args: argparse.Namespace) -
     summary["median_quiet_pair_ratio"] = median([p["ratio"] for p in quiet]) if quiet else None
     summary["ratio_with_over_without"] = ratio
     summary["cpu_per_request_ratio"] = a["median_cpu_ms_per_request"] / b["median_cpu_ms_per_request"]
+    summary["reference_pairs"] = {}
+
+    def rate(r: int, config: str) -> float:
+        return next(x["req_per_s"] for x in rounds if x["round"] == r and x["config"] == config)
+
+    rs = range(1, args.rounds + 1)
+    for label in REFERENCES:
+        if label not in labels:
+            continue
+        summary["reference_pairs"][label] = {
+            "over_without": median([rate(r, label) / rate(r, "without geoblock") for r in rs]),
+            "geoblock_over": median([rate(r, "with geoblock") / rate(r, label) for r in rs]),
+        }
     summary["target_met"] = ratio >= TARGET_RATIO  # ratio of the medians
     summary["target_met_paired"] = summary["median_pair_ratio"] >= TARGET_RATIO  # median of the per-round ratios
     summary["decision_log"] = {
@@ -532,28 +560,29 @@ def summarize(rounds: list[dict], labels: list[str], args: argparse.Namespace) -
 def report(mode: str, rounds: list[dict], summary: dict, args: argparse.Namespace) -> None:
     a, b = summary["with geoblock"], summary["without geoblock"]
     ratio = summary["ratio_with_over_without"]
-    noop_on = NOOP in summary
+    refs = [label for label in REFERENCES if label in summary]
     print()
     print(f"### {MODE_TITLES[mode]}")
     print()
     print("| round | with geoblock req/s | without geoblock req/s | ratio | "
-          + ("no-op script req/s | " if noop_on else "")
+          + "".join(f"{REFERENCES[label][1]} req/s | " for label in refs)
           + "decision-log records / wrk requests | other processes' CPU s | speed index ms |")
-    print("|---:|---:|---:|---:|" + ("---:|" if noop_on else "") + "---|---|---|")
+    print("|---:|---:|---:|---:|" + "---:|" * len(refs) + "---|---|---|")
     for r in range(1, args.rounds + 1):
         ga = next(x for x in rounds if x["round"] == r and x["config"] == "with geoblock")
         gb = next(x for x in rounds if x["round"] == r and x["config"] == "without geoblock")
-        gn = next((x for x in rounds if x["round"] == r and x["config"] == NOOP), None)
+        extra = [next(x for x in rounds if x["round"] == r and x["config"] == label) for label in refs]
         flag = "" if summary["pairs"][r - 1]["quiet"] else " (disturbed)"
         other = (f"{ga['other_cpu_s']:.1f}" if mode == "concurrent"
                  else f"{ga['other_cpu_s']:.1f} / {gb['other_cpu_s']:.1f}")
         speed = (f"{statistics.fmean(ga['calibration_ms']):.0f}" if mode == "concurrent"
                  else f"{statistics.fmean(ga['calibration_ms']):.0f} / {statistics.fmean(gb['calibration_ms']):.0f}")
         print(f"| {r} | {ga['req_per_s']:,.0f} | {gb['req_per_s']:,.0f} | {summary['pairs'][r - 1]['ratio']:.3f} | "
-              + (f"{gn['req_per_s']:,.0f} | " if gn else "")
+              + "".join(f"{x['req_per_s']:,.0f} | " for x in extra)
               + f"{ga['decision_log']['records']} / {ga['requests']} | {other}{flag} | {speed} |")
     print(f"| **median** | **{a['median_req_per_s']:,.0f}** | **{b['median_req_per_s']:,.0f}** | "
-          f"**{ratio:.3f}** | " + (f"**{summary[NOOP]['median_req_per_s']:,.0f}** | " if noop_on else "") + "| | |")
+          f"**{ratio:.3f}** | " + "".join(f"**{summary[label]['median_req_per_s']:,.0f}** | " for label in refs)
+          + "| | |")
     print()
     verdict = "met" if ratio >= TARGET_RATIO else f"MISSED by {(TARGET_RATIO - ratio) * 100:.1f} points"
     print(f"- ratio with/without (medians): **{ratio:.3f}** (target ≥ {TARGET_RATIO}: {verdict})")
@@ -567,15 +596,19 @@ def report(mode: str, rounds: list[dict], summary: dict, args: argparse.Namespac
           f"over the {summary['quiet_pairs']} undisturbed round(s): "
           + (f"{qp:.3f}" if qp is not None else "none") + " (a round is disturbed when other processes used more than "
           f"{DISTURBED * 100:.0f} % of a CPU during it)")
-    if noop_on:
-        n = summary[NOOP]
-        print(f"- no-op script addon / without: {n['median_req_per_s'] / b['median_req_per_s']:.3f} (req/s), "
-              f"CPU per request {n['median_cpu_ms_per_request']:.3f} ms: what any `-s` script costs")
+    for label in refs:
+        n = summary[label]
+        print(f"- {REFERENCES[label][1]} / without: {n['median_req_per_s'] / b['median_req_per_s']:.3f} (medians), "
+              f"{summary['reference_pairs'][label]['over_without']:.3f} (paired); with geoblock / {REFERENCES[label][1]}: "
+              f"{a['median_req_per_s'] / n['median_req_per_s']:.3f} (medians), "
+              f"{summary['reference_pairs'][label]['geoblock_over']:.3f} (paired); CPU per request "
+              f"{n['median_cpu_ms_per_request']:.3f} ms: {REFERENCES[label][2]}")
     print(f"- mitmdump CPU per request (median): {a['median_cpu_ms_per_request']:.3f} ms with, "
           f"{b['median_cpu_ms_per_request']:.3f} ms without (×{summary['cpu_per_request_ratio']:.3f})")
     if mode == "concurrent":
         print(f"- share of a CPU each mitmdump got (median): {a['median_cpu_share']:.2f} with, "
-              f"{b['median_cpu_share']:.2f} without" + (f", {summary[NOOP]['median_cpu_share']:.2f} no-op" if noop_on else ""))
+              f"{b['median_cpu_share']:.2f} without"
+              + "".join(f", {summary[label]['median_cpu_share']:.2f} {REFERENCES[label][1]}" for label in refs))
     print(f"- latency p50/p99 (median of rounds): "
           f"{a['median_p50_latency_ms']:.1f}/{a['median_p99_latency_ms']:.1f} ms with, "
           f"{b['median_p50_latency_ms']:.1f}/{b['median_p99_latency_ms']:.1f} ms without")

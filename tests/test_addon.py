@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 
 import pytest
@@ -495,3 +496,55 @@ def test_a_change_while_a_name_is_resolved_leaves_no_judgement_to_reuse(gb, monk
     run(gb.requestheaders(first))
     run(gb.requestheaders(on_same_connection(first, "allowed.test")))
     assert len(judged) == 2 and len(records(gb)) == 2
+
+
+def test_start_up_heap_leaves_the_collectors_scans_and_a_reload_frees_the_old_rules(gb):
+    """geoblock_gc_freeze (default on): after running(), what is alive (code, compiled rules, readers)
+    is frozen out of full collections; a reload unfreezes, collects and freezes again, so a replaced
+    ruleset is freed even when it sits in a reference cycle."""
+    import gc
+    import weakref
+    from geoblock import heap
+
+    async def serve_then_reload():
+        gb.running()
+        frozen = heap.frozen()
+        assert frozen > 10_000  # mitmproxy's and geoblock's loaded code and data
+        assert not any(o is gb.ruleset for o in gc.get_objects())  # out of the collector's scans
+        text = gb.tctx.master.commands.execute("geoblock.status")
+        shown = re.search(r"objects kept out of the collector's scans: (\d+)\n?", text)
+        assert shown and int(shown[1]) > 10_000
+        old = gb.ruleset
+        old.cycle = old  # a cycle: only the collector can free it, never while it is frozen
+        gone = weakref.ref(old)
+        del old
+        said = await gb.reload(force=True)
+        assert "rules reloaded" in said
+        assert gone() is None and gb.ruleset is not None
+        assert not any(o is gb.ruleset for o in gc.get_objects())  # the new ruleset is frozen in turn
+
+    try:
+        asyncio.run(serve_then_reload())
+    finally:
+        heap.release()
+
+
+def test_gc_freeze_off_leaves_the_collector_alone_and_switching_it_releases(gb):
+    from geoblock import heap
+
+    async def serve():
+        heap.release()
+        base = heap.frozen()
+        gb.tctx.configure(gb, geoblock_gc_freeze=False)
+        gb.running()
+        assert heap.frozen() == base
+        assert "(geoblock_gc_freeze is off)" in gb.tctx.master.commands.execute("geoblock.status")
+        gb.tctx.configure(gb, geoblock_gc_freeze=True)  # switched on while serving: applied at once
+        assert heap.frozen() > base + 10_000
+        gb.tctx.configure(gb, geoblock_gc_freeze=False)  # and off: everything goes back to the collector
+        assert heap.frozen() == base
+
+    try:
+        asyncio.run(serve())
+    finally:
+        heap.release()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+ARMS = ("with geoblock", "without geoblock", "no-op script addon", "frozen bare")
 
 
 def test_proxy_benchmark_runs_both_modes_and_checks_every_record(tmp_path: Path) -> None:
@@ -16,7 +17,7 @@ def test_proxy_benchmark_runs_both_modes_and_checks_every_record(tmp_path: Path)
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "bench_proxy.py"), "--rounds", "1", "--duration", "1",
          "--warmup", "0.5", "--server-check", "0.5", "--quiet-wait", "0", "--connections", "4",
-         "--noop-baseline", "--out", str(out)],
+         "--noop-baseline", "--frozen-baseline", "--out", str(out)],
         capture_output=True, text=True, timeout=180, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -24,14 +25,15 @@ def test_proxy_benchmark_runs_both_modes_and_checks_every_record(tmp_path: Path)
     assert set(results["summary"]) == {"alternate", "concurrent"}
     assert {(r["mode"], r["config"]) for r in results["rounds"]} == {
         (mode, arm) for mode in ("alternate", "concurrent")
-        for arm in ("with geoblock", "without geoblock", "no-op script addon")}
+        for arm in ARMS}
     for mode, summary in results["summary"].items():
         log = summary["decision_log"]
         assert log["records_all_as_expected"] and log["records_in_geoblock_rounds"] >= log["wrk_completed_requests"] > 0
-        for arm in ("with geoblock", "without geoblock", "no-op script addon"):
+        for arm in ARMS:
             assert summary[arm]["non_2xx"] == 0 and summary[arm]["socket_errors"] == 0, (mode, arm)
-    assert results["mitmdump_errors"] == {"with geoblock": [], "without geoblock": [], "no-op script addon": []}
+    assert results["mitmdump_errors"] == {arm: [] for arm in ARMS}
     assert "### Concurrent rounds" in proc.stdout and "paired (each round's with/without" in proc.stdout
+    assert proc.stdout.count("- frozen bare / without: ") == 2 and proc.stdout.count("- no-op script / without: ") == 2
 
 
 def test_hook_benchmark_times_both_cases() -> None:

@@ -159,8 +159,11 @@ def test_sighup_reloads_and_connections_in_flight_survive(tmp_path, web):
         (s.rules / "crypto.yaml").write_text("rules:\n  - {id: crypto, action: block, domains: [okx.com]}\n")
         time.sleep(0.5)
         assert s.http(target, "okx.com") == 200  # no watching: not yet
+        settled = "long-lived objects moved out of the collector's scans"  # geoblock_gc_freeze, at start-up
+        assert s.proxy.output().count(settled) == 1
         s.proxy.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "rules reloaded" in s.proxy.output(), what="the SIGHUP reload")
+        wait_for(lambda: s.proxy.output().count(settled) == 2, what="the new ruleset frozen in turn")
         assert s.http(target, "okx.com") == 451
         sock.sendall(req)
         assert read_response(reader).startswith(b"HTTP/1.1 200")  # the old connection still works
