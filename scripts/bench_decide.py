@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO / "addons"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from geoblock.decide import Facts, Verdict, decide  # noqa: E402
+from geoblock import heap  # noqa: E402
 from geoblock.geo import Geo  # noqa: E402
 from geoblock.names import normalize_host, normalize_ip  # noqa: E402
 from geoblock.ruleset import Ruleset  # noqa: E402
@@ -293,6 +294,29 @@ def fmt(x: float) -> str:
     return f"{x:.1f}" if x < 100 else f"{x:.0f}"
 
 
+def heap_now() -> tuple[int, float]:
+    """(containers the cyclic collector tracks, median ms of a full collection)."""
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        gc.collect()
+        times.append((time.perf_counter() - t0) * 1000)
+    return len(gc.get_objects()), statistics.median(times)
+
+
+def collector_cost(before: tuple[int, float]) -> dict:
+    """What the compiled ruleset held now costs Python's cyclic collector: the containers it adds to every
+    full collection's walk and the time it adds to one, then the same after heap.settle() (what
+    geoblock_gc_freeze does after start-up and after each reload). `before`: heap_now() without it."""
+    with_rules = heap_now()
+    heap.settle()
+    settled = heap_now()
+    heap.release()
+    return {"tracked_before": before[0], "full_collection_ms_before": before[1],
+            "tracked_with_ruleset": with_rules[0], "full_collection_ms_with_ruleset": with_rules[1],
+            "tracked_after_settle": settled[0], "full_collection_ms_after_settle": settled[1]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--iterations", type=int, default=200_000)
@@ -346,6 +370,7 @@ def main() -> int:
         generated = write_big_rules(big_dir, args.domains, rng)
         size = sum(p.stat().st_size for p in big_dir.iterdir())
         load_times = []
+        heap_before = heap_now()
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         big = None
         for _ in range(args.loads):
@@ -375,6 +400,8 @@ def main() -> int:
             "max_rss_growth_mb": (rss1 - rss0) / 1024,  # ru_maxrss is in KiB on Linux
         }
         results["cases"].append(case_b)
+        results["collector"] = collector_cost(heap_before)
+        big = None
         geo.close()
 
     # Report
@@ -415,6 +442,13 @@ def main() -> int:
           f"{load['yaml_bytes'] / 1e6:.1f} MB YAML): median {load['median_s']:.2f} s "
           f"(runs: {', '.join(f'{t:.2f}' for t in load['seconds'])} s); "
           f"peak RSS grew by {load['max_rss_growth_mb']:.0f} MB.")
+    gcc = results["collector"]
+    print(f"Python's cyclic collector: the compiled {results['cases'][1]['domains']}-domain ruleset adds "
+          f"{gcc['tracked_with_ruleset'] - gcc['tracked_before']:,} containers to every full collection "
+          f"({gcc['tracked_before']:,} -> {gcc['tracked_with_ruleset']:,}), which then takes "
+          f"{gcc['full_collection_ms_with_ruleset']:.1f} ms instead of {gcc['full_collection_ms_before']:.1f} ms; "
+          f"after heap.settle() (geoblock_gc_freeze) {gcc['tracked_after_settle']:,} are left to walk and a full "
+          f"collection takes {gcc['full_collection_ms_after_settle']:.1f} ms.")
     for c in results["cases"]:
         print(f"Other processes on the machine used {c['other_processes_cpu_s']:.1f} CPU-s during the "
               f"{c['timed_wall_s']:.1f} s of timing of '{c['label']}' (0 = undisturbed); speed index "
