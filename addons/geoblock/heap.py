@@ -4,7 +4,7 @@ CPython's cyclic collector walks every tracked container it holds in its oldest 
 collection. In a running proxy that is the code loaded at start-up (modules, functions, classes), the
 compiled ruleset and the databases' readers: objects that live as long as the process, or until a reload
 replaces them, and that the collector can never free. A full collection stalls every connection while it
-walks them (about 80 ms for mitmdump's own start-up heap; 50 to 80 ms more for a 100,000-domain
+walks them (about 80 ms for mitmdump's own start-up heap; 45 to 65 ms more for a 100,000-domain
 ruleset), and the walks add up to a few per cent of the proxy's CPU.
 
 `settle()` collects once and moves every object then alive into the collector's permanent generation
