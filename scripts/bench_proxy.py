@@ -70,8 +70,9 @@ FROZEN = "frozen bare"
 REFERENCES = {
     NOOP: ("class NoOp:\n    name = 'benchnoop'\n\n    def requestheaders(self, flow):\n        pass\n\n\n"
            "addons = [NoOp()]\n", "no-op script", "what any `-s` script costs"),
-    FROZEN: ("import gc\n\n\nclass Freeze:\n    name = 'benchfreeze'\n\n    def running(self):\n"
-             "        gc.collect()\n        gc.freeze()\n\n\naddons = [Freeze()]\n",
+    FROZEN: (f"import sys\n\nsys.path.insert(0, {str(REPO / 'addons')!r})\nfrom geoblock import heap  # noqa: E402\n\n\n"
+             "class Freeze:\n    name = 'benchfreeze'\n\n    def running(self):\n        heap.settle()\n\n\n"
+             "addons = [Freeze()]\n",
              "frozen bare", "mitmdump alone with its start-up heap frozen as geoblock_gc_freeze does"),
 }
 DISTURBED = 0.05  # a round is "disturbed" when other processes used > 5 % of one CPU during it

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
 import re
 import shutil
+import weakref
 
 import pytest
 from mitmproxy.addons import proxyserver
@@ -17,7 +19,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 import geoblock.addon as addon_mod
 from support.evasion_tls import client_hello
-from geoblock import enforce
+from geoblock import enforce, heap
 from geoblock.addon import GeoBlock
 
 
@@ -502,9 +504,6 @@ def test_start_up_heap_leaves_the_collectors_scans_and_a_reload_frees_the_old_ru
     """geoblock_gc_freeze (default on): after running(), what is alive (code, compiled rules, readers)
     is frozen out of full collections; a reload unfreezes, collects and freezes again, so a replaced
     ruleset is freed even when it sits in a reference cycle."""
-    import gc
-    import weakref
-    from geoblock import heap
 
     async def serve_then_reload():
         gb.running()
@@ -530,8 +529,6 @@ def test_start_up_heap_leaves_the_collectors_scans_and_a_reload_frees_the_old_ru
 
 
 def test_gc_freeze_off_leaves_the_collector_alone_and_switching_it_releases(gb):
-    from geoblock import heap
-
     async def serve():
         heap.release()
         base = heap.frozen()

@@ -82,8 +82,10 @@ class Mitmdump(LoggedProcess):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mitmdump exited with {self.proc.returncode}:\n{self.output()}")
             # mitmproxy 12 accepts TCP before its scripts are configured (the connection waits), so
-            # "ready" is its own "listening" line, after the scripts have loaded.
-            if "listening at" in self.output():
+            # "ready" is its own "listening" line, after the scripts have loaded: one line for each mode's
+            # server (with --mode regular --mode dns@PORT, the DNS server may bind a moment after the
+            # first, and a UDP question sent before that is lost).
+            if self.output().count("listening at") >= max(1, self.args.count("--mode")):
                 try:
                     with socket.create_connection(("127.0.0.1", self.port), timeout=2):
                         return self
