@@ -429,11 +429,12 @@ class ClientHelloTarget(Target):
     def setup(self) -> None:
         from mitmproxy.addons import proxyserver
         from mitmproxy.proxy import context, events, layer
+        from mitmproxy.proxy.layers import modes
         from mitmproxy.net.tls import starts_like_tls_record
         from mitmproxy.proxy.layers import tls as mtls
         from mitmproxy.test import taddons, tflow
 
-        from geoblock import enforce
+        from geoblock import enforce, hold
         from geoblock.addon import GeoBlock
 
         work = workdir()
@@ -452,9 +453,10 @@ class ClientHelloTarget(Target):
         )
         logging.getLogger("geoblock").setLevel(logging.CRITICAL)
         self.loop = asyncio.new_event_loop()
-        self._context, self._events, self._layer, self._tflow = context, events, layer, tflow
+        self._context, self._events, self._layer, self._tflow, self._modes = context, events, layer, tflow, modes
         self._parse, self._starts_like_tls = mtls.parse_client_hello, starts_like_tls_record
-        self._deny = enforce.DenyTLS
+        self._deny = (enforce.DenyTLS, enforce.DenyStream)
+        self._hold = hold.HoldFirstBytes
 
     # -- input -> client bytes
 
@@ -509,23 +511,21 @@ class ClientHelloTarget(Target):
         client.peername = ("127.0.0.1", 50000)
         ctx = self._context.Context(client, self.tctx.options)
         ctx.server.address = server
+        self._modes.TransparentProxy(ctx)  # the layer below a layer choice (mitmproxy's choice reads the stack)
         nl = self._layer.NextLayer(ctx)
         nl.events.append(self._events.DataReceived(client, data))
         errors_before = dict(gb.errors_seen)
         try:
             self.loop.run_until_complete(gb.next_layer(nl))
             state = gb.conns.get(client.id)
+            judged = state.tls_judged.get(ctx) if state is not None else None
             if isinstance(nl.layer, self._deny):
                 outcome = "block"
-            elif type(nl.layer).__name__ == "AwaitClientHello":
-                outcome = "waiting"  # geoblock holds the bytes until the ClientHello is whole
-            elif nl.layer is not None:
-                outcome = f"layer {type(nl.layer).__name__}"
-            elif state is None:
+            elif isinstance(nl.layer, self._hold):
+                outcome = "waiting"  # geoblock holds the bytes until they show what the stream is
+            elif judged is None:
                 outcome = "not-tls"
-            elif not state.tls_decided:
-                outcome = "waiting"
-            elif state.tls_allowed:
+            elif judged:
                 outcome = "allow"
             else:
                 outcome = "undecided"

@@ -14,12 +14,12 @@ import weakref
 import pytest
 from mitmproxy.addons import proxyserver
 from mitmproxy.proxy import commands, context, events, layer
-from mitmproxy.proxy.layers import tls
+from mitmproxy.proxy.layers import modes, tls
 from mitmproxy.test import taddons, tflow, tutils
 
 import geoblock.addon as addon_mod
 from support.evasion_tls import client_hello
-from geoblock import enforce, heap
+from geoblock import enforce, heap, hold
 from geoblock.addon import GeoBlock
 
 
@@ -56,6 +56,7 @@ def next_layer_for(gb, sni, server=("127.0.0.2", 443), data=None):
     client.peername = ("127.0.0.1", 50000)
     ctx = context.Context(client, gb.tctx.options)
     ctx.server.address = server
+    modes.TransparentProxy(ctx)  # the layer below a layer choice (mitmproxy's choice reads the stack)
     nl = layer.NextLayer(ctx)
     nl.events.append(events.DataReceived(client, data if data is not None else client_hello(sni)))
     return nl
@@ -85,7 +86,7 @@ def test_blocked_sni_gets_a_tls_alert_layer(gb, sni):
 def test_allowed_sni_passes_through_undecrypted(gb):
     nl = next_layer_for(gb, "allowed.test", server=("127.0.0.1", 443))
     run(gb.next_layer(nl))
-    assert nl.layer is None  # mitmproxy's own layer choice goes on
+    assert isinstance(nl.layer, tls.ServerTLSLayer)  # mitmproxy's own layer choice, put in place by geoblock
     data = tls.ClientHelloData(nl.context, tls.parse_client_hello(client_hello("allowed.test")))
     run(gb.tls_clienthello(data))
     assert data.ignore_connection is True
@@ -114,10 +115,10 @@ def test_partial_client_hello_waits_for_more(gb):
     nl = next_layer_for(gb, None, data=hello[:20])
     run(gb.next_layer(nl))
     # held by geoblock (mitmproxy would otherwise pick its TLS layer on these bytes); nothing decided yet
-    assert isinstance(nl.layer, enforce.AwaitClientHello)
+    assert isinstance(nl.layer, hold.HoldFirstBytes)
     assert not gb.log_path.exists() or records(gb) == []
     # once whole, the bytes go to a fresh NextLayer, whose hook decides
-    whole = layer.NextLayer(nl.context)
+    whole = hold.Replayed(nl.context, expired=False)
     whole.events.append(events.DataReceived(nl.context.client, hello))
     run(gb.next_layer(whole))
     assert isinstance(whole.layer, enforce.DenyTLS)
@@ -195,7 +196,7 @@ def test_monitor_mode_blocks_nothing_and_records_everything(gb):
     assert f.response is None
     nl = next_layer_for(gb, "binance.com")
     run(gb.next_layer(nl))
-    assert nl.layer is None
+    assert isinstance(nl.layer, tls.ServerTLSLayer)  # not refused: the TLS goes on
     recs = records(gb)[-2:]
     assert [(r["action"], r["enforced"]) for r in recs] == [("block", False), ("block", False)]
 
@@ -400,7 +401,7 @@ def test_encrypted_client_hello_is_recorded_and_logged(gb):
     assert tls.parse_client_hello(hello).sni == "cloudflare-ech.com"  # still a valid ClientHello
     nl = next_layer_for(gb, None, server=("127.0.0.1", 443), data=hello)
     run(gb.next_layer(nl))
-    assert nl.layer is None  # policy ech: log (the shipped default)
+    assert isinstance(nl.layer, tls.ServerTLSLayer)  # policy ech: log (the shipped default)
     rec = records(gb)[-1]
     assert rec["ech"] is True and (rec["action"], rec["rule"]) == ("log", "policy:ech")
     assert "Encrypted Client Hello" in rec["reason"] and "cloudflare-ech.com" in rec["reason"]
@@ -419,7 +420,7 @@ def test_encrypted_client_hello_can_be_blocked_by_policy(gb, tmp_path, rules_dir
     assert records(gb)[-1]["rule"] == "policy:ech"
     plain = next_layer_for(gb, "public.example", server=("127.0.0.1", 443))
     run(gb.next_layer(plain))
-    assert plain.layer is None  # without ECH the same name passes
+    assert isinstance(plain.layer, tls.ServerTLSLayer)  # without ECH the same name passes
 
 
 def test_sni_host_mismatch_is_recorded(gb):

@@ -101,7 +101,7 @@ def proxy(tmp_path_factory, geo_dir, pki):
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory, geo_dir, pki):
     with start_proxy(tmp_path_factory.mktemp("evasion-strict"), geo_dir, pki, geoblock_intercept=True,
-                     policy={"ech": "block", "name_mismatch": "block"}) as m:
+                     policy={"ech": "block", "name_mismatch": "block", "unreadable": "block"}) as m:
         yield m
 
 
@@ -146,9 +146,16 @@ class Log:
         assert not found, found
 
 
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory, geo_dir, pki):
+    """The shipped policy, and first bytes held at most 1 s."""
+    with start_proxy(tmp_path_factory.mktemp("evasion-impatient"), geo_dir, pki, geoblock_hold_timeout="1") as m:
+        yield m
+
+
 @pytest.fixture
 def log(request):
-    for name in ("proxy", "strict", "intercepting"):
+    for name in ("proxy", "strict", "intercepting", "impatient"):
         if name in request.fixturenames:
             return Log(request.getfixturevalue(name))
     return None
@@ -855,6 +862,203 @@ def test_garbage_after_16_03_is_held_and_nothing_is_dialled(proxy, servers, log)
     log.none(stage="tls")
 
 
+# ============================================================== 10. streams geoblock cannot read at once
+
+BLOCKED_REQUEST = b"GET / HTTP/1.1\r\nHost: binance.com\r\nConnection: close\r\n\r\n"
+
+
+def send_segments(sock: socket.socket, chunks: list[bytes], pause: float = 0.5) -> None:
+    """Send `chunks` as separate TCP segments, `pause` seconds apart."""
+    for i, part in enumerate(chunks):
+        if i:
+            time.sleep(pause)
+        sock.sendall(part)
+
+
+STREAM_TRICKS = {
+    "empty-line": [b"\r\n" + BLOCKED_REQUEST],
+    "three-empty-lines": [b"\r\n\r\n\n" + BLOCKED_REQUEST],
+    "empty-line-alone-first": [b"\r\n", BLOCKED_REQUEST],
+    "1-byte-first": [BLOCKED_REQUEST[:1], BLOCKED_REQUEST[1:]],
+    "method-first": [BLOCKED_REQUEST[:3], BLOCKED_REQUEST[3:]],
+}
+
+
+@pytest.mark.parametrize("trick", list(STREAM_TRICKS))
+def test_a_request_behind_empty_lines_or_split_is_judged(proxy, servers, log, trick):
+    """RFC 9112 2.2 lets servers ignore empty lines before the request line (the test server does); a
+    first segment of 1-3 bytes made mitmproxy relay the stream as raw TCP (fixed: held, then judged)."""
+    s = servers["http2"]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        send_segments(sock, STREAM_TRICKS[trick])
+        answer, _ = read_all(sock)
+    assert status(answer) == 451 and b"offshore-crypto-exchanges" in answer, answer[:300]
+    assert s.connections == 0 and s.requests == []
+    rec = log.wait(stage="http", action="block")
+    assert (rec["rule"], rec["name"]) == ("offshore-crypto-exchanges", "binance.com")
+
+
+@pytest.mark.parametrize("trick", ["empty-line", "1-byte-first"])
+def test_a_request_behind_an_empty_line_inside_decrypted_tls_is_judged(intercepting, servers, trick):
+    log = Log(intercepting)
+    s = servers["https2"]
+    sock = tunnel(intercepting, f"127.0.0.2:{s.port}")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # mitmproxy's certificate
+    with context.wrap_socket(sock, server_hostname="allowed.test") as tls:
+        send_segments(tls, STREAM_TRICKS[trick])
+        answer, _ = read_all(tls)
+    assert status(answer) == 451 and b"offshore-crypto-exchanges" in answer, answer[:300]
+    assert s.requests == []
+    rec = log.wait(stage="http", action="block")
+    assert (rec["rule"], rec["name"]) == ("offshore-crypto-exchanges", "binance.com")
+
+
+def test_http2_preface_split_after_two_bytes_is_not_relayed(proxy, servers, log):
+    """`PR`, then the rest of the HTTP/2 prior-knowledge preface and a request for a blocked name:
+    mitmproxy relayed it as raw TCP (fixed: held, read as HTTP, which refuses prior knowledge)."""
+    s = servers["http2"]
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
+                          (":authority", "binance.com")], end_stream=True)
+    data = conn.data_to_send()
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        send_segments(sock, [data[:2], data[2:]])
+        answer, closed = read_all(sock)
+    assert closed and b"200" not in answer
+    assert s.connections == 0
+
+
+def test_an_unreadable_stream_is_judged_on_its_address(proxy, servers, log):
+    """Bytes that are neither HTTP nor TLS (an SSH banner) to an allowed address: relayed, and recorded
+    with the policy's `unreadable` verdict (log)."""
+    s = servers["http2"]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        sock.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+        read_all(sock, timeout=2)
+    assert s.connections == 1
+    rec = log.wait(stage="stream")
+    assert (rec["action"], rec["rule"], rec["server_ip"], rec["country"]) == (
+        "log", "policy:unreadable", "127.0.0.2", "SG")
+    assert bytes.fromhex(rec["first_bytes"]).startswith(b"SSH-2.0-")
+
+
+@pytest.mark.parametrize("payload", [b"SSH-2.0-OpenSSH_9.2\r\n", bytes(range(256)), b"\x00" * 5],
+                         ids=["ssh-banner", "all-bytes", "nul"])
+def test_unreadable_block_refuses_streams_that_show_no_name(strict, servers, payload):
+    log = Log(strict)
+    s = servers["http2"]
+    sock = tunnel(strict, f"127.0.0.2:{s.port}")
+    with sock:
+        sock.sendall(payload)
+        answer, closed = read_all(sock)
+    assert answer == b"" and closed
+    assert s.connections == 0
+    rec = log.wait(stage="stream")
+    assert (rec["action"], rec["rule"], rec["enforced"]) == ("block", "policy:unreadable", True)
+
+
+def test_first_bytes_that_stay_incomplete_are_refused_in_time(impatient, servers, log):
+    """Part of a request line, and nothing more: held for geoblock_hold_timeout (1 s here), then refused
+    (on_error), never relayed."""
+    s = servers["http2"]
+    sock = tunnel(impatient, f"127.0.0.2:{s.port}")
+    with sock:
+        sock.sendall(b"GET / HT")
+        answer, closed = read_all(sock, timeout=8)
+    assert answer == b"" and closed
+    assert s.connections == 0
+    rec = log.wait(stage="stream")
+    assert rec["action"] == "block" and rec["error"].startswith("Failure")
+    assert "within 1 s" in rec["reason"]
+
+
+def test_a_first_line_past_the_hold_limit_is_refused(proxy, servers, log):
+    s = servers["http2"]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(b"GET /" + b"a" * (64 * 1024))
+        answer, closed = read_all(sock)
+    assert answer == b"" and closed
+    assert s.connections == 0
+    rec = log.wait(stage="stream")
+    assert rec["action"] == "block" and "no complete request line or TLS ClientHello" in rec["reason"]
+
+
+# ============================================================== 11. protocol switches
+
+def _upgrade_request(port: int, protocol: str) -> bytes:
+    return (f"GET http://127.0.0.2:{port}/ HTTP/1.1\r\nHost: allowed.test\r\nConnection: Upgrade\r\n"
+            f"Upgrade: {protocol}\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("protocol", ["h2c, websocket2", "H2C", "foo/1.0"], ids=["h2c-in-a-list", "h2c-upper",
+                                                                                 "other"])
+def test_a_switch_to_a_protocol_geoblock_cannot_read_is_refused(proxy, servers, log, protocol):
+    """A 101 to anything but WebSocket: mitmproxy relayed the rest as raw TCP, so a later request on the
+    connection (for a blocked name) reached the server unjudged (fixed: the 101 becomes a 502)."""
+    s = servers["http2"]
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(_upgrade_request(s.port, protocol))
+        sock.settimeout(5)
+        head = sock.recv(65536)
+        with contextlib.suppress(OSError):
+            sock.sendall(BLOCKED_REQUEST)
+        rest, _ = read_all(sock, timeout=2)
+    assert status(head) == 502 and b"101" not in head.split(b"\r\n")[0], head[:300]
+    assert b"switched: " not in rest  # the server never echoed what followed
+    assert s.switched == []
+    rec = log.wait(stage="http", action="block")
+    assert rec["upgrade"] and "switched the connection" in rec["reason"]
+
+
+def test_websocket_keeps_working(proxy, servers, log):
+    s = servers["http2"]
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(_upgrade_request(s.port, "websocket").replace(
+            b"\r\n\r\n", f"\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()))
+        sock.settimeout(5)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        mask = b"\x01\x02\x03\x04"
+        sock.sendall(b"\x81\x85" + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(b"hello")))
+        frame = sock.recv(4096)
+    assert frame == b"\x81\x05hello"
+    assert s.switched == [b"hello"]
+    log.none(action="block")
+
+
+def test_tls_inside_a_tunnel_inside_tls_is_judged(proxy, servers, pki, log):
+    """A secure web proxy: the client speaks TLS to the proxy itself, then CONNECTs to an address and
+    sends a ClientHello for a blocked name. Its TLS to the proxy made geoblock count the connection's TLS
+    as judged, and the inner ClientHello passed (fixed: judged per layer)."""
+    s = servers["https2"]
+
+    def through_secure_proxy(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["curl", "-sS", "--max-time", "10", "--proxy", f"https://127.0.0.1:{proxy.port}",
+                               "--proxy-insecure", "--cacert", str(pki.ca_pem), "--connect-to",
+                               f"{name}:{s.port}:127.0.0.2:{s.port}", f"https://{name}:{s.port}/"],
+                              capture_output=True, text=True, timeout=30)
+
+    r = through_secure_proxy("binance.com")
+    assert r.returncode == 35 and "alert access denied" in r.stderr, (r.returncode, r.stderr)
+    assert s.connections == 0
+    rec = log.wait(stage="tls", sni="binance.com")
+    assert (rec["action"], rec["rule"]) == ("block", "offshore-crypto-exchanges")
+    # an allowed name through the same kind of proxy: the server's own certificate, its own answer
+    r = through_secure_proxy("allowed.test")
+    assert r.returncode == 0 and r.stdout == "hello from 127.0.0.2\n", (r.returncode, r.stderr)
+    assert s.connections == 1
+
+
 # ============================================================== 8. the helpers behind the fixes (unit)
 
 def test_sni_problem_unit():
@@ -869,27 +1073,36 @@ def test_sni_problem_unit():
 
 
 def test_may_be_client_hello_unit():
-    from geoblock import enforce
+    from geoblock import hold
 
-    assert enforce.may_be_client_hello(b"\x16") and enforce.may_be_client_hello(b"\x16\x03")
-    assert not enforce.may_be_client_hello(b"") and not enforce.may_be_client_hello(b"\x16\x01")
-    assert not enforce.may_be_client_hello(b"GET / HTTP/1.1\r\n")
+    assert hold.may_be_client_hello(b"\x16") and hold.may_be_client_hello(b"\x16\x03")
+    assert not hold.may_be_client_hello(b"") and not hold.may_be_client_hello(b"\x16\x01")
+    assert not hold.may_be_client_hello(b"GET / HTTP/1.1\r\n")
 
 
 # ============================================================== 9. transparent gateway: Host vs destination
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory, pki):
+@contextlib.contextmanager
+def gateway_with(d: Path, policy: dict[str, str] | None = None, extra_rules: str = ""):
     """The transparent gateway of tests/test_gateway.py (namespaces, scripts/gateway.sh, mitmdump as the
-    systemd unit runs it) with plain HTTP servers at home (CN), offshore (SG) and on a blocked address."""
+    systemd unit runs it) with plain HTTP servers on port 80 at home (CN), offshore (SG) and on a blocked
+    address; `policy` overrides policy keys, `extra_rules` is one more rules file. Yields (topology,
+    mitmdump, servers)."""
     from support import netns as ns
 
     reason = ns.unavailable()
     if reason:
         pytest.skip(reason)
-    from test_gateway import proxy as gateway_proxy, topology
+    from test_gateway import proxy as gateway_proxy, topology, write_test_data
 
-    d = tmp_path_factory.mktemp("evasion-gateway")
+    write_test_data(d)
+    text = (d / "rules" / "policy.yaml").read_text()
+    for key, value in (policy or {}).items():
+        line = next(line for line in text.splitlines() if line.startswith(f"{key}:"))
+        text = text.replace(line, f"{key}: {value}")
+    (d / "rules" / "policy.yaml").write_text(text)
+    if extra_rules:
+        (d / "rules" / "zz-more.yaml").write_text(extra_rules)
     with topology() as (topo, stack):
         servers = {}
         for name, role, host in (("home", "home", ns.HOME4), ("off", "off", ns.OFFSHORE4),
@@ -901,6 +1114,12 @@ def gateway(tmp_path_factory, pki):
         stack.callback(m.stop)
         m.start()
         yield topo, m, servers
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    with gateway_with(tmp_path_factory.mktemp("evasion-gateway")) as g:
+        yield g
 
 
 @pytest.mark.parametrize("host, dest, seen", [
@@ -932,3 +1151,91 @@ def test_transparent_host_is_judged_with_the_real_destination(gateway, host, des
         # geoblock does not resolve the Host to compare it with the destination: no mismatch field
         assert "mismatch" not in rec
     assert servers[dest].connections == (1 if seen == 200 else 0)
+
+
+def raw_exchange(topo, ip: str, chunks: list[bytes], pause: float = 0.5) -> tuple[bytes, bool]:
+    """From the client namespace to ip:80 (redirected to mitmproxy by the gateway): send `chunks` as
+    separate TCP segments; everything that came back, and whether the connection was closed."""
+    from support import netns as ns
+
+    with ns.tcp_connect(topo.ns("cli"), ip, 80) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError):
+            send_segments(sock, chunks, pause)
+        return read_all(sock)
+
+
+@pytest.mark.parametrize("trick", ["empty-line", "1-byte-first"])
+def test_transparent_request_behind_an_empty_line_or_split_is_judged(gateway, trick):
+    """The README's own check (`http://www.okx.com/` through the gateway) with an empty line before the
+    request line, or a first segment of one byte: mitmproxy relayed both as raw TCP, recorded only as
+    stage `ip`, "the name will decide" (fixed: held, then judged)."""
+    from support import netns as ns
+
+    topo, m, servers = gateway
+    for s in servers.values():
+        s.reset()
+    log = Log(m)
+    request = BLOCKED_REQUEST.replace(b"binance.com", b"www.okx.com")
+    chunks = {"empty-line": [b"\r\n" + request], "1-byte-first": [request[:1], request[1:]]}[trick]
+    answer, _ = raw_exchange(topo, ns.HOME4, chunks)
+    assert status(answer) == 451 and b"offshore-crypto-exchanges" in answer, answer[:300]
+    assert servers["home"].connections == 0
+    rec = log.wait(stage="http", server_ip=ns.HOME4)
+    assert (rec["action"], rec["name"]) == ("block", "www.okx.com")
+
+
+ALLOW_ON_NAME_AND_LOCATION = """\
+rules:
+  - id: allowed-offshore
+    action: allow
+    description: an allow rule on name and location, which a block on an address waits for
+    domains: [allowed.test]
+    offshore: true
+"""
+
+
+def test_transparent_raw_bytes_to_a_blocked_address_are_refused(tmp_path):
+    """A network block waits at the `ip` stage when an allow rule on name and location could lift it;
+    a stream that never shows a name was then relayed (fixed: judged as a stream, on its address)."""
+    from support import netns as ns
+
+    with gateway_with(tmp_path, extra_rules=ALLOW_ON_NAME_AND_LOCATION) as (topo, m, servers):
+        log = Log(m)
+        answer, closed = raw_exchange(topo, ns.BLOCKED4, [b"\x00\x01 no protocol at all\r\n"])
+        assert answer == b"" and closed
+        assert servers["blocked"].connections == 0
+        ip = log.wait(stage="ip", server_ip=ns.BLOCKED4)
+        assert ip["action"] == "allow" and "waiting for the name" in ip["reason"]
+        rec = log.wait(stage="stream", server_ip=ns.BLOCKED4)
+        assert (rec["action"], rec["rule"], rec["enforced"]) == ("block", "blocked-offshore-network", True)
+
+
+ALLOW_LIST = """\
+rules:
+  - id: the-allow-list
+    action: allow
+    domains: [allowed.test]
+"""
+
+
+def test_transparent_allow_list_refuses_every_stream_that_shows_no_name(tmp_path):
+    """`default: block` (an allow list): an SSH banner, or any bytes that are no protocol, to an unlisted
+    server were relayed (fixed). Random byte streams (a fixed seed, so a failure can be rerun) all end
+    closed, with no connection at the server and one `stream` record each; an allowed name still passes."""
+    import random
+
+    from support import netns as ns
+
+    rng = random.Random(20261130)
+    streams = [b"SSH-2.0-OpenSSH_9.2\r\n"] + [rng.randbytes(rng.randint(1, 300)) for _ in range(24)]
+    with gateway_with(tmp_path, policy={"default": "block"}, extra_rules=ALLOW_LIST) as (topo, m, servers):
+        log = Log(m)
+        for payload in streams:
+            answer, closed = raw_exchange(topo, ns.HOME4, [payload])
+            assert answer == b"" and closed, (payload, answer)
+        assert servers["home"].connections == 0
+        recs = [r for r in log.all() if r["stage"] == "stream"]
+        assert len(recs) == len(streams) and {r["action"] for r in recs} == {"block"}
+        answer, _ = raw_exchange(topo, ns.HOME4, [b"GET / HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n"])
+        assert status(answer) == 200 and servers["home"].connections == 1

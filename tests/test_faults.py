@@ -483,7 +483,7 @@ def test_upstream_refusing_or_resetting(tmp_path, web, kind):
 
 from mitmproxy.addons import proxyserver  # noqa: E402
 from mitmproxy.proxy import context, events, layer, mode_specs  # noqa: E402
-from mitmproxy.proxy.layers import tls  # noqa: E402
+from mitmproxy.proxy.layers import modes, tls  # noqa: E402
 from mitmproxy.test import taddons, tflow, tutils  # noqa: E402
 
 import geoblock.addon as addon_mod  # noqa: E402
@@ -529,6 +529,7 @@ def _next_layer(gb):
     client = tflow.tclient_conn()
     ctx = context.Context(client, gb.tctx.options)
     ctx.server.address = ("127.0.0.1", 443)
+    modes.TransparentProxy(ctx)  # the layer below a layer choice (mitmproxy's choice reads the stack)
     nl = layer.NextLayer(ctx)
     nl.events.append(events.DataReceived(client, client_hello("allowed.test")))
     return nl

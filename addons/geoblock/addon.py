@@ -30,6 +30,7 @@ import os
 import signal
 import time
 import traceback
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Coroutine
 
@@ -40,7 +41,8 @@ from mitmproxy.proxy import layer as mlayer
 from mitmproxy.proxy.layers import tls as mtls
 from mitmproxy.tls import ClientHello
 
-from . import enforce, heap, names as _names, record as _record
+from . import enforce, heap, hold, names as _names, record as _record
+from .choose import Chooser, judged_later
 from .decide import Facts, Verdict, decide
 from .geo import Geo
 from .names import IPAddress, InvalidHost, normalize_host, normalize_ip
@@ -58,6 +60,7 @@ logger = logging.getLogger("geoblock")
 
 DEFAULT_BLOCKED_BY = "https://geoblock.invalid/"
 TLS_EXT_ECH = 0xFE0D  # encrypted_client_hello
+FIRST_BYTES_RECORDED = 16  # of a stream that is neither HTTP nor TLS, in its record (hex)
 
 OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
     ("geoblock_rules", str, DEFAULT_RULES,
@@ -83,6 +86,9 @@ OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
      "0 = only on SIGHUP or the geoblock.reload command."),
     ("geoblock_dns_timeout", str, "2",
      "geoblock: seconds to wait for a name's address when a rule needs the server's location."),
+    ("geoblock_hold_timeout", str, "10",
+     "geoblock: seconds a connection's first bytes are held while they do not yet show a whole request "
+     "line or TLS ClientHello; a stream still unreadable then is refused (on_error)."),
     ("geoblock_dns_sinkhole", str, "",
      "geoblock: where geoblock serves DNS, the address blocked names resolve to (A or AAAA by its "
      "family). Empty = answer NXDOMAIN."),
@@ -140,8 +146,9 @@ class ConnState:
     connect_name: str | None = None
     connect_ip: IPAddress | None = None
     blocked: Verdict | None = None
-    tls_decided: bool = False
-    tls_allowed: bool = False
+    # The ClientHellos judged on this connection, by the layer context that read them: allowed or not.
+    # Per layer, not per connection: TLS inside a tunnel inside TLS is a new ClientHello to judge.
+    tls_judged: "weakref.WeakKeyDictionary[Any, bool]" = field(default_factory=weakref.WeakKeyDictionary)
     sni: str | None = None
     resolved: dict[str, IPAddress | None] = field(default_factory=dict)
     server_names: dict[tuple[str, int], str] = field(default_factory=dict)  # judged address -> TLS name
@@ -215,6 +222,8 @@ class GeoBlock:
         self.sinkhole: IPAddress | None = None
         self.gc_freeze = True
         self.serving = False  # running() has run: the start-up heap is in place
+        self.chooser = Chooser()  # mitmproxy's own layer choice, asked by next_layer
+        self.hold_timeout = 10.0
 
     # ------------------------------------------------------------------ options
 
@@ -268,6 +277,9 @@ class GeoBlock:
                 raise exceptions.OptionsError(
                     f"geoblock: block page template {opts.geoblock_block_page}: {exc}"
                 ) from None
+        self.chooser.configure(updated)
+        if "geoblock_hold_timeout" in updated:
+            self.hold_timeout = _seconds(opts.geoblock_hold_timeout, "geoblock_hold_timeout", 0.1, 300)
         if "geoblock_dns_timeout" in updated:
             self.resolver.timeout = _seconds(opts.geoblock_dns_timeout, "geoblock_dns_timeout", 0.01, 30)
         if updated & {"geoblock_rdap", "geoblock_rdap_url", "geoblock_rdap_timeout"}:
@@ -637,57 +649,77 @@ class GeoBlock:
             state.blocked = verdict
             flow.response = enforce.connect_refusal(verdict, ctx.options.geoblock_blocked_by)
 
-    @guarded("tls")
+    @guarded("stream")
     async def next_layer(self, nextlayer: mlayer.NextLayer) -> None:
+        """Choose the connection's next layer, and judge it before a byte is relayed.
+
+        Every layer choice goes through here (geoblock's hook runs before mitmproxy's own, and takes its
+        decision): the first bytes are held until they show what the stream is (hold.HoldFirstBytes),
+        mitmproxy's own choice is asked for (`Chooser`), and then whatever it chose is judged by one
+        owner: a TLS ClientHello here, on its SNI; HTTP by the request hooks, request by request; DNS by
+        the DNS hooks; anything else (raw TCP or UDP, QUIC, a layer mitmproxy adds later) here, as a
+        stream that shows no name. A blocked stream gets a layer that refuses it."""
         if nextlayer.layer is not None:
             return
         context = nextlayer.context
-        if context.client.transport_protocol != "tcp":
-            return
         data = nextlayer.data_client()
-        if not enforce.may_be_client_hello(data):
-            return
+        tcp = context.client.transport_protocol == "tcp"
+        shows = hold.stream_state(data) if tcp else hold.OTHER  # datagrams are judged one by one
+        if not isinstance(nextlayer, hold.Replayed):
+            if shows == hold.MORE or (shows == hold.LINE and data[:1] in b"\r\n"):
+                nextlayer.layer = hold.HoldFirstBytes(context, self.hold_timeout)
+                return
+        elif shows == hold.MORE:
+            within = f" within {self.hold_timeout:g} s" if nextlayer.expired else ""
+            raise Failure(f"no complete request line or TLS ClientHello in the first {len(data)} bytes{within}")
         state = self._state(context.client)
-        if state.tls_decided:
-            return
+        if shows == hold.TLS and context.server.address is not None:  # no address: a handshake with the proxy
+            try:
+                verdict = await self._judge_client_hello(context, state, data)
+            except Exception as exc:  # noqa: BLE001 - the guard, for the tls stage
+                return self._on_error("tls", nextlayer, exc)
+            if self._enforcing(verdict):
+                state.blocked = verdict
+                nextlayer.layer = enforce.DenyTLS(context)
+                return
+        chosen = self.chooser.choose(context, data, nextlayer.data_server())
+        if chosen is None:
+            return  # mitmproxy needs more bytes too; asked again with them
+        if shows != hold.TLS and not judged_later(chosen):
+            verdict = await self._judge_stream(context, state, data)
+            if self._enforcing(verdict):
+                state.blocked = verdict
+                nextlayer.layer = enforce.DenyStream(context)
+                return
+        nextlayer.layer = chosen
+
+    async def _judge_client_hello(self, context: Any, state: ConnState, data: bytes) -> Verdict:
+        """Judge a whole ClientHello (`data`, its TLS records) at this layer: SNI, CONNECT target,
+        destination, ECH. Raises Failure on a malformed one."""
         try:
-            raw = mtls.get_client_hello(data) if len(data) >= 3 else None  # reassembled from its records
-        except ValueError as exc:
-            raise Failure(f"malformed TLS ClientHello ({exc})") from None
-        if raw is None:
-            if len(data) >= enforce.CLIENT_HELLO_LIMIT:
-                raise Failure(f"no complete TLS ClientHello in the first {len(data)} bytes")
-            # Wait for the rest however the client splits it: left alone, mitmproxy would pick its TLS
-            # layer on these first bytes (raw TCP when fewer than 3 came) before geoblock read the SNI.
-            nextlayer.layer = enforce.AwaitClientHello(context)
-            return
-        try:
+            raw = mtls.get_client_hello(data)  # reassembled from its records
+            if raw is None:
+                raise ValueError("incomplete")
             hello = ClientHello(raw[4:])  # what parse_client_hello does, without reassembling twice
         except (EOFError, ValueError) as exc:
             raise Failure(f"malformed TLS ClientHello ({exc or 'Invalid ClientHello'})") from None
         framing = client_hello_problem(raw)
         if framing is not None:  # mitmproxy's lenient parser may have misread it (see client_hello_problem)
             raise Failure(f"malformed TLS ClientHello ({framing})")
-        state.tls_decided = True
+        state.tls_judged[context] = False
         facts = Facts("tls", client_ip=client_ip(context.client))
-        address = context.server.address
-        if address and state.connect_name is None and state.connect_ip is None:
-            target = normalize_host(address[0])
-            if isinstance(target, str):
-                state.connect_name = target
-            else:
-                state.connect_ip = target
+        self._learn_destination(state, context)
         problem = sni_problem(hello.extensions, hello.sni)
         if problem is not None:  # a server_name mitmproxy cannot read is not "no SNI"
             facts.sni = str(problem.value)
-            return self._invalid(facts, problem, "SNI", nextlayer)
+            return self._invalid(facts, problem, "SNI", None)
         names: list[str] = []
         if hello.sni is not None:
             facts.sni = hello.sni
             try:
                 sni = normalize_host(hello.sni)
             except InvalidHost as exc:
-                return self._invalid(facts, exc, "SNI", nextlayer)
+                return self._invalid(facts, exc, "SNI", None)
             if isinstance(sni, str):
                 names.append(sni)
                 state.sni = sni
@@ -701,22 +733,47 @@ class GeoBlock:
         facts.server_ip = await self._server_ip(state, state.connect_name, state.connect_ip, facts.names)
         verdict = self._decide(facts)
         self._record(facts, verdict)
-        if self._enforcing(verdict):
-            state.blocked = verdict
-            nextlayer.layer = enforce.DenyTLS(context)
-        else:
-            state.tls_allowed = True
+        state.tls_judged[context] = not self._enforcing(verdict)
+        return verdict
+
+    async def _judge_stream(self, context: Any, state: ConnState, data: bytes) -> Verdict:
+        """Judge a stream that is neither HTTP nor TLS (stage "stream"): on its destination and the names
+        the connection showed before it (a CONNECT target; the SNI of TLS geoblock decrypted), with the
+        policy's `unreadable` verdict when that is stricter."""
+        self._learn_destination(state, context)
+        names = [n for n in (_sni_name(context.client.sni), state.connect_name) if n]
+        facts = Facts("stream", names=tuple(dict.fromkeys(names)), client_ip=client_ip(context.client),
+                      host=state.connect_name, sni=context.client.sni)
+        facts.server_ip = await self._server_ip(state, state.connect_name, state.connect_ip, facts.names)
+        verdict = self._decide(facts)
+        self._record(facts, verdict, {"first_bytes": data[:FIRST_BYTES_RECORDED].hex(),
+                                      "transport": context.client.transport_protocol})
+        return verdict
+
+    @staticmethod
+    def _learn_destination(state: ConnState, context: Any) -> None:
+        """The destination mitmproxy will dial, when no CONNECT or transparent hook gave it already."""
+        address = context.server.address
+        if address and state.connect_name is None and state.connect_ip is None:
+            target = normalize_host(address[0])
+            if isinstance(target, str):
+                state.connect_name = target
+            else:
+                state.connect_ip = target
 
     @guarded("tls")
     async def tls_clienthello(self, data: mtls.ClientHelloData) -> None:
         state = self.conns.get(data.context.client.id)
-        if state is None or not state.tls_decided:
+        allowed = state.tls_judged.get(data.context) if state is not None else None
+        if allowed is None:
+            if data.context.server.address is None:
+                return  # a handshake with the proxy itself (secure web proxy): what it carries is judged
             # The ClientHello reached TLS without geoblock judging it: never pass it through blindly.
             raise Failure("a TLS handshake reached the TLS layer before geoblock judged it")
-        if state.blocked is not None:
+        if not allowed:
             data.ignore_connection = False
             return
-        if state.tls_allowed and not ctx.options.geoblock_intercept:
+        if not ctx.options.geoblock_intercept:
             data.ignore_connection = True
 
     def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
@@ -829,18 +886,42 @@ class GeoBlock:
             server.sni = client.sni or address[0]  # what mitmproxy would have sent
         server.address = (str(pinned), address[1])
 
+    @guarded("http")
+    async def response(self, flow: http.HTTPFlow) -> None:
+        """Refuse a protocol switch geoblock cannot follow. After `101 Switching Protocols` mitmproxy
+        relays anything but WebSocket as raw TCP (an `h2c` upgrade it did not strip, any other
+        protocol): later requests on the connection (HTTP/2 streams with another `:authority`, ...) would
+        cross unjudged. Such a 101 is replaced by a 502 and the connection stays HTTP/1 (WebSocket
+        messages, which show no new name, go on as mitmproxy relays them)."""
+        response = flow.response
+        if response is None or response.status_code != 101 or flow.websocket is not None:
+            return
+        protocol = response.headers.get("upgrade", "")
+        facts = Facts("http", client_ip=client_ip(flow.client_conn), host=flow.request.host_header,
+                      sni=flow.client_conn.sni)
+        verdict = Verdict("block", None,
+                          f"the server switched the connection to {protocol or 'another protocol'!r} (HTTP 101); "
+                          f"geoblock judges HTTP request by request and refuses a switch to a protocol it does "
+                          f"not read (WebSocket excepted)", None, None)
+        self._record(facts, verdict, {"upgrade": protocol})
+        if self._enforcing(verdict):
+            self._state(flow.client_conn).blocked = verdict
+            flow.response = enforce.upgrade_refusal(verdict, ctx.options.geoblock_blocked_by)
+
     def client_disconnected(self, client: Any) -> None:
         self.conns.pop(client.id, None)
 
     # ------------------------------------------------------------------ failures
 
-    def _invalid(self, facts: Facts, exc: InvalidHost, field_name: str, target: Any) -> None:
-        """A name that cannot be normalised: judged by on_error, with the offending value named."""
+    def _invalid(self, facts: Facts, exc: InvalidHost, field_name: str, target: Any) -> Verdict:
+        """A name that cannot be normalised: judged by on_error, with the offending value named, and
+        enforced on `target` (a hook's object; None: the caller enforces the verdict returned)."""
         rs = self.ruleset
         action = rs.policy.on_error if rs else "block"
         verdict = Verdict(action, None, f"{field_name} {exc}; on_error is {action}", None, None)
         self._record(facts, verdict, {"error": "invalid-input"})
         self._enforce_stage(facts.stage, target, verdict)
+        return verdict
 
     def _on_error(self, stage: str, obj: Any, exc: Exception) -> None:
         rs = self.ruleset
@@ -877,7 +958,8 @@ class GeoBlock:
                 )
         elif isinstance(obj, mlayer.NextLayer):
             self._state(obj.context.client).blocked = verdict
-            obj.layer = enforce.DenyTLS(obj.context)
+            tls = hold.may_be_client_hello(obj.data_client())
+            obj.layer = (enforce.DenyTLS if tls else enforce.DenyStream)(obj.context)
         elif isinstance(obj, mtls.ClientHelloData):
             self._state(obj.context.client).blocked = verdict
             obj.ignore_connection = False
@@ -888,6 +970,17 @@ class GeoBlock:
         elif hasattr(obj, "proxy_mode") and hasattr(obj, "sockname"):  # a client connection
             self._state(obj).blocked = verdict
             obj.error = f"geoblock: {verdict.reason}"
+
+
+def _sni_name(sni: str | None) -> str | None:
+    """The SNI of a TLS layer geoblock already judged, normalised, or None (absent, or an IP literal)."""
+    if sni is None:
+        return None
+    try:
+        name = normalize_host(sni)
+    except InvalidHost:
+        return None  # refused when its ClientHello was judged; never reaches here allowed
+    return name if isinstance(name, str) else None
 
 
 def _seconds(value: str, option: str, low: float, high: float) -> float:

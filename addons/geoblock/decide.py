@@ -15,6 +15,10 @@ Semantics:
 - a ClientHello with Encrypted Client Hello hides its real name, and a flow whose names differ (SNI
   vs Host or CONNECT target: domain fronting) may hide one: the policy's `ech` and `name_mismatch`
   verdicts (log by default) apply when they are stricter than the rules';
+- at the "stream" stage (a stream that is neither HTTP nor TLS: raw TCP or UDP, bytes that are no
+  protocol) no new name is shown: the stream is judged on its address and the names the connection
+  already showed (a CONNECT target), and the policy's `unreadable` verdict (log by default) applies
+  when it is stricter than the rules';
 - at the "dns" stage only the name is known: rules that need the server's location are left to the
   connection that follows, which sees the server;
 - a rule that needs the server's location (country, offshore, ASN, network) when it cannot be found
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from .names import IPAddress, unicode_name
 from .ruleset import SEVERITY, CompiledRule, Ruleset
 
-STAGES = ("connect", "tls", "http", "dns", "ip")
+STAGES = ("connect", "tls", "http", "dns", "ip", "stream")
 
 
 @dataclass(slots=True)
@@ -80,6 +84,10 @@ def decide(facts: Facts, rs: Ruleset) -> Verdict:
     assert best is not None
     if facts.stage == "ip":
         return _ip_stage(best, rs)
+    if facts.stage == "stream" and SEVERITY[rs.policy.unreadable] > SEVERITY[best.action]:
+        best = Verdict(rs.policy.unreadable, "policy:unreadable",
+                       f"the stream is neither HTTP nor TLS, so it shows no name; the policy for unreadable "
+                       f"is {rs.policy.unreadable} (without it: {best.action})", offshore, best.name)
     if facts.ech and SEVERITY[rs.policy.ech] > SEVERITY[best.action]:
         best = Verdict(rs.policy.ech, "policy:ech",
                        f"the ClientHello uses Encrypted Client Hello, which hides the real name behind the "

@@ -4,10 +4,8 @@ responses and layers.
 - CONNECT to a blocked target: HTTP 451 answering the CONNECT, before any TLS;
 - TLS with a blocked SNI: a fatal `access_denied` alert, then close (`DenyTLS`);
 - HTTP with a blocked Host: 451 Unavailable For Legal Reasons, a `Link: <...>; rel="blocked-by"` header
-  (RFC 7725) and a short HTML page naming the rule (the template can be replaced).
-
-It also holds `AwaitClientHello`, the layer that keeps a connection's first bytes until they are a whole
-ClientHello, so a ClientHello split into several TCP segments is judged whole.
+  (RFC 7725) and a short HTML page naming the rule (the template can be replaced);
+- a stream that is neither HTTP nor TLS: closed without a byte (`DenyStream`).
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from pathlib import Path
 
 from mitmproxy import http
 from mitmproxy.proxy import commands, events, layer
-from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from .decide import Verdict
 from .names import unicode_name
@@ -86,6 +83,17 @@ def connect_refusal(verdict: Verdict, blocked_by: str) -> http.Response:
     return response
 
 
+def upgrade_refusal(verdict: Verdict, blocked_by: str) -> http.Response:
+    """The answer that replaces a `101 Switching Protocols` geoblock refuses: 502 Bad Gateway, and the
+    connection closed after it (the server may already speak the new protocol)."""
+    body = f"geoblock: {verdict.reason}\n"
+    headers = _headers(verdict, blocked_by, "text/plain; charset=utf-8")
+    headers["connection"] = "close"  # HTTP/1 only: a 101 exists only there
+    response = http.Response.make(502, body, headers)
+    response.reason = "Bad Gateway"
+    return response
+
+
 class DenyTLS(layer.Layer):
     """Answers a ClientHello with a fatal access_denied alert and closes; never dials the server."""
 
@@ -96,55 +104,10 @@ class DenyTLS(layer.Layer):
         # Everything after that (more data, the client closing) needs no answer.
 
 
-# A ClientHello is a few hundred bytes (a few KiB with post-quantum key shares); geoblock holds at most
-# this much while waiting for one to be complete.
-CLIENT_HELLO_LIMIT = 64 * 1024
-
-
-def may_be_client_hello(data: bytes) -> bool:
-    """Whether `data` may be (the start of) a TLS handshake record: 0x16, then 0x03."""
-    return bool(data) and data[0] == 0x16 and (len(data) < 2 or data[1] == 0x03)
-
-
-class AwaitClientHello(layer.Layer):
-    """Holds a connection's first bytes until they are a whole TLS ClientHello (or cannot be one, or
-    exceed CLIENT_HELLO_LIMIT), then replays them to a fresh NextLayer, whose next_layer hook (geoblock's
-    included) sees the complete ClientHello.
-
-    Without it, mitmproxy picks its TLS layer as soon as the first 3 bytes look like TLS, and raw TCP
-    pass-through when fewer than 3 bytes came first: a ClientHello split into several TCP segments would
-    reach the TLS layer unjudged, or the server unread."""
-
-    def __init__(self, context) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(context)
-        self.context.layers.remove(self)  # like NextLayer: not a protocol layer of the stack
-        self.held: list[events.Event] = []
-        self.next: layer.NextLayer | None = None
+class DenyStream(layer.Layer):
+    """Closes a blocked stream that is neither HTTP nor TLS: no byte is sent to the client, and the
+    server is never dialled. (A raw stream has no way to say why; the decision log does.)"""
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
-        if self.next is not None:
-            yield from self.next.handle_event(event)
-            return
-        self.held.append(event)
-        if isinstance(event, events.ConnectionClosed) and event.connection == self.context.client:
+        if isinstance(event, events.Start):
             yield commands.CloseConnection(self.context.client)
-            return
-        if not isinstance(event, events.DataReceived):
-            return
-        data = b"".join(e.data for e in self.held
-                        if isinstance(e, events.DataReceived) and e.connection == self.context.client)
-        if may_be_client_hello(data) and len(data) < CLIENT_HELLO_LIMIT:
-            try:
-                if len(data) < 3 or parse_client_hello(data) is None:
-                    return  # wait for more
-            except ValueError:
-                pass  # not a ClientHello: the next layer says so
-        # The client's bytes go on as one event: a NextLayer asks its hook on the first data event, and
-        # must see them all.
-        client = self.context.client
-        replay = [e for e in self.held if not (isinstance(e, events.DataReceived) and e.connection == client)]
-        replay.append(events.DataReceived(client, data))
-        self.held = []
-        self.next = layer.NextLayer(self.context)
-        for e in replay:
-            yield from self.next.handle_event(e)

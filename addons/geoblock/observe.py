@@ -158,6 +158,45 @@ def _server_names(body: bytes) -> list[bytes]:
     return names
 
 
+# The first bytes of a stream, as far as geoblock reads them before a layer is chosen (hold.HoldFirstBytes).
+MORE = "more"  # they may still become an HTTP request line: wait for more
+LINE = "line"  # a whole first line has come (after any leading empty lines): a request line or not
+OTHER = "other"  # they cannot be the start of an HTTP request
+
+_EMPTY_LINE_BYTES = b"\r\n"
+# Bytes a request line (method, target, version; RFC 9112 section 3) may hold besides its final CRLF: no
+# control character but horizontal tab, and no DEL. Non-ASCII bytes are let through: lenient servers
+# accept raw UTF-8 in a request target.
+_NOT_IN_A_REQUEST_LINE = bytes(c for c in range(32) if c not in (9, 13)) + b"\x7f"
+
+
+def strip_empty_lines(data: bytes) -> bytes:
+    """`data` without the empty lines (CRLF or bare LF) before its first line. RFC 9112 section 2.2: a
+    server that is receiving a request SHOULD ignore at least one empty line received before the
+    request-line, and common servers ignore any number."""
+    return data.lstrip(_EMPTY_LINE_BYTES)
+
+
+def request_line_state(data: bytes) -> str:
+    """What the first bytes of a stream say about an HTTP/1 request line: MORE, LINE or OTHER.
+
+    - LINE: after any leading empty lines, a whole first line (up to LF) has come;
+    - MORE: nothing but empty lines so far, or the start of a line that can still become a request
+      line (a letter first, as every method is a token of letters in practice, then no control bytes);
+    - OTHER: anything else (binary protocols, TLS records, a server greeting's absence is not read).
+    Pure: `data` is bytes, nothing is consumed."""
+    rest = strip_empty_lines(data)
+    if not rest:
+        return MORE
+    if not (65 <= rest[0] <= 90 or 97 <= rest[0] <= 122):
+        return OTHER
+    end = rest.find(b"\n")
+    line = rest if end < 0 else rest[:end]
+    if len(line.translate(None, _NOT_IN_A_REQUEST_LINE)) != len(line):
+        return OTHER
+    return MORE if end < 0 else LINE
+
+
 def peer_ip(peername: Any) -> IPAddress | None:
     """The IP of a (host, port, ...) peer address, or None."""
     try:

@@ -28,7 +28,7 @@ from .names import InvalidHost, normalize_host
 
 ACTIONS = ("allow", "log", "block")
 ON_ERROR = ("block", "allow")
-POLICY_KEYS = ("home_countries", "default", "unknown_country", "on_error", "ech", "name_mismatch")
+POLICY_KEYS = ("home_countries", "default", "unknown_country", "on_error", "ech", "name_mismatch", "unreadable")
 RULE_KEYS = (
     "id",
     "action",
@@ -101,6 +101,7 @@ class Policy:
     on_error: str = "block"
     ech: str = "log"  # a ClientHello with Encrypted Client Hello: its real name is hidden
     name_mismatch: str = "log"  # the names of one flow differ (SNI vs Host or CONNECT target)
+    unreadable: str = "log"  # a stream that is neither HTTP nor TLS (raw TCP or UDP): it shows no name
 
 
 @dataclass(frozen=True)

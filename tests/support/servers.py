@@ -4,8 +4,10 @@ accepted, so a test can assert that a blocked server saw nothing.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
+import hashlib
 import http.server
 import ipaddress
 import socket
@@ -80,6 +82,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         server: "_HTTPServer" = self.server  # type: ignore[assignment]
         server.owner.requests.append((self.headers.get("Host"), self.path))
+        if self.headers.get("Upgrade"):
+            return self._switch(server.owner, self.headers["Upgrade"])
         body = f"hello from {server.owner.host}\n".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
@@ -89,8 +93,43 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     do_POST = do_GET
 
+    def _switch(self, owner: "TestServer", protocol: str) -> None:
+        """Agree to any Upgrade (101 Switching Protocols, RFC 9110 15.2.2). For WebSocket (RFC 6455):
+        the handshake, then one client frame echoed back. For anything else: every byte that follows is
+        kept in `owner.switched`, and echoed back after "switched: "."""
+        self.send_response(101)
+        self.send_header("Upgrade", protocol.split(",")[0].strip())
+        self.send_header("Connection", "Upgrade")
+        websocket = protocol.strip().lower() == "websocket"
+        if websocket:
+            key = self.headers.get("Sec-WebSocket-Key", "")
+            accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
+            self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        if websocket:
+            head = self.rfile.read(2)
+            n = head[1] & 0x7F
+            mask = self.rfile.read(4)
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(n)))
+            with owner.lock:
+                owner.switched.append(payload)
+            self.wfile.write(bytes([0x81, len(payload)]) + payload)  # one unmasked text frame
+            self.wfile.flush()
+            return
+        self.connection.settimeout(5)
+        with contextlib.suppress(OSError):
+            while chunk := self.connection.recv(65536):
+                with owner.lock:
+                    owner.switched.append(chunk)
+                self.connection.sendall(b"switched: " + chunk)
+
     def log_message(self, format: str, *args: object) -> None:  # quiet
         pass
+
+
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
 
 class _HTTPServer(http.server.ThreadingHTTPServer):
@@ -133,6 +172,7 @@ class TestServer:
         self.connections = 0
         self.tls_failures = 0
         self.requests: list[tuple[str | None, str]] = []
+        self.switched: list[bytes] = []  # what came after a 101 (see _Handler._switch)
         self.lock = threading.Lock()
         self.tls: ssl.SSLContext | None = None
         if pki is not None:
@@ -156,6 +196,7 @@ class TestServer:
             self.connections = 0
             self.tls_failures = 0
             self.requests.clear()
+            self.switched.clear()
 
     def close(self) -> None:
         self.httpd.shutdown()

@@ -1,0 +1,49 @@
+"""The layer choice: which protocol layer mitmproxy would put next on a connection, and who judges it.
+
+geoblock takes every layer decision itself (its `next_layer` hook runs before mitmproxy's and sets the
+layer), so that no layer is put in place before geoblock knows who judges what it carries. The choice
+itself stays mitmproxy's: `Chooser` asks mitmproxy's own next-layer logic, with the same options
+(`ignore_hosts`, `allow_hosts`, `tcp_hosts`, `rawtcp`, ...), on the bytes geoblock has held.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mitmproxy.addons import next_layer as _mitmproxy_next_layer
+from mitmproxy.proxy import layer
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers import DNSLayer, HttpLayer
+
+
+class Chooser:
+    """mitmproxy's own layer choice (`mitmproxy.addons.next_layer.NextLayer._next_layer`, the same in
+    mitmproxy 11.0.2 and 12.x), run by geoblock on a private instance configured from the same options.
+    """
+
+    def __init__(self) -> None:
+        self.addon = _mitmproxy_next_layer.NextLayer()
+
+    def configure(self, updated: set[str]) -> None:
+        """Follow mitmproxy's options (`ignore_hosts`, `allow_hosts`, `tcp_hosts`, `udp_hosts`)."""
+        self.addon.configure(updated)
+
+    def choose(self, context: Context, data_client: bytes, data_server: bytes) -> layer.Layer | None:
+        """The layer mitmproxy would put next for these first bytes, or None while it needs more of them.
+        Building a layer appends it to `context.layers` (mitmproxy's Layer constructor)."""
+        try:
+            return self.addon._next_layer(context, data_client, data_server)
+        except _mitmproxy_next_layer.NeedsMoreData:
+            return None
+
+
+def judged_later(chosen: Any) -> bool:
+    """Whether what `chosen` carries is judged by a later geoblock hook: HTTP requests (`requestheaders`),
+    DNS messages (`dns_request`), or another layer choice (a TLS layer's inner stream comes to
+    `next_layer` again once the handshake is done). Anything else (raw TCP or UDP relay, QUIC, a layer
+    mitmproxy adds later) relays bytes geoblock never reads: it must be judged before it is put in place.
+    A chosen layer may be a stack (TLS over HTTP, ...): its innermost layer is what carries the bytes."""
+    inner = chosen
+    while (child := getattr(inner, "child_layer", None)) is not None:
+        inner = child
+    return isinstance(inner, (HttpLayer, DNSLayer, layer.NextLayer))
