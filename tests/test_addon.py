@@ -124,6 +124,64 @@ def test_partial_client_hello_waits_for_more(gb):
     assert isinstance(whole.layer, enforce.DenyTLS)
 
 
+FIRST_BYTES = [
+    client_hello("binance.com"), client_hello("allowed.test"), client_hello(None),
+    b"GET / HTTP/1.1\r\nHost: binance.com\r\n\r\n", b"\r\nGET / HTTP/1.1\r\nHost: binance.com\r\n\r\n",
+    b"G", b"SSH-2.0-OpenSSH_9.2\r\n", b"\x00\x01\x02", bytes(range(256)), b"\x17\x03\x03\x00\x05hello",
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("server", [("127.0.0.2", 443), ("127.0.0.5", 80)], ids=["allowed-address", "blocked-address"])
+@pytest.mark.parametrize("data", FIRST_BYTES, ids=lambda d: repr(d[:12]))
+def test_every_layer_choice_is_judged_first(gb, data, server):
+    """Whatever the first bytes, the layer choice ends in one of: held (nothing relayed yet), refused,
+    or a layer whose content a later hook judges (HTTP, DNS, another layer choice) or that was judged
+    here and recorded (a ClientHello: stage tls; anything else: stage stream)."""
+    from geoblock.choose import judged_later
+
+    nl = next_layer_for(gb, None, server=server, data=data)
+    before = len(records(gb)) if gb.log_path.exists() else 0
+    run(gb.next_layer(nl))
+    new = records(gb)[before:] if gb.log_path.exists() else []
+    if isinstance(nl.layer, hold.HoldFirstBytes):
+        assert new == []
+    elif isinstance(nl.layer, (enforce.DenyTLS, enforce.DenyStream)):
+        assert new and new[-1]["action"] == "block"
+    else:
+        assert nl.layer is not None
+        assert judged_later(nl.layer) or [r["stage"] for r in new] in (["tls"], ["stream"]), (nl.layer, new)
+        assert judged_later(nl.layer) or server[0] != "127.0.0.5", f"a stream to a blocked address got {nl.layer!r}"
+
+
+def test_a_layer_mitmproxy_adds_later_is_judged_as_a_stream(gb, monkeypatch):
+    """The guarantee does not list mitmproxy's layers one by one: a layer type geoblock has never seen
+    is judged (and refused here, under unreadable: block) before it is put in place."""
+
+    class FutureLayer(layer.Layer):
+        def _handle_event(self, event):
+            yield from ()
+
+    monkeypatch.setattr(gb.chooser, "choose", lambda context, data, server_data: FutureLayer(context))
+    gb.tctx.configure(gb, geoblock_rules=str(_rules_with(gb, "unreadable: block")))
+    nl = next_layer_for(gb, None, server=("127.0.0.2", 443), data=b"GET / HTTP/1.1\r\n\r\n")
+    run(gb.next_layer(nl))
+    assert isinstance(nl.layer, enforce.DenyStream)
+    rec = records(gb)[-1]
+    assert (rec["stage"], rec["action"], rec["rule"]) == ("stream", "block", "policy:unreadable")
+
+
+def _rules_with(gb, line: str):
+    """A copy of the test rules with one policy line changed (e.g. "unreadable: block")."""
+    rules = gb.log_path.parent / "rules-changed"
+    shutil.copytree(gb.tctx.options.geoblock_rules, rules)
+    key = line.split(":")[0]
+    text = (rules / "policy.yaml").read_text()
+    old = next(x for x in text.splitlines() if x.startswith(f"{key}:"))
+    (rules / "policy.yaml").write_text(text.replace(old, line))
+    return rules
+
+
 def test_malformed_client_hello_fails_closed(gb):
     bad = bytes.fromhex("160301000a") + bytes.fromhex("01000006") + b"\x03\x03" + b"\xff" * 4
     nl = next_layer_for(gb, None, data=bad)

@@ -1080,6 +1080,30 @@ def test_may_be_client_hello_unit():
     assert not hold.may_be_client_hello(b"GET / HTTP/1.1\r\n")
 
 
+def test_request_line_state_unit():
+    from geoblock.observe import LINE, MORE, OTHER, request_line_state, strip_empty_lines
+
+    for data in (b"", b"\r\n", b"\n\r\n", b"G", b"GET / HT", b"PR", b"\r\nGET"):
+        assert request_line_state(data) == MORE, data
+    for data in (b"GET / HTTP/1.1\r\n", b"\r\n\nGET / HTTP/1.1\r\nHost: x", b"SSH-2.0-x\r\n", b"PRI * HTTP/2.0\r\n"):
+        assert request_line_state(data) == LINE, data
+    for data in (b"\x16\x03", b"\x00GET", b"GET /\x00", b"1GET", b" GET", b"GET\x7f", b"\r\n\x16\x03\x01"):
+        assert request_line_state(data) == OTHER, data
+    assert strip_empty_lines(b"\r\n\n\r\nGET / HTTP/1.1\r\n") == b"GET / HTTP/1.1\r\n"
+
+
+def test_stream_state_unit():
+    from geoblock import hold
+
+    whole = et.client_hello("binance.com")
+    assert hold.stream_state(whole) == hold.TLS
+    for cut in (1, 2, 3, 10, len(whole) - 1):
+        assert hold.stream_state(whole[:cut]) == hold.MORE, cut
+    assert hold.stream_state(et.record(et.HANDSHAKE, b"\x02\x00\x00\x04\x03\x03\x00\x00")) == hold.TLS
+    assert hold.stream_state(b"GET / HTTP/1.1\r\n") == hold.LINE
+    assert hold.stream_state(b"\x17\x03\x03\x00\x01x") == hold.OTHER
+
+
 # ============================================================== 9. transparent gateway: Host vs destination
 
 @contextlib.contextmanager
