@@ -939,7 +939,7 @@ class GeoBlock:
             )
         verdict = Verdict(action, None, f"geoblock could not judge this flow ({exc}); on_error is {action}", None)
         try:
-            facts = Facts(stage)
+            facts = Facts(stage, client_ip=client_ip(_client_of(obj)))
             self._record(facts, verdict, {"error": cause})
         except Exception:  # noqa: BLE001 - recording must not stop enforcement
             pass
@@ -970,6 +970,17 @@ class GeoBlock:
         elif hasattr(obj, "proxy_mode") and hasattr(obj, "sockname"):  # a client connection
             self._state(obj).blocked = verdict
             obj.error = f"geoblock: {verdict.reason}"
+
+
+def _client_of(obj: Any) -> Any:
+    """The client connection of a hook's object (a flow, a layer choice, hook data, a client), or None."""
+    for path in ("client_conn", "client"):
+        if (conn := getattr(obj, path, None)) is not None:
+            return conn
+    context = getattr(obj, "context", None)
+    if context is not None:
+        return context.client
+    return obj if hasattr(obj, "peername") else None
 
 
 def _sni_name(sni: str | None) -> str | None:
