@@ -8,6 +8,7 @@ import pytest
 from geoblock.decide import Facts, decide
 from geoblock.geo import Geo
 from geoblock.names import normalize_host, normalize_ip
+from geoblock.observe import client_ip
 from geoblock.ruleset import Ruleset
 
 
@@ -81,6 +82,64 @@ def test_network_rule_blocks_any_name_and_no_name(rs, geo):
     # 127.0.0.6 is outside the network; it has no ASN either, so the ASN rule gives unknown_country
     v = judge(rs, geo, server="127.0.0.6")
     assert (v.action, v.rule) == ("log", "us-asn-log")
+
+
+CARRYING_127_0_0_5 = {  # IPv6 addresses that reach 127.0.0.5 through a translator or tunnel
+    "nat64": "64:ff9b::7f00:5",
+    "nat64-local": "64:ff9b:1::7f00:5",
+    "6to4": "2002:7f00:5::1",
+    "teredo": "2001:0:4136:e378:8000:63bf:80ff:fffa",
+    "ipv4-compatible": "::127.0.0.5",
+}
+
+
+@pytest.mark.parametrize("form", list(CARRYING_127_0_0_5))
+def test_an_address_carried_in_ipv6_is_judged_like_the_ipv4_address(rs, geo, form):
+    """The network rule, the country and the ASN of 127.0.0.5 apply to every IPv6 form that reaches it."""
+    facts = Facts("connect", server_ip=normalize_ip(CARRYING_127_0_0_5[form]))
+    geo.place(facts)
+    assert (facts.country, facts.asn, facts.country_source) == ("SG", 64501, "geoip")
+    v = decide(facts, rs)
+    assert (v.action, v.rule) == ("block", "blocked-network"), v.reason
+    assert f"server 127.0.0.5 (carried in {CARRYING_127_0_0_5[form].replace('127.0.0.5', '7f00:5')}, {form})" in v.reason
+
+
+def test_a_name_rule_on_location_sees_the_carried_address(rs, geo):
+    """offshore-only.test resolved (DNS64) to 64:ff9b::7f00:2 (SG) is offshore; to 64:ff9b::7f00:1 (CN) not."""
+    v = judge(rs, geo, "offshore-only.test", server="64:ff9b::7f00:2")
+    assert (v.action, v.rule, v.offshore) == ("block", "offshore-only", True), v.reason
+    assert judge(rs, geo, "offshore-only.test", server="2002:7f00:1::").action == "allow"
+    v = judge(rs, geo, "allowed.test", server="2001:0:4136:e378:8000:63bf:80ff:fffc")  # Teredo client 127.0.0.3
+    assert (v.action, v.rule) == ("log", "us-asn-log") and "AS64502" in v.reason
+
+
+def test_a_network_rule_on_the_ipv6_form_still_matches(tmp_path, geo):
+    (tmp_path / "r.yaml").write_text("""rules:
+  - {id: no-6to4, action: block, networks: ["2002::/16"]}
+  - {id: no-nat64-site, action: block, networks: ["64:ff9b:1:abcd::/64"]}
+""")
+    rs6 = Ruleset.load(str(tmp_path))
+    for server, rule in (("2002:7f00:1::", "no-6to4"), ("64:ff9b:1:abcd::7f00:1", "no-nat64-site")):
+        v = judge(rs6, geo, "allowed.test", server=server)
+        assert (v.action, v.rule) == ("block", rule), v.reason
+    assert judge(rs6, geo, "allowed.test", server="127.0.0.1").action == "allow"
+    assert judge(rs6, geo, "allowed.test", server="64:ff9b:1:abce::7f00:1").action == "allow"
+
+
+def test_a_client_address_is_matched_as_it_came(rs, geo):
+    """A client picks its own IPv6 address: one that spells an IPv4 address is not that IPv4 client
+    (clients rules would otherwise be claimed by choosing an address). The record shows it as it came."""
+    facts = Facts("connect", names=("allowed.test",), client_ip=client_ip(_Conn(("::127.0.0.9", 5000))),
+                  server_ip=normalize_ip("127.0.0.1"))
+    assert str(facts.client_ip) == "::7f00:9"
+    geo.place(facts)
+    assert decide(facts, rs).action == "allow"
+    assert judge(rs, geo, "allowed.test", server="127.0.0.1", client="127.0.0.9").rule == "blocked-client"
+
+
+class _Conn:
+    def __init__(self, peername):
+        self.peername = peername
 
 
 def test_asn_rule_logs(rs, geo):

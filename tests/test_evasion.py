@@ -51,11 +51,15 @@ HOMOGRAPH = "bіnance.com"  # Cyrillic "і" (U+0456): IDNA xn--bnance-pvf.com, a
 LISTED_HOMOGRAPH = "okх.com"  # Cyrillic "х" (U+0445): listed in the test rule known-lookalikes
 
 EVASION_RULES = f"""\
-# Test rules for tests/test_evasion.py: a lookalike spelling listed on purpose.
+# Test rules for tests/test_evasion.py: a lookalike spelling listed on purpose; a network written in
+# its IPv6 (6to4) form.
 rules:
   - id: known-lookalikes
     action: block
     domains: [{LISTED_HOMOGRAPH}]
+  - id: blocked-6to4-site
+    action: block
+    networks: ["2002:7f00:7::/48"]
 """
 
 
@@ -549,6 +553,57 @@ def test_zone_id_on_an_unknown_link_local_address(proxy, log):
     rec = log.wait(stage="connect")
     assert rec["server_ip"] == "fe80::1" and rec["country"] is None
     assert rec["action"] in ("allow", "log")
+
+
+# ============================================================== 4b. addresses that carry an IPv4 address
+# IPv6 addresses a NAT64 gateway or a tunnel takes to 127.0.0.5. Loopback is not reachable at them:
+# the point is the verdict, 451 before any dial, and the record naming both forms.
+
+CARRYING_BLOCKED_IP = {  # form: (authority host as written, IPv6 as recorded)
+    "nat64": ("[64:ff9b::7f00:5]", "64:ff9b::7f00:5"),
+    "nat64 dotted": ("[64:ff9b::127.0.0.5]", "64:ff9b::7f00:5"),
+    "nat64-local": ("[64:ff9b:1::7f00:5]", "64:ff9b:1::7f00:5"),
+    "6to4": ("[2002:7f00:5::]", "2002:7f00:5::"),
+    "teredo": ("[2001:0:4136:e378:8000:63bf:80ff:fffa]", "2001:0:4136:e378:8000:63bf:80ff:fffa"),
+    "ipv4-compatible": ("[::7f00:5]", "::7f00:5"),
+    "ipv4-compatible dotted": ("[::127.0.0.5]", "::7f00:5"),
+}
+
+
+@pytest.mark.parametrize("form", list(CARRYING_BLOCKED_IP), ids=list(CARRYING_BLOCKED_IP))
+def test_ipv6_carrying_a_blocked_address_in_connect(proxy, servers, log, form):
+    s = servers["https5"]
+    written, ipv6 = CARRYING_BLOCKED_IP[form]
+    sock, head = connect(proxy, f"{written}:{s.port}")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 451 Unavailable For Legal Reasons"), head
+    assert s.connections == 0
+    rec = log.wait(stage="connect")
+    assert (rec["action"], rec["rule"], rec["server_ip"], rec["server_ipv6"]) == (
+        "block", "blocked-network", BLOCKED_IP, ipv6)
+    assert rec["server_ipv6_form"] == form.split()[0]
+    assert (rec["country"], rec["asn"]) == ("SG", 64501)
+
+
+@pytest.mark.parametrize("form", ["nat64", "6to4", "teredo", "ipv4-compatible"])
+def test_ipv6_carrying_a_blocked_address_in_the_request_target(proxy, servers, log, form):
+    """GET http://[64:ff9b::7f00:5]:PORT/ with an allowed Host: the dialled address decides."""
+    s = servers["http5"]
+    written, ipv6 = CARRYING_BLOCKED_IP[form]
+    answer = http_get(proxy, f"http://{written}:{s.port}/", b"Host: allowed.test")
+    assert status(answer) == 451 and s.connections == 0
+    rec = log.wait(stage="http")
+    assert (rec["action"], rec["rule"], rec["server_ip"], rec["server_ipv6"]) == (
+        "block", "blocked-network", BLOCKED_IP, ipv6)
+
+
+def test_a_network_rule_on_the_ipv6_form_still_applies(proxy, log):
+    """blocked-6to4-site lists 2002:7f00:7::/48, the 6to4 site of 127.0.0.7 (no rule on 127.0.0.7)."""
+    sock, head = connect(proxy, "[2002:7f00:7::1]:443")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 451"), head
+    rec = log.wait(stage="connect")
+    assert (rec["rule"], rec["server_ip"], rec["server_ipv6"]) == ("blocked-6to4-site", "127.0.0.7", "2002:7f00:7::1")
 
 
 # ============================================================== 5. HTTP fields

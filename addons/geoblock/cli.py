@@ -14,8 +14,9 @@ import sys
 
 from .decide import Facts, decide
 from .geo import Geo
-from .names import InvalidHost, normalize_host, normalize_ip
+from .names import InvalidHost, as_written, normalize_host, normalize_ip
 from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
+from .record import make_record
 from .rules import RuleError
 from .ruleset import Ruleset
 
@@ -55,18 +56,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 names.append(host)
             elif server is None:
                 server = host
-        client = normalize_ip(args.client) if args.client else None
+        client = as_written(normalize_ip(args.client)) if args.client else None
     except InvalidHost as exc:
         print(f"geoblock: {exc}", file=sys.stderr)
         return 2
     facts = Facts(args.stage, names=tuple(dict.fromkeys(names)), client_ip=client, server_ip=server)
-    if server is not None:
-        facts.country, facts.asn = geo.lookup(server)
+    geo.place(facts)
     verdict = decide(facts, rs)
     if args.json:
-        print(json.dumps({"action": verdict.action, "rule": verdict.rule, "reason": verdict.reason,
-                          "offshore": verdict.offshore, "country": facts.country, "asn": facts.asn,
-                          "ruleset": rs.version}))
+        out = {"action": verdict.action, "rule": verdict.rule, "reason": verdict.reason,
+               "offshore": verdict.offshore, "country": facts.country, "country_source": facts.country_source,
+               "asn": facts.asn, "ruleset": rs.version}
+        # the fields a decision record adds for the server (record.make_record), when present
+        record = make_record(facts, verdict, True, rs.version)
+        out.update({k: record[k] for k in ("server_ip", "server_ipv6", "server_ipv6_form", "geoip_code", "anycast")
+                    if k in record})
+        print(json.dumps(out))
     else:
         print(f"{verdict.action}: {verdict.reason}")
         if verdict.rule:
