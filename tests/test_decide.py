@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from geoblock.decide import Facts, decide
-from geoblock.geo import Geo
+from geoblock.geo import Geo, location_of
 from geoblock.names import normalize_host, normalize_ip
 from geoblock.observe import client_ip
+from geoblock.rules import RuleError
 from geoblock.ruleset import Ruleset
 
 
@@ -140,6 +141,62 @@ def test_a_client_address_is_matched_as_it_came(rs, geo):
 class _Conn:
     def __init__(self, peername):
         self.peername = peername
+
+
+# GeoIP answers that are not what they seem (tests/support/geodb.py ODD_PLACES).
+@pytest.mark.parametrize("server, country, source, code, anycast", [
+    ("127.0.0.20", None, None, "EU", False),                    # legacy continent code: not a country
+    ("127.0.0.21", None, None, "AP", False),
+    ("127.0.0.22", "US", "geoip-registered", None, False),      # only where the block is registered
+    ("127.0.0.23", "SG", "geoip", None, True),                  # anycast
+    ("127.0.0.2", "SG", "geoip", None, False),
+])
+def test_what_the_country_database_says_is_placed_as_it_is(geo, server, country, source, code, anycast):
+    facts = Facts("tls", server_ip=normalize_ip(server))
+    geo.place(facts)
+    assert (facts.country, facts.country_source, facts.geoip_code, facts.anycast) == (country, source, code, anycast)
+
+
+@pytest.mark.parametrize("record, expected", [
+    ({"country": {"iso_code": "EU"}, "registered_country": {"iso_code": "DE"}}, ("DE", "geoip-registered", "EU", False)),
+    ({"country": {"iso_code": "sg"}}, ("SG", "geoip", None, False)),
+    ({"country": {"iso_code": "XK"}}, ("XK", "geoip", None, False)),  # Kosovo: MaxMind's code, in countries.py
+    ({"country": {"iso_code": "ZZ"}, "traits": {"is_anycast": True}}, (None, None, "ZZ", True)),
+    ({"traits": {"is_anycast": "yes"}}, (None, None, None, False)),  # only a true boolean says anycast
+    ({"continent": {"code": "EU"}}, (None, None, None, False)),
+    ("not a record", (None, None, None, False)),
+])
+def test_location_of_a_country_record(record, expected):
+    where = location_of(record)
+    assert (where.country, where.source, where.code, where.anycast) == expected
+
+
+@pytest.mark.parametrize("server", ["127.0.0.20", "127.0.0.21"])
+def test_a_legacy_continent_code_never_makes_a_server_offshore(rs, geo, server):
+    """EU and AP are not countries: the server has no known country, so an offshore rule gives
+    unknown_country (log here), never the rule's block as if EU were a foreign country."""
+    v = judge_placed(rs, geo, "offshore-only.test", server=server)
+    assert (v.action, v.rule, v.offshore) == ("log", "offshore-only", None), v.reason
+    code = "EU" if server.endswith("20") else "AP"
+    assert f"has no known country (the GeoIP database says {code}, which is not a country)" in v.reason
+
+
+def test_a_registered_country_is_used_and_said_to_be_one(rs, geo):
+    v = judge_placed(rs, geo, "offshore-only.test", server="127.0.0.22")
+    assert (v.action, v.rule, v.offshore) == ("block", "offshore-only", True), v.reason
+    assert "server 127.0.0.22 is registered in US (offshore" in v.reason
+
+
+def test_a_home_country_written_as_a_legacy_code_is_refused(tmp_path):
+    (tmp_path / "policy.yaml").write_text("home_countries: [EU]\n")
+    with pytest.raises(RuleError, match=r"policy.yaml:1: home_countries: 'EU' is not an ISO 3166 alpha-2"):
+        Ruleset.load(str(tmp_path))
+
+
+def judge_placed(rs, geo, *names, server):
+    facts = Facts("tls", names=tuple(normalize_host(n) for n in names), server_ip=normalize_ip(server))
+    geo.place(facts)
+    return decide(facts, rs)
 
 
 def test_asn_rule_logs(rs, geo):

@@ -31,6 +31,7 @@ import pytest
 
 from support import evasion_tls as et
 from support.proc import Mitmdump
+from support.servers import TestServer
 
 pytestmark = pytest.mark.e2e
 
@@ -604,6 +605,37 @@ def test_a_network_rule_on_the_ipv6_form_still_applies(proxy, log):
     assert head.startswith(b"HTTP/1.1 451"), head
     rec = log.wait(stage="connect")
     assert (rec["rule"], rec["server_ip"], rec["server_ipv6"]) == ("blocked-6to4-site", "127.0.0.7", "2002:7f00:7::1")
+
+
+# ============================================================== 4c. GeoIP answers that are not a country
+# tests/support/geodb.py ODD_PLACES: 127.0.0.20 EU and 127.0.0.21 AP (legacy codes, no country),
+# 127.0.0.22 registered_country US only, 127.0.0.23 SG and anycast. offshore-only.test is blocked
+# where the server is offshore (home: CN).
+
+@pytest.fixture(scope="module")
+def odd_servers():
+    made = {host: TestServer(host) for host in ("127.0.0.20", "127.0.0.21", "127.0.0.22", "127.0.0.23")}
+    yield made
+    for s in made.values():
+        s.close()
+
+
+@pytest.mark.parametrize("host, answer, expect", [
+    ("127.0.0.20", 200, {"action": "log", "country": None, "geoip_code": "EU", "offshore": None}),
+    ("127.0.0.21", 200, {"action": "log", "country": None, "geoip_code": "AP", "offshore": None}),
+    ("127.0.0.22", 451, {"action": "block", "country": "US", "country_source": "geoip-registered", "offshore": True}),
+    ("127.0.0.23", 451, {"action": "block", "country": "SG", "country_source": "geoip", "anycast": True}),
+], ids=["legacy EU", "legacy AP", "registered country only", "anycast"])
+def test_geoip_answers_that_are_not_a_country(proxy, odd_servers, log, host, answer, expect):
+    """A legacy code is no country (the offshore rule gives unknown_country: log, the request is
+    served); a registered country is used and recorded as such; anycast is recorded."""
+    s = odd_servers[host]
+    s.reset()
+    got = http_get(proxy, f"http://{host}:{s.port}/", b"Host: offshore-only.test")
+    assert status(got) == answer and s.connections == (1 if answer == 200 else 0)
+    rec = log.wait(stage="http", server_ip=host)
+    assert {k: rec.get(k) for k in expect} == expect, rec
+    assert rec["rule"] == "offshore-only"
 
 
 # ============================================================== 5. HTTP fields
