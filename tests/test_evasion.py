@@ -4,8 +4,8 @@ Each case runs a real mitmdump with geoblock and a real client: curl, raw socket
 (request lines and headers, hand-made ClientHellos from tests/support/evasion_tls.py), Python ssl, an
 HTTP/2 client (h2). Servers on 127.0.0.x are placed in countries by a test GeoIP database
 (tests/support/geodb.py): 127.0.0.1 CN (home), 127.0.0.2 SG (offshore), 127.0.0.5 SG and blocked by
-the network rule `blocked-network`. Each case checks what the client sees, that a blocked server saw
-no connection, and the decision record.
+the network rule `blocked-network`, 127.0.0.20-23 GeoIP answers that are not a plain country. Each
+case checks what the client sees, that a blocked server saw no connection, and the decision record.
 
 Three proxies: `proxy` (the shipped policy: ech and name_mismatch are log), `strict` (ech: block,
 name_mismatch: block, and geoblock_intercept so Host checks apply inside TLS), `intercepting` (the
