@@ -256,6 +256,20 @@ def test_replay_and_explain_place_a_server_as_the_proxy_does(live, rs, geo, rule
     for key in ("action", "rule", "reason", "offshore", "country", "country_source", "asn", "server_ip",
                 "server_ipv6", "server_ipv6_form", "geoip_code", "anycast"):
         assert explained.get(key) == record.get(key), key
+    # the text form says the same about the server
+    assert geoblock_cli.main(["explain", "offshore-only.test", "--server", target.strip("[]"), "--stage", "http",
+                              "--rules", str(rules_dir), "--country-db", str(geo_dir / "GeoLite2-Country.mmdb"),
+                              "--asn-db", str(geo_dir / "GeoLite2-ASN.mmdb")]) == 0
+    text = capsys.readouterr().out
+    assert f"{record['action']}: {record['reason']}" in text
+    server_line = next(line for line in text.splitlines() if line.startswith("server "))
+    if record.get("geoip_code"):
+        assert f"the GeoIP database says {record['geoip_code']}" in server_line
+    if record["country"]:
+        assert f"{record['country']} ({record['country_source']})" in server_line
+    assert ("anycast" in server_line) == bool(record.get("anycast"))
+    if record.get("server_ipv6"):
+        assert f"carried in {record['server_ipv6']}, {record['server_ipv6_form']}" in server_line
 
 
 # --------------------------------------------------------------------------------------------

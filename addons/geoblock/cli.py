@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from .decide import Facts, decide
+from .decide import Facts, decide, server_text
 from .geo import Geo
 from .names import InvalidHost, as_written, normalize_host, normalize_ip
 from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
@@ -74,12 +74,29 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(json.dumps(out))
     else:
         print(f"{verdict.action}: {verdict.reason}")
+        if server is not None:
+            print(f"server {server_text(server)}: {_place(facts)}")
         if verdict.rule:
             spec = next(r.spec for r in rs.rules if r.id == verdict.rule)
             print(f"rule {spec.id} is defined at {spec.source}")
         for problem in geo.problems:
             print(f"note: {problem}")
     return 0
+
+
+def _place(facts: Facts) -> str:
+    """Where the server is, as the decision record says it (country and its source, ASN, anycast)."""
+    if facts.country is not None:
+        where = f"{facts.country} ({facts.country_source})"
+    elif facts.geoip_code is not None:
+        where = f"no known country (the GeoIP database says {facts.geoip_code}, which is not a country)"
+    else:
+        where = "no known country"
+    if facts.asn is not None:
+        where += f", AS{facts.asn}"
+    if facts.anycast:
+        where += ", anycast"
+    return where
 
 
 def main(argv: list[str] | None = None) -> int:
