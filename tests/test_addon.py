@@ -13,7 +13,8 @@ import weakref
 
 import pytest
 from mitmproxy.addons import proxyserver
-from mitmproxy.proxy import commands, context, events, layer, mode_specs
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.proxy import commands, context, events, layer
 from mitmproxy.proxy.layers import tls
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -496,7 +497,7 @@ def test_an_allowed_name_resolved_to_a_nat64_address_is_dialled_at_the_ipv6_addr
     IPv6-only network that is the only way to reach it."""
     resolving_to(gb, "64:ff9b::7f00:1")
     f = http_flow("offshore-only.test", host="offshore-only.test")
-    f.client_conn.proxy_mode = mode_specs.ProxyMode.parse("regular")
+    f.client_conn.proxy_mode = ProxyMode.parse("regular")
     run(gb.requestheaders(f))
     assert f.response is None
     assert (f.request.host, f.request.host_header) == ("64:ff9b::7f00:1", "offshore-only.test")
