@@ -13,6 +13,7 @@ import weakref
 
 import pytest
 from mitmproxy.addons import proxyserver
+from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.proxy import commands, context, events, layer
 from mitmproxy.proxy.layers import modes, tls
 from mitmproxy.test import taddons, tflow, tutils
@@ -511,6 +512,56 @@ def test_every_form_of_a_blocked_address_is_blocked(gb, target):
     run(gb.requestheaders(f))
     assert f.response is not None and f.response.status_code == 451
     assert records(gb)[-1]["rule"] == "blocked-network"
+
+
+@pytest.mark.parametrize("target, ipv6, form", [
+    ("[64:ff9b::7f00:5]", "64:ff9b::7f00:5", "nat64"), ("[2002:7f00:5::]", "2002:7f00:5::", "6to4"),
+    ("[2001:0:4136:e378:8000:63bf:80ff:fffa]", "2001:0:4136:e378:8000:63bf:80ff:fffa", "teredo"),
+    ("[::127.0.0.5]", "::7f00:5", "ipv4-compatible"), ("[64:ff9b:1::7f00:5]", "64:ff9b:1::7f00:5", "nat64-local"),
+])
+def test_an_ipv6_address_that_carries_a_blocked_address_is_blocked_and_recorded_in_both_forms(gb, target, ipv6, form):
+    c = tflow.tflow(req=tutils.treq(method=b"CONNECT", host=target.strip("[]"), port=443, path=b"",
+                                    authority=f"{target}:443".encode()))
+    run(gb.http_connect(c))
+    assert c.response is not None and c.response.status_code == 451, target
+    rec = records(gb)[-1]
+    assert (rec["rule"], rec["server_ip"], rec["server_ipv6"], rec["server_ipv6_form"]) == (
+        "blocked-network", "127.0.0.5", ipv6, form)
+    assert (rec["country"], rec["asn"]) == ("SG", 64501)
+    f = http_flow("allowed.test", host=target.strip("[]"))  # GET http://<target>/ with an allowed Host
+    run(gb.requestheaders(f))
+    assert f.response is not None and f.response.status_code == 451
+    assert (records(gb)[-1]["rule"], records(gb)[-1]["server_ipv6"]) == ("blocked-network", ipv6)
+
+
+def resolving_to(gb, answer):
+    """Make geoblock's resolver answer every name with `answer` (as the system resolver would, e.g. DNS64)."""
+    gb.resolver._lookup = lambda name: [answer]
+
+
+def test_a_name_resolved_to_a_nat64_address_is_placed_by_the_ipv4_address(gb):
+    """offshore-only.test needs its server's country; DNS64 answers 64:ff9b::7f00:2, which reaches
+    127.0.0.2 (SG): blocked as offshore, the record showing both forms."""
+    resolving_to(gb, "64:ff9b::7f00:2")
+    f = http_flow("offshore-only.test", host="offshore-only.test")
+    run(gb.requestheaders(f))
+    assert f.response is not None and f.response.status_code == 451
+    rec = records(gb)[-1]
+    assert (rec["rule"], rec["country"], rec["offshore"]) == ("offshore-only", "SG", True)
+    assert (rec["server_ip"], rec["server_ipv6"], rec["server_ipv6_form"]) == ("127.0.0.2", "64:ff9b::7f00:2", "nat64")
+
+
+def test_an_allowed_name_resolved_to_a_nat64_address_is_dialled_at_the_ipv6_address(gb):
+    """Judged where 127.0.0.1 (CN, home) is, but the request still goes to the NAT64 address: on an
+    IPv6-only network that is the only way to reach it."""
+    resolving_to(gb, "64:ff9b::7f00:1")
+    f = http_flow("offshore-only.test", host="offshore-only.test")
+    f.client_conn.proxy_mode = ProxyMode.parse("regular")
+    run(gb.requestheaders(f))
+    assert f.response is None
+    assert (f.request.host, f.request.host_header) == ("64:ff9b::7f00:1", "offshore-only.test")
+    rec = records(gb)[-1]
+    assert (rec["action"], rec["country"], rec["server_ipv6"]) == ("allow", "CN", "64:ff9b::7f00:1")
 
 
 def test_a_record_line_is_compact_json_and_keeps_text_that_is_not_unicode():

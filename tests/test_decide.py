@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 
 from geoblock.decide import Facts, decide
-from geoblock.geo import Geo
+from geoblock.geo import Geo, location_of
 from geoblock.names import normalize_host, normalize_ip
+from geoblock.observe import client_ip
+from geoblock.rules import RuleError
 from geoblock.ruleset import Ruleset
 
 
@@ -81,6 +83,120 @@ def test_network_rule_blocks_any_name_and_no_name(rs, geo):
     # 127.0.0.6 is outside the network; it has no ASN either, so the ASN rule gives unknown_country
     v = judge(rs, geo, server="127.0.0.6")
     assert (v.action, v.rule) == ("log", "us-asn-log")
+
+
+CARRYING_127_0_0_5 = {  # IPv6 addresses that reach 127.0.0.5 through a translator or tunnel
+    "nat64": "64:ff9b::7f00:5",
+    "nat64-local": "64:ff9b:1::7f00:5",
+    "6to4": "2002:7f00:5::1",
+    "teredo": "2001:0:4136:e378:8000:63bf:80ff:fffa",
+    "ipv4-compatible": "::127.0.0.5",
+}
+
+
+@pytest.mark.parametrize("form", list(CARRYING_127_0_0_5))
+def test_an_address_carried_in_ipv6_is_judged_like_the_ipv4_address(rs, geo, form):
+    """The network rule, the country and the ASN of 127.0.0.5 apply to every IPv6 form that reaches it."""
+    facts = Facts("connect", server_ip=normalize_ip(CARRYING_127_0_0_5[form]))
+    geo.place(facts)
+    assert (facts.country, facts.asn, facts.country_source) == ("SG", 64501, "geoip")
+    v = decide(facts, rs)
+    assert (v.action, v.rule) == ("block", "blocked-network"), v.reason
+    assert f"server 127.0.0.5 (carried in {CARRYING_127_0_0_5[form].replace('127.0.0.5', '7f00:5')}, {form})" in v.reason
+
+
+def test_a_name_rule_on_location_sees_the_carried_address(rs, geo):
+    """offshore-only.test resolved (DNS64) to 64:ff9b::7f00:2 (SG) is offshore; to 64:ff9b::7f00:1 (CN) not."""
+    v = judge(rs, geo, "offshore-only.test", server="64:ff9b::7f00:2")
+    assert (v.action, v.rule, v.offshore) == ("block", "offshore-only", True), v.reason
+    assert judge(rs, geo, "offshore-only.test", server="2002:7f00:1::").action == "allow"
+    v = judge(rs, geo, "allowed.test", server="2001:0:4136:e378:8000:63bf:80ff:fffc")  # Teredo client 127.0.0.3
+    assert (v.action, v.rule) == ("log", "us-asn-log") and "AS64502" in v.reason
+
+
+def test_a_network_rule_on_the_ipv6_form_still_matches(tmp_path, geo):
+    (tmp_path / "r.yaml").write_text("""rules:
+  - {id: no-6to4, action: block, networks: ["2002::/16"]}
+  - {id: no-nat64-site, action: block, networks: ["64:ff9b:1:abcd::/64"]}
+""")
+    rs6 = Ruleset.load(str(tmp_path))
+    for server, rule in (("2002:7f00:1::", "no-6to4"), ("64:ff9b:1:abcd::7f00:1", "no-nat64-site")):
+        v = judge(rs6, geo, "allowed.test", server=server)
+        assert (v.action, v.rule) == ("block", rule), v.reason
+    assert judge(rs6, geo, "allowed.test", server="127.0.0.1").action == "allow"
+    assert judge(rs6, geo, "allowed.test", server="64:ff9b:1:abce::7f00:1").action == "allow"
+
+
+def test_a_client_address_is_matched_as_it_came(rs, geo):
+    """A client picks its own IPv6 address: one that spells an IPv4 address is not that IPv4 client
+    (clients rules would otherwise be claimed by choosing an address). The record shows it as it came."""
+    facts = Facts("connect", names=("allowed.test",), client_ip=client_ip(_Conn(("::127.0.0.9", 5000))),
+                  server_ip=normalize_ip("127.0.0.1"))
+    assert str(facts.client_ip) == "::7f00:9"
+    geo.place(facts)
+    assert decide(facts, rs).action == "allow"
+    assert judge(rs, geo, "allowed.test", server="127.0.0.1", client="127.0.0.9").rule == "blocked-client"
+
+
+class _Conn:
+    def __init__(self, peername):
+        self.peername = peername
+
+
+# GeoIP answers that are not what they seem (tests/support/geodb.py ODD_PLACES).
+@pytest.mark.parametrize("server, country, source, code, anycast", [
+    ("127.0.0.20", None, None, "EU", False),                    # legacy continent code: not a country
+    ("127.0.0.21", None, None, "AP", False),
+    ("127.0.0.22", "US", "geoip-registered", None, False),      # only where the block is registered
+    ("127.0.0.23", "SG", "geoip", None, True),                  # anycast
+    ("127.0.0.2", "SG", "geoip", None, False),
+])
+def test_what_the_country_database_says_is_placed_as_it_is(geo, server, country, source, code, anycast):
+    facts = Facts("tls", server_ip=normalize_ip(server))
+    geo.place(facts)
+    assert (facts.country, facts.country_source, facts.geoip_code, facts.anycast) == (country, source, code, anycast)
+
+
+@pytest.mark.parametrize("record, expected", [
+    ({"country": {"iso_code": "EU"}, "registered_country": {"iso_code": "DE"}}, ("DE", "geoip-registered", "EU", False)),
+    ({"country": {"iso_code": "sg"}}, ("SG", "geoip", None, False)),
+    ({"country": {"iso_code": "XK"}}, ("XK", "geoip", None, False)),  # Kosovo: MaxMind's code, in countries.py
+    ({"country": {"iso_code": "ZZ"}, "traits": {"is_anycast": True}}, (None, None, "ZZ", True)),
+    ({"traits": {"is_anycast": "yes"}}, (None, None, None, False)),  # only a true boolean says anycast
+    ({"continent": {"code": "EU"}}, (None, None, None, False)),
+    ("not a record", (None, None, None, False)),
+])
+def test_location_of_a_country_record(record, expected):
+    where = location_of(record)
+    assert (where.country, where.source, where.code, where.anycast) == expected
+
+
+@pytest.mark.parametrize("server", ["127.0.0.20", "127.0.0.21"])
+def test_a_legacy_continent_code_never_makes_a_server_offshore(rs, geo, server):
+    """EU and AP are not countries: the server has no known country, so an offshore rule gives
+    unknown_country (log here), never the rule's block as if EU were a foreign country."""
+    v = judge_placed(rs, geo, "offshore-only.test", server=server)
+    assert (v.action, v.rule, v.offshore) == ("log", "offshore-only", None), v.reason
+    code = "EU" if server.endswith("20") else "AP"
+    assert f"has no known country (the GeoIP database says {code}, which is not a country)" in v.reason
+
+
+def test_a_registered_country_is_used_and_said_to_be_one(rs, geo):
+    v = judge_placed(rs, geo, "offshore-only.test", server="127.0.0.22")
+    assert (v.action, v.rule, v.offshore) == ("block", "offshore-only", True), v.reason
+    assert "server 127.0.0.22 is registered in US (offshore" in v.reason
+
+
+def test_a_home_country_written_as_a_legacy_code_is_refused(tmp_path):
+    (tmp_path / "policy.yaml").write_text("home_countries: [EU]\n")
+    with pytest.raises(RuleError, match=r"policy.yaml:1: home_countries: 'EU' is not an ISO 3166 alpha-2"):
+        Ruleset.load(str(tmp_path))
+
+
+def judge_placed(rs, geo, *names, server):
+    facts = Facts("tls", names=tuple(normalize_host(n) for n in names), server_ip=normalize_ip(server))
+    geo.place(facts)
+    return decide(facts, rs)
 
 
 def test_asn_rule_logs(rs, geo):

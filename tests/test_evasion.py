@@ -4,8 +4,8 @@ Each case runs a real mitmdump with geoblock and a real client: curl, raw socket
 (request lines and headers, hand-made ClientHellos from tests/support/evasion_tls.py), Python ssl, an
 HTTP/2 client (h2). Servers on 127.0.0.x are placed in countries by a test GeoIP database
 (tests/support/geodb.py): 127.0.0.1 CN (home), 127.0.0.2 SG (offshore), 127.0.0.5 SG and blocked by
-the network rule `blocked-network`. Each case checks what the client sees, that a blocked server saw
-no connection, and the decision record.
+the network rule `blocked-network`, 127.0.0.20-23 GeoIP answers that are not a plain country. Each
+case checks what the client sees, that a blocked server saw no connection, and the decision record.
 
 Three proxies: `proxy` (the shipped policy: ech and name_mismatch are log), `strict` (ech: block,
 name_mismatch: block, and geoblock_intercept so Host checks apply inside TLS), `intercepting` (the
@@ -31,6 +31,7 @@ import pytest
 
 from support import evasion_tls as et
 from support.proc import Mitmdump
+from support.servers import TestServer
 
 pytestmark = pytest.mark.e2e
 
@@ -51,11 +52,15 @@ HOMOGRAPH = "bіnance.com"  # Cyrillic "і" (U+0456): IDNA xn--bnance-pvf.com, a
 LISTED_HOMOGRAPH = "okх.com"  # Cyrillic "х" (U+0445): listed in the test rule known-lookalikes
 
 EVASION_RULES = f"""\
-# Test rules for tests/test_evasion.py: a lookalike spelling listed on purpose.
+# Test rules for tests/test_evasion.py: a lookalike spelling listed on purpose; a network written in
+# its IPv6 (6to4) form.
 rules:
   - id: known-lookalikes
     action: block
     domains: [{LISTED_HOMOGRAPH}]
+  - id: blocked-6to4-site
+    action: block
+    networks: ["2002:7f00:7::/48"]
 """
 
 
@@ -556,6 +561,88 @@ def test_zone_id_on_an_unknown_link_local_address(proxy, log):
     rec = log.wait(stage="connect")
     assert rec["server_ip"] == "fe80::1" and rec["country"] is None
     assert rec["action"] in ("allow", "log")
+
+
+# ============================================================== 4b. addresses that carry an IPv4 address
+# IPv6 addresses a NAT64 gateway or a tunnel takes to 127.0.0.5. Loopback is not reachable at them:
+# the point is the verdict, 451 before any dial, and the record naming both forms.
+
+CARRYING_BLOCKED_IP = {  # form: (authority host as written, IPv6 as recorded)
+    "nat64": ("[64:ff9b::7f00:5]", "64:ff9b::7f00:5"),
+    "nat64 dotted": ("[64:ff9b::127.0.0.5]", "64:ff9b::7f00:5"),
+    "nat64-local": ("[64:ff9b:1::7f00:5]", "64:ff9b:1::7f00:5"),
+    "6to4": ("[2002:7f00:5::]", "2002:7f00:5::"),
+    "teredo": ("[2001:0:4136:e378:8000:63bf:80ff:fffa]", "2001:0:4136:e378:8000:63bf:80ff:fffa"),
+    "ipv4-compatible": ("[::7f00:5]", "::7f00:5"),
+    "ipv4-compatible dotted": ("[::127.0.0.5]", "::7f00:5"),
+}
+
+
+@pytest.mark.parametrize("form", list(CARRYING_BLOCKED_IP), ids=list(CARRYING_BLOCKED_IP))
+def test_ipv6_carrying_a_blocked_address_in_connect(proxy, servers, log, form):
+    s = servers["https5"]
+    written, ipv6 = CARRYING_BLOCKED_IP[form]
+    sock, head = connect(proxy, f"{written}:{s.port}")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 451 Unavailable For Legal Reasons"), head
+    assert s.connections == 0
+    rec = log.wait(stage="connect")
+    assert (rec["action"], rec["rule"], rec["server_ip"], rec["server_ipv6"]) == (
+        "block", "blocked-network", BLOCKED_IP, ipv6)
+    assert rec["server_ipv6_form"] == form.split()[0]
+    assert (rec["country"], rec["asn"]) == ("SG", 64501)
+
+
+@pytest.mark.parametrize("form", ["nat64", "6to4", "teredo", "ipv4-compatible"])
+def test_ipv6_carrying_a_blocked_address_in_the_request_target(proxy, servers, log, form):
+    """GET http://[64:ff9b::7f00:5]:PORT/ with an allowed Host: the dialled address decides."""
+    s = servers["http5"]
+    written, ipv6 = CARRYING_BLOCKED_IP[form]
+    answer = http_get(proxy, f"http://{written}:{s.port}/", b"Host: allowed.test")
+    assert status(answer) == 451 and s.connections == 0
+    rec = log.wait(stage="http")
+    assert (rec["action"], rec["rule"], rec["server_ip"], rec["server_ipv6"]) == (
+        "block", "blocked-network", BLOCKED_IP, ipv6)
+
+
+def test_a_network_rule_on_the_ipv6_form_still_applies(proxy, log):
+    """blocked-6to4-site lists 2002:7f00:7::/48, the 6to4 site of 127.0.0.7 (no rule on 127.0.0.7)."""
+    sock, head = connect(proxy, "[2002:7f00:7::1]:443")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 451"), head
+    rec = log.wait(stage="connect")
+    assert (rec["rule"], rec["server_ip"], rec["server_ipv6"]) == ("blocked-6to4-site", "127.0.0.7", "2002:7f00:7::1")
+
+
+# ============================================================== 4c. GeoIP answers that are not a country
+# tests/support/geodb.py ODD_PLACES: 127.0.0.20 EU and 127.0.0.21 AP (legacy codes, no country),
+# 127.0.0.22 registered_country US only, 127.0.0.23 SG and anycast. offshore-only.test is blocked
+# where the server is offshore (home: CN).
+
+@pytest.fixture(scope="module")
+def odd_servers():
+    made = {host: TestServer(host) for host in ("127.0.0.20", "127.0.0.21", "127.0.0.22", "127.0.0.23")}
+    yield made
+    for s in made.values():
+        s.close()
+
+
+@pytest.mark.parametrize("host, answer, expect", [
+    ("127.0.0.20", 200, {"action": "log", "country": None, "geoip_code": "EU", "offshore": None}),
+    ("127.0.0.21", 200, {"action": "log", "country": None, "geoip_code": "AP", "offshore": None}),
+    ("127.0.0.22", 451, {"action": "block", "country": "US", "country_source": "geoip-registered", "offshore": True}),
+    ("127.0.0.23", 451, {"action": "block", "country": "SG", "country_source": "geoip", "anycast": True}),
+], ids=["legacy EU", "legacy AP", "registered country only", "anycast"])
+def test_geoip_answers_that_are_not_a_country(proxy, odd_servers, log, host, answer, expect):
+    """A legacy code is no country (the offshore rule gives unknown_country: log, the request is
+    served); a registered country is used and recorded as such; anycast is recorded."""
+    s = odd_servers[host]
+    s.reset()
+    got = http_get(proxy, f"http://{host}:{s.port}/", b"Host: offshore-only.test")
+    assert status(got) == answer and s.connections == (1 if answer == 200 else 0)
+    rec = log.wait(stage="http", server_ip=host)
+    assert {k: rec.get(k) for k in expect} == expect, rec
+    assert rec["rule"] == "offshore-only"
 
 
 # ============================================================== 5. HTTP fields

@@ -53,6 +53,19 @@ def test_transparent_connection_to_a_blocked_network_is_closed_before_any_byte(g
     assert (rec["stage"], rec["action"], rec["rule"], rec["server_ip"]) == ("ip", "block", "blocked-network", "127.0.0.5")
 
 
+@pytest.mark.parametrize("dest, form", [("64:ff9b::7f00:5", "nat64"), ("2002:7f00:5::1", "6to4"),
+                                        ("::7f00:5", "ipv4-compatible")])
+def test_transparent_connection_to_an_ipv6_address_carrying_a_blocked_one_is_closed(gb, dest, form):
+    """The original destination is an IPv6 address a NAT64 gateway or tunnel takes to 127.0.0.5."""
+    client = transparent_client(dest, src="2001:db8:1::2")
+    asyncio.run(gb.client_connected(client))
+    assert client.error and "blocked-network" in client.error
+    rec = last(gb)
+    assert (rec["stage"], rec["action"], rec["server_ip"], rec["server_ipv6"], rec["server_ipv6_form"]) == (
+        "ip", "block", "127.0.0.5", dest, form)
+    assert rec["client"] == "2001:db8:1::2"
+
+
 def test_transparent_connection_elsewhere_waits_for_the_name(gb):
     client = transparent_client("127.0.0.2")  # SG: offshore, but no rule on the address alone blocks it
     asyncio.run(gb.client_connected(client))

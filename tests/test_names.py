@@ -2,7 +2,7 @@ import ipaddress
 
 import pytest
 
-from geoblock.names import InvalidHost, normalize_host, normalize_ip, unicode_name
+from geoblock.names import EmbeddedIPv4, InvalidHost, as_written, carried_ipv4, normalize_host, normalize_ip, unicode_name
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -61,6 +61,59 @@ def test_invalid_hosts_are_refused_with_the_value(raw, why):
 
 def test_ipv4_mapped_ipv6_is_ipv4():
     assert normalize_ip("::ffff:10.1.2.3") == ipaddress.IPv4Address("10.1.2.3")
+
+
+# IPv6 addresses that carry an IPv4 address a translator or tunnel reaches: (as written, IPv6, form).
+# Each carries 127.0.0.5 (the test database's blocked network).
+CARRIED = [
+    ("64:ff9b::7f00:5", "64:ff9b::7f00:5", "nat64"),                      # RFC 6052 well-known prefix
+    ("64:ff9b::127.0.0.5", "64:ff9b::7f00:5", "nat64"),
+    ("[64:FF9B::7F00:5]:443", "64:ff9b::7f00:5", "nat64"),
+    ("64:ff9b:1::7f00:5", "64:ff9b:1::7f00:5", "nat64-local"),            # RFC 8215, /96 format
+    ("64:ff9b:1:abcd:0:1:7f00:5", "64:ff9b:1:abcd:0:1:7f00:5", "nat64-local"),
+    ("2002:7f00:5::", "2002:7f00:5::", "6to4"),                          # RFC 3056: bits 16-47
+    ("2002:7f00:5:1::99", "2002:7f00:5:1::99", "6to4"),
+    ("2001:0:4136:e378:8000:63bf:80ff:fffa", "2001:0:4136:e378:8000:63bf:80ff:fffa", "teredo"),  # RFC 4380
+    ("::7f00:5", "::7f00:5", "ipv4-compatible"),                         # RFC 4291 2.5.5.1
+    ("[::127.0.0.5]", "::7f00:5", "ipv4-compatible"),
+    ("::127.0.0.5%lo", "::7f00:5", "ipv4-compatible"),
+]
+
+
+@pytest.mark.parametrize("raw, ipv6, form", CARRIED, ids=[c[0] for c in CARRIED])
+def test_an_ipv6_address_that_carries_ipv4_is_judged_as_the_ipv4_address(raw, ipv6, form):
+    value = normalize_host(raw)
+    assert isinstance(value, EmbeddedIPv4)
+    assert value == ipaddress.IPv4Address("127.0.0.5") and hash(value) == hash(ipaddress.IPv4Address("127.0.0.5"))
+    assert str(value) == "127.0.0.5" and value.version == 4
+    assert (str(value.ipv6), value.form) == (ipv6, form)
+    assert as_written(value) == ipaddress.IPv6Address(ipv6)  # what a connection to it really uses
+    assert normalize_ip(str(value.ipv6)) == value and normalize_ip(value.ipv6) == value
+
+
+def test_teredo_yields_the_clients_address_not_the_teredo_servers():
+    addr = ipaddress.IPv6Address("2001:0:4136:e378:8000:63bf:80ff:fffa")
+    server, client = addr.teredo
+    assert carried_ipv4(addr) == (client, "teredo") and server == ipaddress.IPv4Address("65.54.227.120")
+
+
+@pytest.mark.parametrize("raw", ["::", "::1", "2001:db8::1", "fe80::1", "2003::7f00:5", "64:ff9b:2::7f00:5",
+                                 "::ffff:0:7f00:5", "64:ff9a::7f00:5", "fc00::7f00:5"])
+def test_other_ipv6_addresses_carry_nothing(raw):
+    value = normalize_ip(raw)
+    assert not isinstance(value, EmbeddedIPv4) and value.version == 6
+
+
+def test_an_embedded_address_survives_copying_and_plain_ipv4_is_untouched():
+    import copy
+    import pickle
+
+    value = normalize_ip("2002:7f00:5::1")
+    for again in (pickle.loads(pickle.dumps(value)), copy.deepcopy(value)):
+        assert isinstance(again, EmbeddedIPv4) and (again, again.ipv6, again.form) == (value, value.ipv6, "6to4")
+    plain = normalize_ip("127.0.0.5")
+    assert type(plain) is ipaddress.IPv4Address and as_written(plain) is plain
+    assert normalize_ip(value) is value
 
 
 def test_unicode_name_is_for_people():

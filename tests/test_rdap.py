@@ -152,6 +152,17 @@ def test_public_ip_is_looked_up_once_then_cached(server: RdapServer, make) -> No
                            "rdap in flight": (0, loc.workers + loc.max_queued)}
 
 
+def test_an_ipv6_address_that_carries_a_public_ipv4_address_is_asked_about_that_address(server: RdapServer, make) -> None:
+    """64:ff9b::808:808 (NAT64) and 2002:808:808:: (6to4) lead to 8.8.8.8: the registry is asked about
+    8.8.8.8, once, and both forms get its answer (names.carried_ipv4)."""
+    server.set_answer("8.8.8.8", rs.country("US", "8.8.8.0/24"))
+    loc = make()
+    assert loc.country("64:ff9b::808:808") is None  # scheduled, not waited for
+    wait_for(lambda: loc.country("64:ff9b::808:808") == "US")
+    assert loc.country("2002:808:808::1") == "US" and loc.country("8.8.8.8") == "US"
+    assert server.hits_for("8.8.8.8") == 1 and server.total_requests() == 1
+
+
 def test_ipv6_public_address(server: RdapServer, make) -> None:
     server.set_answer("2001:4860:4860::8888", rs.country("US", "2001:4860::/32"))
     loc = make()
@@ -367,7 +378,7 @@ NON_GLOBAL = [
     "10.0.0.1", "127.0.0.1", "192.0.2.1", "::1", "fe80::1", "172.16.5.4", "192.168.1.1", "100.64.0.1",
     "169.254.169.254", "0.0.0.0", "255.255.255.255", "240.0.0.1", "224.0.0.251", "239.255.255.250",
     "198.18.0.1", "198.51.100.7", "203.0.113.9", "2001:db8::1", "fc00::1", "ff02::1", "::", "::ffff:10.0.0.1",
-    "64:ff9b::808:808", "fe80::1%eth0",
+    "64:ff9b::a00:1", "2002:c0a8:101::1", "fe80::1%eth0",  # NAT64 and 6to4 forms of 10.0.0.1, 192.168.1.1
 ]
 
 

@@ -232,6 +232,46 @@ def test_replay_takes_names_in_the_addons_order(live, rs, geo):
     assert live_flow.response is not None and live_flow.response.status_code == 451
 
 
+@pytest.mark.parametrize("server", ["127.0.0.20", "127.0.0.21", "127.0.0.22", "127.0.0.23", "64:ff9b::7f00:5"])
+def test_replay_and_explain_place_a_server_as_the_proxy_does(live, rs, geo, rules_dir, geo_dir, capsys, server):
+    """Servers whose GeoIP answer is not a plain country (EU, AP, registered only, anycast) and an
+    address carried in IPv6: the proxy's record, the replay's record and `geoblock explain` agree."""
+    from geoblock import cli as geoblock_cli
+
+    target = f"[{server}]" if ":" in server else server
+    flow = tflow.tflow(req=tutils.treq(host=server, port=80, headers=[(b"Host", b"offshore-only.test")]))
+    flow.client_conn.peername = ("127.0.0.1", 50000)
+    flow.client_conn.sni = None
+    flow.server_conn.peername = None  # judged on the request target, as the proxy judges it before dialling
+    live_flow = flow.copy()
+    live_flow.response = None
+    asyncio.run(live.requestheaders(live_flow))
+    (record,) = logged(live)
+    facts, verdict = rp.judge(flow, rs, geo)
+    assert comparable(rp.make_record(facts, verdict, False, rs.version, geo.country_build, geo.asn_build)) == comparable(record)
+    assert geoblock_cli.main(["explain", "offshore-only.test", "--server", target.strip("[]"), "--stage", "http",
+                              "--rules", str(rules_dir), "--country-db", str(geo_dir / "GeoLite2-Country.mmdb"),
+                              "--asn-db", str(geo_dir / "GeoLite2-ASN.mmdb"), "--json"]) == 0
+    explained = json.loads(capsys.readouterr().out)
+    for key in ("action", "rule", "reason", "offshore", "country", "country_source", "asn", "server_ip",
+                "server_ipv6", "server_ipv6_form", "geoip_code", "anycast"):
+        assert explained.get(key) == record.get(key), key
+    # the text form says the same about the server
+    assert geoblock_cli.main(["explain", "offshore-only.test", "--server", target.strip("[]"), "--stage", "http",
+                              "--rules", str(rules_dir), "--country-db", str(geo_dir / "GeoLite2-Country.mmdb"),
+                              "--asn-db", str(geo_dir / "GeoLite2-ASN.mmdb")]) == 0
+    text = capsys.readouterr().out
+    assert f"{record['action']}: {record['reason']}" in text
+    server_line = next(line for line in text.splitlines() if line.startswith("server "))
+    if record.get("geoip_code"):
+        assert f"the GeoIP database says {record['geoip_code']}" in server_line
+    if record["country"]:
+        assert f"{record['country']} ({record['country_source']})" in server_line
+    assert ("anycast" in server_line) == bool(record.get("anycast"))
+    if record.get("server_ipv6"):
+        assert f"carried in {record['server_ipv6']}, {record['server_ipv6_form']}" in server_line
+
+
 # --------------------------------------------------------------------------------------------
 # The command line
 

@@ -133,3 +133,120 @@ def test_single_file_with_policy_and_rules(tmp_path):
     f.write_text(POLICY + "rules:\n  - {id: a, action: block, domains: [x.test]}\n")
     src = load_rules(f)
     assert src.policy.default == "allow" and [r.id for r in src.rules] == ["a"]
+
+
+# --- values are read as written, not as YAML 1.1 types them ---------------------------------------
+# PyYAML follows YAML 1.1: NO/no/ON/off/Y/n are booleans, 010 is octal 8, 1_000 is 1000, 12:30 is 750.
+# Every test here runs with libyaml's parser and with PyYAML's pure-Python one (they differ in details).
+
+@pytest.fixture(params=["libyaml", "python"])
+def yaml_parser(request, monkeypatch):
+    import yaml
+
+    import geoblock.rules as rules_mod
+    if request.param == "libyaml":
+        if not hasattr(yaml, "CSafeLoader"):
+            pytest.fail("PyYAML is built without libyaml here: the libyaml row cannot run")
+        monkeypatch.setattr(rules_mod, "_Loader", yaml.CSafeLoader)
+    else:
+        monkeypatch.setattr(rules_mod, "_Loader", yaml.SafeLoader)
+    return request.param
+
+
+def rule_file(tmp_path: Path, rule: str, policy: str = POLICY) -> Path:
+    return make(tmp_path, {"policy.yaml": policy, "r.yaml": "rules:\n  - id: r\n    action: block\n" + rule})
+
+
+@pytest.mark.parametrize("written", ["[NO]", "[no]", "NO", "[No]", '["NO"]', "[SG, NO]"])
+def test_norway_is_a_home_country(tmp_path, yaml_parser, written):
+    src = load_rules(make(tmp_path, {"policy.yaml": f"home_countries: {written}\n"}))
+    assert "NO" in src.policy.home_countries
+
+
+@pytest.mark.parametrize("code", ["NO", "no", "Y", "n", "ON", "off", "yes"])
+def test_country_codes_are_the_text_as_written(tmp_path, yaml_parser, code):
+    """NO is Norway; ON, Y, off ... are refused naming the code as written, not True or False."""
+    path = rule_file(tmp_path, f"    countries: [{code}]\n")
+    if code.upper() == "NO":
+        assert next(iter(load_rules(path).rules)).countries == {"NO"}
+        return
+    with pytest.raises(RuleError) as err:
+        load_rules(path)
+    assert err.value.line == 4
+    assert f"countries: {code!r} is not an ISO 3166 alpha-2 country code" in str(err.value)
+
+
+@pytest.mark.parametrize("written, asn", [("010", 10), ("AS010", 10), ("as64500", 64500), ("64500", 64500),
+                                          ('"13335"', 13335), ("4294967295", 4294967295)])
+def test_asns_are_decimal_as_written(tmp_path, yaml_parser, written, asn):
+    assert next(iter(load_rules(rule_file(tmp_path, f"    asns: [{written}]\n")).rules)).asns == {asn}
+
+
+@pytest.mark.parametrize("written", ["1_000", "12:30", "0x10", "0o10", "1.5", "AS-1", "0", "4294967296", "9" * 40, "١٢"])
+def test_an_asn_that_is_not_decimal_digits_is_refused_as_written(tmp_path, yaml_parser, written):
+    with pytest.raises(RuleError) as err:
+        load_rules(rule_file(tmp_path, f"    asns: [{written}]\n"))
+    assert err.value.line == 4 and f"asns: {written!r} is not an AS number" in str(err.value)
+
+
+@pytest.mark.parametrize("written, name", [("NO", "no"), ("yes", "yes"), ("on", "on"), ("1_000", "1_000"),
+                                           ("Y.example", "y.example")])
+def test_domains_are_the_text_as_written(tmp_path, yaml_parser, written, name):
+    """`domains: [NO]` is Norway's top-level domain, `1_000` the name 1_000 (not the number 1000)."""
+    spec = next(iter(load_rules(rule_file(tmp_path, f"    domains: [{written}]\n")).rules))
+    assert [d.name for d in spec.domains] == [name] and spec.domains[0].text == written
+
+
+@pytest.mark.parametrize("written", ["0x7f000005", "010", "2130706437", "1.5"])
+def test_a_number_looking_domain_is_refused_naming_it_as_written(tmp_path, yaml_parser, written):
+    """Each spells an IPv4 address (as inet_aton reads it): refused, with the text as written."""
+    with pytest.raises(RuleError) as err:
+        load_rules(rule_file(tmp_path, f"    domains: [{written}]\n"))
+    assert f"domains: {written!r} is an IP address; put it under networks" in str(err.value)
+
+
+@pytest.mark.parametrize("written", ["010", "yes", "12:30", "1_000", "NO"])
+def test_ids_and_descriptions_are_the_text_as_written(tmp_path, yaml_parser, written):
+    path = make(tmp_path, {"policy.yaml": POLICY, "r.yaml": f"rules:\n  - id: {written}\n    action: block\n"
+                           f"    description: {written}\n    domains: [x.test]\n"})
+    rule = next(iter(load_rules(path).rules))
+    assert (rule.id, rule.description) == (written, written)
+
+
+@pytest.mark.parametrize("key, written", [("networks", "12:30"), ("clients", "2130706437"), ("networks", "010.0.0.0/8")])
+def test_networks_are_refused_naming_the_text_as_written(tmp_path, yaml_parser, key, written):
+    with pytest.raises(RuleError) as err:
+        load_rules(rule_file(tmp_path, f"    {key}: [{written}]\n"))
+    assert err.value.line == 4 and f"{key}: {written!r} is not a valid CIDR network" in str(err.value)
+
+
+@pytest.mark.parametrize("written, value", [("true", True), ("True", True), ("TRUE", True), ("false", False),
+                                            ("False", False), ("FALSE", False)])
+def test_offshore_takes_true_or_false(tmp_path, yaml_parser, written, value):
+    spec = next(iter(load_rules(rule_file(tmp_path, f"    domains: [x.test]\n    offshore: {written}\n")).rules))
+    assert spec.offshore is value
+
+
+@pytest.mark.parametrize("written, hint", [
+    ("yes", "YAML 1.1 reads yes as a boolean, YAML 1.2 as text: write true or false"),
+    ("no", "YAML 1.1 reads no as a boolean"), ("on", "YAML 1.1 reads on as a boolean"),
+    ("off", "YAML 1.1 reads off as a boolean"), ("Y", "YAML 1.1 reads Y as a boolean"),
+    ('"true"', "quoted: write true or false without quotes"), ("1", ""), ("maybe", ""),
+])
+def test_offshore_refuses_other_booleans_clearly(tmp_path, yaml_parser, written, hint):
+    with pytest.raises(RuleError) as err:
+        load_rules(rule_file(tmp_path, f"    domains: [x.test]\n    offshore: {written}\n"))
+    shown = written.strip('"')
+    assert err.value.line == 5 and f"offshore must be true or false, not {shown!r}" in str(err.value)
+    assert hint in str(err.value)
+
+
+@pytest.mark.parametrize("content, line, message", [
+    ("rules:\n  - id: a\n    action: on\n    domains: [x.test]\n", 3, "action must be one of allow, log, block, not 'on'"),
+    ("default: no\n", 1, "default must be one of allow, log, block, not 'no'"),
+    ("ech: off\n", 1, "ech must be one of allow, log, block, not 'off'"),
+    ("rules:\n  - id: a\n    action: block\n    countries:\n      -\n", 5, "countries is empty"),
+])
+def test_choices_name_the_text_as_written(tmp_path, yaml_parser, content, line, message):
+    err = refused(tmp_path, {"broken.yaml": content})
+    assert err.line == line and message in str(err), str(err)

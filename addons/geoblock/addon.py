@@ -45,7 +45,7 @@ from . import enforce, heap, hold, names as _names, record as _record
 from .choose import Chooser, judged_later
 from .decide import Facts, Verdict, decide
 from .geo import Geo
-from .names import IPAddress, InvalidHost, normalize_host, normalize_ip
+from .names import IPAddress, InvalidHost, as_written, normalize_host, normalize_ip
 from .observe import (InvalidField, client_hello_problem, client_ip, http_target, mismatch_of, peer_ip, sni_problem,
                       uri_authority)
 from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_LOG, DEFAULT_RULES
@@ -295,7 +295,7 @@ class GeoBlock:
             self.sinkhole = None
             if opts.geoblock_dns_sinkhole:
                 try:
-                    self.sinkhole = normalize_ip(opts.geoblock_dns_sinkhole)
+                    self.sinkhole = as_written(normalize_ip(opts.geoblock_dns_sinkhole))
                 except InvalidHost as exc:
                     raise exceptions.OptionsError(f"geoblock: geoblock_dns_sinkhole: {exc}") from None
         if "geoblock_monitor" in updated:
@@ -485,9 +485,8 @@ class GeoBlock:
 
     def _locate(self, facts: Facts) -> None:
         if facts.server_ip is not None and self.geo is not None:
-            facts.country, facts.asn = self.geo.lookup(facts.server_ip)
+            self.geo.place(facts)
             if facts.country is not None:
-                facts.country_source = "geoip"
                 return
         if self._rdap_may_place(facts):
             # Non-blocking: a cached RDAP answer, else a background lookup for later flows.
@@ -841,12 +840,13 @@ class GeoBlock:
         request = flow.request
         if not isinstance(flow.client_conn.proxy_mode, mode_specs.RegularMode):
             return  # other modes choose their server themselves
+        dial = str(as_written(addr))  # an IPv4 address carried in IPv6 (DNS64) is dialled as the IPv6 address
         if request.scheme == "https":
-            state.server_names[(str(addr), request.port)] = request.host
+            state.server_names[(dial, request.port)] = request.host
         elif request.scheme != "http":
             return
         host_header = request.host_header
-        request.host = str(addr)  # mitmproxy rewrites the Host header with it: put the client's back
+        request.host = dial  # mitmproxy rewrites the Host header with it: put the client's back
         if host_header is not None:
             request.host_header = host_header
 
@@ -884,7 +884,7 @@ class GeoBlock:
             return
         if server.sni is None:
             server.sni = client.sni or address[0]  # what mitmproxy would have sent
-        server.address = (str(pinned), address[1])
+        server.address = (str(as_written(pinned)), address[1])
 
     @guarded("http")
     async def response(self, flow: http.HTTPFlow) -> None:

@@ -12,10 +12,11 @@ import argparse
 import json
 import sys
 
-from .decide import Facts, decide
+from .decide import Facts, decide, server_text
 from .geo import Geo
-from .names import InvalidHost, normalize_host, normalize_ip
+from .names import InvalidHost, as_written, normalize_host, normalize_ip
 from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
+from .record import make_record
 from .rules import RuleError
 from .ruleset import Ruleset
 
@@ -55,26 +56,47 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 names.append(host)
             elif server is None:
                 server = host
-        client = normalize_ip(args.client) if args.client else None
+        client = as_written(normalize_ip(args.client)) if args.client else None
     except InvalidHost as exc:
         print(f"geoblock: {exc}", file=sys.stderr)
         return 2
     facts = Facts(args.stage, names=tuple(dict.fromkeys(names)), client_ip=client, server_ip=server)
-    if server is not None:
-        facts.country, facts.asn = geo.lookup(server)
+    geo.place(facts)
     verdict = decide(facts, rs)
     if args.json:
-        print(json.dumps({"action": verdict.action, "rule": verdict.rule, "reason": verdict.reason,
-                          "offshore": verdict.offshore, "country": facts.country, "asn": facts.asn,
-                          "ruleset": rs.version}))
+        out = {"action": verdict.action, "rule": verdict.rule, "reason": verdict.reason,
+               "offshore": verdict.offshore, "country": facts.country, "country_source": facts.country_source,
+               "asn": facts.asn, "ruleset": rs.version}
+        # the fields a decision record adds for the server (record.make_record), when present
+        record = make_record(facts, verdict, True, rs.version)
+        out.update({k: record[k] for k in ("server_ip", "server_ipv6", "server_ipv6_form", "geoip_code", "anycast")
+                    if k in record})
+        print(json.dumps(out))
     else:
         print(f"{verdict.action}: {verdict.reason}")
+        if server is not None:
+            print(f"server {server_text(server)}: {_place(facts)}")
         if verdict.rule:
             spec = next(r.spec for r in rs.rules if r.id == verdict.rule)
             print(f"rule {spec.id} is defined at {spec.source}")
         for problem in geo.problems:
             print(f"note: {problem}")
     return 0
+
+
+def _place(facts: Facts) -> str:
+    """Where the server is, as the decision record says it (country and its source, ASN, anycast)."""
+    if facts.country is not None:
+        where = f"{facts.country} ({facts.country_source})"
+    elif facts.geoip_code is not None:
+        where = f"no known country (the GeoIP database says {facts.geoip_code}, which is not a country)"
+    else:
+        where = "no known country"
+    if facts.asn is not None:
+        where += f", AS{facts.asn}"
+    if facts.anycast:
+        where += ", anycast"
+    return where
 
 
 def main(argv: list[str] | None = None) -> int:

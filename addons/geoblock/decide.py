@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .names import IPAddress, unicode_name
+from .names import EmbeddedIPv4, IPAddress, unicode_name
 from .ruleset import SEVERITY, CompiledRule, Ruleset
 
 STAGES = ("connect", "tls", "http", "dns", "ip", "stream")
@@ -42,11 +42,17 @@ class Facts:
 
     stage: str
     names: tuple[str, ...] = ()  # normalised, distinct; the first is the main one
-    client_ip: IPAddress | None = None
+    client_ip: IPAddress | None = None  # as the connection came (names.as_written)
+    # The server's address as judged: an IPv4 address carried in IPv6 (NAT64, 6to4, Teredo,
+    # IPv4-compatible) is a names.EmbeddedIPv4, which keeps the IPv6 form for networks and the record.
     server_ip: IPAddress | None = None
     country: str | None = None
     asn: int | None = None
-    country_source: str | None = None  # "geoip" | "rdap" | None
+    # "geoip" (the database's country) | "geoip-registered" (its registered_country: where the block
+    # is registered) | "rdap" (the registry's country) | None
+    country_source: str | None = None
+    geoip_code: str | None = None  # a code the GeoIP database gave that is not a country (EU, AP)
+    anycast: bool = False  # the GeoIP database marks the server's network anycast
     sni: str | None = None  # as sent, for the record
     host: str | None = None  # as sent, for the record
     ech: bool = False  # the ClientHello carries Encrypted Client Hello (TLS extension 0xfe0d)
@@ -194,15 +200,27 @@ def _default_reason(name: str | None, rs: Ruleset) -> str:
     return f"no rule matches {subject}; the default is {rs.policy.default}"
 
 
+def server_text(addr: IPAddress) -> str:
+    """An address for a reason: an IPv4 address carried in IPv6 names both forms."""
+    if isinstance(addr, EmbeddedIPv4):
+        return f"{addr} (carried in {addr.ipv6}, {addr.form})"
+    return str(addr)
+
+
 def _where(facts: Facts, offshore: bool | None, rs: Ruleset) -> str:
     if facts.server_ip is None:
         return "the server's address is unknown"
+    server = server_text(facts.server_ip)
     if facts.country is None:
-        place = f"server {facts.server_ip} has no known country"
+        place = f"server {server} has no known country"
+        if facts.geoip_code is not None:
+            place += f" (the GeoIP database says {facts.geoip_code}, which is not a country)"
     else:
         side = "offshore" if offshore else "onshore"
         home = ",".join(sorted(rs.policy.home_countries)) or "none"
-        place = f"server {facts.server_ip} is in {facts.country} ({side}; home: {home})"
+        place = f"server {server} is in {facts.country} ({side}; home: {home})"
+        if facts.country_source == "geoip-registered":
+            place = place.replace(" is in ", " is registered in ", 1)
     if facts.asn is not None:
         place += f", AS{facts.asn}"
     return place

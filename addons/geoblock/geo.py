@@ -1,8 +1,9 @@
 """GeoIP enrichment: the country and ASN of a server address, from MaxMind-format (.mmdb) databases.
 
 Country comes from a GeoIP2/GeoLite2 Country or City database (the `country`, else the
-`registered_country`, ISO code); the ASN from a GeoLite2-ASN database. Either may be missing: then
-lookups answer None and rules that need it follow `unknown_country`. Results are cached per address.
+`registered_country`, ISO code; see `location_of` for codes that are not countries and for anycast);
+the ASN from a GeoLite2-ASN database. Either may be missing: then lookups answer None and rules that
+need it follow `unknown_country`. Results are cached per address.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Callable
 
 import maxminddb
 
+from .countries import ISO_3166_ALPHA2
 from .names import IPAddress
 
 
@@ -81,16 +83,59 @@ def _snapshot(path: str) -> str:
     return tmp
 
 
-def _country_of(record: Any) -> str | None:
-    if not isinstance(record, dict):
-        return None
-    for key in ("country", "registered_country"):
-        part = record.get(key)
-        if isinstance(part, dict):
-            code = part.get("iso_code")
-            if isinstance(code, str) and len(code) == 2:
-                return code.upper()
+@dataclass(frozen=True, slots=True)
+class Location:
+    """What the country database says about one address (see `location_of`).
+
+    - `country`: the ISO 3166-1 alpha-2 code (countries.ISO_3166_ALPHA2) of where the server is, or None;
+    - `source`: "geoip" when `country` is the network's `country` (where MaxMind places the addresses),
+      "geoip-registered" when it is the network's `registered_country` (where the block is registered,
+      the country of the organisation that holds it, as an RIR or RDAP would say), None without a country;
+    - `code`: a code the database gave that is not an ISO 3166 country (the legacy continent codes
+      "EU" and "AP", any other unlisted code), kept for the record; None otherwise;
+    - `anycast`: the database marks the network anycast (`traits.is_anycast`): the same address is
+      served from many places, and its country is where the network is registered or announced from,
+      not necessarily where this client's server is.
+    """
+
+    country: str | None = None
+    source: str | None = None
+    code: str | None = None
+    anycast: bool = False
+
+
+NOWHERE = Location()
+
+
+def _code(part: Any) -> str | None:
+    if isinstance(part, dict):
+        code = part.get("iso_code")
+        if isinstance(code, str) and code.strip():
+            return code.strip().upper()
     return None
+
+
+def location_of(record: Any) -> Location:
+    """The Location in one country-database record (a GeoIP2/GeoLite2 Country or City record: a dict with
+    `country`, `registered_country`, `traits`, as MaxMind documents its GeoIP2 databases).
+
+    The `country` is used when it is an ISO 3166 country; else the `registered_country`, recorded as
+    source "geoip-registered"; a code in either that is not an ISO 3166 country (EU, AP) is not a
+    place: it is kept in `code` and never makes a server offshore.
+    """
+    if not isinstance(record, dict):
+        return NOWHERE
+    traits = record.get("traits")
+    anycast = isinstance(traits, dict) and traits.get("is_anycast") is True
+    odd: str | None = None
+    for key, source in (("country", "geoip"), ("registered_country", "geoip-registered")):
+        code = _code(record.get(key))
+        if code is None:
+            continue
+        if code in ISO_3166_ALPHA2:
+            return Location(code, source, odd, anycast)
+        odd = odd or code
+    return Location(None, None, odd, anycast) if (odd or anycast) else NOWHERE
 
 
 def _asn_of(record: Any) -> int | None:
@@ -136,8 +181,8 @@ class Geo:
                 self._asn, self.asn_info = reader, info
         self.country_build = self.country_info.build.strftime("%Y-%m-%d") if self.country_info else None
         self.asn_build = self.asn_info.build.strftime("%Y-%m-%d") if self.asn_info else None
-        self.lookup: Callable[[IPAddress], tuple[str | None, int | None]] = lru_cache(maxsize=cache_size)(
-            self._lookup
+        self.locate: Callable[[IPAddress], tuple[Location, int | None]] = lru_cache(maxsize=cache_size)(
+            self._locate
         )
 
     def _take(self, want: str, path: str) -> tuple[Any, DatabaseInfo] | None:
@@ -148,19 +193,34 @@ class Geo:
         self._borrowed.add(want)  # the successor owns it now: do not close it with this Geo
         return reader, info
 
-    def _lookup(self, addr: IPAddress) -> tuple[str | None, int | None]:
-        country = asn = None
+    def lookup(self, addr: IPAddress) -> tuple[str | None, int | None]:
+        """(ISO 3166 country or None, ASN or None) of an address (cached; see `locate`)."""
+        where, asn = self.locate(addr)
+        return where.country, asn
+
+    def place(self, facts: Any) -> None:
+        """Fill in the location facts of `facts` (a decide.Facts with a `server_ip`): country,
+        country_source, asn, geoip_code, anycast. The one way the proxy, `geoblock explain` and replay
+        place a server, so all three give the same records."""
+        if facts.server_ip is None:
+            return
+        where, facts.asn = self.locate(facts.server_ip)
+        facts.country, facts.country_source = where.country, where.source
+        facts.geoip_code, facts.anycast = where.code, where.anycast
+
+    def _locate(self, addr: IPAddress) -> tuple[Location, int | None]:
+        where, asn = NOWHERE, None
         if self._country is not None:
             try:
-                country = _country_of(self._country.get(addr))
+                where = location_of(self._country.get(addr))
             except (ValueError, maxminddb.InvalidDatabaseError):
-                country = None
+                where = NOWHERE
         if self._asn is not None:
             try:
                 asn = _asn_of(self._asn.get(addr))
             except (ValueError, maxminddb.InvalidDatabaseError):
                 asn = None
-        return country, asn
+        return where, asn
 
     def close(self) -> None:
         for want, reader in (("country", self._country), ("asn", self._asn)):
@@ -169,7 +229,7 @@ class Geo:
 
     def sizes(self) -> dict[str, tuple[int, int | None]]:
         """(entries, bound) of the lookup cache, for geoblock.status."""
-        info = self.lookup.cache_info()  # type: ignore[attr-defined]
+        info = self.locate.cache_info()  # type: ignore[attr-defined]
         return {"geoip": (info.currsize, info.maxsize)}
 
     def describe(self) -> list[str]:

@@ -7,7 +7,11 @@ through `normalize_host` first, so that one name has one spelling:
 - internationalised names become their IDNA 2008 A-label form (UTS 46 mapping), so the Unicode and the
   punycode spelling of a name are the same string;
 - IP literals (bracketed or not, IPv6 with a zone id) become `ipaddress` objects, and an IPv4-mapped
-  IPv6 address becomes the IPv4 address it carries.
+  IPv6 address becomes the IPv4 address it carries;
+- an IPv6 address that carries an IPv4 address a translator or tunnel will reach (NAT64, 6to4, Teredo,
+  IPv4-compatible: see `carried_ipv4`) becomes that IPv4 address as an `EmbeddedIPv4`, which keeps the
+  IPv6 address as written: the server is judged by the IPv4 address, and a rule on the IPv6 form still
+  applies.
 
 Anything that is not a valid host raises `InvalidHost`, which names the offending value.
 """
@@ -18,7 +22,7 @@ import ipaddress
 import re
 import socket
 from functools import lru_cache
-from typing import Union
+from typing import Any, Union
 
 import idna
 
@@ -51,16 +55,100 @@ def _show(value: object) -> str:
 _CACHE = 16384
 
 
+class EmbeddedIPv4(ipaddress.IPv4Address):
+    """An IPv4 address that arrived inside an IPv6 address (see `carried_ipv4`).
+
+    It is the IPv4 address in every comparison, hash, `str()` and lookup (equal to the plain
+    `IPv4Address`), so a server reached this way is judged where the IPv4 address is. It also keeps:
+    - `ipv6`: the `IPv6Address` as written or dialled (what a connection to it really uses);
+    - `form`: which IPv6 form carried it, one of `EMBEDDING_FORMS`.
+    """
+
+    __slots__ = ("ipv6", "form")
+
+    def __init__(self, address: object, ipv6: ipaddress.IPv6Address, form: str) -> None:
+        super().__init__(address)
+        self.ipv6 = ipv6
+        self.form = form
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.__class__, (self._ip, self.ipv6, self.form)  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"EmbeddedIPv4({str(self)!r}, ipv6={str(self.ipv6)!r}, form={self.form!r})"
+
+
+# The IPv6 forms that carry an IPv4 address, most specific first: (network, form, where the IPv4 is).
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
+_TEREDO = ipaddress.IPv6Network("2001::/32")
+_COMPATIBLE = ipaddress.IPv6Network("::/96")
+EMBEDDING_FORMS = ("nat64", "nat64-local", "6to4", "teredo", "ipv4-compatible")
+
+
+def carried_ipv4(addr: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str] | None:
+    """The IPv4 address an IPv6 address leads to through a translator or tunnel, and the form's name;
+    None for any other IPv6 address. The forms (see docs/evasion.md, "Addresses that carry an IPv4
+    address"):
+
+    - "nat64": 64:ff9b::/96, the NAT64 well-known prefix; the IPv4 address is the last 32 bits
+      (RFC 6052 section 2.1, the /96 format of section 2.2);
+    - "nat64-local": 64:ff9b:1::/48, the local-use NAT64 prefix (RFC 8215). An operator may use the
+      /48 itself or any RFC 6052 prefix length inside it; geoblock reads the last 32 bits, the /96
+      format that operators commonly use. A network using a shorter prefix inside it is judged on the
+      IPv6 address only (a `networks` rule on that prefix applies);
+    - "6to4": 2002::/16; the IPv4 address is bits 16-47 (RFC 3056 section 2; `IPv6Address.sixtofour`);
+    - "teredo": 2001::/32; the Teredo client's public IPv4 address, the last 32 bits inverted (RFC 4380
+      section 4; the second item of `IPv6Address.teredo`). That is the host the address reaches; the
+      Teredo server in bits 32-63 only relays the qualification;
+    - "ipv4-compatible": ::/96 except :: and ::1; the last 32 bits (RFC 4291 section 2.5.5.1,
+      deprecated, still accepted by some stacks).
+
+    IPv4-mapped addresses (::ffff:0:0/96) are not here: they are the IPv4 address itself (`normalize_ip`).
+    """
+    value = int(addr)
+    if addr in _NAT64:
+        return ipaddress.IPv4Address(value & 0xFFFFFFFF), "nat64"
+    if addr in _NAT64_LOCAL:
+        return ipaddress.IPv4Address(value & 0xFFFFFFFF), "nat64-local"
+    if addr in _SIX_TO_FOUR:
+        return ipaddress.IPv4Address((value >> 80) & 0xFFFFFFFF), "6to4"
+    if addr in _TEREDO:
+        return ipaddress.IPv4Address(~value & 0xFFFFFFFF), "teredo"
+    if addr in _COMPATIBLE and value > 1:
+        return ipaddress.IPv4Address(value), "ipv4-compatible"
+    return None
+
+
+def as_written(addr: IPAddress) -> IPAddress:
+    """The address a connection uses: the IPv6 address for an `EmbeddedIPv4`, else `addr` itself.
+    For dialling, DNS answers and client addresses, where the IPv4 address judged is not what is sent."""
+    return addr.ipv6 if isinstance(addr, EmbeddedIPv4) else addr
+
+
 def normalize_ip(value: str | IPAddress) -> IPAddress:
-    """Parse an IP address; IPv4-mapped IPv6 becomes IPv4. Raises InvalidHost."""
+    """Parse an IP address (text, optionally with a %zone id, or an `ipaddress` object). IPv4-mapped
+    IPv6 becomes `IPv4Address`; an IPv6 address that carries an IPv4 address (`carried_ipv4`) becomes
+    an `EmbeddedIPv4`. Raises InvalidHost naming the value."""
     if isinstance(value, str):
         return _normalize_ip_text(value)
-    return _unmap(value)
+    if isinstance(value, EmbeddedIPv4):
+        return value
+    return _embed(_unmap(value))
 
 
 @lru_cache(maxsize=_CACHE)
 def _normalize_ip_text(value: str) -> IPAddress:
-    return _unmap(_parse_ip(value))
+    return _embed(_unmap(_parse_ip(value)))
+
+
+def _embed(addr: IPAddress) -> IPAddress:
+    if addr.version == 6:
+        carried = carried_ipv4(addr)  # type: ignore[arg-type]
+        if carried is not None:
+            return EmbeddedIPv4(int(carried[0]), addr, carried[1])  # type: ignore[arg-type]
+    return addr
 
 
 def _parse_ip(value: str | IPAddress) -> IPAddress:

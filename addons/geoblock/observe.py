@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .names import IPAddress, InvalidHost, normalize_host, normalize_ip
+from .names import IPAddress, InvalidHost, as_written, normalize_host, normalize_ip
 
 
 class InvalidField(ValueError):
@@ -206,5 +206,8 @@ def peer_ip(peername: Any) -> IPAddress | None:
 
 
 def client_ip(conn: Any) -> IPAddress | None:
-    """The address of a client connection (anything with a `peername`), or None."""
-    return peer_ip(getattr(conn, "peername", None))
+    """The address of a client connection (anything with a `peername`), or None. An IPv6 client
+    address that carries an IPv4 address stays the IPv6 address it connected from (names.as_written):
+    `clients` rules and the record see the address as it came."""
+    addr = peer_ip(getattr(conn, "peername", None))
+    return None if addr is None else as_written(addr)

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from .decide import Facts, Verdict
+from .names import EmbeddedIPv4
 
 logger = logging.getLogger("geoblock")
 
@@ -104,6 +105,14 @@ def make_record(
         "geoip_build": geoip_build,
         "asn_build": asn_build,
     }
+    server_ip = facts.server_ip
+    if isinstance(server_ip, EmbeddedIPv4):  # both forms: the IPv4 judged, the IPv6 address that carried it
+        record["server_ipv6"] = _text(server_ip.ipv6)
+        record["server_ipv6_form"] = server_ip.form
+    if facts.geoip_code is not None:  # what the database said where it named no country
+        record["geoip_code"] = facts.geoip_code
+    if facts.anycast:
+        record["anycast"] = True
     if facts.ech:
         record["ech"] = True
     if facts.mismatch:

@@ -120,9 +120,8 @@ def facts_from_flow(flow: http.HTTPFlow, geo: Geo | None = None) -> Facts:
         facts.names = target.names
         facts.mismatch = target.mismatch
     facts.server_ip = _dialled_ip(flow)
-    if geo is not None and facts.server_ip is not None:
-        facts.country, facts.asn = geo.lookup(facts.server_ip)
-        facts.country_source = "geoip" if facts.country is not None else None
+    if geo is not None:
+        geo.place(facts)
     return facts
 
 

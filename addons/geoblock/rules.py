@@ -7,8 +7,10 @@ back-ups are skipped; files are read in name order). Each file is a mapping that
   a key may be set in one file only;
 - `rules`: a list of rules.
 
-Every problem raises `RuleError` naming the file and line: bad YAML, unknown or duplicate keys, a bad
-CIDR, country code, ASN, domain or action, a duplicate rule id. Nothing here imports mitmproxy.
+Every value is read from the text as written, not as YAML 1.1 types it (`NO` is Norway, not false;
+`010` is AS 10, not octal 8); `offshore` takes true or false only. Every problem raises `RuleError`
+naming the file and line: bad YAML, unknown or duplicate keys, a bad CIDR, country code, ASN, domain,
+boolean or action, a duplicate rule id. Nothing here imports mitmproxy.
 """
 
 from __future__ import annotations
@@ -120,7 +122,6 @@ class RuleSource:
 
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when libyaml is present
-_CONSTRUCTOR = yaml.constructor.SafeConstructor()
 _NULL = "tag:yaml.org,2002:null"
 
 
@@ -161,24 +162,45 @@ def _mapping(path: Path, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Nod
     return out
 
 
-def _scalar(path: Path, node: yaml.Node, what: str) -> Any:
-    """The Python value of a scalar node, typed as YAML reads it (int, bool, str, ...)."""
+def _text(path: Path, node: yaml.Node, what: str) -> str:
+    """The text of a scalar node exactly as written (without surrounding spaces), whatever YAML 1.1
+    would make of it: PyYAML reads NO, no, ON, off, Y and n as booleans, 010 as octal 8, 1_000 as 1000
+    and 12:30 as sexagesimal 750, so `home_countries: [NO]` would arrive as [False]. Codes, names, ids,
+    numbers and networks are read from this text instead. Raises RuleError for a list or mapping, or an
+    empty value."""
     if not isinstance(node, yaml.ScalarNode):
         raise RuleError(path, _line(node), f"{what} must be a single value")
-    construct = _CONSTRUCTOR.yaml_constructors.get(node.tag)
-    if construct is None:
-        return node.value
-    try:
-        return construct(_CONSTRUCTOR, node)
-    except (yaml.YAMLError, ValueError):
-        return node.value
+    text = node.value.strip()
+    if not text:
+        raise RuleError(path, _line(node), f"{what} is empty")
+    return text
 
 
 def _string(path: Path, node: yaml.Node, what: str) -> str:
-    value = _scalar(path, node, what)
-    if not isinstance(value, str) or not value.strip():
-        raise RuleError(path, _line(node), f"{what} must be a non-empty string, not {value!r}")
-    return value.strip()
+    return _text(path, node, what)
+
+
+_TRUE = ("true", "True", "TRUE")  # YAML 1.2 core schema booleans (YAML 1.2 section 10.3.2)
+_FALSE = ("false", "False", "FALSE")
+_YAML11_BOOLEANS = frozenset("y Y yes Yes YES n N no No NO on On ON off Off OFF".split())
+
+
+def _boolean(path: Path, node: yaml.Node, what: str) -> bool:
+    """true or false, unquoted (the YAML 1.2 core schema's spellings). YAML 1.1's other booleans (yes,
+    no, on, off, y, n) are refused: YAML 1.2 reads them as text, and a rule's meaning must not depend on
+    which YAML version a reader follows. Raises RuleError naming the value."""
+    text = _text(path, node, what)
+    plain = isinstance(node, yaml.ScalarNode) and not node.style  # None (pure Python) or "" (libyaml)
+    if plain and text in _TRUE:
+        return True
+    if plain and text in _FALSE:
+        return False
+    hint = ""
+    if plain and text in _YAML11_BOOLEANS:
+        hint = f" (YAML 1.1 reads {text} as a boolean, YAML 1.2 as text: write true or false)"
+    elif not plain:
+        hint = " (quoted: write true or false without quotes)"
+    raise RuleError(path, _line(node), f"{what} must be true or false, not {text!r}{hint}")
 
 
 def _list(path: Path, node: yaml.Node, what: str) -> list[yaml.Node]:
@@ -194,10 +216,8 @@ def _list(path: Path, node: yaml.Node, what: str) -> list[yaml.Node]:
 
 
 def _choice(path: Path, node: yaml.Node, what: str, choices: tuple[str, ...]) -> str:
-    value = _scalar(path, node, what)
-    if value is True:  # YAML 1.1 reads a bare "on"/"yes" as true
-        value = "true"
-    if not isinstance(value, str) or value not in choices:
+    value = _text(path, node, what)
+    if value not in choices:
         raise RuleError(path, _line(node), f"{what} must be one of {', '.join(choices)}, not {value!r}")
     return value
 
@@ -207,10 +227,11 @@ def _choice(path: Path, node: yaml.Node, what: str, choices: tuple[str, ...]) ->
 
 
 def parse_country(path: Path, node: yaml.Node, what: str) -> str:
-    value = _scalar(path, node, what)
-    code = value.upper() if isinstance(value, str) else value
-    if not isinstance(code, str) or code not in ISO_3166_ALPHA2:
-        hint = suggest_country(code) if isinstance(code, str) else None
+    """An ISO 3166-1 alpha-2 code as written (any case): `NO` is Norway, never YAML 1.1's false."""
+    value = _text(path, node, what)
+    code = value.upper()
+    if code not in ISO_3166_ALPHA2:
+        hint = suggest_country(code)
         extra = f" (did you mean {hint}?)" if hint else ""
         raise RuleError(
             path, _line(node), f"{what}: {value!r} is not an ISO 3166 alpha-2 country code{extra}"
@@ -218,19 +239,26 @@ def parse_country(path: Path, node: yaml.Node, what: str) -> str:
     return code
 
 
+_ASN = re.compile(r"(?:AS)?([0-9]+)\Z", re.IGNORECASE)
+
+
 def parse_asn(path: Path, node: yaml.Node, what: str) -> int:
-    value = _scalar(path, node, what)
-    if isinstance(value, str) and value.upper().startswith("AS") and value[2:].isdigit():
-        value = int(value[2:])
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**32:
-        raise RuleError(path, _line(node), f"{what}: {value!r} is not an AS number (1 to 4294967295)")
+    """An AS number in decimal (RFC 5396 "asplain"), optionally prefixed AS: 13335, AS13335, 010 (= 10:
+    leading zeros are decimal, never octal). Raises RuleError naming the value as written."""
+    text = _text(path, node, what)
+    match = _ASN.match(text)
+    digits = match.group(1).lstrip("0") if match else ""
+    value = int(digits or "0") if match and len(digits) <= 10 else None  # a longer number is out of range
+    if value is None or not 0 < value < 2**32:
+        raise RuleError(path, _line(node), f"{what}: {text!r} is not an AS number (1 to 4294967295, in "
+                        "decimal digits, optionally written AS13335)")
     return value
 
 
 def parse_network(path: Path, node: yaml.Node, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    value = _scalar(path, node, what)
+    value = _text(path, node, what)
     try:
-        net = ipaddress.ip_network(str(value).strip(), strict=True)
+        net = ipaddress.ip_network(value, strict=True)
     except ValueError as exc:
         raise RuleError(path, _line(node), f"{what}: {value!r} is not a valid CIDR network ({exc})") from None
     if net.version == 6 and net.prefixlen >= 96 and net.network_address.ipv4_mapped is not None:
@@ -305,10 +333,7 @@ def _parse_rule(path: Path, node: yaml.Node, index: int) -> RuleSpec:
             for n in _list(path, fields["patterns"][1], f"{where}: patterns")
         )
     if "offshore" in fields:
-        value = _scalar(path, fields["offshore"][1], f"{where}: offshore")
-        if not isinstance(value, bool):
-            raise RuleError(path, _line(fields["offshore"][1]), f"{where}: offshore must be true or false")
-        kwargs["offshore"] = value
+        kwargs["offshore"] = _boolean(path, fields["offshore"][1], f"{where}: offshore")
     if "countries" in fields:
         kwargs["countries"] = frozenset(
             parse_country(path, n, f"{where}: countries")

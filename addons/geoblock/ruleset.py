@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from .names import IPAddress
+from .names import EmbeddedIPv4, IPAddress
 from .rules import Policy, RuleSource, RuleSpec, load_rules
 
 SEVERITY = {"allow": 0, "log": 1, "block": 2}
@@ -46,13 +46,22 @@ class PrefixTable:
         return bool(self._v4 or self._v6)
 
     def lookup(self, addr: IPAddress) -> frozenset[int]:
+        """The payloads of every stored network that contains `addr`. For an `EmbeddedIPv4` (an IPv4
+        address carried in an IPv6 address, names.carried_ipv4) both forms count: a network written on
+        the IPv4 address and one written on the IPv6 form (e.g. 2002::/16) both contain it."""
+        hits = self._lookup(addr)
+        if isinstance(addr, EmbeddedIPv4):
+            hits.extend(self._lookup(addr.ipv6))
+        return frozenset(hits)
+
+    def _lookup(self, addr: IPAddress) -> list[int]:
         value = int(addr)
         hits: list[int] = []
         for shift, keys in self._v4 if addr.version == 4 else self._v6:
             found = keys.get(value >> shift)
             if found:
                 hits.extend(found)
-        return frozenset(hits)
+        return hits
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,15 @@ The loopback addresses the end-to-end tests serve on are placed in different cou
 | 127.0.0.5  | SG (offshore)  | 64501 |
 | ::1        | CN (home)      | 64500 |
 
+GeoIP answers that are not what they seem (`ODD_PLACES`, in the country database only):
+
+| address    | country record                                        | what geoblock makes of it          |
+|------------|-------------------------------------------------------|------------------------------------|
+| 127.0.0.20 | country EU, registered_country EU (legacy continent)  | no country; geoip_code EU          |
+| 127.0.0.21 | country AP (legacy Asia/Pacific), nothing else        | no country; geoip_code AP          |
+| 127.0.0.22 | registered_country US only                            | US, country_source geoip-registered |
+| 127.0.0.23 | country SG, registered_country US, traits.is_anycast  | SG, anycast                        |
+
 `build_epoch` (seconds since 1970) stamps a chosen build time, e.g. an old build for freshness checks.
 """
 
@@ -31,6 +40,15 @@ PLACES: dict[str, tuple[str, int]] = {
 }
 
 
+ODD_PLACES: dict[str, dict[str, Any]] = {
+    "127.0.0.20/32": {"country": {"iso_code": "EU", "names": {"en": "Europe"}}, "registered_country": {"iso_code": "EU"}},
+    "127.0.0.21/32": {"country": {"iso_code": "AP", "names": {"en": "Asia/Pacific Region"}}},
+    "127.0.0.22/32": {"registered_country": {"iso_code": "US", "names": {"en": "United States"}}},
+    "127.0.0.23/32": {"country": {"iso_code": "SG", "names": {"en": "Singapore"}},
+                      "registered_country": {"iso_code": "US"}, "traits": {"is_anycast": True}},
+}
+
+
 class _Writer(MMDBWriter):
     """MMDBWriter that can stamp a chosen build time (mmdb-writer stamps the time of writing)."""
 
@@ -46,7 +64,9 @@ class _Writer(MMDBWriter):
 
 
 def write_country_db(path: Path, places: dict[str, tuple[str, int]] = PLACES,
-                     edition: str = "GeoLite2-Country", build_epoch: int | None = None) -> Path:
+                     edition: str = "GeoLite2-Country", build_epoch: int | None = None,
+                     odd: dict[str, dict[str, Any]] = ODD_PLACES) -> Path:
+    """A country database: `places` as plain countries, `odd` as the raw records given."""
     writer = _Writer(build_epoch, ip_version=6, ipv4_compatible=True, database_type=edition,
                      languages=["en"], description="geoblock test country database")
     for net, (country, _) in places.items():
@@ -54,6 +74,9 @@ def write_country_db(path: Path, places: dict[str, tuple[str, int]] = PLACES,
             "country": {"iso_code": country, "names": {"en": country}},
             "registered_country": {"iso_code": country},
         })
+    for net, record in odd.items():
+        if net not in places:
+            writer.insert_network(IPSet([net]), record)
     writer.to_db_file(str(path))
     return path
 
