@@ -165,7 +165,7 @@ def test_a_layer_mitmproxy_adds_later_is_judged_as_a_stream(gb, monkeypatch):
 
     monkeypatch.setattr(gb.chooser, "choose", lambda context, data, server_data: FutureLayer(context))
     gb.tctx.configure(gb, geoblock_rules=str(_rules_with(gb, "unreadable: block")))
-    nl = next_layer_for(gb, None, server=("127.0.0.2", 443), data=b"GET / HTTP/1.1\r\n\r\n")
+    nl = next_layer_for(gb, None, server=("127.0.0.2", 443), data=b"SSH-2.0-OpenSSH_9.2\r\n")
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, enforce.DenyStream)
     rec = records(gb)[-1]

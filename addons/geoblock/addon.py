@@ -46,8 +46,8 @@ from .choose import Chooser, judged_later
 from .decide import Facts, Verdict, decide
 from .geo import Geo
 from .names import IPAddress, InvalidHost, as_written, normalize_host, normalize_ip
-from .observe import (InvalidField, client_hello_problem, client_ip, http_target, mismatch_of, peer_ip, sni_problem,
-                      uri_authority)
+from .observe import (InvalidField, client_hello_problem, client_ip, http_target, mismatch_of, peer_ip,
+                      shows_http_version, sni_problem, uri_authority)
 from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_LOG, DEFAULT_RULES
 from .record import DecisionLog, make_record
 from . import rdap
@@ -153,6 +153,7 @@ class ConnState:
     resolved: dict[str, IPAddress | None] = field(default_factory=dict)
     server_names: dict[tuple[str, int], str] = field(default_factory=dict)  # judged address -> TLS name
     http_memo: "HttpMemo | None" = None  # the last HTTP request's judgement on this connection
+    proxy_sni: str | None = None  # the SNI of a handshake with the proxy itself (secure web proxy)
 
 
 @dataclass(slots=True)
@@ -668,10 +669,16 @@ class GeoBlock:
             if shows == hold.MORE or (shows == hold.LINE and data[:1] in b"\r\n"):
                 nextlayer.layer = hold.HoldFirstBytes(context, self.hold_timeout)
                 return
-        elif shows == hold.MORE:
-            within = f" within {self.hold_timeout:g} s" if nextlayer.expired else ""
-            raise Failure(f"no complete request line or TLS ClientHello in the first {len(data)} bytes{within}")
         state = self._state(context.client)
+        if shows == hold.MORE:  # the hold ran out of time or room: judged on what it has (on_error)
+            limit = "" if nextlayer.expired else f" (the most geoblock holds is {hold.LIMIT} bytes)"
+            within = f" within {self.hold_timeout:g} s" if nextlayer.expired else ""
+            why = f"no complete request line or TLS ClientHello in the first {len(data)} bytes{within}{limit}"
+            verdict = await self._judge_stream(context, state, data, incomplete=why)
+            if self._enforcing(verdict):
+                state.blocked = verdict
+                nextlayer.layer = enforce.DenyStream(context)
+            return
         if shows == hold.TLS and context.server.address is not None:  # no address: a handshake with the proxy
             try:
                 verdict = await self._judge_client_hello(context, state, data)
@@ -684,6 +691,8 @@ class GeoBlock:
         chosen = self.chooser.choose(context, data, nextlayer.data_server())
         if chosen is None:
             return  # mitmproxy needs more bytes too; asked again with them
+        if shows != hold.TLS and not judged_later(chosen) and shows_http_version(data):
+            chosen = self.chooser.http_instead(context, chosen)  # a request line mitmproxy took for raw TCP
         if shows != hold.TLS and not judged_later(chosen):
             verdict = await self._judge_stream(context, state, data)
             if self._enforcing(verdict):
@@ -735,19 +744,34 @@ class GeoBlock:
         state.tls_judged[context] = not self._enforcing(verdict)
         return verdict
 
-    async def _judge_stream(self, context: Any, state: ConnState, data: bytes) -> Verdict:
+    async def _judge_stream(self, context: Any, state: ConnState, data: bytes, incomplete: str | None = None) -> Verdict:
         """Judge a stream that is neither HTTP nor TLS (stage "stream"): on its destination and the names
         the connection showed before it (a CONNECT target; the SNI of TLS geoblock decrypted), with the
-        policy's `unreadable` verdict when that is stricter."""
+        policy's `unreadable` verdict when that is stricter. `incomplete`: why the first bytes never
+        showed what the stream is; the policy's `on_error` verdict then applies, recorded with an error."""
         self._learn_destination(state, context)
-        names = [n for n in (_sni_name(context.client.sni), state.connect_name) if n]
+        names = [n for n in (_sni_name(self._destination_sni(state, context)), state.connect_name) if n]
         facts = Facts("stream", names=tuple(dict.fromkeys(names)), client_ip=client_ip(context.client),
-                      host=state.connect_name, sni=context.client.sni)
+                      host=state.connect_name, sni=self._destination_sni(state, context))
         facts.server_ip = await self._server_ip(state, state.connect_name, state.connect_ip, facts.names)
-        verdict = self._decide(facts)
-        self._record(facts, verdict, {"first_bytes": data[:FIRST_BYTES_RECORDED].hex(),
-                                      "transport": context.client.transport_protocol})
+        extra: dict[str, Any] = {"first_bytes": data[:FIRST_BYTES_RECORDED].hex(),
+                                 "transport": context.client.transport_protocol}
+        if incomplete is None:
+            verdict = self._decide(facts)
+        else:
+            self._locate(facts)
+            action = self.ruleset.policy.on_error if self.ruleset else "block"
+            verdict = Verdict(action, None, f"{incomplete}; on_error is {action}", None, None)
+            extra["error"] = "incomplete-first-bytes"
+        self._record(facts, verdict, extra)
         return verdict
+
+    @staticmethod
+    def _destination_sni(state: ConnState, context: Any) -> str | None:
+        """The SNI of the client's TLS toward the destination, or None. A handshake with the proxy
+        itself (a secure web proxy, before the CONNECT) names the proxy, not where the stream goes."""
+        sni = context.client.sni
+        return None if sni is not None and sni == state.proxy_sni else sni
 
     @staticmethod
     def _learn_destination(state: ConnState, context: Any) -> None:
@@ -765,8 +789,9 @@ class GeoBlock:
         state = self.conns.get(data.context.client.id)
         allowed = state.tls_judged.get(data.context) if state is not None else None
         if allowed is None:
-            if data.context.server.address is None:
-                return  # a handshake with the proxy itself (secure web proxy): what it carries is judged
+            if data.context.server.address is None:  # a handshake with the proxy itself (secure web proxy)
+                self._state(data.context.client).proxy_sni = data.client_hello.sni
+                return  # what it carries is judged
             # The ClientHello reached TLS without geoblock judging it: never pass it through blindly.
             raise Failure("a TLS handshake reached the TLS layer before geoblock judged it")
         if not allowed:
@@ -783,8 +808,12 @@ class GeoBlock:
             request = flow.request
             state = self._state(flow.client_conn)
             data = request.data  # the URI authority as received: decoded (uri_authority) only when judged anew
-            shows = (request.host, request.host_header, data.authority, data.http_version, flow.client_conn.sni,
-                     state.connect_ip)
+            sni = flow.client_conn.sni
+            if sni is not None and sni == state.proxy_sni:
+                sni = None  # the handshake with the proxy itself named the proxy, not this request's server
+            path = data.path
+            shows = (request.host, request.host_header, data.authority, data.http_version, sni, state.connect_ip,
+                     None if path[:1] == b"/" else path)  # an absolute :path (HTTP/2, 3) names a server too
             memo = state.http_memo
             if memo is None or memo.generation != self.generation or memo.shows != shows:
                 state.http_memo = None
@@ -891,8 +920,10 @@ class GeoBlock:
         """Refuse a protocol switch geoblock cannot follow. After `101 Switching Protocols` mitmproxy
         relays anything but WebSocket as raw TCP (an `h2c` upgrade it did not strip, any other
         protocol): later requests on the connection (HTTP/2 streams with another `:authority`, ...) would
-        cross unjudged. Such a 101 is replaced by a 502 and the connection stays HTTP/1 (WebSocket
-        messages, which show no new name, go on as mitmproxy relays them)."""
+        cross unjudged. Such a flow is killed: the client gets no 101 and the connection is closed, to the
+        server too, which may already speak the new protocol. (A 502 in its place would leave mitmproxy
+        reading that protocol as HTTP/1.) WebSocket messages show no new name and go on as mitmproxy
+        relays them."""
         response = flow.response
         if response is None or response.status_code != 101 or flow.websocket is not None:
             return
@@ -906,7 +937,7 @@ class GeoBlock:
         self._record(facts, verdict, {"upgrade": protocol})
         if self._enforcing(verdict):
             self._state(flow.client_conn).blocked = verdict
-            flow.response = enforce.upgrade_refusal(verdict, ctx.options.geoblock_blocked_by)
+            flow.kill()
 
     def client_disconnected(self, client: Any) -> None:
         self.conns.pop(client.id, None)

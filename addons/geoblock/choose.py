@@ -13,7 +13,8 @@ from typing import Any
 from mitmproxy.addons import next_layer as _mitmproxy_next_layer
 from mitmproxy.proxy import layer
 from mitmproxy.proxy.context import Context
-from mitmproxy.proxy.layers import DNSLayer, HttpLayer
+from mitmproxy.proxy.layers import HttpLayer
+from mitmproxy.proxy.layers.http import HTTPMode
 
 
 class Chooser:
@@ -36,14 +37,28 @@ class Chooser:
         except _mitmproxy_next_layer.NeedsMoreData:
             return None
 
+    @staticmethod
+    def http_instead(context: Context, chosen: layer.Layer) -> layer.Layer:
+        """An HTTP layer (as mitmproxy puts inside a tunnel or a transparent connection) in place of
+        `chosen`, which is taken off the context's layer stack."""
+        while chosen in context.layers:
+            context.layers.remove(chosen)
+        return HttpLayer(context, HTTPMode.transparent)
 
-def judged_later(chosen: Any) -> bool:
-    """Whether what `chosen` carries is judged by a later geoblock hook: HTTP requests (`requestheaders`),
-    DNS messages (`dns_request`), or another layer choice (a TLS layer's inner stream comes to
-    `next_layer` again once the handshake is done). Anything else (raw TCP or UDP relay, QUIC, a layer
-    mitmproxy adds later) relays bytes geoblock never reads: it must be judged before it is put in place.
-    A chosen layer may be a stack (TLS over HTTP, ...): its innermost layer is what carries the bytes."""
+
+def innermost(chosen: Any) -> Any:
+    """The innermost layer of a chosen stack (TLS over HTTP, ...): the one that carries the bytes."""
     inner = chosen
     while (child := getattr(inner, "child_layer", None)) is not None:
         inner = child
-    return isinstance(inner, (HttpLayer, DNSLayer, layer.NextLayer))
+    return inner
+
+
+def judged_later(chosen: Any) -> bool:
+    """Whether what `chosen` carries is judged by a later geoblock hook: HTTP requests (`requestheaders`),
+    or another layer choice (a TLS layer's inner stream comes to `next_layer` again once the handshake
+    is done). Anything else (raw TCP or UDP relay, QUIC, DNS relayed to the server the connection goes
+    to, a layer mitmproxy adds later) carries bytes to that server that geoblock does not judge one by
+    one: it must be judged, on its address, before it is put in place. (A DNS message relayed so is
+    judged again by the DNS hooks; a message without a name to judge would otherwise cross unjudged.)"""
+    return isinstance(innermost(chosen), (HttpLayer, layer.NextLayer))

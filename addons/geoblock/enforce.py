@@ -83,17 +83,6 @@ def connect_refusal(verdict: Verdict, blocked_by: str) -> http.Response:
     return response
 
 
-def upgrade_refusal(verdict: Verdict, blocked_by: str) -> http.Response:
-    """The answer that replaces a `101 Switching Protocols` geoblock refuses: 502 Bad Gateway, and the
-    connection closed after it (the server may already speak the new protocol)."""
-    body = f"geoblock: {verdict.reason}\n"
-    headers = _headers(verdict, blocked_by, "text/plain; charset=utf-8")
-    headers["connection"] = "close"  # HTTP/1 only: a 101 exists only there
-    response = http.Response.make(502, body, headers)
-    response.reason = "Bad Gateway"
-    return response
-
-
 class DenyTLS(layer.Layer):
     """Answers a ClientHello with a fatal access_denied alert and closes; never dials the server."""
 

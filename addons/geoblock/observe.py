@@ -6,6 +6,7 @@ Nothing here imports mitmproxy.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -59,11 +60,22 @@ def http_target(request_host: str | None, host_header: str | None, sni: str | No
     return HttpTarget(tuple(names), target_name, target_ip, mismatch_of(seen))
 
 
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)")
+
+
 def uri_authority(request: Any) -> str | None:
-    """The authority of an HTTP/1 absolute-form request target, or None (origin-form; in HTTP/2 and 3 the
-    authority is the :authority pseudo-header, which mitmproxy already gives as the Host)."""
+    """The authority of an absolute-form request target, or None.
+
+    HTTP/1: mitmproxy parses an absolute-form target (RFC 9112 3.2.2) into `request.authority`. HTTP/2
+    and 3: the authority is the `:authority` pseudo-header, which mitmproxy already gives as the Host;
+    but a `:path` holding a whole URL (`https://binance.com/`) names a server too: mitmproxy forwards it
+    as the request target, and an HTTP/1 server must route on it (RFC 9112 3.2.2)."""
     if getattr(request, "is_http2", False) or getattr(request, "is_http3", False):
-        return None
+        path = getattr(request, "path", "") or ""
+        if path.startswith("/") or path == "*":
+            return None
+        match = _ABSOLUTE.match(path)
+        return match.group(1) if match else None
     return getattr(request, "authority", None) or None
 
 
@@ -164,10 +176,26 @@ LINE = "line"  # a whole first line has come (after any leading empty lines): a 
 OTHER = "other"  # they cannot be the start of an HTTP request
 
 _EMPTY_LINE_BYTES = b"\r\n"
+_LEADING_WHITESPACE = b"\r\n \t\x0b\x0c"
 # Bytes a request line (method, target, version; RFC 9112 section 3) may hold besides its final CRLF: no
 # control character but horizontal tab, and no DEL. Non-ASCII bytes are let through: lenient servers
 # accept raw UTF-8 in a request target.
 _NOT_IN_A_REQUEST_LINE = bytes(c for c in range(32) if c not in (9, 13)) + b"\x7f"
+
+
+# A request line as lenient servers read it: white space, a method of visible characters, white space, a
+# target, white space and an HTTP version (RFC 9112 section 3 with the leniency of section 3 note).
+_REQUEST_LINE = re.compile(rb"[ \t\x0b\x0c]*[\x21-\x7e]+[ \t\x0b\x0c]+[^\r\n]*?[ \t]HTTP/\d", re.IGNORECASE)
+
+
+def shows_http_version(data: bytes) -> bool:
+    """Whether the first line of `data` (after any empty lines) is a request line: a method, a target and
+    an HTTP version token (`HTTP/1.1`, RFC 9112 section 2.3), whatever the method or the spacing. mitmproxy's own guess wants
+    a method of 3+ letters and a space before the first LF; lenient servers accept more (`X / HTTP/1.1`,
+    `M-SEARCH`, a tab or a leading space), so geoblock reads any such stream as HTTP."""
+    rest = strip_empty_lines(data)
+    end = rest.find(b"\n")
+    return _REQUEST_LINE.match(rest if end < 0 else rest[:end]) is not None
 
 
 def strip_empty_lines(data: bytes) -> bytes:
@@ -181,11 +209,12 @@ def request_line_state(data: bytes) -> str:
     """What the first bytes of a stream say about an HTTP/1 request line: MORE, LINE or OTHER.
 
     - LINE: after any leading empty lines, a whole first line (up to LF) has come;
-    - MORE: nothing but empty lines so far, or the start of a line that can still become a request
-      line (a letter first, as every method is a token of letters in practice, then no control bytes);
+    - MORE: nothing but empty lines (or white space) so far, or the start of a line that can still become
+      a request line (a letter first, as every method is a token of letters in practice, then no control
+      bytes);
     - OTHER: anything else (binary protocols, TLS records, a server greeting's absence is not read).
     Pure: `data` is bytes, nothing is consumed."""
-    rest = strip_empty_lines(data)
+    rest = data.lstrip(_LEADING_WHITESPACE)  # lenient servers skip spaces and tabs before the method too
     if not rest:
         return MORE
     if not (65 <= rest[0] <= 90 or 97 <= rest[0] <= 122):

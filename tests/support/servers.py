@@ -93,10 +93,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     do_POST = do_GET
 
+    def __getattr__(self, name: str):  # noqa: ANN204 - any method is served like GET (lenient servers do)
+        if name.startswith("do_"):
+            return self.do_GET
+        raise AttributeError(name)
+
     def _switch(self, owner: "TestServer", protocol: str) -> None:
         """Agree to any Upgrade (101 Switching Protocols, RFC 9110 15.2.2). For WebSocket (RFC 6455):
         the handshake, then one client frame echoed back. For anything else: every byte that follows is
-        kept in `owner.switched`, and echoed back after "switched: "."""
+        kept in `owner.switched`, and echoed back after "switched: " (after a greeting of the server's own)."""
         self.send_response(101)
         self.send_header("Upgrade", protocol.split(",")[0].strip())
         self.send_header("Connection", "Upgrade")
@@ -120,6 +125,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         self.connection.settimeout(5)
         with contextlib.suppress(OSError):
+            self.connection.sendall(b"server speaks first: ")  # as an h2c server sends its SETTINGS at once
             while chunk := self.connection.recv(65536):
                 with owner.lock:
                     owner.switched.append(chunk)
