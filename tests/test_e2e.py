@@ -239,8 +239,8 @@ def test_intercept_allows_and_decrypts(intercepting, servers):
 def intercepting_named(tmp_path_factory, rules_dir, geo_dir, pki, servers):
     """geoblock_intercept=true; binance.com is served at 127.0.0.2 (tests/support/name_map.py)."""
     d = tmp_path_factory.mktemp("intercept-named")
-    s = servers["https2"]
-    m = with_names(d / "conf", {"binance.com:443": (s.host, s.port)},
+    s, h = servers["https2"], servers["http2"]
+    m = with_names(d / "conf", {"binance.com:443": (s.host, s.port), "binance.com:80": (h.host, h.port)},
                    options(rules_dir, geo_dir, d / "decisions.jsonl", geoblock_intercept=True,
                            ssl_verify_upstream_trusted_ca=pki.ca_pem))
     m.decisions = d / "decisions.jsonl"
@@ -250,8 +250,7 @@ def intercepting_named(tmp_path_factory, rules_dir, geo_dir, pki, servers):
 
 def page_answers(stdout: str) -> list[str]:
     """The status lines of the answers curl printed (-D -), after the CONNECT's own."""
-    return [line for line in stdout.splitlines() if line.startswith("HTTP/") and "Connection established" not in line
-            and not line.startswith("HTTP/1.1 200 Connection")]
+    return [line for line in stdout.splitlines() if line.startswith("HTTP/") and "Connection established" not in line]
 
 
 def test_intercept_blocked_connect_target_gets_the_451_page_over_tls(intercepting_named, servers):
@@ -290,6 +289,16 @@ def test_intercept_blocked_tunnel_relays_nothing_that_is_not_tls_or_http(interce
             answer += chunk
     assert b"SSH" not in answer
     assert servers["https2"].connections == 0
+
+
+def test_intercept_plain_http_in_a_blocked_tunnel_gets_the_page(intercepting_named, servers):
+    """Plain HTTP through the accepted CONNECT of a blocked tunnel (curl --proxytunnel) gets the page too."""
+    r = curl(intercepting_named, "http://binance.com/", "--proxytunnel", "-H", "Host: allowed.test")
+    assert page_answers(r.stdout)[-1].startswith("HTTP/1.1 451"), r.stdout + r.stderr
+    assert "<strong>binance.com</strong> is blocked" in r.stdout
+    assert servers["http2"].connections == 0
+    rec = records(intercepting_named.decisions, stage="http", host="allowed.test", sni=None)[-1]
+    assert (rec["action"], rec["blocked_at"]) == ("block", "connect")
 
 
 def test_intercept_blocked_ip_gets_the_451_page_over_tls(intercepting, servers):

@@ -22,6 +22,7 @@ import signal
 import struct
 import subprocess
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ class Visit:
         return self.dom[start + 7:end] if start >= 0 and end > start else ""
 
 
-def visit(url: str, proxy_url: str, profile: Path, trust: list[Path] = (), timeout: float = VISIT_TIMEOUT) -> Visit:  # type: ignore[assignment]
+def visit(url: str, proxy_url: str, profile: Path, trust: Sequence[Path] = (), timeout: float = VISIT_TIMEOUT) -> Visit:
     """Load `url` in a fresh headless Chromium through the HTTP proxy `proxy_url`, with `profile` as its
     user data directory (created; one per visit, so visits are independent). `trust`: PEM certificates
     whose keys Chromium accepts for any name. Raises RuntimeError (with Chromium's log) when Chromium is
