@@ -4,12 +4,15 @@
 # GEOBLOCK_PYTHONS="3.12" limits the run; extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# curl: the tests' HTTP and TLS client; wrk: the benchmarks' load generator (tests/test_bench.py).
-for tool in curl wrk; do
+# curl: the tests' HTTP and TLS client; wrk: the benchmarks' load generator (tests/test_bench.py);
+# chromium: the browser tests (tests/test_browser.py). Without root, a missing chromium only skips
+# the browser tests (and says so).
+for tool in curl wrk chromium; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then
-      apt-get install -y -qq "$tool" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null; }
-    else
+      apt-get install -y -qq --no-install-recommends "$tool" >/dev/null 2>&1 ||
+        { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$tool" >/dev/null; }
+    elif [ "$tool" != chromium ]; then
       echo "test: $tool is needed (sudo apt-get install -y $tool)" >&2; exit 1
     fi
   fi

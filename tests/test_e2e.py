@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from support.geodb import write_asn_db, write_country_db
-from support.proc import Mitmdump
+from support.proc import Mitmdump, with_names
 from support.servers import TestServer
 
 pytestmark = pytest.mark.e2e
@@ -231,6 +231,133 @@ def test_intercept_allows_and_decrypts(intercepting, servers):
              "--cacert", str(ca))
     assert r.returncode == 0 and "hello from 127.0.0.1" in r.stdout, r.stderr
     assert s.requests and s.requests[-1][0] == "allowed.test"
+
+
+# --- intercept mode: a blocked HTTPS name gets the page over TLS ------------------------------
+
+@pytest.fixture(scope="module")
+def intercepting_named(tmp_path_factory, rules_dir, geo_dir, pki, servers):
+    """geoblock_intercept=true; binance.com is served at 127.0.0.2 (tests/support/name_map.py)."""
+    d = tmp_path_factory.mktemp("intercept-named")
+    s, h = servers["https2"], servers["http2"]
+    m = with_names(d / "conf", {"binance.com:443": (s.host, s.port), "binance.com:80": (h.host, h.port)},
+                   options(rules_dir, geo_dir, d / "decisions.jsonl", geoblock_intercept=True,
+                           ssl_verify_upstream_trusted_ca=pki.ca_pem))
+    m.decisions = d / "decisions.jsonl"
+    with m:
+        yield m
+
+
+def page_answers(stdout: str) -> list[str]:
+    """The status lines of the answers curl printed (-D -), after the CONNECT's own."""
+    return [line for line in stdout.splitlines() if line.startswith("HTTP/") and "Connection established" not in line]
+
+
+def test_intercept_blocked_connect_target_gets_the_451_page_over_tls(intercepting_named, servers):
+    """The CONNECT is accepted (and recorded as blocked), the client's TLS ends at mitmproxy with its
+    certificate for the name, and the request gets the page; the server is never dialled."""
+    m = intercepting_named
+    ca = m.confdir / "mitmproxy-ca-cert.pem"
+    r = curl(m, "https://binance.com/", "--cacert", str(ca))
+    assert r.returncode == 0, r.stderr
+    assert "HTTP/1.1 200" in r.stdout  # the CONNECT's answer: the tunnel ends at geoblock
+    assert page_answers(r.stdout)[-1].startswith(("HTTP/2 451", "HTTP/1.1 451")), r.stdout
+    assert "<strong>binance.com</strong> is blocked" in r.stdout and "<code>offshore-crypto-exchanges</code>" in r.stdout
+    assert servers["https2"].connections == 0
+    rec = records(m.decisions, stage="connect", host="binance.com")[-1]
+    assert (rec["action"], rec["enforced"], rec["rule"]) == ("block", True, "offshore-crypto-exchanges")
+    rec = records(m.decisions, stage="http", host="binance.com")[-1]
+    assert (rec["action"], rec["rule"], rec["blocked_at"], rec["sni"]) == (
+        "block", "offshore-crypto-exchanges", "connect", "binance.com")
+
+
+def test_intercept_blocked_tunnel_relays_nothing_that_is_not_tls_or_http(intercepting_named, servers):
+    """The accepted CONNECT of a blocked tunnel carries no other protocol: bytes that are neither TLS nor
+    HTTP are never relayed (the server is never dialled) and the connection is closed."""
+    sock = connect_tunnel(intercepting_named, "binance.com:443")
+    with sock:
+        sock.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+        sock.settimeout(10)
+        answer = b""
+        while True:
+            try:
+                chunk = sock.recv(4096)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+    assert b"SSH" not in answer
+    assert servers["https2"].connections == 0
+
+
+def test_intercept_plain_http_in_a_blocked_tunnel_gets_the_page(intercepting_named, servers):
+    """Plain HTTP through the accepted CONNECT of a blocked tunnel (curl --proxytunnel) gets the page too."""
+    r = curl(intercepting_named, "http://binance.com/", "--proxytunnel", "-H", "Host: allowed.test")
+    assert page_answers(r.stdout)[-1].startswith("HTTP/1.1 451"), r.stdout + r.stderr
+    assert "<strong>binance.com</strong> is blocked" in r.stdout
+    assert servers["http2"].connections == 0
+    rec = records(intercepting_named.decisions, stage="http", host="allowed.test", sni=None)[-1]
+    assert (rec["action"], rec["blocked_at"]) == ("block", "connect")
+
+
+def test_intercept_blocked_ip_gets_the_451_page_over_tls(intercepting, servers):
+    s = servers["https5"]
+    ca = intercepting.confdir / "mitmproxy-ca-cert.pem"
+    r = curl(intercepting, f"https://127.0.0.5:{s.port}/", "--cacert", str(ca))
+    assert page_answers(r.stdout)[-1].startswith(("HTTP/2 451", "HTTP/1.1 451")), r.stdout + r.stderr
+    assert "<code>blocked-network</code>" in r.stdout
+    assert s.connections == 0
+
+
+def test_intercept_blocked_sni_gets_the_451_page_over_tls(intercepting, servers):
+    """An allowed CONNECT (an address), then a ClientHello for a blocked name: the handshake is completed
+    with mitmproxy's certificate for that name, and the request gets the page."""
+    s = servers["https2"]
+    ca = intercepting.confdir / "mitmproxy-ca-cert.pem"
+    r = curl(intercepting, "https://binance.com/", "--connect-to", f"binance.com:443:127.0.0.2:{s.port}",
+             "--cacert", str(ca))
+    assert r.returncode == 0, r.stderr
+    assert page_answers(r.stdout)[-1].startswith(("HTTP/2 451", "HTTP/1.1 451")), r.stdout
+    assert "<code>offshore-crypto-exchanges</code>" in r.stdout
+    assert s.connections == 0
+    rec = records(intercepting.decisions, stage="tls", sni="binance.com")[-1]
+    assert (rec["action"], rec["enforced"]) == ("block", True)
+    assert records(intercepting.decisions, stage="http", sni="binance.com", blocked_at="tls")
+
+
+@pytest.mark.parametrize("http", ["--http1.1", "--http2"])
+def test_intercept_every_request_in_a_blocked_tunnel_gets_the_page(intercepting, servers, http):
+    """A blocked tunnel never forwards, whatever a request in it shows: three requests on one connection,
+    with the Host of an allowed site and an absolute-form target, all get the page."""
+    s = servers["https2"]
+    ca = intercepting.confdir / "mitmproxy-ca-cert.pem"
+    r = curl(intercepting, "https://binance.com/", "--connect-to", f"binance.com:443:127.0.0.2:{s.port}",
+             "--cacert", str(ca), http, "-H", "Host: allowed.test", "-w", "connects=%{num_connects}\n",
+             "https://binance.com/second", "https://binance.com/third")
+    answers = page_answers(r.stdout)
+    assert len(answers) == 3 and all(" 451" in a for a in answers), r.stdout + r.stderr
+    assert r.stdout.count("connects=1") == 1 and r.stdout.count("connects=0") == 2  # one tunnel, reused
+    assert s.connections == 0
+    recs = records(intercepting.decisions, stage="http", host="allowed.test", blocked_at="tls")
+    assert len(recs) >= 3 and all(r["action"] == "block" for r in recs)
+
+
+def test_intercept_in_monitor_mode_blocks_nothing(tmp_path, rules_dir, geo_dir, pki, servers):
+    s = servers["https2"]
+    log = tmp_path / "decisions.jsonl"
+    with with_names(tmp_path / "conf", {"binance.com:443": (s.host, s.port)},
+                    options(rules_dir, geo_dir, log, geoblock_intercept=True, geoblock_monitor=True,
+                            ssl_verify_upstream_trusted_ca=pki.ca_pem)) as m:
+        ca = m.confdir / "mitmproxy-ca-cert.pem"
+        r = curl(m, "https://binance.com/", "--cacert", str(ca))
+        assert r.returncode == 0 and "hello from 127.0.0.2" in r.stdout, r.stdout + r.stderr
+        r = curl(m, "https://binance.com/", "--connect-to", f"binance.com:443:127.0.0.2:{s.port}", "--cacert", str(ca))
+        assert r.returncode == 0 and "hello from 127.0.0.2" in r.stdout, r.stdout + r.stderr
+    assert s.connections == 2
+    blocks = records(log, action="block")
+    assert {r["stage"] for r in blocks} >= {"connect", "tls"}
+    assert all(r["enforced"] is False for r in records(log)) and not records(log, blocked_at="connect")
 
 
 # --- monitor mode ----------------------------------------------------------------------------

@@ -384,15 +384,27 @@ def test_sni_allowed_host_blocked_is_blocked_and_the_mismatch_recorded(intercept
     assert rec["mismatch"] == "Host binance.com ≠ SNI allowed.test"
 
 
-def test_sni_blocked_host_allowed_is_blocked_at_the_handshake(intercepting, servers, log):
+@pytest.mark.parametrize("which", ["proxy", "intercepting"])
+def test_sni_blocked_host_allowed_is_blocked_at_the_handshake(request, servers, which):
+    """Without interception: the alert, before any HTTP. With geoblock_intercept: the handshake is
+    completed with mitmproxy's certificate for binance.com, and the request, whatever its Host, gets the
+    451 page for binance.com. The server sees nothing either way."""
+    proxy = request.getfixturevalue(which)
+    log = Log(proxy)
     s = servers["https1"]
-    ca = intercepting.confdir / "mitmproxy-ca-cert.pem"
-    r = curl(intercepting, "https://binance.com/", "--connect-to", f"binance.com:443:127.0.0.1:{s.port}",
-             "--cacert", str(ca), "-H", "Host: allowed.test")
-    assert r.returncode == 35 and "alert access denied" in r.stderr, r.stderr
+    ca = proxy.confdir / "mitmproxy-ca-cert.pem"
+    r = curl(proxy, "https://binance.com/", "--connect-to", f"binance.com:443:127.0.0.1:{s.port}",
+             "--cacert", str(ca), "-H", "Host: allowed.test", "--http1.1")
     assert s.connections == 0
     log.wait(stage="tls", sni="binance.com", action="block")
-    log.none(stage="http")
+    if which == "proxy":
+        assert r.returncode == 35 and "alert access denied" in r.stderr, r.stderr
+        log.none(stage="http")
+    else:
+        assert "HTTP/1.1 451 Unavailable For Legal Reasons" in r.stdout, r.stdout + r.stderr
+        assert "<strong>binance.com</strong>" in r.stdout and "<code>offshore-crypto-exchanges</code>" in r.stdout
+        rec = log.wait(stage="http", host="allowed.test")
+        assert (rec["action"], rec["rule"], rec["blocked_at"]) == ("block", "offshore-crypto-exchanges", "tls")
 
 
 @pytest.mark.parametrize("which", ["intercepting", "strict"])
@@ -438,16 +450,22 @@ def test_connect_target_and_sni_both_allowed_but_different(request, servers, whi
     log = Log(proxy)
     s = servers["https1"]
     sock = tunnel(proxy, f"localhost:{s.port}")
+    if which == "strict":  # geoblock_intercept: the handshake ends at mitmproxy, requests get the page
+        context = ssl.create_default_context(cafile=str(proxy.confdir / "mitmproxy-ca-cert.pem"))
+        with context.wrap_socket(sock, server_hostname="allowed.test") as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n")
+            answer = read_all(tls)[0]
+        rec = log.wait(stage="tls")
+        assert status(answer) == 451 and b"<code>policy:name-mismatch</code>" in answer, answer[:300]
+        assert rec["mismatch"] == "SNI allowed.test ≠ CONNECT target localhost"
+        assert s.connections == 0 and (rec["action"], rec["rule"]) == ("block", "policy:name-mismatch")
+        return
     with sock:
         answer = tls_first_record(sock, [hello(b"allowed.test").records()])
     rec = log.wait(stage="tls")
     assert rec["mismatch"] == "SNI allowed.test ≠ CONNECT target localhost"
-    if which == "strict":
-        assert_denied(answer)
-        assert s.connections == 0 and (rec["action"], rec["rule"]) == ("block", "policy:name-mismatch")
-    else:
-        assert_server_hello(answer)
-        assert s.connections == 1 and (rec["action"], rec["rule"]) == ("log", "policy:name-mismatch")
+    assert_server_hello(answer)
+    assert s.connections == 1 and (rec["action"], rec["rule"]) == ("log", "policy:name-mismatch")
 
 
 # ============================================================== 3. ECH

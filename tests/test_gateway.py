@@ -101,9 +101,9 @@ def write_test_data(d: Path) -> tuple[Path, Path, Path]:
     return rules, country, asn
 
 
-def proxy(topo: Topology, d: Path, unit: str, port: int) -> NsMitmdump:
+def proxy(topo: Topology, d: Path, unit: str, port: int, **options: object) -> NsMitmdump:
     """mitmdump in the gateway namespace, started with the unit's own command line (paths mapped into
-    `d`), plus the test databases; its decision log is `.decisions`."""
+    `d`), plus the test databases and `options` (as --set); its decision log is `.decisions`."""
     if not (d / "rules").exists():
         write_test_data(d)
     instance = str(port) if "@" in unit else ""
@@ -112,7 +112,7 @@ def proxy(topo: Topology, d: Path, unit: str, port: int) -> NsMitmdump:
     argv = unit_command(unit, d, d / "rules", instance)
     m = NsMitmdump(topo, "gw", port, d, argv, {
         "geoblock_country_db": d / "GeoLite2-Country.mmdb", "geoblock_asn_db": d / "GeoLite2-ASN.mmdb",
-        "geoblock_rdap": False})
+        "geoblock_rdap": False, **options})
     m.decisions = d / "log" / ("decisions-%s.jsonl" % port if "@" in unit else "decisions.jsonl")
     assert str(m.decisions) in " ".join(argv)
     return m
@@ -580,6 +580,32 @@ def test_workers_share_the_load_and_all_enforce(tmp_path, pki):
                 outcomes.append("refused")
         assert outcomes.count("refused") == 2 and outcomes.count("ok") == 2 * workers - 2, outcomes
         assert server.connections == outcomes.count("ok")
+
+
+# --- interception --------------------------------------------------------------------------------
+
+def test_intercept_blocked_sni_gets_the_451_page_over_tls(tmp_path, pki):
+    """geoblock_intercept on the gateway, its CA trusted by the client: a blocked SNI gets the 451 page
+    over TLS (mitmproxy's certificate for the name), whatever the Host of the request; the server sees
+    nothing."""
+    _skip_unless_possible()
+    with topology(("home",)) as (topo, stack):
+        server = NsServer(topo.ns("home"), HOME4, 443, pki)
+        stack.callback(server.close)
+        gateway_sh(topo, "up", "--in-iface", GW_IN_IFACE, "--port", "8080", state=tmp_path / "gateway.state")
+        m = proxy(topo, tmp_path, "geoblock.service", 8080, geoblock_intercept=True)
+        stack.callback(m.stop)
+        m.start()
+        ca = tmp_path / "state" / "mitmproxy" / "mitmproxy-ca-cert.pem"
+        r = curl(topo, "cli", "https://binance.com/", "--resolve", f"binance.com:443:{HOME4}", "--cacert", str(ca),
+                 "-H", "Host: allowed.test", "--http1.1")
+        assert r.stdout.startswith("HTTP/1.1 451 Unavailable For Legal Reasons"), r.stdout + r.stderr
+        assert "<strong>binance.com</strong>" in r.stdout and "<code>offshore-crypto-exchanges</code>" in r.stdout
+        assert server.connections == 0
+        rec = records(m.decisions, stage="tls", sni="binance.com")[-1]
+        assert (rec["action"], rec["enforced"], rec["client"]) == ("block", True, CLIENT4)
+        rec = records(m.decisions, stage="http", host="allowed.test")[-1]
+        assert (rec["action"], rec["blocked_at"], rec["server_ip"]) == ("block", "tls", HOME4)
 
 
 # --- teardown ------------------------------------------------------------------------------------

@@ -5,9 +5,11 @@ Hooks and what they decide on:
   a block closes the connection without dialling the server;
 - `dns_request` (where geoblock serves DNS): the question's name; a block answers NXDOMAIN (or the
   sinkhole address);
-- `http_connect`: the CONNECT target (explicit proxy), answered with 451 when blocked;
+- `http_connect`: the CONNECT target (explicit proxy), answered with 451 when blocked (with
+  `geoblock_intercept`: accepted, and the tunnel answered with the block page, see BlockedTunnel);
 - `next_layer`: the ClientHello's SNI, refused with a TLS alert when blocked (checked before mitmproxy's
-  own layer choice, so a blocked handshake is never relayed or intercepted);
+  own layer choice, so a blocked handshake is never relayed; with `geoblock_intercept` the handshake is
+  completed with mitmproxy's certificate for the name and the tunnel answered with the block page);
 - `tls_clienthello`: allowed TLS passes through undecrypted unless `geoblock_intercept` is set;
 - `requestheaders`: Host, :authority and the request target of plain or decrypted HTTP, 451 page;
 - `server_connect`: last line of defence: a connection already judged blocked is never dialled.
@@ -31,7 +33,7 @@ import signal
 import time
 import traceback
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Coroutine
 
 from mitmproxy import command, ctx, dns, exceptions, http
@@ -75,8 +77,9 @@ OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
     ("geoblock_monitor", bool, False,
      "geoblock: log-only mode: decide and record every flow (enforced: false), block nothing."),
     ("geoblock_intercept", bool, False,
-     "geoblock: decrypt allowed TLS so Host checks apply inside it and blocked HTTPS requests get the "
-     "HTML page (clients must trust mitmproxy's CA). Default: allowed TLS passes through undecrypted."),
+     "geoblock: decrypt allowed TLS so Host checks apply inside it, and answer a blocked HTTPS name "
+     "(CONNECT target or SNI) with the HTML page over TLS instead of refusing the tunnel (clients must "
+     "trust mitmproxy's CA). Default: allowed TLS passes through undecrypted."),
     ("geoblock_block_page", str, "",
      "geoblock: an HTML template for the 451 page ($host, $rule, $reason, $ts). Empty = built-in."),
     ("geoblock_blocked_by", str, DEFAULT_BLOCKED_BY,
@@ -154,6 +157,23 @@ class ConnState:
     server_names: dict[tuple[str, int], str] = field(default_factory=dict)  # judged address -> TLS name
     http_memo: "HttpMemo | None" = None  # the last HTTP request's judgement on this connection
     proxy_sni: str | None = None  # the SNI of a handshake with the proxy itself (secure web proxy)
+    blocked_tunnel: "BlockedTunnel | None" = None  # geoblock_intercept: a blocked tunnel ended here
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedTunnel:
+    """A tunnel judged blocked that geoblock ends itself, with `geoblock_intercept` on (explicit proxy
+    CONNECT, or a ClientHello whose SNI is blocked): the CONNECT is accepted, the client's TLS handshake
+    is completed by mitmproxy with its certificate for the name (as Squid does with ssl_bump and
+    deny_info), and every request inside is answered with the 451 page, whatever its Host. Nothing in it
+    is forwarded: the connection is also `ConnState.blocked`, so server_connect refuses any dial.
+
+    `stage` is the stage whose verdict blocked the tunnel ("connect" or "tls"), `facts` and `verdict`
+    that judgement; each request is recorded with them (`blocked_at`: the stage)."""
+
+    stage: str
+    facts: Facts
+    verdict: Verdict
 
 
 @dataclass(slots=True)
@@ -647,7 +667,8 @@ class GeoBlock:
         self._record(facts, verdict)
         if self._enforcing(verdict):
             state.blocked = verdict
-            flow.response = enforce.connect_refusal(verdict, ctx.options.geoblock_blocked_by)
+            if not self._end_blocked_tunnel(state, flow.client_conn, "connect", facts, verdict):
+                flow.response = enforce.connect_refusal(verdict, ctx.options.geoblock_blocked_by)
 
     @guarded("stream")
     async def next_layer(self, nextlayer: mlayer.NextLayer) -> None:
@@ -680,14 +701,18 @@ class GeoBlock:
                 nextlayer.layer = enforce.DenyStream(context)
             return
         if shows == hold.TLS and context.server.address is not None:  # no address: a handshake with the proxy
-            try:
-                verdict = await self._judge_client_hello(context, state, data)
-            except Exception as exc:  # noqa: BLE001 - the guard, for the tls stage
-                return self._on_error("tls", nextlayer, exc)
-            if self._enforcing(verdict):
-                state.blocked = verdict
-                nextlayer.layer = enforce.DenyTLS(context)
-                return
+            if state.blocked_tunnel is not None:  # blocked at CONNECT: mitmproxy ends its TLS (BlockedTunnel)
+                state.tls_judged[context] = False
+            else:
+                try:
+                    verdict, facts = await self._judge_client_hello(context, state, data)
+                except Exception as exc:  # noqa: BLE001 - the guard, for the tls stage
+                    return self._on_error("tls", nextlayer, exc)
+                if self._enforcing(verdict):
+                    state.blocked = verdict
+                    if facts is None or not self._end_blocked_tunnel(state, context.client, "tls", facts, verdict):
+                        nextlayer.layer = enforce.DenyTLS(context)
+                        return
         chosen = self.chooser.choose(context, data, nextlayer.data_server())
         if chosen is None:
             return  # mitmproxy needs more bytes too; asked again with them
@@ -701,9 +726,10 @@ class GeoBlock:
                 return
         nextlayer.layer = chosen
 
-    async def _judge_client_hello(self, context: Any, state: ConnState, data: bytes) -> Verdict:
+    async def _judge_client_hello(self, context: Any, state: ConnState, data: bytes) -> tuple[Verdict, Facts | None]:
         """Judge a whole ClientHello (`data`, its TLS records) at this layer: SNI, CONNECT target,
-        destination, ECH. Raises Failure on a malformed one."""
+        destination, ECH. Returns the verdict and the facts it was reached on (None for an SNI that is
+        not a host name: on_error decided). Raises Failure on a malformed one."""
         try:
             raw = mtls.get_client_hello(data)  # reassembled from its records
             if raw is None:
@@ -720,14 +746,14 @@ class GeoBlock:
         problem = sni_problem(hello.extensions, hello.sni)
         if problem is not None:  # a server_name mitmproxy cannot read is not "no SNI"
             facts.sni = str(problem.value)
-            return self._invalid(facts, problem, "SNI", None)
+            return self._invalid(facts, problem, "SNI", None), None
         names: list[str] = []
         if hello.sni is not None:
             facts.sni = hello.sni
             try:
                 sni = normalize_host(hello.sni)
             except InvalidHost as exc:
-                return self._invalid(facts, exc, "SNI", None)
+                return self._invalid(facts, exc, "SNI", None), None
             if isinstance(sni, str):
                 names.append(sni)
                 state.sni = sni
@@ -742,7 +768,7 @@ class GeoBlock:
         verdict = self._decide(facts)
         self._record(facts, verdict)
         state.tls_judged[context] = not self._enforcing(verdict)
-        return verdict
+        return verdict, facts
 
     async def _judge_stream(self, context: Any, state: ConnState, data: bytes, incomplete: str | None = None) -> Verdict:
         """Judge a stream that is neither HTTP nor TLS (stage "stream"): on its destination and the names
@@ -784,6 +810,27 @@ class GeoBlock:
             else:
                 state.connect_ip = target
 
+    @staticmethod
+    def _end_blocked_tunnel(state: ConnState, client: Any, stage: str, facts: Facts, verdict: Verdict) -> bool:
+        """With geoblock_intercept, keep a tunnel just judged blocked open so that its requests get the
+        451 page over TLS (BlockedTunnel); the next_layer hook then puts in place the TLS layer mitmproxy
+        chooses, which completes the client's handshake with its own certificate for the name. Its
+        `upstream_cert` would first dial the server for that server's certificate only where
+        mitmproxy's tlsconfig asks to establish server TLS first, which it does only with
+        connection_strategy=eager (mitmproxy 11.0.2 and 12.3.1); geoblock keeps it lazy, and
+        server_connect refuses a blocked connection anyway (mitmproxy then completes the client's
+        handshake without the server's certificate). Only in the explicit and transparent proxy modes:
+        elsewhere (an upstream proxy) the tunnel would be mitmproxy's to open. Not for a ClientHello
+        refused because it uses Encrypted Client Hello (the `ech` policy): mitmproxy cannot accept ECH,
+        and a client that really sent it aborts a handshake that did not (RFC 9849 section 6.1.6), so
+        it gets the TLS alert at once. Returns whether the tunnel is kept for the page; False: refuse it
+        as without interception."""
+        if not ctx.options.geoblock_intercept or verdict.rule == "policy:ech" or not isinstance(
+                client.proxy_mode, (mode_specs.RegularMode, mode_specs.TransparentMode)):
+            return False
+        state.blocked_tunnel = BlockedTunnel(stage, facts, verdict)
+        return True
+
     @guarded("tls")
     async def tls_clienthello(self, data: mtls.ClientHelloData) -> None:
         state = self.conns.get(data.context.client.id)
@@ -807,6 +854,8 @@ class GeoBlock:
         try:
             request = flow.request
             state = self._state(flow.client_conn)
+            if state.blocked_tunnel is not None:
+                return self._answer_blocked_tunnel(flow, state.blocked_tunnel)
             data = request.data  # the URI authority as received: decoded (uri_authority) only when judged anew
             sni = flow.client_conn.sni
             if sni is not None and sni == state.proxy_sni:
@@ -846,6 +895,17 @@ class GeoBlock:
         if generation == self.generation and not self._rdap_may_place(facts):
             state.http_memo = HttpMemo(shows, generation, facts, verdict, name, rest)
         self._enforce_request(flow, state, facts, verdict, name)
+
+    def _answer_blocked_tunnel(self, flow: http.HTTPFlow, tunnel: BlockedTunnel) -> None:
+        """A request inside a tunnel judged blocked (BlockedTunnel): the 451 page for the tunnel's
+        verdict, whatever the request shows; recorded at stage http with its Host and SNI, the tunnel's
+        server and verdict, and `blocked_at` (the stage that blocked the tunnel)."""
+        request, verdict = flow.request, tunnel.verdict
+        facts = replace(tunnel.facts, stage="http", host=request.host_header, sni=flow.client_conn.sni,
+                        ech=False, mismatch=None)
+        self._record(facts, verdict, {"blocked_at": tunnel.stage})
+        flow.response = enforce.block_page(verdict, verdict.name or request.host_header or request.host,
+                                           self.page, ctx.options.geoblock_blocked_by, _now())
 
     def _enforce_request(self, flow: http.HTTPFlow, state: ConnState, facts: Facts, verdict: Verdict,
                          name: str | None) -> None:

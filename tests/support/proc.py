@@ -102,3 +102,15 @@ class Mitmdump(LoggedProcess):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+NAME_MAP_PY = REPO / "tests" / "support" / "name_map.py"
+
+
+def with_names(confdir: Path, names: dict[str, tuple[str, int]], options: dict[str, object] | None = None,
+               extra_args: list[str] | None = None) -> Mitmdump:
+    """A Mitmdump with geoblock that reaches `names` ({"NAME:PORT": (address, port)}) at local servers, as
+    if DNS said so, and nothing else off the machine (tests/support/name_map.py, loaded before geoblock)."""
+    mapping = ",".join(f"{name}={address}:{port}" for name, (address, port) in names.items())
+    return Mitmdump(confdir, {**(options or {}), "test_name_map": mapping}, with_geoblock=False,
+                    extra_args=["-s", str(NAME_MAP_PY), "-s", str(BLOCK_PY), *(extra_args or [])])
