@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import json
 import logging
@@ -19,6 +20,7 @@ from mitmproxy.proxy.layers import modes, tls
 from mitmproxy.test import taddons, tflow, tutils
 
 import geoblock.addon as addon_mod
+from support import evasion_tls as et
 from support.evasion_tls import client_hello
 from geoblock import enforce, heap, hold
 from geoblock.addon import GeoBlock
@@ -469,7 +471,7 @@ def test_encrypted_client_hello_is_recorded_and_logged(gb):
 def test_encrypted_client_hello_can_be_blocked_by_policy(gb, tmp_path, rules_dir):
     d = tmp_path / "rules"
     d.mkdir()
-    (d / "policy.yaml").write_text("home_countries: [CN]\nech: block\n")
+    (d / "policy.yaml").write_text("home_countries: [CN]\nech: block\nech_public_names: [public.example]\n")
     (d / "r.yaml").write_text("rules:\n  - {id: b, action: block, domains: [b.test]}\n")
     gb.tctx.configure(gb, geoblock_rules=str(d))
     nl = next_layer_for(gb, None, server=("127.0.0.1", 443),
@@ -480,6 +482,106 @@ def test_encrypted_client_hello_can_be_blocked_by_policy(gb, tmp_path, rules_dir
     plain = next_layer_for(gb, "public.example", server=("127.0.0.1", 443))
     run(gb.next_layer(plain))
     assert isinstance(plain.layer, tls.ServerTLSLayer)  # without ECH the same name passes
+
+
+def ech_policy(gb, tmp_path, rules_dir, extra: str = "") -> None:
+    """The test rules with `ech: block` (and `extra` policy lines)."""
+    d = tmp_path / "ech-rules"
+    shutil.copytree(rules_dir, d)
+    text = (d / "policy.yaml").read_text()
+    text = "\n".join(l for l in text.splitlines() if not l.startswith("ech:")) + "\nech: block\n" + extra
+    (d / "policy.yaml").write_text(text)
+    gb.tctx.configure(gb, geoblock_rules=str(d))
+
+
+def hello_with(sni: str | None, *extensions: tuple[int, bytes]) -> bytes:
+    data = client_hello(sni)
+    for ext_type, body in extensions:
+        data = with_extension(data, ext_type, body)
+    return data
+
+
+def test_ech_placeholder_beside_an_ordinary_sni_hides_no_name(gb, tmp_path, rules_dir):
+    """GREASE ECH (what Chromium sends to every site without an ECH configuration) is recorded as such
+    and passes under ech: block."""
+    ech_policy(gb, tmp_path, rules_dir)
+    nl = next_layer_for(gb, None, data=hello_with("allowed.test", (et.EXT_ECH, et.ech_outer_body())))
+    run(gb.next_layer(nl))
+    assert nl.layer is None
+    rec = records(gb)[-1]
+    assert rec["ech_grease"] is True and "ech" not in rec and rec["action"] == "allow"
+
+
+@pytest.mark.parametrize("sni", [None, "cloudflare-ech.com", "edge.cloudflare-ech.com", "front.example"])
+def test_ech_without_sni_or_behind_a_public_name_hides_a_name(gb, tmp_path, rules_dir, sni):
+    ech_policy(gb, tmp_path, rules_dir, "ech_public_names: [cloudflare-ech.com, front.example]\n")
+    nl = next_layer_for(gb, None, data=hello_with(sni, (et.EXT_ECH, et.ech_outer_body())))
+    run(gb.next_layer(nl))
+    assert isinstance(nl.layer, enforce.DenyTLS)
+    rec = records(gb)[-1]
+    assert (rec["ech"], rec["rule"], rec["action"]) == (True, "policy:ech", "block") and "ech_grease" not in rec
+
+
+@pytest.mark.parametrize("ext", [et.EXT_ESNI, 0xFE08, et.EXT_ECH_DRAFT_10, 0xFE0C], ids=lambda e: f"0x{e:04x}")
+@pytest.mark.parametrize("sni", ["allowed.test", None])
+def test_older_encrypted_sni_code_points_hide_a_name(gb, tmp_path, rules_dir, ext, sni):
+    """Encrypted SNI (0xffce) and the ECH draft code points, with a cover SNI or none: refused under
+    ech: block like ECH."""
+    ech_policy(gb, tmp_path, rules_dir)
+    nl = next_layer_for(gb, None, data=hello_with(sni, (ext, et.esni_body() if ext == et.EXT_ESNI
+                                                        else et.ech_outer_body())))
+    run(gb.next_layer(nl))
+    assert isinstance(nl.layer, enforce.DenyTLS)
+    rec = records(gb)[-1]
+    assert (rec["ech"], rec["rule"]) == (True, "policy:ech") and f"0x{ext:04x}" in rec["reason"]
+
+
+def dns_answer(question: str, *sections: list[str]):
+    """A mitmproxy DNS flow for an A question and its answer: `sections` are the answer, authority and
+    additional sections in zone-file text (dnspython builds the wire form, mitmproxy parses it)."""
+    import dns.message
+    import dns.rrset
+    from mitmproxy import dns as mdns
+
+    message = getattr(mdns, "DNSMessage", None) or mdns.Message
+    query = dns.message.make_query(question, "A")
+    answer = dns.message.make_response(query)
+    for section, lines in zip((answer.answer, answer.authority, answer.additional), sections):
+        for line in lines:
+            name, rdtype, rdata = line.split(" ", 2)
+            section.append(dns.rrset.from_text(name, 60, "IN", rdtype, rdata))
+    return tflow.tdnsflow(req=message.unpack(query.to_wire()), resp=message.unpack(answer.to_wire()))
+
+
+def test_ech_public_names_are_learnt_from_dns_answers_in_every_section(gb, tmp_path, rules_dir):
+    ech_policy(gb, tmp_path, rules_dir)
+    sent = hello_with("front.example", (et.EXT_ECH, et.ech_outer_body()))
+    before = next_layer_for(gb, None, data=sent)
+    run(gb.next_layer(before))
+    assert before.layer is None  # not yet known to front ECH: a placeholder
+    config = base64.b64encode(et.ech_config_list("front.example")).decode()
+    flow = dns_answer("allowed.test", ["allowed.test. A 127.0.0.1"], [f'allowed.test. HTTPS 1 . ech="{config}"'],
+                      [f'svc.allowed.test. SVCB 1 . alpn="h2" ech="{config}"'])
+    run(gb.dns_response(flow))
+    kept = [*flow.response.authorities, *flow.response.additionals]
+    assert len(kept) == 2 and all(rr.https_ech is None for rr in kept)  # removed in every section
+    after = next_layer_for(gb, None, data=sent)
+    run(gb.next_layer(after))
+    assert isinstance(after.layer, enforce.DenyTLS)
+    assert records(gb)[-1]["ech"] is True and "front.example" in records(gb)[-1]["reason"]
+
+
+def test_a_cname_chain_to_a_blocked_name_gets_the_blocked_answer(gb):
+    flow = dns_answer("alias.example", ["alias.example. CNAME mid.example.", "mid.example. CNAME api.binance.com.",
+                                        "api.binance.com. A 127.0.0.2"])
+    run(gb.dns_response(flow))
+    assert flow.response.response_code == 3 and not flow.response.answers  # NXDOMAIN
+    rec = records(gb)[-1]
+    assert (rec["stage"], rec["action"], rec["name"]) == ("dns", "block", "api.binance.com")
+    assert rec["chain"] == ["alias.example", "mid.example", "api.binance.com"]
+    allowed = dns_answer("alias.example", ["alias.example. CNAME allowed.test.", "allowed.test. A 127.0.0.1"])
+    run(gb.dns_response(allowed))
+    assert [str(rr.ipv4_address) for rr in allowed.response.answers if rr.type == 1] == ["127.0.0.1"]
 
 
 def test_sni_host_mismatch_is_recorded(gb):

@@ -94,6 +94,10 @@ def test_duplicate_id_across_files_names_both(tmp_path):
     ("home_countries: [CHN]\n", 1, "'CHN' is not an ISO 3166"),
     ("on_error: log\n", 1, "on_error must be one of block, allow"),
     ("unknown_country: maybe\n", 1, "unknown_country must be one of"),
+    ("doh_canary: block\n", 1, "doh_canary must be one of nxdomain, pass, not 'block'"),
+    ("ech_public_names:\n  - cloudflare-ech.com\n  - =front.example\n", 3,
+     "ech_public_names: '=front.example': give a plain domain"),
+    ("ech_public_names: [https://front.example/]\n", 1, "ech_public_names: 'https://front.example/' is not a valid"),
 ])
 def test_broken_policy_is_refused(tmp_path, policy, line, message):
     err = refused(tmp_path, {"policy.yaml": policy})
@@ -250,3 +254,15 @@ def test_offshore_refuses_other_booleans_clearly(tmp_path, yaml_parser, written,
 def test_choices_name_the_text_as_written(tmp_path, yaml_parser, content, line, message):
     err = refused(tmp_path, {"broken.yaml": content})
     assert err.line == line and message in str(err), str(err)
+
+
+def test_ech_public_names_and_doh_canary_defaults_and_values(tmp_path):
+    def policy(sub: str, extra: str):
+        (tmp_path / sub).mkdir()
+        return load_rules(make(tmp_path / sub, {"policy.yaml": POLICY + extra})).policy
+
+    default = policy("default", "")
+    assert default.ech_public_names == {"cloudflare-ech.com"} and default.doh_canary == "nxdomain"
+    given = policy("given", "ech_public_names: [Front.Example., x.test]\ndoh_canary: pass\n")
+    assert given.ech_public_names == {"front.example", "x.test"} and given.doh_canary == "pass"
+    assert policy("none", "ech_public_names: []\n").ech_public_names == frozenset()

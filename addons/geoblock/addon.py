@@ -25,6 +25,7 @@ records it, and is logged once per cause.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as _dt
 import functools
 import logging
@@ -33,11 +34,12 @@ import signal
 import time
 import traceback
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Coroutine
 
 from mitmproxy import command, ctx, dns, exceptions, http
-from mitmproxy.net.dns import response_codes, types as dns_types
+from mitmproxy.net.dns import https_records, response_codes, types as dns_types
 from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy import layer as mlayer
 from mitmproxy.proxy.layers import tls as mtls
@@ -48,8 +50,8 @@ from .choose import Chooser, judged_later
 from .decide import Facts, Verdict, decide
 from .geo import Geo
 from .names import IPAddress, InvalidHost, as_written, normalize_host, normalize_ip
-from .observe import (InvalidField, client_hello_problem, client_ip, http_target, mismatch_of, peer_ip,
-                      shows_http_version, sni_problem, uri_authority)
+from .observe import (InvalidField, client_hello_problem, client_ip, ech_config_public_names, ech_of, http_target,
+                      mismatch_of, name_under, peer_ip, shows_http_version, sni_problem, uri_authority)
 from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_LOG, DEFAULT_RULES
 from .record import DecisionLog, make_record
 from . import rdap
@@ -61,8 +63,12 @@ from .watch import files_stamp, rules_stamp
 logger = logging.getLogger("geoblock")
 
 DEFAULT_BLOCKED_BY = "https://geoblock.invalid/"
-TLS_EXT_ECH = 0xFE0D  # encrypted_client_hello
 FIRST_BYTES_RECORDED = 16  # of a stream that is neither HTTP nor TLS, in its record (hex)
+ECH_NAMES_LIMIT = 4096  # ECH public names learnt from DNS answers, the least recently seen dropped first
+DOH_CANARY = "use-application-dns.net"  # Firefox: NXDOMAIN (or no address) here keeps DNS over HTTPS off
+# record types whose names lead a client to an address: their owner names and targets are judged
+_LEADING_TYPES = frozenset({dns_types.A, dns_types.AAAA, dns_types.CNAME, dns_types.DNAME, dns_types.HTTPS,
+                            dns_types.SVCB})
 
 OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
     ("geoblock_rules", str, DEFAULT_RULES,
@@ -245,6 +251,7 @@ class GeoBlock:
         self.serving = False  # running() has run: the start-up heap is in place
         self.chooser = Chooser()  # mitmproxy's own layer choice, asked by next_layer
         self.hold_timeout = 10.0
+        self.ech_names: OrderedDict[str, None] = OrderedDict()  # ECH public names seen in DNS answers
 
     # ------------------------------------------------------------------ options
 
@@ -254,6 +261,7 @@ class GeoBlock:
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
+        _resolver_after_geoblock(self)
         self.generation += 1
         if "geoblock_rules" in updated:
             try:
@@ -592,6 +600,11 @@ class GeoBlock:
 
     @guarded("dns")
     async def dns_request(self, flow: Any) -> None:
+        """Judge a DNS question before anything answers it: a blocked name gets the blocked answer
+        (_refuse_dns) and never goes upstream; Firefox's DNS-over-HTTPS canary gets NXDOMAIN under
+        `doh_canary: nxdomain`. mitmproxy's resolver only resolves questions still without an answer
+        (dns_resolver.DnsResolver._should_resolve, 11.0.2 and 12.3.1); on 11.0.2 it would run first, so
+        geoblock moves it behind itself (_resolver_after_geoblock)."""
         request = flow.request
         facts = Facts("dns", client_ip=client_ip(flow.client_conn))
         names: list[str] = []
@@ -606,31 +619,120 @@ class GeoBlock:
         if not names:
             return  # reverse lookups of addresses and the like: nothing to judge by name
         facts.names = tuple(names)
+        qtype = {"qtype": [dns_types.to_str(q.type) for q in request.questions]}
+        rs = self.ruleset
+        if DOH_CANARY in names and rs is not None and rs.policy.doh_canary == "nxdomain":
+            verdict = Verdict("block", "policy:doh-canary",
+                              f"{DOH_CANARY} is Firefox's canary: NXDOMAIN keeps its DNS over HTTPS off, so it "
+                              f"uses this DNS (blocked names, ECH removed); the policy for doh_canary is nxdomain",
+                              None, DOH_CANARY)
+            self._record(facts, verdict, qtype)
+            if self._enforcing(verdict):
+                flow.response = request.fail(response_codes.NXDOMAIN)
+            return
         verdict = self._decide(facts)
-        self._record(facts, verdict, {"qtype": [dns_types.to_str(q.type) for q in request.questions]})
+        self._record(facts, verdict, qtype)
         if self._enforcing(verdict):
             self._refuse_dns(flow)
 
     @guarded("dns")
     async def dns_response(self, flow: Any) -> None:
-        """Remove Encrypted Client Hello configurations from HTTPS and SVCB answers, so clients send a
-        readable SNI (mitmproxy's own strip_ech covers HTTPS records only, and can be turned off). An
-        answer that cannot be parsed is dropped rather than passed on with its ECH; any other failure
-        here applies on_error to the answer."""
+        """Judge and clean a DNS answer before the client gets it.
+
+        Every name the answer leads to is judged, not only the question: the owner names of address,
+        alias and service-binding records (A, AAAA, CNAME, DNAME, HTTPS, SVCB) in the answer and additional
+        sections, and their targets. A question for an allowed alias whose CNAME chain ends at a blocked
+        name gets the blocked answer (_refuse_dns), recorded with the chain.
+
+        Encrypted Client Hello configurations are removed from HTTPS and SVCB records in every section, so
+        clients send a readable SNI (mitmproxy's own strip_ech covers HTTPS answers only, and can be turned
+        off); the public names in them are kept (ECH_NAMES_LIMIT) as names that front ECH (observe.ech_of).
+        A record whose service binding data cannot be parsed is dropped rather than passed on with its ECH;
+        any other failure here applies on_error to the answer."""
         response = flow.response
         if response is None:
             return
-        kept = []
-        for answer in response.answers:
-            if answer.type in (dns_types.HTTPS, dns_types.SVCB):
-                try:
-                    if answer.https_ech is not None:
-                        answer.https_ech = None
-                except Exception:  # noqa: BLE001 - malformed service binding data
+        if await self._judge_answer(flow, response):
+            return
+        for section in ("answers", "authorities", "additionals"):
+            records = getattr(response, section)
+            kept = [rr for rr in records if self._without_ech(rr)]
+            if len(kept) != len(records):
+                setattr(response, section, kept)
+
+    async def _judge_answer(self, flow: Any, response: Any) -> bool:
+        """Judge the names an answer leads to beyond its question; True when it was refused."""
+        asked: list[str] = []
+        for question in flow.request.questions:
+            try:
+                host = normalize_host(question.name)
+            except InvalidHost:
+                continue
+            if isinstance(host, str):
+                asked.append(host)
+        chain: list[str] = []
+        facts = Facts("dns", client_ip=client_ip(flow.client_conn), host=asked[0] if asked else None)
+        for rr in (*response.answers, *response.additionals):
+            if rr.type not in _LEADING_TYPES:
+                continue
+            try:
+                target = _target_of(rr)
+            except Exception:  # noqa: BLE001 - malformed service binding data: the record is dropped below
+                continue
+            for shown, text in (("DNS answer owner name", rr.name), ("DNS answer target", target)):
+                if not text or text == ".":
                     continue
-            kept.append(answer)
-        if len(kept) != len(response.answers):
-            response.answers = kept
+                try:
+                    host = normalize_host(text)
+                except InvalidHost as exc:
+                    self._invalid(facts, exc, shown, flow)
+                    return True
+                if isinstance(host, str) and host not in chain:
+                    chain.append(host)
+        if not any(name not in asked for name in chain):
+            return False  # nothing beyond the question, which dns_request judged
+        facts.names = tuple(dict.fromkeys([*asked, *chain]))
+        verdict = self._decide(facts)
+        self._record(facts, verdict, {"qtype": [dns_types.to_str(q.type) for q in flow.request.questions],
+                                      "chain": list(facts.names)})
+        if self._enforcing(verdict):
+            self._refuse_dns(flow)
+            return True
+        return False
+
+    def _without_ech(self, rr: Any) -> bool:
+        """Remove the ECH configuration from an HTTPS or SVCB record, learning its public names; False
+        when the record must be dropped (its service binding data cannot be parsed)."""
+        if rr.type not in (dns_types.HTTPS, dns_types.SVCB):
+            return True
+        try:
+            ech = rr.https_ech
+            if ech is None:
+                return True
+            rr.https_ech = None
+        except Exception:  # noqa: BLE001 - malformed service binding data
+            return False
+        try:
+            public_names = ech_config_public_names(base64.b64decode(ech))
+        except ValueError:  # binascii.Error too: the record is passed on without it, nothing to learn
+            return True
+        for text in public_names:
+            try:
+                name = normalize_host(text)
+            except InvalidHost:
+                continue
+            if isinstance(name, str):
+                self.ech_names[name] = None
+                self.ech_names.move_to_end(name)
+                if len(self.ech_names) > ECH_NAMES_LIMIT:
+                    self.ech_names.popitem(last=False)
+        return True
+
+    def _fronts_ech(self, name: str) -> bool:
+        """Whether `name` fronts Encrypted Client Hello: under the policy's ech_public_names, or a public
+        name seen in an ECH configuration in a DNS answer geoblock served."""
+        rs = self.ruleset
+        return (rs is not None and name_under(name, rs.policy.ech_public_names)) or name in self.ech_names
 
     def _refuse_dns(self, flow: Any) -> None:
         """Answer a blocked question: the sinkhole address for A/AAAA when set, else NXDOMAIN.
@@ -748,6 +850,7 @@ class GeoBlock:
             facts.sni = str(problem.value)
             return self._invalid(facts, problem, "SNI", None), None
         names: list[str] = []
+        outer: str | None = None  # this ClientHello's SNI as a name (None: absent or an address)
         if hello.sni is not None:
             facts.sni = hello.sni
             try:
@@ -756,11 +859,13 @@ class GeoBlock:
                 return self._invalid(facts, exc, "SNI", None), None
             if isinstance(sni, str):
                 names.append(sni)
-                state.sni = sni
+                state.sni = outer = sni
         if state.connect_name and state.connect_name not in names:
             names.append(state.connect_name)
         facts.names = tuple(names)
-        facts.ech = any(ext_type == TLS_EXT_ECH for ext_type, _ in hello.extensions)
+        seen = ech_of(hello.extensions, outer, self._fronts_ech)
+        if seen is not None:  # a placeholder (GREASE) is recorded, not judged as a hidden name
+            facts.ech, facts.ech_grease, facts.ech_why = seen.hides_name, not seen.hides_name, seen.why
         if state.sni and state.connect_name:
             facts.mismatch = mismatch_of([("SNI", state.sni), ("CONNECT target", state.connect_name)])
         facts.host = state.connect_name
@@ -1083,6 +1188,41 @@ def _sni_name(sni: str | None) -> str | None:
     except InvalidHost:
         return None  # refused when its ClientHello was judged; never reaches here allowed
     return name if isinstance(name, str) else None
+
+
+def _target_of(rr: Any) -> str | None:
+    """The name a DNS record points to: a CNAME's or DNAME's target, an HTTPS or SVCB record's
+    TargetName (RFC 9460 section 2.5; "." means the owner name itself), else None."""
+    if rr.type in (dns_types.CNAME, dns_types.DNAME):
+        return rr.domain_name
+    if rr.type in (dns_types.HTTPS, dns_types.SVCB):
+        return https_records.unpack(rr.data).target_name
+    return None
+
+
+def _resolver_after_geoblock(me: Any) -> None:
+    """Put mitmproxy's DNS resolver addon behind geoblock in the addon chain.
+
+    The resolver answers a DNS question in its dns_request hook unless a response is already set
+    (DnsResolver._should_resolve). mitmproxy 11.0.2 lists it before the script loader
+    (mitmproxy/addons/__init__.py), so it resolved a question upstream before geoblock could judge it;
+    12.x lists it after. This gives 11.0.2 the order of 12.x: the new chain is assigned whole, so an event
+    being dispatched over the old list finishes undisturbed. A no-op where the order is already right."""
+    try:
+        from mitmproxy.addonmanager import traverse
+        from mitmproxy.addons.dns_resolver import DnsResolver
+
+        manager = ctx.master.addons
+        chain = list(manager.chain)
+    except (AttributeError, ImportError):
+        return
+    resolvers = [i for i, a in enumerate(chain) if isinstance(a, DnsResolver)]
+    mine = [i for i, a in enumerate(chain) if any(x is me for x in traverse([a]))]
+    if not resolvers or not mine or resolvers[0] > mine[0]:
+        return
+    resolver = chain.pop(resolvers[0])
+    chain.insert(mine[0], resolver)  # the entry holding geoblock moved up by one: insert behind it
+    manager.chain = chain
 
 
 def _seconds(value: str, option: str, low: float, high: float) -> float:

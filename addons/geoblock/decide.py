@@ -12,7 +12,7 @@ Semantics:
 - at the "ip" stage (a transparent connection, before any byte is read) only the address is known:
   `default` does not apply there (the name, still to come, decides), and a block waits for the name
   when an allow rule on name and server could still lift it;
-- a ClientHello with Encrypted Client Hello hides its real name, and a flow whose names differ (SNI
+- a ClientHello whose encrypted SNI hides its real name (observe.ech_of: not a GREASE placeholder), and a flow whose names differ (SNI
   vs Host or CONNECT target: domain fronting) may hide one: the policy's `ech` and `name_mismatch`
   verdicts (log by default) apply when they are stricter than the rules';
 - at the "stream" stage (a stream that is neither HTTP nor TLS: raw TCP or UDP, bytes that are no
@@ -55,7 +55,9 @@ class Facts:
     anycast: bool = False  # the GeoIP database marks the server's network anycast
     sni: str | None = None  # as sent, for the record
     host: str | None = None  # as sent, for the record
-    ech: bool = False  # the ClientHello carries Encrypted Client Hello (TLS extension 0xfe0d)
+    ech: bool = False  # the ClientHello hides its real name with encrypted SNI (observe.ech_of: hides_name)
+    ech_grease: bool = False  # it carries a placeholder ECH extension that hides nothing (recorded only)
+    ech_why: str | None = None  # what was seen, for the reason (observe.EchSeen.why)
     mismatch: str | None = None  # "SNI a ≠ Host b" when the names of one flow differ
 
 
@@ -96,8 +98,8 @@ def decide(facts: Facts, rs: Ruleset) -> Verdict:
                        f"is {rs.policy.unreadable} (without it: {best.action})", offshore, best.name)
     if facts.ech and SEVERITY[rs.policy.ech] > SEVERITY[best.action]:
         best = Verdict(rs.policy.ech, "policy:ech",
-                       f"the ClientHello uses Encrypted Client Hello, which hides the real name behind the "
-                       f"outer SNI {facts.sni or '(none)'}; the policy for ech is {rs.policy.ech} "
+                       f"the ClientHello hides its real name behind the outer SNI {facts.sni or '(none)'}: "
+                       f"{facts.ech_why or 'Encrypted Client Hello'}; the policy for ech is {rs.policy.ech} "
                        f"(without it: {best.action})", offshore, best.name)
     if facts.mismatch and SEVERITY[rs.policy.name_mismatch] > SEVERITY[best.action]:
         best = Verdict(rs.policy.name_mismatch, "policy:name-mismatch",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .names import IPAddress, InvalidHost, as_written, normalize_host, normalize_ip
 
@@ -240,3 +240,108 @@ def client_ip(conn: Any) -> IPAddress | None:
     `clients` rules and the record see the address as it came."""
     addr = peer_ip(getattr(conn, "peername", None))
     return None if addr is None else as_written(addr)
+
+
+# ------------------------------------------------------------------ Encrypted Client Hello
+
+TLS_EXT_ECH = 0xFE0D  # encrypted_client_hello, RFC 9849 section 5 (drafts 13 and later)
+# The earlier code points of the same mechanism. Encrypted SNI (draft-ietf-tls-esni-00 to -06) used
+# encrypted_server_name 0xffce; the ECH drafts 8 to 12 used 0xfe08 to 0xfe0c, one per draft. No client
+# sends them as a placeholder: a ClientHello with one of them means to hide its name.
+TLS_EXT_ESNI = 0xFFCE
+TLS_EXT_ECH_DRAFTS = frozenset(range(0xFE08, 0xFE0D))
+
+
+@dataclass(frozen=True, slots=True)
+class EchSeen:
+    """An encrypted-SNI extension in a ClientHello, and whether it counts as hiding a name.
+
+    `extension` is the TLS extension type seen (0xfe0d, 0xffce or 0xfe08..0xfe0c); `hides_name` is
+    False for a placeholder (GREASE ECH, RFC 9849 section 6.2): 0xfe0d beside an ordinary outer SNI, a
+    name that fronts no known ECH service; `why` is a phrase for the decision's reason."""
+
+    extension: int
+    hides_name: bool
+    why: str
+
+
+def ech_of(extensions: Iterable[tuple[int, bytes]], sni: str | None,
+           fronts_ech: Callable[[str], bool]) -> EchSeen | None:
+    """Whether a ClientHello uses encrypted SNI, and whether that counts as a hidden name; None when
+    no such extension is present.
+
+    `extensions` are the ClientHello's (type, body) pairs; `sni` its outer server name, normalised, or
+    None when it has none (or it is an address); `fronts_ech(name)` says whether a name is a known ECH
+    public name (the configured `ech_public_names`, and public names geoblock saw in ECH configurations
+    in DNS answers).
+
+    The rule, for real traffic: Chromium (and Firefox with ECH on) sends 0xfe0d on every connection,
+    with the real name as SNI, when the site publishes no ECH configuration ("GREASE ECH", RFC 9849
+    section 6.2); the extension then hides nothing, and cannot be told from a real one by its bytes.
+    A real ECH ClientHelloOuter carries the configuration's public_name as SNI (RFC 9849 section 6.1),
+    so 0xfe0d counts when the outer SNI is absent or is a name that fronts ECH. The older code points
+    (0xffce, 0xfe08..0xfe0c) always count."""
+    types = {ext_type for ext_type, _ in extensions}
+    old = sorted(types & (TLS_EXT_ECH_DRAFTS | {TLS_EXT_ESNI}))
+    if old:
+        kind = "Encrypted SNI" if old[0] == TLS_EXT_ESNI else "a draft of Encrypted Client Hello"
+        return EchSeen(old[0], True, f"{kind} (extension 0x{old[0]:04x}), which no client sends as a placeholder")
+    if TLS_EXT_ECH not in types:
+        return None
+    if sni is None:
+        return EchSeen(TLS_EXT_ECH, True, "Encrypted Client Hello (extension 0xfe0d) without an outer SNI")
+    if fronts_ech(sni):
+        return EchSeen(TLS_EXT_ECH, True, f"Encrypted Client Hello (extension 0xfe0d) whose outer SNI {sni} "
+                                          "is a public name that fronts ECH")
+    return EchSeen(TLS_EXT_ECH, False, f"a placeholder Encrypted Client Hello (GREASE, extension 0xfe0d) "
+                                       f"beside the ordinary SNI {sni}")
+
+
+def name_under(name: str, domains: frozenset[str]) -> bool:
+    """Whether `name` (normalised) is one of `domains` or below one of them."""
+    while True:
+        if name in domains:
+            return True
+        dot = name.find(".")
+        if dot < 0:
+            return False
+        name = name[dot + 1:]
+
+
+def ech_config_public_names(config_list: bytes) -> list[str]:
+    """The public names in an ECHConfigList (the `ech` SvcParam of an HTTPS or SVCB record), as written.
+
+    Layout (RFC 9849 section 4): ECHConfigList = ECHConfig<4..2^16-1>; ECHConfig = uint16 version,
+    uint16 length, contents. For version 0xfe0d the contents are HpkeKeyConfig (uint8 config_id, uint16
+    kem_id, public_key<1..2^16-1>, cipher_suites<4..2^16-4>), uint8 maximum_name_length,
+    public_name<1..255>, extensions<0..2^16-1>. Configurations of other versions are skipped, as
+    clients skip them. Raises ValueError when a length runs past its container."""
+    if len(config_list) < 2 or int.from_bytes(config_list[:2], "big") != len(config_list) - 2:
+        raise ValueError("the ECHConfigList's length does not match its data")
+    names: list[str] = []
+    p = 2
+    while p < len(config_list):
+        if p + 4 > len(config_list):
+            raise ValueError("truncated ECHConfig header")
+        version = int.from_bytes(config_list[p:p + 2], "big")
+        size = int.from_bytes(config_list[p + 2:p + 4], "big")
+        contents = config_list[p + 4:p + 4 + size]
+        if len(contents) != size:
+            raise ValueError("an ECHConfig runs past the list")
+        p += 4 + size
+        if version != TLS_EXT_ECH:
+            continue
+        q = 1 + 2  # config_id, kem_id
+        for _ in range(2):  # public_key, cipher_suites
+            if q + 2 > size:
+                raise ValueError("truncated ECHConfig key configuration")
+            q += 2 + int.from_bytes(contents[q:q + 2], "big")
+        q += 1  # maximum_name_length
+        if q + 1 > size:
+            raise ValueError("truncated ECHConfig before its public_name")
+        n = contents[q]
+        name = contents[q + 1:q + 1 + n]
+        if n == 0 or len(name) != n:
+            raise ValueError("bad ECHConfig public_name length")
+        names.append(name.decode("ascii", "backslashreplace"))
+    return names

@@ -115,6 +115,8 @@ def make_record(
         record["anycast"] = True
     if facts.ech:
         record["ech"] = True
+    elif facts.ech_grease:
+        record["ech_grease"] = True
     if facts.mismatch:
         record["mismatch"] = facts.mismatch
     if extra:

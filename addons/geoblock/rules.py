@@ -3,7 +3,8 @@
 A rules source is one YAML file or a directory of them (*.yaml, *.yml; hidden files and editor
 back-ups are skipped; files are read in name order). Each file is a mapping that may hold:
 
-- policy keys (`home_countries`, `default`, `unknown_country`, `on_error`), normally in policy.yaml;
+- policy keys (`home_countries`, `default`, `unknown_country`, `on_error`, `ech`, `name_mismatch`,
+  `unreadable`, `ech_public_names`, `doh_canary`), normally in policy.yaml;
   a key may be set in one file only;
 - `rules`: a list of rules.
 
@@ -30,7 +31,10 @@ from .names import InvalidHost, normalize_host
 
 ACTIONS = ("allow", "log", "block")
 ON_ERROR = ("block", "allow")
-POLICY_KEYS = ("home_countries", "default", "unknown_country", "on_error", "ech", "name_mismatch", "unreadable")
+POLICY_KEYS = ("home_countries", "default", "unknown_country", "on_error", "ech", "name_mismatch", "unreadable",
+               "ech_public_names", "doh_canary")
+DOH_CANARY = ("nxdomain", "pass")
+DEFAULT_ECH_PUBLIC_NAMES = frozenset({"cloudflare-ech.com"})  # the public name of Cloudflare's ECH service
 RULE_KEYS = (
     "id",
     "action",
@@ -104,6 +108,9 @@ class Policy:
     ech: str = "log"  # a ClientHello with Encrypted Client Hello: its real name is hidden
     name_mismatch: str = "log"  # the names of one flow differ (SNI vs Host or CONNECT target)
     unreadable: str = "log"  # a stream that is neither HTTP nor TLS (raw TCP or UDP): it shows no name
+    # outer SNIs that front Encrypted Client Hello: 0xfe0d beside one of these (or below) hides a name
+    ech_public_names: frozenset[str] = DEFAULT_ECH_PUBLIC_NAMES
+    doh_canary: str = "nxdomain"  # where geoblock serves DNS: Firefox's use-application-dns.net
 
 
 @dataclass(frozen=True)
@@ -366,6 +373,19 @@ def _parse_policy_value(path: Path, key: str, node: yaml.Node) -> Any:
         return frozenset(parse_country(path, n, "home_countries") for n in _list(path, node, "home_countries"))
     if key == "on_error":
         return _choice(path, node, key, ON_ERROR)
+    if key == "doh_canary":
+        return _choice(path, node, key, DOH_CANARY)
+    if key == "ech_public_names":
+        if isinstance(node, yaml.SequenceNode) and not node.value:
+            return frozenset()
+        names = set()
+        for n in _list(path, node, key):
+            spec = parse_domain(path, n, key)
+            if spec.mode != "tree":
+                raise RuleError(path, _line(n), f"{key}: {spec.text!r}: give a plain domain (it covers its "
+                                                "subdomains); '=' and '*.' are for rules")
+            names.add(spec.name)
+        return frozenset(names)
     return _choice(path, node, key, ACTIONS)
 
 

@@ -14,7 +14,9 @@ import struct
 from dataclasses import dataclass, field
 
 EXT_SERVER_NAME = 0x0000
-EXT_ECH = 0xFE0D
+EXT_ECH = 0xFE0D  # encrypted_client_hello, RFC 9849
+EXT_ESNI = 0xFFCE  # encrypted_server_name, draft-ietf-tls-esni-00 to -06
+EXT_ECH_DRAFT_10 = 0xFE0A  # one of the ECH draft code points (drafts 8 to 12: 0xfe08..0xfe0c)
 HANDSHAKE = 0x16
 ALERT = 0x15
 APPLICATION_DATA = 0x17
@@ -108,3 +110,31 @@ class Hello:
 
 def record(content_type: int, payload: bytes, version: bytes = b"\x03\x03") -> bytes:
     return bytes([content_type]) + version + struct.pack("!H", len(payload)) + payload
+
+
+def ech_outer_body(config_id: int = 0x2A, enc: bytes = b"\x11" * 32, payload: bytes = b"\x22" * 144) -> bytes:
+    """The body of an encrypted_client_hello extension of type outer (RFC 9849 section 5): cipher suite
+    HKDF-SHA256/AES-128-GCM, `config_id`, `enc`, `payload`. Random-looking bytes, as both a real ECH and
+    a GREASE placeholder (section 6.2) send them: the two cannot be told apart by their bytes."""
+    return (b"\x00" + struct.pack("!HHB", 1, 1, config_id) + struct.pack("!H", len(enc)) + enc
+            + struct.pack("!H", len(payload)) + payload)
+
+
+def esni_body(key: bytes = b"\x33" * 32, encrypted: bytes = b"\x44" * 80) -> bytes:
+    """The body of an encrypted_server_name extension (draft-ietf-tls-esni-02 section 5.1): cipher suite
+    TLS_AES_128_GCM_SHA256, an X25519 key share, a record digest and the encrypted SNI."""
+    return (struct.pack("!H", 0x1301) + struct.pack("!HH", 0x001D, len(key)) + key
+            + struct.pack("!H", 32) + b"\x55" * 32 + struct.pack("!H", len(encrypted)) + encrypted)
+
+
+def ech_config_list(*public_names: str) -> bytes:
+    """An ECHConfigList (RFC 9849 section 4) with one version-0xfe0d ECHConfig per public name: X25519
+    key, HKDF-SHA256/AES-128-GCM, no extensions. What an HTTPS or SVCB record's `ech` parameter holds."""
+    configs = b""
+    for i, name in enumerate(public_names):
+        key = bytes([i + 1]) * 32
+        contents = (bytes([i + 1]) + struct.pack("!H", 0x0020) + struct.pack("!H", len(key)) + key
+                    + struct.pack("!HHH", 4, 1, 1) + b"\x00" + bytes([len(name)]) + name.encode("ascii")
+                    + struct.pack("!H", 0))
+        configs += struct.pack("!HH", 0xFE0D, len(contents)) + contents
+    return struct.pack("!H", len(configs)) + configs
