@@ -31,6 +31,7 @@ import functools
 import logging
 import os
 import signal
+import struct
 import time
 import traceback
 import weakref
@@ -45,7 +46,7 @@ from mitmproxy.proxy import layer as mlayer
 from mitmproxy.proxy.layers import tls as mtls
 from mitmproxy.tls import ClientHello
 
-from . import enforce, heap, hold, names as _names, record as _record
+from . import dnsforward, enforce, heap, hold, names as _names, record as _record
 from .choose import Chooser, judged_later
 from .decide import Facts, Verdict, decide
 from .geo import Geo
@@ -252,6 +253,7 @@ class GeoBlock:
         self.chooser = Chooser()  # mitmproxy's own layer choice, asked by next_layer
         self.hold_timeout = 10.0
         self.ech_names: OrderedDict[str, None] = OrderedDict()  # ECH public names seen in DNS answers
+        self._dns_problem: str | None = None  # the last upstream DNS failure logged
 
     # ------------------------------------------------------------------ options
 
@@ -634,6 +636,32 @@ class GeoBlock:
         self._record(facts, verdict, qtype)
         if self._enforcing(verdict):
             self._refuse_dns(flow)
+        else:
+            await self._ask_upstream(flow)
+
+    async def _ask_upstream(self, flow: Any) -> None:
+        """Ask the name server the question mitmproxy's resolver would answer by itself (A and AAAA in DNS
+        mode): the resolver keeps only the addresses of the final name and drops the CNAME chain, which
+        dns_response must judge. The client's message is sent as it came (dnsforward.ask) to mitmproxy's
+        name servers (`dns_name_servers`, else the system's), and the whole answer is set as the flow's
+        response, so the resolver leaves it alone and dns_response judges what the client will get.
+        No name server answering gives SERVFAIL, as mitmproxy's resolver does. Without known name servers
+        mitmproxy answers from the hosts file (getaddrinfo), which shows no chain."""
+        if flow.response is not None or flow.error is not None or not _resolver_would_answer(flow):
+            return
+        servers = _name_servers()
+        if not servers:
+            return
+        request = flow.request
+        try:
+            wire = await dnsforward.ask(request.packed, servers, self.resolver.timeout)
+            flow.response = type(request).unpack(wire)
+        except (dnsforward.NoAnswer, struct.error, ValueError) as exc:
+            problem = f"geoblock: DNS question {request.question.name if request.question else ''} not answered: {exc}"
+            if problem != self._dns_problem:
+                self._dns_problem = problem
+                logger.warning(problem)
+            flow.response = request.fail(response_codes.SERVFAIL)
 
     @guarded("dns")
     async def dns_response(self, flow: Any) -> None:
@@ -1198,6 +1226,29 @@ def _target_of(rr: Any) -> str | None:
     if rr.type in (dns_types.HTTPS, dns_types.SVCB):
         return https_records.unpack(rr.data).target_name
     return None
+
+
+def _resolver_would_answer(flow: Any) -> bool:
+    """Whether mitmproxy's DNS resolver would answer this flow by itself, keeping only addresses: the
+    conditions of DnsResolver.dns_request and _should_resolve (mitmproxy 11.0.2 and 12.3.1)."""
+    request = flow.request
+    question = request.question
+    mode = flow.client_conn.proxy_mode
+    return bool(
+        (isinstance(mode, mode_specs.DnsMode)
+         or isinstance(mode, mode_specs.WireGuardMode) and flow.server_conn.address == ("10.0.0.53", 53))
+        and flow.live and request.query and request.op_code == dns.op_codes.QUERY and question is not None
+        and question.class_ == dns.classes.IN and question.type in (dns_types.A, dns_types.AAAA)
+    )
+
+
+def _name_servers() -> list[str]:
+    """The name servers mitmproxy's resolver uses (`dns_name_servers`, else the system's), or []."""
+    try:
+        resolver = ctx.master.addons.get("dnsresolver")
+        return list(resolver.name_servers()) if resolver is not None else []
+    except (AttributeError, RuntimeError):
+        return []
 
 
 def _resolver_after_geoblock(me: Any) -> None:
