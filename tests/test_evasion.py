@@ -470,18 +470,35 @@ def test_connect_target_and_sni_both_allowed_but_different(request, servers, whi
 
 # ============================================================== 3. ECH
 
-ECH_BODY = b"\x00" + b"\x00\x01\x00\x01" + b"\x2a" + b"\x00\x20" + b"\x11" * 32 + b"\x00\x40" + b"\x22" * 64
+ECH_BODY = et.ech_outer_body()
 
 
 @pytest.mark.parametrize("which", ["proxy", "strict"])
-def test_ech_with_an_allowed_public_name(request, servers, which):
-    """ClientHello with encrypted_client_hello (0xfe0d); outer SNI allowed.test. Log (default) or block."""
+def test_ech_placeholder_beside_an_ordinary_sni(request, servers, which):
+    """GREASE ECH: 0xfe0d beside the real name as SNI, what Chromium sends to every site that publishes no
+    ECH configuration. It hides nothing: recorded as ech_grease, passes even under ech: block."""
     proxy = request.getfixturevalue(which)
     log = Log(proxy)
     s = servers["https2"]
     sock = tunnel(proxy, f"127.0.0.2:{s.port}")
     with sock:
         answer = tls_first_record(sock, [hello(b"allowed.test").with_extension(et.EXT_ECH, ECH_BODY).records()])
+    assert_server_hello(answer)  # strict decrypts (geoblock_intercept): the ServerHello is mitmproxy's
+    rec = log.wait(stage="tls")
+    assert rec["action"] == "allow" and rec["ech_grease"] is True and "ech" not in rec
+    assert s.connections == (1 if which == "proxy" else 0)  # strict dials only when a request comes
+
+
+@pytest.mark.parametrize("which", ["proxy", "strict"])
+def test_ech_with_an_allowed_public_name(request, servers, which):
+    """ECH whose outer SNI is a public name that fronts ECH (cloudflare-ech.com, the shipped
+    ech_public_names): the real name is hidden. Log (default) or block."""
+    proxy = request.getfixturevalue(which)
+    log = Log(proxy)
+    s = servers["https2"]
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
+    with sock:
+        answer = tls_first_record(sock, [hello(b"cloudflare-ech.com").with_extension(et.EXT_ECH, ECH_BODY).records()])
     rec = log.wait(stage="tls")
     assert rec["ech"] is True and rec["rule"] == "policy:ech"
     if which == "strict":
@@ -492,6 +509,28 @@ def test_ech_with_an_allowed_public_name(request, servers, which):
         assert s.connections == 1 and rec["action"] == "log"
 
 
+@pytest.mark.parametrize("ext, sni", [
+    (et.EXT_ECH, None),
+    (et.EXT_ESNI, None),
+    (et.EXT_ESNI, b"allowed.test"),
+    (et.EXT_ECH_DRAFT_10, None),
+    (et.EXT_ECH_DRAFT_10, b"allowed.test"),
+], ids=["ech-no-sni", "esni-no-sni", "esni-cover-sni", "ech-draft-no-sni", "ech-draft-cover-sni"])
+def test_encrypted_sni_without_sni_or_with_a_cover_name_is_refused_under_ech_block(strict, servers, ext, sni):
+    """ECH without an outer SNI; Encrypted SNI (0xffce) and an ECH draft code point (0xfe0a) with a cover
+    SNI or none. (0xfe0d beside an ordinary SNI is a placeholder: test_ech_placeholder_beside_an_ordinary_sni.)"""
+    log = Log(strict)
+    s = servers["https2"]
+    body = et.esni_body() if ext == et.EXT_ESNI else ECH_BODY
+    sock = tunnel(strict, f"127.0.0.2:{s.port}")
+    with sock:
+        assert_denied(tls_first_record(sock, [hello(sni).with_extension(ext, body).records()]))
+    assert s.connections == 0
+    rec = log.wait(stage="tls")
+    assert (rec["action"], rec["rule"], rec["ech"]) == ("block", "policy:ech", True)
+    assert f"0x{ext:04x}" in rec["reason"]
+
+
 def test_ech_with_a_blocked_public_name(proxy, servers, log):
     s = servers["https2"]
     sock = tunnel(proxy, f"127.0.0.2:{s.port}")
@@ -499,7 +538,7 @@ def test_ech_with_a_blocked_public_name(proxy, servers, log):
         assert_denied(tls_first_record(sock, [hello(b"binance.com").with_extension(et.EXT_ECH, ECH_BODY).records()]))
     assert s.connections == 0
     rec = log.wait(stage="tls")
-    assert (rec["action"], rec["rule"], rec["ech"]) == ("block", "offshore-crypto-exchanges", True)
+    assert (rec["action"], rec["rule"], rec["ech_grease"]) == ("block", "offshore-crypto-exchanges", True)
 
 
 # ============================================================== 4. no SNI, IP literals
