@@ -536,6 +536,29 @@ def test_older_encrypted_sni_code_points_hide_a_name(gb, tmp_path, rules_dir, ex
     assert (rec["ech"], rec["rule"]) == (True, "policy:ech") and f"0x{ext:04x}" in rec["reason"]
 
 
+# A real ClientHello of Chromium 156 (Debian), captured through a proxy that answered CONNECT
+# update.googleapis.com:443 and read the first bytes: extension 0xfe0d beside the real name as SNI.
+CHROMIUM_HELLO = os.path.join(os.path.dirname(__file__), "flows", "chromium-156-clienthello.bin")
+
+
+def test_chromium_clienthello_is_a_placeholder_unless_its_sni_fronts_ech(gb, tmp_path, rules_dir):
+    ech_policy(gb, tmp_path, rules_dir)
+    with open(CHROMIUM_HELLO, "rb") as f:
+        sent = f.read()
+    parsed = et.Hello.parse(sent)
+    assert et.EXT_ECH in [t for t, _ in parsed.extensions]
+    nl = next_layer_for(gb, None, server=("127.0.0.1", 443), data=sent)
+    run(gb.next_layer(nl))
+    assert nl.layer is None
+    rec = records(gb)[-1]
+    assert (rec["sni"], rec["action"], rec["ech_grease"]) == ("update.googleapis.com", "allow", True)
+    assert "ech" not in rec
+    fronted = parsed.with_server_name(et.server_name_body(b"cloudflare-ech.com")).records()
+    nl = next_layer_for(gb, None, server=("127.0.0.1", 443), data=fronted)
+    run(gb.next_layer(nl))
+    assert isinstance(nl.layer, enforce.DenyTLS) and records(gb)[-1]["ech"] is True
+
+
 def dns_answer(question: str, *sections: list[str]):
     """A mitmproxy DNS flow for an A question and its answer: `sections` are the answer, authority and
     additional sections in zone-file text (dnspython builds the wire form, mitmproxy parses it)."""
