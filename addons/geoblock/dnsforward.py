@@ -75,9 +75,9 @@ class _Datagram(asyncio.DatagramProtocol):
             self.answer.set_exception(exc)
 
 
-async def _udp(query: bytes, server: str, timeout: float) -> bytes:
+async def _udp(query: bytes, server: str, port: int, timeout: float) -> bytes:
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_datagram_endpoint(lambda: _Datagram(query), remote_addr=(server, PORT))
+    transport, protocol = await loop.create_datagram_endpoint(lambda: _Datagram(query), remote_addr=(server, port))
     try:
         transport.sendto(query)
         return await asyncio.wait_for(protocol.answer, timeout)
@@ -85,9 +85,9 @@ async def _udp(query: bytes, server: str, timeout: float) -> bytes:
         transport.close()
 
 
-async def _tcp(query: bytes, server: str, timeout: float) -> bytes:
+async def _tcp(query: bytes, server: str, port: int, timeout: float) -> bytes:
     async def exchange() -> bytes:
-        reader, writer = await asyncio.open_connection(server, PORT)
+        reader, writer = await asyncio.open_connection(server, port)
         try:
             writer.write(struct.pack("!H", len(query)) + query)  # RFC 1035 section 4.2.2 framing
             await writer.drain()
@@ -101,16 +101,16 @@ async def _tcp(query: bytes, server: str, timeout: float) -> bytes:
     return answer
 
 
-async def ask(query: bytes, servers: list[str], timeout: float) -> bytes:
-    """The answer (wire form) of the first of `servers` (addresses, port 53) that answers `query` (a DNS
+async def ask(query: bytes, servers: list[str], timeout: float, port: int = PORT) -> bytes:
+    """The answer (wire form) of the first of `servers` (addresses, at `port`) that answers `query` (a DNS
     message in wire form, sent unchanged), over UDP, and again over TCP when the UDP answer is truncated
     (RFC 7766 section 5). `timeout`: seconds for each exchange. Raises NoAnswer when none answers."""
     problems = []
     for server in servers:
         try:
-            answer = await _udp(query, server, timeout)
+            answer = await _udp(query, server, port, timeout)
             if int.from_bytes(answer[2:4], "big") & _TC:
-                answer = await _tcp(query, server, timeout)
+                answer = await _tcp(query, server, port, timeout)
             return answer
         except asyncio.TimeoutError:
             problems.append(f"{server}: no answer in {timeout:g} s")
