@@ -95,7 +95,8 @@ OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
      "geoblock: seconds between checks of the rule files and databases for changes (hot reload). "
      "0 = only on SIGHUP or the geoblock.reload command."),
     ("geoblock_dns_timeout", str, "2",
-     "geoblock: seconds to wait for a name's address when a rule needs the server's location."),
+     "geoblock: seconds to wait for a name's address when a rule needs the server's location; in DNS mode, "
+     "for each name server's answer to a question geoblock forwards."),
     ("geoblock_hold_timeout", str, "10",
      "geoblock: seconds a connection's first bytes are held while they do not yet show a whole request "
      "line or TLS ClientHello; a stream still unreadable then is refused (on_error)."),
