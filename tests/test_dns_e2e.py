@@ -192,8 +192,9 @@ def test_firefox_doh_canary_is_answered_nxdomain_and_never_asked_upstream(dns_pr
 def test_doh_canary_pass_lets_the_question_through(tmp_path, rules_dir, geo_dir, stub):
     d = tmp_path / "rules"
     shutil.copytree(rules_dir, d)
-    with (d / "policy.yaml").open("a") as f:
-        f.write("doh_canary: pass\n")
+    policy = (d / "policy.yaml").read_text()
+    assert "\ndoh_canary: nxdomain\n" in policy  # the shipped value
+    (d / "policy.yaml").write_text(policy.replace("\ndoh_canary: nxdomain\n", "\ndoh_canary: pass\n"))
     port = free_port()
     with Mitmdump(tmp_path / "conf", {"geoblock_rules": d, "geoblock_log": tmp_path / "d.jsonl",
                                       "dns_name_servers": STUB, "dns_use_hosts_file": False},
