@@ -509,6 +509,7 @@ class GeoBlock:
         out.update(self.resolver.sizes())
         if self.rdap is not None:
             out.update(self.rdap.sizes())
+        out["ech public names"] = (len(self.ech_names), ECH_NAMES_LIMIT)
         out["error causes"] = (len(self.errors_seen), None)
         out["connection states"] = (len(self.conns), None)
         return out
