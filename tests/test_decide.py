@@ -341,3 +341,33 @@ def test_name_mismatch_policy(tmp_path, geo, policy):
     assert v.action == policy
     if policy != "allow":
         assert v.rule == "policy:name-mismatch" and v.reason.startswith("SNI a.test ≠ Host c.test")
+
+
+def test_ech_of_unit():
+    """observe.ech_of: which encrypted-SNI extensions count as a hidden name."""
+    from geoblock.observe import ech_of, name_under
+
+    fronts = lambda n: name_under(n, frozenset({"cloudflare-ech.com"}))  # noqa: E731
+    assert ech_of([(0, b""), (43, b"")], "a.test", fronts) is None
+    grease = ech_of([(0xFE0D, b"")], "a.test", fronts)
+    assert grease.extension == 0xFE0D and not grease.hides_name and "placeholder" in grease.why
+    assert ech_of([(0xFE0D, b"")], None, fronts).hides_name
+    assert ech_of([(0xFE0D, b"")], "x.cloudflare-ech.com", fronts).hides_name
+    assert not ech_of([(0xFE0D, b"")], "notcloudflare-ech.com", fronts).hides_name  # a label, not a suffix
+    for old in (0xFFCE, 0xFE08, 0xFE0C):
+        seen = ech_of([(old, b""), (0xFE0D, b"")], "a.test", fronts)
+        assert seen.hides_name and seen.extension == old
+    assert ech_of([(0xFE07, b"")], "a.test", fronts) is None  # not an ECH code point
+
+
+def test_ech_config_public_names_unit():
+    from geoblock.observe import ech_config_public_names
+    from support.evasion_tls import ech_config_list
+
+    assert ech_config_public_names(ech_config_list("a.example", "b.example")) == ["a.example", "b.example"]
+    other = b"\xfe\x0c\x00\x03abc"  # a configuration of another version: skipped, as clients skip it
+    data = other + ech_config_list("a.example")[2:]
+    assert ech_config_public_names(len(data).to_bytes(2, "big") + data) == ["a.example"]
+    for bad in (b"", b"\x00\x05\xfe\x0d", ech_config_list("a.example")[:-3], b"\x00\x04\xfe\x0d\x00\x09"):
+        with pytest.raises(ValueError):
+            ech_config_public_names(bad)
