@@ -541,6 +541,7 @@ def test_older_encrypted_sni_code_points_hide_a_name(gb, tmp_path, rules_dir, ex
 # A real ClientHello of Chromium 156 (Debian), captured through a proxy that answered CONNECT
 # update.googleapis.com:443 and read the first bytes: extension 0xfe0d beside the real name as SNI.
 CHROMIUM_HELLO = os.path.join(os.path.dirname(__file__), "flows", "chromium-156-clienthello.bin")
+CHROMIUM_HELLO_ADDRESS = os.path.join(os.path.dirname(__file__), "flows", "chromium-156-clienthello-address.bin")
 
 
 def test_chromium_clienthello_is_a_placeholder_unless_its_sni_fronts_ech(gb, tmp_path, rules_dir):
@@ -559,6 +560,21 @@ def test_chromium_clienthello_is_a_placeholder_unless_its_sni_fronts_ech(gb, tmp
     nl = next_layer_for(gb, None, server=("127.0.0.1", 443), data=fronted)
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, enforce.DenyTLS) and records(gb)[-1]["ech"] is True
+
+
+def test_chromium_to_an_address_url_sends_ech_without_sni_which_counts(gb, tmp_path, rules_dir):
+    """Chromium sends its placeholder also to https://192.0.2.1/, with no SNI (captured as above). Without
+    an outer SNI a placeholder cannot be told from a real ECH hiding its name, so under ech: block it is
+    refused: the documented cost of that policy (README, docs/evasion.md)."""
+    ech_policy(gb, tmp_path, rules_dir)
+    with open(CHROMIUM_HELLO_ADDRESS, "rb") as f:
+        sent = f.read()
+    assert et.EXT_SERVER_NAME not in [t for t, _ in et.Hello.parse(sent).extensions]
+    nl = next_layer_for(gb, None, server=("127.0.0.1", 443), data=sent)
+    run(gb.next_layer(nl))
+    assert isinstance(nl.layer, enforce.DenyTLS)
+    rec = records(gb)[-1]
+    assert (rec["sni"], rec["ech"], rec["rule"]) == (None, True, "policy:ech")
 
 
 def dns_answer(question: str, *sections: list[str]):
