@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import random
@@ -16,6 +17,7 @@ import dns.rcode
 import dns.rrset
 import pytest
 
+from support.evasion_tls import Hello, client_hello, ech_config_list, ech_outer_body
 from support.proc import Mitmdump, free_port
 
 pytestmark = pytest.mark.e2e
@@ -61,6 +63,9 @@ class StubResolver:
                 last = dns.rrset.from_text(hops[-1] + ".", 60, "IN", "A", "127.0.0.1") if query.question[0].rdtype == 1 \
                     else dns.rrset.from_text(hops[-1] + ".", 60, "IN", "HTTPS", '1 . alpn="h2"')
                 answer.answer.append(last)
+            elif name == "front.test" and query.question[0].rdtype == 65:  # ECH fronted by front.example
+                config = base64.b64encode(ech_config_list("front.example")).decode()
+                answer.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "HTTPS", f'1 . alpn="h2" ech="{config}"'))
             elif name == "sections.test":  # ECH outside the answer section
                 answer.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "HTTPS", '1 svc.sections.test. alpn="h2"'))
                 answer.authority.append(dns.rrset.from_text(name + ".", 60, "IN", "HTTPS", f'2 . ech="{ECH}"'))
@@ -212,3 +217,21 @@ def test_ech_is_removed_from_every_section_of_an_answer(dns_proxy):
     sections = [s.to_text() for s in (*reply.answer, *reply.authority, *reply.additional)]
     assert len(sections) == 3 and 'alpn="h2"' in sections[2]
     assert not [s for s in sections if "ech=" in s], sections
+
+
+def test_a_public_name_in_an_https_answer_fronts_ech_for_later_connections(dns_proxy):
+    """With mitmproxy's default strip_ech=true, its own stripper removed the ECH configuration before
+    geoblock read its public name, so ECH behind that name passed as a placeholder (fixed: geoblock
+    turns strip_ech off and removes ECH itself). The client gets no ECH either way."""
+    proxy, stub, log = dns_proxy
+    reply = dns.query.udp(dns.message.make_query("front.test", "HTTPS"), "127.0.0.1", port=proxy.dns_port, timeout=5)
+    assert reply.rcode() == dns.rcode.NOERROR and "ech=" not in reply.answer[0].to_text()
+    hello = Hello.parse(client_hello("front.example")).with_extension(0xFE0D, ech_outer_body())
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(b"CONNECT 127.0.0.2:9 HTTP/1.1\r\nHost: 127.0.0.2:9\r\n\r\n")
+        sock.settimeout(5)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sock.sendall(hello.records())
+        recs = wait_records(log, lambda r: r["stage"] == "tls")
+    rec = [r for r in recs if r["stage"] == "tls"][-1]
+    assert (rec["sni"], rec.get("ech"), rec["rule"]) == ("front.example", True, "policy:ech"), rec

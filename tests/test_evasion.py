@@ -632,6 +632,8 @@ CARRYING_BLOCKED_IP = {  # form: (authority host as written, IPv6 as recorded)
     "teredo": ("[2001:0:4136:e378:8000:63bf:80ff:fffa]", "2001:0:4136:e378:8000:63bf:80ff:fffa"),
     "ipv4-compatible": ("[::7f00:5]", "::7f00:5"),
     "ipv4-compatible dotted": ("[::127.0.0.5]", "::7f00:5"),
+    "ipv4-translated": ("[::ffff:0:7f00:5]", "::ffff:0:7f00:5"),
+    "ipv4-translated dotted": ("[::ffff:0:127.0.0.5]", "::ffff:0:7f00:5"),
 }
 
 
@@ -1181,6 +1183,25 @@ def test_the_sni_of_a_handshake_with_the_proxy_is_not_a_destination(strict, serv
     assert r.returncode == 0 and r.stdout == "hello from 127.0.0.2\n", (r.returncode, r.stdout, r.stderr)
     rec = log.wait(stage="http")
     assert (rec["action"], rec["sni"], rec["name"]) == ("allow", None, "allowed.test") and "mismatch" not in rec
+
+
+def test_a_stream_inside_a_tunnel_blocked_by_policy_is_refused_for_that_reason(strict, servers):
+    """Under interception a tunnel blocked at its ClientHello (here by name_mismatch: block) is ended by
+    geoblock; a stream that is no HTTP inside it is refused for the reason the tunnel was blocked (its
+    record said `log`, judged anew on the allowed names, although the connection was refused)."""
+    log = Log(strict)
+    s = servers["https1"]
+    sock = tunnel(strict, f"localhost:{s.port}")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # mitmproxy's certificate
+    with context.wrap_socket(sock, server_hostname="www.allowed.test") as tls:
+        tls.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+        answer, _ = read_all(tls)
+    assert b"SSH" not in answer and s.connections == 0
+    assert log.wait(stage="tls")["rule"] == "policy:name-mismatch"
+    rec = log.wait(stage="stream")
+    assert (rec["action"], rec["rule"]) == ("block", "policy:name-mismatch")
+    assert rec["reason"].startswith("the connection is blocked")
 
 
 def test_http2_preface_split_after_two_bytes_is_not_relayed(proxy, servers, log):

@@ -77,6 +77,8 @@ CARRIED = [
     ("::7f00:5", "::7f00:5", "ipv4-compatible"),                         # RFC 4291 2.5.5.1
     ("[::127.0.0.5]", "::7f00:5", "ipv4-compatible"),
     ("::127.0.0.5%lo", "::7f00:5", "ipv4-compatible"),
+    ("::ffff:0:7f00:5", "::ffff:0:7f00:5", "ipv4-translated"),           # RFC 7915 (SIIT)
+    ("[::ffff:0:127.0.0.5]", "::ffff:0:7f00:5", "ipv4-translated"),
 ]
 
 
@@ -98,7 +100,7 @@ def test_teredo_yields_the_clients_address_not_the_teredo_servers():
 
 
 @pytest.mark.parametrize("raw", ["::", "::1", "2001:db8::1", "fe80::1", "2003::7f00:5", "64:ff9b:2::7f00:5",
-                                 "::ffff:0:7f00:5", "64:ff9a::7f00:5", "fc00::7f00:5"])
+                                 "fe80::5efe:7f00:5", "64:ff9a::7f00:5", "fc00::7f00:5"])
 def test_other_ipv6_addresses_carry_nothing(raw):
     value = normalize_ip(raw)
     assert not isinstance(value, EmbeddedIPv4) and value.version == 6

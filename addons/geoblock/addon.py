@@ -346,6 +346,14 @@ class GeoBlock:
             if getattr(opts, "connection_strategy", "lazy") != "lazy":
                 logger.info("geoblock: setting connection_strategy=lazy so blocked servers are never dialled")
                 opts.update(connection_strategy="lazy")
+        if "strip_ech" in updated or "geoblock_rules" in updated:
+            # mitmproxy's own strip_ech runs before geoblock's dns_response and removes ECH configurations
+            # from HTTPS answers before geoblock reads their public names (the names that front ECH).
+            # geoblock removes them itself, from every section (dns_response).
+            if getattr(opts, "strip_ech", False):
+                logger.info("geoblock: setting strip_ech=false: geoblock removes ECH from DNS answers itself, "
+                            "after reading their public names")
+                opts.update(strip_ech=False)
 
     def _report_geo(self) -> None:
         if self.geo is None or self.ruleset is None:
@@ -917,7 +925,14 @@ class GeoBlock:
         facts.server_ip = await self._server_ip(state, state.connect_name, state.connect_ip, facts.names)
         extra: dict[str, Any] = {"first_bytes": data[:FIRST_BYTES_RECORDED].hex(),
                                  "transport": context.client.transport_protocol}
-        if incomplete is None:
+        if state.blocked is not None and incomplete is None:
+            # A tunnel geoblock blocked but ends itself (BlockedTunnel): whatever it carries is refused
+            # for the reason the connection was blocked, not judged anew on its names.
+            self._locate(facts)
+            blocked = state.blocked
+            verdict = Verdict("block", blocked.rule, f"the connection is blocked: {blocked.reason}", blocked.offshore,
+                              blocked.name)
+        elif incomplete is None:
             verdict = self._decide(facts)
         else:
             self._locate(facts)

@@ -84,7 +84,8 @@ _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 _SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
 _TEREDO = ipaddress.IPv6Network("2001::/32")
 _COMPATIBLE = ipaddress.IPv6Network("::/96")
-EMBEDDING_FORMS = ("nat64", "nat64-local", "6to4", "teredo", "ipv4-compatible")
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+EMBEDDING_FORMS = ("nat64", "nat64-local", "6to4", "teredo", "ipv4-compatible", "ipv4-translated")
 
 
 def carried_ipv4(addr: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str] | None:
@@ -103,7 +104,12 @@ def carried_ipv4(addr: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, st
       section 4; the second item of `IPv6Address.teredo`). That is the host the address reaches; the
       Teredo server in bits 32-63 only relays the qualification;
     - "ipv4-compatible": ::/96 except :: and ::1; the last 32 bits (RFC 4291 section 2.5.5.1,
-      deprecated, still accepted by some stacks).
+      deprecated, still accepted by some stacks);
+    - "ipv4-translated": ::ffff:0:0:0/96, the addresses a stateless translator (SIIT) maps to IPv4
+      hosts; the last 32 bits (RFC 2765 section 2.1, RFC 7915).
+
+    ISATAP interface identifiers (`...:5efe:a.b.c.d`, RFC 5214) are not read: the IPv4 address there
+    is a host on an ISATAP link, which the gateway reaches only through a router of that link.
 
     IPv4-mapped addresses (::ffff:0:0/96) are not here: they are the IPv4 address itself (`normalize_ip`).
     """
@@ -118,6 +124,8 @@ def carried_ipv4(addr: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, st
         return ipaddress.IPv4Address(~value & 0xFFFFFFFF), "teredo"
     if addr in _COMPATIBLE and value > 1:
         return ipaddress.IPv4Address(value), "ipv4-compatible"
+    if addr in _TRANSLATED:
+        return ipaddress.IPv4Address(value & 0xFFFFFFFF), "ipv4-translated"
     return None
 
 
