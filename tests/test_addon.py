@@ -625,6 +625,20 @@ def test_a_cname_chain_to_a_blocked_name_gets_the_blocked_answer(gb):
     assert [str(rr.ipv4_address) for rr in allowed.response.answers if rr.type == 1] == ["127.0.0.1"]
 
 
+def test_additional_records_count_where_the_answer_leads_to_them(gb):
+    """An HTTPS target's addresses in the additional section are judged (the answer leads there); a name
+    server's glue is not where the client goes: it used to turn an allowed answer into NXDOMAIN."""
+    glue = dns_answer("glue.example", ["glue.example. A 127.0.0.1"], ["glue.example. NS ns1.binance.com."],
+                      ["ns1.binance.com. A 127.0.0.5"])
+    run(gb.dns_response(glue))
+    assert glue.response.response_code == 0 and [rr.type for rr in glue.response.answers] == [1]
+    led = dns_answer("svc.example", ["svc.example. HTTPS 1 api.binance.com. alpn=h2"], [],
+                     ["api.binance.com. A 127.0.0.2"])
+    run(gb.dns_response(led))
+    assert led.response.response_code == 3
+    assert records(gb)[-1]["chain"] == ["svc.example", "api.binance.com"]
+
+
 def test_sni_host_mismatch_is_recorded(gb):
     f = http_flow("www.example.org")
     f.client_conn.sni = "allowed.test"

@@ -678,13 +678,13 @@ class GeoBlock:
         """Judge and clean a DNS answer before the client gets it.
 
         Every name the answer leads to is judged, not only the question: the owner names of address,
-        alias and service-binding records (A, AAAA, CNAME, DNAME, HTTPS, SVCB) in the answer and additional
-        sections, and their targets. A question for an allowed alias whose CNAME chain ends at a blocked
+        alias and service-binding records (A, AAAA, CNAME, DNAME, HTTPS, SVCB) in the answer section and,
+        where the answer leads to them, in the additional section, and their targets. A question for an allowed alias whose CNAME chain ends at a blocked
         name gets the blocked answer (_refuse_dns), recorded with the chain.
 
         Encrypted Client Hello configurations are removed from HTTPS and SVCB records in every section, so
-        clients send a readable SNI (mitmproxy's own strip_ech covers HTTPS answers only, and can be turned
-        off); the public names in them are kept (ECH_NAMES_LIMIT) as names that front ECH (observe.ech_of).
+        clients send a readable SNI (mitmproxy's own strip_ech, which geoblock turns off, covers HTTPS
+        answers only, and would remove them before geoblock reads them); the public names in them are kept (ECH_NAMES_LIMIT) as names that front ECH (observe.ech_of).
         A record whose service binding data cannot be parsed is dropped rather than passed on with its ECH;
         any other failure here applies on_error to the answer."""
         response = flow.response
@@ -710,23 +710,30 @@ class GeoBlock:
                 asked.append(host)
         chain: list[str] = []
         facts = Facts("dns", client_ip=client_ip(flow.client_conn), host=asked[0] if asked else None)
-        for rr in (*response.answers, *response.additionals):
-            if rr.type not in _LEADING_TYPES:
-                continue
-            try:
-                target = _target_of(rr)
-            except Exception:  # noqa: BLE001 - malformed service binding data: the record is dropped below
-                continue
-            for shown, text in (("DNS answer owner name", rr.name), ("DNS answer target", target)):
-                if not text or text == ".":
-                    continue
+        # Every leading record of the answer section; of the additional section, those whose owner the
+        # answer leads to (an HTTPS target's addresses): other additional data (a name server's glue)
+        # is not where the client goes, and resolvers do not hand it to applications.
+        pending = [rr for rr in response.additionals if rr.type in _LEADING_TYPES]
+        todo = [rr for rr in response.answers if rr.type in _LEADING_TYPES]
+        while todo:
+            for rr in todo:
                 try:
-                    host = normalize_host(text)
-                except InvalidHost as exc:
-                    self._invalid(facts, exc, shown, flow)
-                    return True
-                if isinstance(host, str) and host not in chain:
-                    chain.append(host)
+                    target = _target_of(rr)
+                except Exception:  # noqa: BLE001 - malformed service binding data: the record is dropped below
+                    continue
+                for shown, text in (("DNS answer owner name", rr.name), ("DNS answer target", target)):
+                    if not text or text == ".":
+                        continue
+                    try:
+                        host = normalize_host(text)
+                    except InvalidHost as exc:
+                        self._invalid(facts, exc, shown, flow)
+                        return True
+                    if isinstance(host, str) and host not in chain:
+                        chain.append(host)
+            reached = set(chain) | set(asked)
+            todo = [rr for rr in pending if _dns_owner(rr) in reached]
+            pending = [rr for rr in pending if rr not in todo]
         if not any(name not in asked for name in chain):
             return False  # nothing beyond the question, which dns_request judged
         facts.names = tuple(dict.fromkeys([*asked, *chain]))
@@ -1211,6 +1218,15 @@ class GeoBlock:
         elif hasattr(obj, "proxy_mode") and hasattr(obj, "sockname"):  # a client connection
             self._state(obj).blocked = verdict
             obj.error = f"geoblock: {verdict.reason}"
+
+
+def _dns_owner(rr: Any) -> str | None:
+    """A DNS record's owner name, normalised, or None when it is not a valid host name."""
+    try:
+        host = normalize_host(rr.name)
+    except InvalidHost:
+        return None
+    return host if isinstance(host, str) else None
 
 
 def _client_of(obj: Any) -> Any:
