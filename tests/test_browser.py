@@ -11,11 +11,11 @@ so every block is also checked on the server side.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from support.decisions import records
 from support import browser
 from support.proc import Mitmdump, with_names
 
@@ -67,14 +67,6 @@ def intercepting(tmp_path_factory, servers, rules_dir, geo_dir, pki):
     m.stop()
 
 
-def records(path: Path, **match) -> list[dict]:
-    """The decision records (written before the page's answer was sent) that match every field given."""
-    out = []
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if all(rec.get(k) == v for k, v in match.items()):
-            out.append(rec)
-    return out
 
 
 def shows_text(visit: browser.Visit) -> None:

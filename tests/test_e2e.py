@@ -7,15 +7,14 @@ Every blocked path is also checked on the server side: the server saw no connect
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import ssl
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from support.decisions import records
 from support.geodb import write_asn_db, write_country_db
 from support.proc import Mitmdump, with_names
 from support.servers import TestServer
@@ -58,14 +57,6 @@ def curl(proxy: Mitmdump, url: str, *args: str) -> subprocess.CompletedProcess[s
     return subprocess.run(cmd, capture_output=True, text=True, timeout=20)
 
 
-def records(path: Path, **match) -> list[dict]:
-    time.sleep(0.05)
-    out = []
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if all(rec.get(k) == v for k, v in match.items()):
-            out.append(rec)
-    return out
 
 
 def connect_tunnel(proxy: Mitmdump, target: str) -> socket.socket:

@@ -706,6 +706,25 @@ def test_geoip_answers_that_are_not_a_country(proxy, odd_servers, log, host, ans
 
 # ============================================================== 5. HTTP fields
 
+def h2_exchange(tls: ssl.SSLSocket, headers: list[tuple[str, str]], validate: bool = True) -> list:
+    """One HTTP/2 request with exactly these headers on `tls` (ALPN h2); the h2 events until the stream
+    ends or the connection is terminated (or closes, or 5 s pass)."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, validate_outbound_headers=validate, normalize_outbound_headers=validate))
+    conn.initiate_connection()
+    conn.send_headers(1, headers, end_stream=True)
+    tls.sendall(conn.data_to_send())
+    tls.settimeout(5)
+    events: list = []
+    with contextlib.suppress(socket.timeout, ConnectionError, ssl.SSLError):
+        while not any(isinstance(e, (h2.events.ConnectionTerminated, h2.events.StreamEnded)) for e in events):
+            data = tls.recv(65536)
+            if not data:
+                break
+            events += conn.receive_data(data)
+    return events
+
+
 def test_http2_authority_and_a_different_host_header(intercepting, servers, log):
     """:authority allowed.test plus Host: binance.com: the HTTP/2 layer refuses the request as
     malformed (GOAWAY PROTOCOL_ERROR); nothing reaches the server."""
@@ -713,22 +732,10 @@ def test_http2_authority_and_a_different_host_header(intercepting, servers, log)
     sock = tunnel(intercepting, f"127.0.0.1:{s.port}")
     context = ssl.create_default_context(cafile=str(intercepting.confdir / "mitmproxy-ca-cert.pem"))
     context.set_alpn_protocols(["h2"])
-    events = []
     with context.wrap_socket(sock, server_hostname="allowed.test") as tls:
         assert tls.selected_alpn_protocol() == "h2"
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
-        conn.initiate_connection()
-        conn.send_headers(1, [(":method", "GET"), (":authority", "allowed.test"), (":scheme", "https"),
-                              (":path", "/"), ("host", "binance.com")], end_stream=True)
-        tls.sendall(conn.data_to_send())
-        tls.settimeout(5)
-        with contextlib.suppress(socket.timeout, ConnectionError, ssl.SSLError):
-            while not any(isinstance(e, (h2.events.ConnectionTerminated, h2.events.StreamEnded)) for e in events):
-                data = tls.recv(65536)
-                if not data:
-                    break
-                events += conn.receive_data(data)
+        events = h2_exchange(tls, [(":method", "GET"), (":authority", "allowed.test"), (":scheme", "https"),
+                                   (":path", "/"), ("host", "binance.com")], validate=False)
     terminated = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
     assert terminated and terminated[0].error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR, events
     assert not [e for e in events if isinstance(e, h2.events.ResponseReceived)]
@@ -1114,20 +1121,9 @@ def test_an_absolute_url_in_the_http2_path_is_judged(intercepting, servers):
     sock = tunnel(intercepting, f"127.0.0.1:{s.port}")
     context = ssl.create_default_context(cafile=str(intercepting.confdir / "mitmproxy-ca-cert.pem"))
     context.set_alpn_protocols(["h2"])
-    events = []
     with context.wrap_socket(sock, server_hostname="allowed.test") as tls:
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        conn.initiate_connection()
-        conn.send_headers(1, [(":method", "GET"), (":authority", "allowed.test"), (":scheme", "https"),
-                              (":path", "https://binance.com/")], end_stream=True)
-        tls.sendall(conn.data_to_send())
-        tls.settimeout(5)
-        with contextlib.suppress(socket.timeout, ConnectionError, ssl.SSLError):
-            while not any(isinstance(e, (h2.events.ConnectionTerminated, h2.events.StreamEnded)) for e in events):
-                data = tls.recv(65536)
-                if not data:
-                    break
-                events += conn.receive_data(data)
+        events = h2_exchange(tls, [(":method", "GET"), (":authority", "allowed.test"), (":scheme", "https"),
+                                   (":path", "https://binance.com/")])
     responses = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
     assert responses and dict(responses[0].headers)[b":status"] == b"451", events
     assert s.requests == []

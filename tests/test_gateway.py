@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import re
 import shutil
 import ssl
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +35,7 @@ import dns.query
 import dns.rcode
 import pytest
 
+from support.decisions import records
 from support import netns as ns
 from support.geodb import write_asn_db, write_country_db
 from support.netns import (BLOCKED4, BLOCKED6, CLIENT4, CLIENT6, GW_IN4, GW_IN_IFACE, HOME4, HOME6, OFFSHORE4,
@@ -118,16 +117,6 @@ def proxy(topo: Topology, d: Path, unit: str, port: int, **options: object) -> N
     return m
 
 
-def records(path: Path, **match) -> list[dict]:
-    time.sleep(0.05)
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if all(rec.get(k) == v for k, v in match.items()):
-            out.append(rec)
-    return out
 
 
 def nft_counter(topo: Topology, chain: str, needle: str) -> int:
