@@ -713,8 +713,8 @@ class GeoBlock:
         # Every leading record of the answer section; of the additional section, those whose owner the
         # answer leads to (an HTTPS target's addresses): other additional data (a name server's glue)
         # is not where the client goes, and resolvers do not hand it to applications.
-        pending = [rr for rr in response.additionals if rr.type in _LEADING_TYPES]
         todo = [rr for rr in response.answers if rr.type in _LEADING_TYPES]
+        pending = [rr for rr in response.additionals if rr.type in _LEADING_TYPES]
         while todo:
             for rr in todo:
                 try:
