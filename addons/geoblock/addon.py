@@ -824,9 +824,11 @@ class GeoBlock:
         Every layer choice goes through here (geoblock's hook runs before mitmproxy's own, and takes its
         decision): the first bytes are held until they show what the stream is (hold.HoldFirstBytes),
         mitmproxy's own choice is asked for (`Chooser`), and then whatever it chose is judged by one
-        owner: a TLS ClientHello here, on its SNI; HTTP by the request hooks, request by request; DNS by
-        the DNS hooks; anything else (raw TCP or UDP, QUIC, a layer mitmproxy adds later) here, as a
-        stream that shows no name. A blocked stream gets a layer that refuses it."""
+        owner: a TLS ClientHello here, on its SNI; HTTP by the request hooks, request by request (a first
+        line with an HTTP version is read as HTTP whatever mitmproxy guessed); anything else (raw TCP or
+        UDP, QUIC, DNS relayed to the connection's server, a layer mitmproxy adds later) here, as a
+        stream that shows no name. A blocked stream gets a layer that refuses it. The hold's bounds
+        (LIMIT bytes, geoblock_hold_timeout) end in the policy's on_error verdict."""
         if nextlayer.layer is not None:
             return
         context = nextlayer.context

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("names", nargs="+", help="names (SNI, Host, CONNECT target) or an IP literal")
     explain.add_argument("--server", help="the server's IP address")
     explain.add_argument("--client", help="the client's IP address")
-    explain.add_argument("--stage", default="tls", choices=["connect", "tls", "http", "dns", "ip"])
+    explain.add_argument("--stage", default="tls", choices=["connect", "tls", "http", "dns", "ip", "stream"])
     explain.add_argument("--rules", default=str(DEFAULT_RULES))
     explain.add_argument("--country-db", default=str(DEFAULT_COUNTRY_DB))
     explain.add_argument("--asn-db", default=str(DEFAULT_ASN_DB))
