@@ -574,6 +574,7 @@ def test_ip_forms_in_connect(proxy, servers, log, form):
     assert s.connections == 0
     rec = log.wait(stage="connect")
     assert (rec["action"], rec["rule"], rec["server_ip"]) == ("block", "blocked-network", BLOCKED_IP)
+    assert rec["host"] == BLOCKED_IP_FORMS[form].strip("[]")  # the spelling the client used, kept
 
 
 @pytest.mark.parametrize("form", list(BLOCKED_IP_FORMS), ids=list(BLOCKED_IP_FORMS))

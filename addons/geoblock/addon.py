@@ -809,6 +809,7 @@ class GeoBlock:
             facts.host = target
         else:
             state.connect_ip = target
+            facts.host = flow.request.host  # the address as the client spelt it (decimal, NAT64, ...)
         facts.server_ip = await self._server_ip(state, state.connect_name, state.connect_ip, facts.names)
         verdict = self._decide(facts)
         self._record(facts, verdict)

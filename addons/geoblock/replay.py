@@ -108,6 +108,8 @@ def facts_from_flow(flow: http.HTTPFlow, geo: Geo | None = None) -> Facts:
         if isinstance(target, str):
             facts.names = (target,)
             facts.host = target
+        else:
+            facts.host = request.host  # the address as the client spelt it, as the addon records it
     else:
         facts = Facts("http", client_ip=client_ip(flow.client_conn))
         raw_host = request.host_header
