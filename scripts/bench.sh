@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up and run the benchmarks (figures in README.md, "Performance"):
+# Set up and run the benchmarks (figures in docs/performance.md):
 #   1. scripts/bench_decide.py: one decision, observe to verdict, GeoIP cached (shipped rules; 100k domains)
 #   2. scripts/bench_proxy.py: keep-alive HTTP req/s through mitmdump with vs without geoblock (wrk)
 # Results: the tables on stdout, and bench-results/{decide,proxy}.{json,md} (git-ignored).
