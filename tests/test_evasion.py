@@ -473,18 +473,23 @@ def test_connect_target_and_sni_both_allowed_but_different(request, servers, whi
 ECH_BODY = et.ech_outer_body()
 
 
+def ech_hello_to(proxy: Mitmdump, server, sni: bytes) -> tuple[tuple[bytes, bool], dict]:
+    """A ClientHello with SNI `sni` and an ECH extension, through a CONNECT to `server`; the first TLS
+    record back (and whether the connection closed) and the tls record geoblock wrote."""
+    log = Log(proxy)
+    sock = tunnel(proxy, f"127.0.0.2:{server.port}")
+    with sock:
+        answer = tls_first_record(sock, [hello(sni).with_extension(et.EXT_ECH, ECH_BODY).records()])
+    return answer, log.wait(stage="tls")
+
+
 @pytest.mark.parametrize("which", ["proxy", "strict"])
 def test_ech_placeholder_beside_an_ordinary_sni(request, servers, which):
     """GREASE ECH: 0xfe0d beside the real name as SNI, what Chromium sends to every site that publishes no
     ECH configuration. It hides nothing: recorded as ech_grease, passes even under ech: block."""
-    proxy = request.getfixturevalue(which)
-    log = Log(proxy)
     s = servers["https2"]
-    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
-    with sock:
-        answer = tls_first_record(sock, [hello(b"allowed.test").with_extension(et.EXT_ECH, ECH_BODY).records()])
+    answer, rec = ech_hello_to(request.getfixturevalue(which), s, b"allowed.test")
     assert_server_hello(answer)  # strict decrypts (geoblock_intercept): the ServerHello is mitmproxy's
-    rec = log.wait(stage="tls")
     assert rec["action"] == "allow" and rec["ech_grease"] is True and "ech" not in rec
     assert s.connections == (1 if which == "proxy" else 0)  # strict dials only when a request comes
 
@@ -493,13 +498,8 @@ def test_ech_placeholder_beside_an_ordinary_sni(request, servers, which):
 def test_ech_with_an_allowed_public_name(request, servers, which):
     """ECH whose outer SNI is a public name that fronts ECH (cloudflare-ech.com, the shipped
     ech_public_names): the real name is hidden. Log (default) or block."""
-    proxy = request.getfixturevalue(which)
-    log = Log(proxy)
     s = servers["https2"]
-    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
-    with sock:
-        answer = tls_first_record(sock, [hello(b"cloudflare-ech.com").with_extension(et.EXT_ECH, ECH_BODY).records()])
-    rec = log.wait(stage="tls")
+    answer, rec = ech_hello_to(request.getfixturevalue(which), s, b"cloudflare-ech.com")
     assert rec["ech"] is True and rec["rule"] == "policy:ech"
     if which == "strict":
         assert_denied(answer)
@@ -1021,6 +1021,13 @@ def test_garbage_after_16_03_is_held_and_nothing_is_dialled(proxy, servers, log)
 BLOCKED_REQUEST = b"GET / HTTP/1.1\r\nHost: binance.com\r\nConnection: close\r\n\r\n"
 
 
+def accepting_any_certificate() -> ssl.SSLContext:
+    """A client TLS context that takes any certificate (mitmproxy's, when geoblock decrypts)."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return context
+
+
 def send_segments(sock: socket.socket, chunks: list[bytes], pause: float = 0.5) -> None:
     """Send `chunks` as separate TCP segments, `pause` seconds apart."""
     for i, part in enumerate(chunks):
@@ -1059,8 +1066,7 @@ def test_a_request_behind_an_empty_line_inside_decrypted_tls_is_judged(intercept
     log = Log(intercepting)
     s = servers["https2"]
     sock = tunnel(intercepting, f"127.0.0.2:{s.port}")
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # mitmproxy's certificate
+    context = accepting_any_certificate()  # mitmproxy's certificate
     with context.wrap_socket(sock, server_hostname="allowed.test") as tls:
         send_segments(tls, STREAM_TRICKS[trick])
         answer, _ = read_all(tls)
@@ -1189,8 +1195,7 @@ def test_a_stream_inside_a_tunnel_blocked_by_policy_is_refused_for_that_reason(s
     log = Log(strict)
     s = servers["https1"]
     sock = tunnel(strict, f"localhost:{s.port}")
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # mitmproxy's certificate
+    context = accepting_any_certificate()  # mitmproxy's certificate
     with context.wrap_socket(sock, server_hostname="www.allowed.test") as tls:
         tls.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
         answer, _ = read_all(tls)

@@ -929,9 +929,10 @@ class GeoBlock:
         policy's `unreadable` verdict when that is stricter. `incomplete`: why the first bytes never
         showed what the stream is; the policy's `on_error` verdict then applies, recorded with an error."""
         self._learn_destination(state, context)
-        names = [n for n in (_sni_name(self._destination_sni(state, context)), state.connect_name) if n]
+        sni = self._destination_sni(state, context.client)
+        names = [n for n in (_sni_name(sni), state.connect_name) if n]
         facts = Facts("stream", names=tuple(dict.fromkeys(names)), client_ip=client_ip(context.client),
-                      host=state.connect_name, sni=self._destination_sni(state, context))
+                      host=state.connect_name, sni=sni)
         facts.server_ip = await self._server_ip(state, state.connect_name, state.connect_ip, facts.names)
         extra: dict[str, Any] = {"first_bytes": data[:FIRST_BYTES_RECORDED].hex(),
                                  "transport": context.client.transport_protocol}
@@ -953,10 +954,10 @@ class GeoBlock:
         return verdict
 
     @staticmethod
-    def _destination_sni(state: ConnState, context: Any) -> str | None:
+    def _destination_sni(state: ConnState, client: Any) -> str | None:
         """The SNI of the client's TLS toward the destination, or None. A handshake with the proxy
-        itself (a secure web proxy, before the CONNECT) names the proxy, not where the stream goes."""
-        sni = context.client.sni
+        itself (a secure web proxy, before the CONNECT) names the proxy, not where the flow goes."""
+        sni = client.sni
         return None if sni is not None and sni == state.proxy_sni else sni
 
     @staticmethod
@@ -1017,9 +1018,7 @@ class GeoBlock:
             if state.blocked_tunnel is not None:
                 return self._answer_blocked_tunnel(flow, state.blocked_tunnel)
             data = request.data  # the URI authority as received: decoded (uri_authority) only when judged anew
-            sni = flow.client_conn.sni
-            if sni is not None and sni == state.proxy_sni:
-                sni = None  # the handshake with the proxy itself named the proxy, not this request's server
+            sni = self._destination_sni(state, flow.client_conn)
             path = data.path
             shows = (request.host, request.host_header, data.authority, data.http_version, sni, state.connect_ip,
                      None if path[:1] == b"/" else path)  # an absolute :path (HTTP/2, 3) names a server too
