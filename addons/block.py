@@ -13,7 +13,7 @@ if _HERE not in sys.path:
 
 from mitmproxy import hooks as _hooks  # noqa: E402
 
-from geoblock.addon import GeoBlock, preflight  # noqa: E402
+from geoblock.mitm.addon import GeoBlock, preflight  # noqa: E402
 
 # mitmproxy looks up each event's name on this module too (a script is an addon), for every event of
 # every flow: eight per HTTP request. On Python 3.11 a name that a module lacks costs an AttributeError,

@@ -38,11 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "addons"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from geoblock.decide import Facts, Verdict, decide  # noqa: E402
+from geoblock.core.decide import Facts, Verdict, decide  # noqa: E402
 from geoblock import heap  # noqa: E402
-from geoblock.geo import Geo  # noqa: E402
-from geoblock.names import normalize_host, normalize_ip  # noqa: E402
-from geoblock.ruleset import Ruleset  # noqa: E402
+from geoblock.enrich.geo import Geo  # noqa: E402
+from geoblock.core.names import normalize_host, normalize_ip  # noqa: E402
+from geoblock.core.ruleset import Ruleset  # noqa: E402
 from support.geodb import write_asn_db, write_country_db  # noqa: E402
 
 TARGET_MEDIAN_US = 20.0
@@ -69,7 +69,7 @@ MIX: list[tuple[str, str | None, str, str, str]] = [
 TLDS = ["com", "net", "org", "io", "co", "xyz", "info", "biz", "de", "sg", "jp", "co.uk", "com.au", "exchange"]
 
 from bench_common import calibrate, source_state  # noqa: E402
-from geoblock.observe import http_target  # noqa: E402
+from geoblock.mitm.observe import http_target  # noqa: E402
 
 
 def observe(sni: str | None, target: str, client: str, server: str, geo: Geo, rs: Ruleset) -> Verdict:

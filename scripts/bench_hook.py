@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(args.repo, "addons"))
 from mitmproxy.addons import proxyserver  # noqa: E402
 from mitmproxy.test import taddons, tflow, tutils  # noqa: E402
 
-from geoblock.addon import GeoBlock  # noqa: E402
+from geoblock.mitm.addon import GeoBlock  # noqa: E402
 
 
 def main() -> None:

@@ -434,8 +434,9 @@ class ClientHelloTarget(Target):
         from mitmproxy.proxy.layers import tls as mtls
         from mitmproxy.test import taddons, tflow
 
-        from geoblock import enforce, hold
-        from geoblock.addon import GeoBlock
+        from geoblock.mitm import enforce
+        from geoblock.mitm import hold
+        from geoblock.mitm.addon import GeoBlock
 
         work = workdir()
         logging.getLogger("geoblock").setLevel(logging.CRITICAL)
@@ -628,11 +629,11 @@ class HostTarget(Target):
     name = "host"
 
     def setup(self) -> None:
-        from geoblock import decide as decide_mod
-        from geoblock.geo import Geo
-        from geoblock.names import InvalidHost
-        from geoblock.observe import InvalidField, http_target
-        from geoblock.ruleset import Ruleset
+        from geoblock.core import decide as decide_mod
+        from geoblock.enrich.geo import Geo
+        from geoblock.core.names import InvalidHost
+        from geoblock.mitm.observe import InvalidField, http_target
+        from geoblock.core.ruleset import Ruleset
 
         work = workdir()
         self.rs = Ruleset.load(str(work / "rules"))
@@ -766,10 +767,10 @@ class RulesTarget(Target):
     name = "rules"
 
     def setup(self) -> None:
-        from geoblock.decide import Facts, decide
-        from geoblock.names import normalize_host
-        from geoblock.rules import RuleError
-        from geoblock.ruleset import Ruleset
+        from geoblock.core.decide import Facts, decide
+        from geoblock.core.names import normalize_host
+        from geoblock.core.rules import RuleError
+        from geoblock.core.ruleset import Ruleset
 
         work = workdir()
         self.Facts, self.decide, self.normalize_host = Facts, decide, normalize_host

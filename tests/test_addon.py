@@ -19,11 +19,13 @@ from mitmproxy.proxy import commands, context, events, layer
 from mitmproxy.proxy.layers import modes, tls
 from mitmproxy.test import taddons, tflow, tutils
 
-import geoblock.addon as addon_mod
+import geoblock.mitm.addon as addon_mod
 from support import evasion_tls as et
 from support.evasion_tls import client_hello
-from geoblock import enforce, heap, hold
-from geoblock.addon import GeoBlock
+from geoblock.mitm import enforce
+from geoblock.mitm import heap
+from geoblock.mitm import hold
+from geoblock.mitm.addon import GeoBlock
 
 
 
@@ -141,7 +143,7 @@ def test_every_layer_choice_is_judged_first(gb, data, server):
     """Whatever the first bytes, the layer choice ends in one of: held (nothing relayed yet), refused,
     or a layer whose content a later hook judges (HTTP, DNS, another layer choice) or that was judged
     here and recorded (a ClientHello: stage tls; anything else: stage stream)."""
-    from geoblock.choose import judged_later
+    from geoblock.mitm.choose import judged_later
 
     nl = next_layer_for(gb, None, server=server, data=data)
     before = len(records(gb)) if gb.log_path.exists() else 0

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from geoblock.decide import Facts, decide
-from geoblock.geo import Geo, location_of
-from geoblock.names import normalize_host, normalize_ip
-from geoblock.observe import client_ip
-from geoblock.rules import RuleError
-from geoblock.ruleset import Ruleset
+from geoblock.core.decide import Facts, decide
+from geoblock.enrich.geo import Geo, location_of
+from geoblock.core.names import normalize_host, normalize_ip
+from geoblock.mitm.observe import client_ip
+from geoblock.core.rules import RuleError
+from geoblock.core.ruleset import Ruleset
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +345,7 @@ def test_name_mismatch_policy(tmp_path, geo, policy):
 
 def test_ech_of_unit():
     """observe.ech_of: which encrypted-SNI extensions count as a hidden name."""
-    from geoblock.observe import ech_of, name_under
+    from geoblock.mitm.observe import ech_of, name_under
 
     fronts = lambda n: name_under(n, frozenset({"cloudflare-ech.com"}))  # noqa: E731
     assert ech_of([(0, b""), (43, b"")], "a.test", fronts) is None
@@ -361,7 +361,7 @@ def test_ech_of_unit():
 
 
 def test_ech_config_public_names_unit():
-    from geoblock.observe import ech_config_public_names
+    from geoblock.mitm.observe import ech_config_public_names
     from support.evasion_tls import ech_config_list
 
     assert ech_config_public_names(ech_config_list("a.example", "b.example")) == ["a.example", "b.example"]

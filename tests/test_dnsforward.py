@@ -1,4 +1,4 @@
-"""geoblock.dnsforward against stand-in name servers on loopback (UDP and TCP, real sockets)."""
+"""geoblock.mitm.dnsforward against stand-in name servers on loopback (UDP and TCP, real sockets)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import dns.message
 import dns.rrset
 import pytest
 
-from geoblock import dnsforward
+from geoblock.mitm import dnsforward
 
 
 def free_udp_tcp_port() -> int:

@@ -1360,7 +1360,7 @@ def test_tls_inside_a_tunnel_inside_tls_is_judged(proxy, servers, pki, log):
 # ============================================================== 8. the helpers behind the fixes (unit)
 
 def test_sni_problem_unit():
-    from geoblock.observe import sni_problem
+    from geoblock.mitm.observe import sni_problem
 
     assert sni_problem([(10, b"x")], None) is None  # no server_name extension: no SNI
     assert sni_problem([(0, et.server_name_body(b"a.test"))], "a.test") is None
@@ -1371,7 +1371,7 @@ def test_sni_problem_unit():
 
 
 def test_may_be_client_hello_unit():
-    from geoblock import hold
+    from geoblock.mitm import hold
 
     assert hold.may_be_client_hello(b"\x16") and hold.may_be_client_hello(b"\x16\x03")
     assert not hold.may_be_client_hello(b"") and not hold.may_be_client_hello(b"\x16\x01")
@@ -1379,7 +1379,7 @@ def test_may_be_client_hello_unit():
 
 
 def test_request_line_state_unit():
-    from geoblock.observe import LINE, MORE, OTHER, request_line_state, strip_empty_lines
+    from geoblock.mitm.observe import LINE, MORE, OTHER, request_line_state, strip_empty_lines
 
     for data in (b"", b"\r\n", b"\n\r\n", b"G", b"GET / HT", b"PR", b"\r\nGET", b" ", b" G", b"\tGET /"):
         assert request_line_state(data) == MORE, data
@@ -1391,7 +1391,7 @@ def test_request_line_state_unit():
 
 
 def test_shows_http_version_unit():
-    from geoblock.observe import shows_http_version
+    from geoblock.mitm.observe import shows_http_version
 
     for line in (*ODD_REQUEST_LINES.values(), b"GET / HTTP/1.1", b"\r\nget / http/1.0", b"PRI * HTTP/2.0"):
         assert shows_http_version(line + b"\r\nHost: x\r\n\r\n"), line
@@ -1401,7 +1401,7 @@ def test_shows_http_version_unit():
 
 
 def test_stream_state_unit():
-    from geoblock import hold
+    from geoblock.mitm import hold
 
     whole = et.client_hello("binance.com")
     assert hold.stream_state(whole) == hold.TLS

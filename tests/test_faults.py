@@ -486,9 +486,9 @@ from mitmproxy.proxy import context, events, layer, mode_specs  # noqa: E402
 from mitmproxy.proxy.layers import modes, tls  # noqa: E402
 from mitmproxy.test import taddons, tflow, tutils  # noqa: E402
 
-import geoblock.addon as addon_mod  # noqa: E402
+import geoblock.mitm.addon as addon_mod  # noqa: E402
 from geoblock import enforce  # noqa: E402
-from geoblock.addon import GeoBlock  # noqa: E402
+from geoblock.mitm.addon import GeoBlock  # noqa: E402
 
 
 from mitmproxy import dns as mdns  # noqa: E402

@@ -83,7 +83,7 @@ def test_the_host_reference_does_not_see_lookalikes(text):
 
 
 def test_the_rules_oracle_sees_a_listed_domain_that_is_not_blocked(targets, tmp_path):
-    from geoblock.ruleset import Ruleset
+    from geoblock.core.ruleset import Ruleset
 
     (tmp_path / "r.yaml").write_text("rules:\n  - id: a\n    action: log\n    domains: [binance.com]\n")
     text = b"rules:\n  - id: a\n    action: block\n    domains: [binance.com]\n"
@@ -97,8 +97,8 @@ def test_the_rules_oracle_sees_a_listed_domain_that_is_not_blocked(targets, tmp_
 
 def test_a_rule_file_with_a_control_character_is_refused_with_its_line(tmp_path):
     """Found by the rules fuzzer: the error named the file and a character offset, but no line."""
-    from geoblock.rules import RuleError
-    from geoblock.ruleset import Ruleset
+    from geoblock.core.rules import RuleError
+    from geoblock.core.ruleset import Ruleset
 
     path = tmp_path / "list.yaml"
     path.write_bytes("# Börsen\nrules:\n  - id: a\n    action: blo\x15ck\n".encode())

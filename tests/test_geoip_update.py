@@ -1,6 +1,6 @@
 """GeoIP refresh (geoblock-geoip-update) against a local update server on 127.0.0.1.
 
-The tool runs as a real subprocess (`python -m geoblock.geoipupdate`), configured the way operators do
+The tool runs as a real subprocess (`python -m geoblock.tools.geoipupdate`), configured the way operators do
 it (GEOIPUPDATE_* variables, GeoIP.conf). Every case checks the exit code, the message, and the bytes of
 the database left in the directory.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from geoblock import geoipupdate
+from geoblock.tools import geoipupdate
 from support.geodb import write_asn_db, write_country_db
 from support.maxmind_server import UpdateServer
 
@@ -54,7 +54,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "geoblock.geoipupdate", *args], env=env or clean_env(),
+    return subprocess.run([sys.executable, "-m", "geoblock.tools.geoipupdate", *args], env=env or clean_env(),
                           capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
 
 

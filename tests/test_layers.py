@@ -11,10 +11,10 @@ from mitmproxy.net.dns import response_codes, types as dns_types
 from mitmproxy.proxy import mode_specs
 from mitmproxy.test import taddons, tflow
 
-from geoblock.addon import GeoBlock
-from geoblock.decide import Facts, decide
-from geoblock.names import normalize_ip
-from geoblock.ruleset import Ruleset
+from geoblock.mitm.addon import GeoBlock
+from geoblock.core.decide import Facts, decide
+from geoblock.core.names import normalize_ip
+from geoblock.core.ruleset import Ruleset
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from geoblock.decide import Facts, decide
-from geoblock.names import InvalidHost, normalize_host
-from geoblock.rules import RuleError, read_file
-from geoblock.ruleset import Ruleset
+from geoblock.core.decide import Facts, decide
+from geoblock.core.names import InvalidHost, normalize_host
+from geoblock.core.rules import RuleError, read_file
+from geoblock.core.ruleset import Ruleset
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = Ruleset.load(str(REPO / "rules"))

@@ -1,4 +1,4 @@
-"""RDAP country fallback (geoblock.rdap) against a local RDAP server on 127.0.0.1.
+"""RDAP country fallback (geoblock.enrich.rdap) against a local RDAP server on 127.0.0.1.
 
 Public test addresses (8.8.8.8, 1.1.1.1, ...) are only the subject of the queries: every request goes
 to the local server. The autouse `loopback_only` fixture points ipwhois's module-level URLs at the local
@@ -17,8 +17,8 @@ import ipwhois
 import ipwhois.rdap
 import pytest
 
-from geoblock import rdap
-from geoblock.rdap import RdapLocator, lookup_country, make_opener
+from geoblock.enrich import rdap
+from geoblock.enrich.rdap import RdapLocator, lookup_country, make_opener
 from support import rdap_server as rs
 from support.rdap_server import RdapServer
 

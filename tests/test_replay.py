@@ -1,6 +1,6 @@
 """The replay corpus (tests/flows/*.mitm, recorded by scripts/record-flows.py with a real mitmdump, real
-curl clients and loopback test servers) judged offline by geoblock.replay, by the real addon's
-requestheaders hook, and by the `python -m geoblock.replay` command line.
+curl clients and loopback test servers) judged offline by geoblock.tools.replay, by the real addon's
+requestheaders hook, and by the `python -m geoblock.tools.replay` command line.
 
 The expected verdicts (tests/flows/expected.json) are written by hand in scripts/record-flows.py, not
 computed by geoblock. Ruleset: rules/*.yaml + tests/rules/extra.yaml (`rules_dir`); GeoIP: the test
@@ -22,12 +22,12 @@ from mitmproxy import http
 from mitmproxy import io as mio
 from mitmproxy.test import taddons, tflow, tutils
 
-from geoblock import replay as rp
-from geoblock.addon import GeoBlock
-from geoblock.decide import Facts
-from geoblock.geo import Geo
-from geoblock.resolve import Resolver
-from geoblock.ruleset import Ruleset
+from geoblock.tools import replay as rp
+from geoblock.mitm.addon import GeoBlock
+from geoblock.core.decide import Facts
+from geoblock.enrich.geo import Geo
+from geoblock.enrich.resolve import Resolver
+from geoblock.core.ruleset import Ruleset
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -236,7 +236,7 @@ def test_replay_takes_names_in_the_addons_order(live, rs, geo):
 def test_replay_and_explain_place_a_server_as_the_proxy_does(live, rs, geo, rules_dir, geo_dir, capsys, server):
     """Servers whose GeoIP answer is not a plain country (EU, AP, registered only, anycast) and an
     address carried in IPv6: the proxy's record, the replay's record and `geoblock explain` agree."""
-    from geoblock import cli as geoblock_cli
+    from geoblock.tools import cli as geoblock_cli
 
     target = f"[{server}]" if ":" in server else server
     flow = tflow.tflow(req=tutils.treq(host=server, port=80, headers=[(b"Host", b"offshore-only.test")]))
@@ -278,7 +278,7 @@ def test_replay_and_explain_place_a_server_as_the_proxy_does(live, rs, geo, rule
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "addons"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "geoblock.replay", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "geoblock.tools.replay", *args], capture_output=True, text=True,
                           encoding="utf-8", env=env, cwd=REPO, timeout=60)
 
 

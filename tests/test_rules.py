@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from geoblock.rules import RuleError, load_rules
-from geoblock.ruleset import Ruleset
+from geoblock.core.rules import RuleError, load_rules
+from geoblock.core.ruleset import Ruleset
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = "home_countries: [CN]\ndefault: allow\nunknown_country: log\non_error: block\n"
@@ -147,7 +147,7 @@ def test_single_file_with_policy_and_rules(tmp_path):
 def yaml_parser(request, monkeypatch):
     import yaml
 
-    import geoblock.rules as rules_mod
+    import geoblock.core.rules as rules_mod
     if request.param == "libyaml":
         if not hasattr(yaml, "CSafeLoader"):
             pytest.fail("PyYAML is built without libyaml here: the libyaml row cannot run")

@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from .decide import Facts, Verdict
-from .names import EmbeddedIPv4
+from geoblock.core.decide import Facts, Verdict
+from geoblock.core.names import EmbeddedIPv4
 
 logger = logging.getLogger("geoblock")
 

@@ -46,20 +46,25 @@ from mitmproxy.proxy import layer as mlayer
 from mitmproxy.proxy.layers import tls as mtls
 from mitmproxy.tls import ClientHello
 
-from . import dnsforward, enforce, heap, hold, names as _names, record as _record
-from .choose import Chooser, judged_later
-from .decide import Facts, Verdict, decide
-from .geo import Geo
-from .names import IPAddress, InvalidHost, as_written, normalize_host, normalize_ip
-from .observe import (InvalidField, client_hello_problem, client_ip, ech_config_public_names, ech_of, http_target,
+from geoblock.mitm import dnsforward
+from geoblock.mitm import enforce
+from geoblock.mitm import heap
+from geoblock.mitm import hold
+from geoblock.core import names as _names
+from geoblock import record as _record
+from geoblock.mitm.choose import Chooser, judged_later
+from geoblock.core.decide import Facts, Verdict, decide
+from geoblock.enrich.geo import Geo
+from geoblock.core.names import IPAddress, InvalidHost, as_written, normalize_host, normalize_ip
+from geoblock.mitm.observe import (InvalidField, client_hello_problem, client_ip, ech_config_public_names, ech_of, http_target,
                       mismatch_of, name_under, peer_ip, shows_http_version, sni_problem, uri_authority)
-from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_LOG, DEFAULT_RULES
-from .record import DecisionLog, make_record
-from . import rdap
-from .resolve import Resolver
-from .rules import RuleError
-from .ruleset import Ruleset
-from .watch import files_stamp, rules_stamp
+from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_LOG, DEFAULT_RULES
+from geoblock.record import DecisionLog, make_record
+from geoblock.enrich import rdap
+from geoblock.enrich.resolve import Resolver
+from geoblock.core.rules import RuleError
+from geoblock.core.ruleset import Ruleset
+from geoblock.watch import files_stamp, rules_stamp
 
 logger = logging.getLogger("geoblock")
 

@@ -53,8 +53,8 @@ from ipwhois.exceptions import (
 )
 from ipwhois.net import Net
 
-from .countries import ISO_3166_ALPHA2
-from .names import IPAddress, InvalidHost, normalize_ip
+from geoblock.core.countries import ISO_3166_ALPHA2
+from geoblock.core.names import IPAddress, InvalidHost, normalize_ip
 
 logger = logging.getLogger("geoblock")
 

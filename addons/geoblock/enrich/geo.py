@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import maxminddb
 
-from .countries import ISO_3166_ALPHA2
-from .names import IPAddress
+from geoblock.core.countries import ISO_3166_ALPHA2
+from geoblock.core.names import IPAddress
 
 
 class GeoError(Exception):

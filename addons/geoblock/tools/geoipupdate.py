@@ -84,8 +84,8 @@ from pygeoipupdate import (
 from pygeoipupdate._defaults import get_default_config_file
 from pygeoipupdate.config import _parse_config_file, _parse_environment
 
-from .geo import DatabaseInfo, GeoError, open_database
-from .paths import DEFAULT_GEOIP_DIR
+from geoblock.enrich.geo import DatabaseInfo, GeoError, open_database
+from geoblock.paths import DEFAULT_GEOIP_DIR
 
 PROG = "geoblock-geoip-update"
 DEFAULT_EDITIONS: tuple[str, ...] = ("GeoLite2-Country", "GeoLite2-ASN")

@@ -12,13 +12,13 @@ import argparse
 import json
 import sys
 
-from .decide import Facts, decide, server_text
-from .geo import Geo
-from .names import InvalidHost, as_written, normalize_host, normalize_ip
-from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
-from .record import make_record
-from .rules import RuleError
-from .ruleset import Ruleset
+from geoblock.core.decide import Facts, decide, server_text
+from geoblock.enrich.geo import Geo
+from geoblock.core.names import InvalidHost, as_written, normalize_host, normalize_ip
+from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
+from geoblock.record import make_record
+from geoblock.core.rules import RuleError
+from geoblock.core.ruleset import Ruleset
 
 
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from .names import IPAddress, InvalidHost, as_written, normalize_host, normalize_ip
+from geoblock.core.names import IPAddress, InvalidHost, as_written, normalize_host, normalize_ip
 
 
 class InvalidField(ValueError):

@@ -1,6 +1,6 @@
 """Offline replay and explanation: judge recorded flows (mitmproxy .mitm files) under a ruleset.
 
-    python -m geoblock.replay FILE.mitm [--rules DIR] [--country-db X] [--asn-db Y] [--json]
+    python -m geoblock.tools.replay FILE.mitm [--rules DIR] [--country-db X] [--asn-db Y] [--json]
     geoblock-replay FILE.mitm ...
 
 Each HTTP flow of the file is judged the way the addon's `requestheaders` hook judges it live (stage
@@ -34,14 +34,14 @@ from mitmproxy import exceptions as mexceptions
 from mitmproxy import http
 from mitmproxy import io as mio
 
-from .decide import Facts, Verdict, decide
-from .geo import Geo
-from .names import IPAddress, InvalidHost, normalize_host, normalize_ip, unicode_name
-from .observe import InvalidField, client_ip, http_target, peer_ip, uri_authority
-from .paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
-from .record import make_record
-from .rules import RuleError
-from .ruleset import SEVERITY, Ruleset
+from geoblock.core.decide import Facts, Verdict, decide
+from geoblock.enrich.geo import Geo
+from geoblock.core.names import IPAddress, InvalidHost, normalize_host, normalize_ip, unicode_name
+from geoblock.mitm.observe import InvalidField, client_ip, http_target, peer_ip, uri_authority
+from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
+from geoblock.record import make_record
+from geoblock.core.rules import RuleError
+from geoblock.core.ruleset import SEVERITY, Ruleset
 
 
 

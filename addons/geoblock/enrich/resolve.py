@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
-from .names import IPAddress, InvalidHost, normalize_ip
+from geoblock.core.names import IPAddress, InvalidHost, normalize_ip
 
 logger = logging.getLogger("geoblock")
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
-from .countries import ISO_3166_ALPHA2, suggest_country
-from .names import InvalidHost, normalize_host
+from geoblock.core.countries import ISO_3166_ALPHA2, suggest_country
+from geoblock.core.names import InvalidHost, normalize_host
 
 ACTIONS = ("allow", "log", "block")
 ON_ERROR = ("block", "allow")

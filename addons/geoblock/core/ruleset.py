@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from .names import EmbeddedIPv4, IPAddress
-from .rules import Policy, RuleSource, RuleSpec, load_rules
+from geoblock.core.names import EmbeddedIPv4, IPAddress
+from geoblock.core.rules import Policy, RuleSource, RuleSpec, load_rules
 
 SEVERITY = {"allow": 0, "log": 1, "block": 2}
 _HITS_MEMO = 16384  # names remembered per ruleset; the memo starts over when full

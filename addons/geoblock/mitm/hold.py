@@ -20,7 +20,7 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
-from .observe import LINE, MORE, OTHER, request_line_state, strip_empty_lines
+from geoblock.mitm.observe import LINE, MORE, OTHER, request_line_state, strip_empty_lines
 
 # A ClientHello is a few hundred bytes (a few KiB with post-quantum key shares), a request line rarely
 # more than 8 KiB; geoblock holds at most this much while waiting for either to be complete.

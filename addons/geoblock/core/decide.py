@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .names import EmbeddedIPv4, IPAddress, unicode_name
-from .ruleset import SEVERITY, CompiledRule, Ruleset
+from geoblock.core.names import EmbeddedIPv4, IPAddress, unicode_name
+from geoblock.core.ruleset import SEVERITY, CompiledRule, Ruleset
 
 STAGES = ("connect", "tls", "http", "dns", "ip", "stream")
 

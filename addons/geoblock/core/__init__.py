@@ -1,0 +1,1 @@
+"""The decision core: names, rules, the compiled ruleset and the pure decision. Imports nothing from mitmproxy."""

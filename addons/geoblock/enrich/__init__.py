@@ -1,0 +1,1 @@
+"""Enrichment: where a server is (GeoIP, RDAP) and what a name resolves to."""

@@ -1,0 +1,1 @@
+"""The mitmproxy adapter: the only package that imports mitmproxy (hooks, layers, enforcement)."""

@@ -1,0 +1,1 @@
+"""Offline tools over the same engine: the CLI, replay and the GeoIP database updater."""
