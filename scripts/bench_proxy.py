@@ -70,7 +70,7 @@ FROZEN = "frozen bare"
 REFERENCES = {
     NOOP: ("class NoOp:\n    name = 'benchnoop'\n\n    def requestheaders(self, flow):\n        pass\n\n\n"
            "addons = [NoOp()]\n", "no-op script", "what any `-s` script costs"),
-    FROZEN: (f"import sys\n\nsys.path.insert(0, {str(REPO / 'addons')!r})\nfrom geoblock import heap  # noqa: E402\n\n\n"
+    FROZEN: (f"import sys\n\nsys.path.insert(0, {str(REPO / 'addons')!r})\nfrom geoblock.mitm import heap  # noqa: E402\n\n\n"
              "class Freeze:\n    name = 'benchfreeze'\n\n    def running(self):\n        heap.settle()\n\n\n"
              "addons = [Freeze()]\n",
              "frozen bare", "mitmdump alone with its start-up heap frozen as geoblock_gc_freeze does"),
