@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "addons"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from geoblock.core.decide import Facts, Verdict, decide  # noqa: E402
-from geoblock import heap  # noqa: E402
+from geoblock.mitm import heap  # noqa: E402
 from geoblock.enrich.geo import Geo  # noqa: E402
 from geoblock.core.names import normalize_host, normalize_ip  # noqa: E402
 from geoblock.core.ruleset import Ruleset  # noqa: E402

@@ -487,7 +487,7 @@ from mitmproxy.proxy.layers import modes, tls  # noqa: E402
 from mitmproxy.test import taddons, tflow, tutils  # noqa: E402
 
 import geoblock.mitm.addon as addon_mod  # noqa: E402
-from geoblock import enforce  # noqa: E402
+from geoblock.mitm import enforce  # noqa: E402
 from geoblock.mitm.addon import GeoBlock  # noqa: E402
 
 
