@@ -69,16 +69,29 @@ MIX: list[tuple[str, str | None, str, str, str]] = [
 TLDS = ["com", "net", "org", "io", "co", "xyz", "info", "biz", "de", "sg", "jp", "co.uk", "com.au", "exchange"]
 
 from bench_common import calibrate, source_state  # noqa: E402
+from geoblock.engine import Engine  # noqa: E402
 from geoblock.mitm.observe import http_target  # noqa: E402
 
 
 def observe(sni: str | None, target: str, client: str, server: str, geo: Geo, rs: Ruleset) -> Verdict:
-    """Raw strings to a verdict: what a hook does, minus mitmproxy and the decision log."""
-    names = http_target(target, None, sni).names  # the hooks' own name extraction
+    """Raw strings to a verdict: what a hook does, minus mitmproxy and the decision log: the hooks' own
+    name extraction, then the engine's judgement (its GeoIP locator, then the decision)."""
+    names = http_target(target, None, sni).names
     facts = Facts("tls", names=tuple(names), client_ip=normalize_ip(client), server_ip=normalize_ip(server),
                   sni=sni, host=target)
-    facts.country, facts.asn = geo.lookup(facts.server_ip)
-    return decide(facts, rs)
+    return _engine(rs, geo).judge(facts)
+
+
+_ENGINES: dict[tuple[int, int], Engine] = {}
+
+
+def _engine(rs: Ruleset, geo: Geo) -> Engine:
+    """The engine over this ruleset and these databases (one per pair, made once: as in the proxy)."""
+    key = (id(rs), id(geo))
+    engine = _ENGINES.get(key)
+    if engine is None:
+        engine = _ENGINES[key] = Engine(rs, geo)
+    return engine
 
 
 def observe_staged(sni: str | None, target: str, client: str, server: str, geo: Geo, rs: Ruleset,

@@ -4,7 +4,8 @@ tests (tests/test_fuzz_corpus.py, plain pytest: nothing here imports atheris).
 Each target turns one input (bytes) into one case and returns its findings:
 
 - `crash`: an exception geoblock does not document for that input (or, for the ClientHello path, an
-  exception that escaped the hook's guard or reached it without being geoblock's own `Failure`);
+  exception that escaped the hook's guard or reached it without being one geoblock raises on purpose:
+  `GUARDED_CAUSES`);
 - `fail-open`: geoblock let through (or loaded) something that an independent, deliberately simple
   reference check says is blocked (or is stricter).
 
@@ -52,6 +53,12 @@ import idna  # noqa: E402
 import yaml  # noqa: E402
 
 TARGETS = ("clienthello", "host", "rules")
+
+
+# The errors geoblock raises on purpose in the ClientHello path, which its guard turns into on_error:
+# a ClientHello that cannot be read (observe.MalformedClientHello), a flow that cannot be judged
+# (engine.CannotJudge). Any other cause the guard catches is an internal error: a crash.
+GUARDED_CAUSES = frozenset({"MalformedClientHello", "CannotJudge"})
 
 
 @dataclass(frozen=True)
@@ -518,7 +525,7 @@ class ClientHelloTarget(Target):
         errors_before = dict(gb.errors_seen)
         try:
             self.loop.run_until_complete(gb.next_layer(nl))
-            state = gb.conns.get(client.id)
+            state = gb.sessions.get(client)
             judged = state.tls_judged.get(ctx) if state is not None else None
             if isinstance(nl.layer, self._deny):
                 outcome = "block"
@@ -544,7 +551,7 @@ class ClientHelloTarget(Target):
                 raise
             return [Finding("crash", f"{type(exc).__name__} escaped the next_layer guard: {exc}")]
         findings = [Finding("crash", f"the guard caught an internal error: {cause}")
-                    for cause in errors if not cause.startswith("Failure ")]
+                    for cause in errors if cause.split(" ", 1)[0] not in GUARDED_CAUSES]
         findings += self.judge(server, payload, outcome)
         return findings
 
@@ -630,6 +637,7 @@ class HostTarget(Target):
 
     def setup(self) -> None:
         from geoblock.core import decide as decide_mod
+        from geoblock.engine import Engine
         from geoblock.enrich.geo import Geo
         from geoblock.core.names import InvalidHost
         from geoblock.mitm.observe import InvalidField, http_target
@@ -638,6 +646,7 @@ class HostTarget(Target):
         work = workdir()
         self.rs = Ruleset.load(str(work / "rules"))
         self.geo = Geo(str(work / "GeoLite2-Country.mmdb"), str(work / "GeoLite2-ASN.mmdb"))
+        self.engine = Engine(self.rs, self.geo)  # the proxy's own judgement: GeoIP, then the decision
         self.Facts, self.decide = decide_mod.Facts, decide_mod.decide
         self.http_target, self.InvalidField, self.InvalidHost = http_target, InvalidField, InvalidHost
 
@@ -709,9 +718,7 @@ class HostTarget(Target):
                                      f"{type(exc).__name__}: {exc}")]
         try:
             facts = self.Facts("http", names=target.names, server_ip=target.target_ip, mismatch=target.mismatch)
-            if facts.server_ip is not None:
-                facts.country, facts.asn = self.geo.lookup(facts.server_ip)
-            verdict = self.decide(facts, self.rs)
+            verdict = self.engine.judge(facts)
         except Exception as exc:  # noqa: BLE001
             return [Finding("crash", f"decide on {target!r} raised {type(exc).__name__}: {exc}")]
         if verdict.action == "block":

@@ -52,7 +52,7 @@ class SoakProbe:
                         return [addr]
                 raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-            geoblock.resolver._lookup = lookup
+            geoblock.engine.resolver._lookup = lookup
         if ctx.options.soak_probe and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(geoblock))
 
@@ -75,7 +75,7 @@ class SoakProbe:
             "counts": dict(geoblock.counts),
             "errors_seen": dict(geoblock.errors_seen),
             "log": None if log is None else {"written": log.written, "lost": log.lost},
-            "resolver": dict(geoblock.resolver.stats),
+            "resolver": dict(geoblock.engine.resolver.stats),
         }
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:

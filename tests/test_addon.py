@@ -19,7 +19,7 @@ from mitmproxy.proxy import commands, context, events, layer
 from mitmproxy.proxy.layers import modes, tls
 from mitmproxy.test import taddons, tflow, tutils
 
-import geoblock.mitm.addon as addon_mod
+import geoblock.engine as engine_mod
 from support import evasion_tls as et
 from support.evasion_tls import client_hello
 from geoblock.mitm import enforce
@@ -361,7 +361,7 @@ def test_bad_block_page_template_is_refused(gb, tmp_path):
 def test_an_exception_applies_on_error_and_is_logged_once(gb, monkeypatch, caplog):
     def broken(facts, rs):
         raise RuntimeError("injected failure")
-    monkeypatch.setattr(addon_mod, "decide", broken)
+    monkeypatch.setattr(engine_mod, "decide", broken)
     caplog.set_level(logging.ERROR, logger="geoblock")
     flows = [http_flow("allowed.test") for _ in range(3)]
     for f in flows:
@@ -385,7 +385,7 @@ def test_on_error_allow_is_honoured(gb, monkeypatch, tmp_path, rules_dir):
     (d / "policy.yaml").write_text("on_error: allow\n")
     (d / "r.yaml").write_text("rules:\n  - {id: b, action: block, domains: [b.test]}\n")
     gb.tctx.configure(gb, geoblock_rules=str(d))
-    monkeypatch.setattr(addon_mod, "decide", lambda facts, rs: 1 / 0)
+    monkeypatch.setattr(engine_mod, "decide", lambda facts, rs: 1 / 0)
     f = http_flow("b.test")
     run(gb.requestheaders(f))
     assert f.response is None
@@ -406,7 +406,7 @@ def test_server_connect_refuses_a_blocked_connection(gb):
 
 def test_bad_rules_are_refused_and_the_old_ruleset_stays(gb, tmp_path):
     from mitmproxy import exceptions
-    before = gb.ruleset
+    before = gb.engine.ruleset
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "r.yaml").write_text("rules:\n  - id: x\n    action: block\n    countries: [ZZ]\n")
@@ -414,13 +414,13 @@ def test_bad_rules_are_refused_and_the_old_ruleset_stays(gb, tmp_path):
         gb.tctx.configure(gb, geoblock_rules=str(bad))
     # mitmproxy rolls the option back; the same rules stay in force
     assert gb.tctx.options.geoblock_rules != str(bad)
-    assert gb.ruleset.version == before.version and len(gb.ruleset.rules) == len(before.rules)
+    assert gb.engine.ruleset.version == before.version and len(gb.engine.ruleset.rules) == len(before.rules)
 
 
 def test_status_shows_ruleset_version_counts_and_database_builds(gb):
     run(gb.requestheaders(http_flow("binance.com")))
     text = gb.tctx.master.commands.execute("geoblock.status")
-    rs = gb.ruleset
+    rs = gb.engine.ruleset
     assert f"ruleset {rs.version}: {len(rs.rules)} rules (" in text
     assert f"{rs.domain_count} domains" in text
     assert "country database: GeoLite2-Country built " in text and "ASN database: GeoLite2-ASN built " in text
@@ -695,7 +695,7 @@ def test_an_ipv6_address_that_carries_a_blocked_address_is_blocked_and_recorded_
 
 def resolving_to(gb, answer):
     """Make geoblock's resolver answer every name with `answer` (as the system resolver would, e.g. DNS64)."""
-    gb.resolver._lookup = lambda name: [answer]
+    gb.engine.resolver._lookup = lambda name: [answer]
 
 
 def test_a_name_resolved_to_a_nat64_address_is_placed_by_the_ipv4_address(gb):
@@ -736,12 +736,12 @@ def test_a_record_line_is_compact_json_and_keeps_text_that_is_not_unicode():
 
 def count_decisions(gb, monkeypatch) -> list:
     judged = []
-    real = gb._decide
+    real = gb._judge
 
     def spy(facts):
         judged.append(facts.host)
         return real(facts)
-    monkeypatch.setattr(gb, "_decide", spy)
+    monkeypatch.setattr(gb, "_judge", spy)
     return judged
 
 
@@ -762,7 +762,7 @@ def test_a_change_while_a_name_is_resolved_leaves_no_judgement_to_reuse(gb, monk
     async def reload_meanwhile(state, name, ip, names):
         gb.generation += 1  # what a reload or an option change does while the resolver is waited for
         return ip
-    monkeypatch.setattr(gb, "_server_ip", reload_meanwhile)
+    monkeypatch.setattr(gb, "_resolve", reload_meanwhile)
     first = http_flow("allowed.test")
     run(gb.requestheaders(first))
     run(gb.requestheaders(on_same_connection(first, "allowed.test")))
@@ -778,18 +778,18 @@ def test_start_up_heap_leaves_the_collectors_scans_and_a_reload_frees_the_old_ru
         gb.running()
         frozen = heap.frozen()
         assert frozen > 10_000  # mitmproxy's and geoblock's loaded code and data
-        assert not any(o is gb.ruleset for o in gc.get_objects())  # out of the collector's scans
+        assert not any(o is gb.engine.ruleset for o in gc.get_objects())  # out of the collector's scans
         text = gb.tctx.master.commands.execute("geoblock.status")
         shown = re.search(r"objects kept out of the collector's scans: (\d+)\n?", text)
         assert shown and int(shown[1]) > 10_000
-        old = gb.ruleset
+        old = gb.engine.ruleset
         old.cycle = old  # a cycle: only the collector can free it, never while it is frozen
         gone = weakref.ref(old)
         del old
         said = await gb.reload(force=True)
         assert "rules reloaded" in said
-        assert gone() is None and gb.ruleset is not None
-        assert not any(o is gb.ruleset for o in gc.get_objects())  # the new ruleset is frozen in turn
+        assert gone() is None and gb.engine.ruleset is not None
+        assert not any(o is gb.engine.ruleset for o in gc.get_objects())  # the new ruleset is frozen in turn
 
     try:
         asyncio.run(serve_then_reload())

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from geoblock.engine import Engine
 from geoblock.core.decide import Facts, decide
 from geoblock.enrich.geo import Geo, location_of
 from geoblock.core.names import normalize_host, normalize_ip
@@ -27,9 +28,7 @@ def judge(rs, geo, *names, server=None, client="127.0.0.1", stage="tls"):
     facts = Facts(stage, names=tuple(normalize_host(n) for n in names),
                   client_ip=normalize_ip(client) if client else None,
                   server_ip=normalize_ip(server) if server else None)
-    if facts.server_ip is not None:
-        facts.country, facts.asn = geo.lookup(facts.server_ip)
-    return decide(facts, rs)
+    return Engine(rs, geo).judge(facts)  # placed and decided as the proxy does
 
 
 @pytest.mark.parametrize("name, action, rule", [

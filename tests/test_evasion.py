@@ -1000,7 +1000,7 @@ def test_malformed_handshake_fails_closed(proxy, servers, log, payload):
         assert_denied(tls_first_record(sock, [payload]))
     assert s.connections == 0
     rec = log.wait(stage="tls")
-    assert rec["action"] == "block" and rec["error"].startswith("Failure")
+    assert rec["action"] == "block" and rec["error"].startswith("MalformedClientHello")
     assert "malformed TLS ClientHello" in rec["reason"]
 
 

@@ -486,7 +486,7 @@ from mitmproxy.proxy import context, events, layer, mode_specs  # noqa: E402
 from mitmproxy.proxy.layers import modes, tls  # noqa: E402
 from mitmproxy.test import taddons, tflow, tutils  # noqa: E402
 
-import geoblock.mitm.addon as addon_mod  # noqa: E402
+import geoblock.engine as engine_mod  # noqa: E402
 from geoblock.mitm import enforce  # noqa: E402
 from geoblock.mitm.addon import GeoBlock  # noqa: E402
 
@@ -591,7 +591,7 @@ def test_an_injected_failure_in_a_deciding_stage_applies_on_error_once_logged(gb
 
     def broken(facts, rs):
         raise RuntimeError(f"injected failure in {facts.stage}")
-    monkeypatch.setattr(addon_mod, "decide", broken)
+    monkeypatch.setattr(engine_mod, "decide", broken)
     caplog.set_level(logging.INFO, logger="geoblock")
     objs = [(_next_layer(gb) if make is None else make()) for _ in range(20)]
     for obj in objs:
@@ -629,7 +629,7 @@ def test_an_injected_failure_in_server_connect_applies_on_error_once_logged(gb_o
     class Exploding(dict):
         def get(self, *a, **kw):
             raise RuntimeError("injected failure in server_connect")
-    monkeypatch.setattr(gb, "conns", Exploding())
+    monkeypatch.setattr(gb, "sessions", Exploding())
     objs = [_HookData(tflow.tclient_conn()) for _ in range(20)]
     for obj in objs:
         asyncio.run(gb.server_connect(obj))

@@ -137,7 +137,7 @@ def test_a_malformed_client_hello_mitmproxy_misreads_gets_a_tls_alert(targets):
     assert parse_client_hello(data).sni is None  # what mitmproxy reads
     assert ft.reference_hello(data).names == ((0, b"binance.com"),)  # what the lengths say
     outcome, layer, errors = targets["clienthello"].run_hook(ft.SERVERS[1], data)
-    assert outcome == "block" and all(cause.startswith("Failure ") for cause in errors)
+    assert outcome == "block" and all(cause.startswith("MalformedClientHello ") for cause in errors)
     well_formed = ft.records(ft.handshake(ft.client_hello_body([ft.sni_ext([b"example.org"])])))
     assert targets["clienthello"].run_hook(ft.SERVERS[1], well_formed)[0] == "allow"
 

@@ -28,6 +28,7 @@ from geoblock.core.decide import Facts
 from geoblock.enrich.geo import Geo
 from geoblock.enrich.resolve import Resolver
 from geoblock.core.ruleset import Ruleset
+from geoblock.engine import Engine
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -52,6 +53,12 @@ def geo(geo_dir):
     assert not g.problems
     yield g
     g.close()
+
+
+@pytest.fixture(scope="module")
+def engine(rs, geo) -> Engine:
+    """The engine the proxy judges with, over the same rules and databases (no RDAP, as offline)."""
+    return Engine(rs, geo, resolver=Resolver(lookup=_no_dns))
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,8 +86,8 @@ def test_flow_file_holds_exactly_the_expected_requests(name):
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_replay_gives_the_expected_verdicts(name, rs, geo):
-    results = list(rp.replay(FLOWS / name, rs, geo))
+def test_replay_gives_the_expected_verdicts(name, engine):
+    results = list(rp.replay(FLOWS / name, engine))
     expected = EXPECTED[name]
     assert len(results) == len(expected), f"{name}: {len(results)} flows replayed, {len(expected)} expected"
     wrong = []
@@ -103,18 +110,19 @@ def by_host(name: str, host: str, **match) -> http.HTTPFlow:
     raise LookupError(host)
 
 
-def test_facts_normalise_host_and_use_the_dialled_address(geo):
-    facts = rp.facts_from_flow(by_host("http.mitm", "API.Binance.COM."), geo)
+def test_facts_normalise_host_and_use_the_dialled_address(engine):
+    facts = rp.facts_from_flow(by_host("http.mitm", "API.Binance.COM."))
+    engine.judge(facts)  # the engine places the server
     assert facts.names == ("api.binance.com",)  # the request target is an IP literal, not a name
     assert facts.host == "API.Binance.COM."  # as sent, for the record
     assert (str(facts.server_ip), facts.country, facts.asn) == ("127.0.0.1", "CN", 64500)
     facts = rp.facts_from_flow(by_host("http.mitm", "bücher.example"))
     assert facts.names == ("xn--bcher-kva.example",)
-    assert facts.country is None  # no Geo given: no location
+    assert facts.country is None  # observed only: the server is not placed yet
 
 
-def test_facts_take_every_name_of_an_https_flow(geo):
-    facts = rp.facts_from_flow(by_host("https.mitm", "binance.com", sni="allowed.test"), geo)
+def test_facts_take_every_name_of_an_https_flow():
+    facts = rp.facts_from_flow(by_host("https.mitm", "binance.com", sni="allowed.test"))
     assert facts.names == ("binance.com", "allowed.test")  # Host, then the SNI (the target is an IP)
     assert facts.sni == "allowed.test"
     ip_only = [f for f, e in zip(read("https.mitm"), EXPECTED["https.mitm"]) if e["sni"] is None]
@@ -133,22 +141,22 @@ def test_server_address_without_a_recorded_connection():
     assert str(rp.facts_from_flow(flow).server_ip) == "127.0.0.5"  # IPv4-mapped is compared as IPv4
 
 
-def test_an_invalid_name_gets_on_error_as_in_the_addon(rs):
+def test_an_invalid_name_gets_on_error_as_in_the_addon(rs, engine):
     flow = tflow.tflow(req=tutils.treq(host="127.0.0.1", port=80, headers=[(b"Host", b"bad..name")]))
     with pytest.raises(rp.InvalidFlow) as err:
         rp.facts_from_flow(flow)
     assert err.value.field_name == "Host"
-    facts, verdict = rp.judge(flow, rs, None)
+    facts, verdict = rp.judge(flow, engine)
     assert isinstance(facts, Facts) and facts.host == "bad..name"
     assert (verdict.action, verdict.rule) == (rs.policy.on_error, None)
     assert "'bad..name'" in verdict.reason
 
 
-def test_replay_of_a_corrupt_file_names_it(tmp_path, rs, geo):
+def test_replay_of_a_corrupt_file_names_it(tmp_path, engine):
     bad = tmp_path / "corrupt.mitm"
     bad.write_bytes(b"this is not a flow file\n")
     with pytest.raises(rp.ReplayError) as err:
-        list(rp.replay(bad, rs, geo))
+        list(rp.replay(bad, engine))
     assert str(bad) in str(err.value)
 
 
@@ -173,8 +181,8 @@ def live(tmp_path, rules_dir, geo_dir):
             geoblock_asn_db=str(geo_dir / "GeoLite2-ASN.mmdb"),
             geoblock_log=str(log),
         )
-        addon.resolver.close()
-        addon.resolver = Resolver(lookup=_no_dns)
+        addon.engine.resolver.close()
+        addon.engine.resolver = Resolver(lookup=_no_dns)
         addon.log_path = log
         yield addon
         addon.done()
@@ -189,7 +197,7 @@ def comparable(record: dict) -> dict:
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_addon_requestheaders_enforces_the_expected_verdicts(name, live, rs, geo):
+def test_addon_requestheaders_enforces_the_expected_verdicts(name, live, rs, geo, engine):
     flows = read(name)
     expected = EXPECTED[name]
     assert len(flows) == len(expected)
@@ -206,23 +214,54 @@ def test_addon_requestheaders_enforces_the_expected_verdicts(name, live, rs, geo
     records = logged(live)
     assert [(r["action"], r["rule"]) for r in records] == [(e["action"], e["rule"]) for e in expected]
     assert all(r["enforced"] is True and r["stage"] == "http" and "error" not in r for r in records)
-    assert live.resolver.stats["lookups"] == 0  # every server here is an IP literal: nothing resolved
+    assert live.engine.resolver.stats["lookups"] == 0  # every server here is an IP literal: nothing resolved
     # The offline replay builds the same facts and reaches the same verdict, for the same reason.
-    replayed = [rp.make_record(facts, verdict, False, rs.version, geo.country_build, geo.asn_build) for _, facts, verdict in rp.replay(FLOWS / name, rs, geo)]
+    replayed = [engine.record_of(facts, verdict, False) for _, facts, verdict in rp.replay(FLOWS / name, engine)]
     assert [comparable(r) for r in replayed] == [comparable(r) for r in records]
 
 
-def test_replay_takes_names_in_the_addons_order(live, rs, geo):
+@pytest.mark.parametrize("name", FILES)
+def test_explain_replay_and_the_proxy_agree_on_a_corpus_of_flows(name, live, engine, rules_dir, geo_dir, capsys):
+    """Every flow of the corpus, judged three ways: by the proxy (the addon's requestheaders hook and its
+    decision record), by `geoblock-replay` (the flow file) and by `geoblock explain` (the names and the
+    server address the proxy recorded). One engine behind all three: the same action, rule and reason,
+    and the same place for the server."""
+    from geoblock.tools import cli as geoblock_cli
+
+    for recorded in read(name):
+        flow = recorded.copy()
+        flow.response = None
+        asyncio.run(live.requestheaders(flow))
+    proxy = logged(live)
+    replayed = [engine.record_of(facts, verdict, False) for _, facts, verdict in rp.replay(FLOWS / name, engine)]
+    assert len(proxy) == len(replayed) == len(EXPECTED[name])
+    for live_record, replay_record, exp in zip(proxy, replayed, EXPECTED[name]):
+        assert comparable(replay_record) == comparable(live_record), exp
+        names = [n for n in (live_record.get("host"), live_record.get("sni")) if n]
+        argv = ["explain", *(names or [live_record["server_ip"]]), "--stage", "http", "--rules", str(rules_dir),
+                "--country-db", str(geo_dir / "GeoLite2-Country.mmdb"), "--asn-db", str(geo_dir / "GeoLite2-ASN.mmdb"),
+                "--json"]
+        if live_record.get("server_ip"):
+            argv += ["--server", live_record["server_ip"]]
+        if live_record.get("client"):
+            argv += ["--client", live_record["client"]]
+        assert geoblock_cli.main(argv) == 0
+        explained = json.loads(capsys.readouterr().out)
+        for key in ("action", "rule", "reason", "country", "country_source", "asn"):
+            assert explained.get(key) == live_record.get(key), (key, exp, explained, live_record)
+
+
+def test_replay_takes_names_in_the_addons_order(live, rs, geo, engine):
     # Request target binance.com and Host a.wild.test: both names are blocked, by different rules; the
     # verdict names the first name of the flow, so the order of the names must be the addon's.
     # (The request target is a name: give the addon's resolver the address the replay reads from the
     # recorded connection.)
-    live.resolver = Resolver(lookup=lambda name: ["127.0.0.2"])
+    live.engine.resolver = Resolver(lookup=lambda name: ["127.0.0.2"])
     flow = tflow.tflow(req=tutils.treq(host="binance.com", port=80, headers=[(b"Host", b"a.wild.test")]))
     flow.client_conn.peername = ("127.0.0.1", 50000)
     flow.client_conn.sni = None  # tflow's default client has SNI "address"
     flow.server_conn.peername = ("127.0.0.2", 80)
-    facts, verdict = rp.judge(flow, rs, geo)
+    facts, verdict = rp.judge(flow, engine)
     assert facts.names == ("binance.com", "a.wild.test")
     live_flow = flow.copy()
     live_flow.response = None
@@ -233,7 +272,7 @@ def test_replay_takes_names_in_the_addons_order(live, rs, geo):
 
 
 @pytest.mark.parametrize("server", ["127.0.0.20", "127.0.0.21", "127.0.0.22", "127.0.0.23", "64:ff9b::7f00:5"])
-def test_replay_and_explain_place_a_server_as_the_proxy_does(live, rs, geo, rules_dir, geo_dir, capsys, server):
+def test_replay_and_explain_place_a_server_as_the_proxy_does(live, rs, geo, engine, rules_dir, geo_dir, capsys, server):
     """Servers whose GeoIP answer is not a plain country (EU, AP, registered only, anycast) and an
     address carried in IPv6: the proxy's record, the replay's record and `geoblock explain` agree."""
     from geoblock.tools import cli as geoblock_cli
@@ -247,7 +286,7 @@ def test_replay_and_explain_place_a_server_as_the_proxy_does(live, rs, geo, rule
     live_flow.response = None
     asyncio.run(live.requestheaders(live_flow))
     (record,) = logged(live)
-    facts, verdict = rp.judge(flow, rs, geo)
+    facts, verdict = rp.judge(flow, engine)
     assert comparable(rp.make_record(facts, verdict, False, rs.version, geo.country_build, geo.asn_build)) == comparable(record)
     assert geoblock_cli.main(["explain", "offshore-only.test", "--server", target.strip("[]"), "--stage", "http",
                               "--rules", str(rules_dir), "--country-db", str(geo_dir / "GeoLite2-Country.mmdb"),

@@ -63,7 +63,7 @@ class NameMap:
             address = names.get(name)
             return None if address is None else ipaddress.ip_address(address)
 
-        geoblock.resolver.resolve = resolve
+        geoblock.engine.resolver.resolve = resolve
 
     def server_connect(self, data: Any) -> None:
         server = data.server

@@ -14,7 +14,7 @@ class PinResolver:
         async def resolve(name: str):
             return ipaddress.ip_address("127.0.0.3")
 
-        geoblock.resolver.resolve = resolve
+        geoblock.engine.resolver.resolve = resolve
 
 
 addons = [PinResolver()]

@@ -100,3 +100,9 @@ class DenyStream(layer.Layer):
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.Start):
             yield commands.CloseConnection(self.context.client)
+
+
+def blocked_text(verdict: Verdict) -> str:
+    """The error mitmproxy logs for a connection geoblock closes or never dials: the rule, else (on_error,
+    a policy verdict without a rule) the reason."""
+    return f"blocked by geoblock rule {verdict.rule}" if verdict.rule else f"blocked by geoblock: {verdict.reason}"

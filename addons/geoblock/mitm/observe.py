@@ -1,7 +1,7 @@
 """Observation: turning what a flow shows (raw strings) into normalised names and addresses.
 
 Shared by the addon's hooks and the offline tools, so a recorded flow is judged exactly as a live one.
-Nothing here imports mitmproxy.
+Pure functions; the ClientHello is read with mitmproxy's own TLS parser (client_hello_of).
 """
 
 from __future__ import annotations
@@ -10,7 +10,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from mitmproxy.proxy.layers.tls import get_client_hello
+from mitmproxy.tls import ClientHello
+
 from geoblock.core.names import IPAddress, InvalidHost, as_written, normalize_host, normalize_ip
+from geoblock.errors import GeoblockError
 
 
 class InvalidField(ValueError):
@@ -345,3 +349,26 @@ def ech_config_public_names(config_list: bytes) -> list[str]:
             raise ValueError("bad ECHConfig public_name length")
         names.append(name.decode("ascii", "backslashreplace"))
     return names
+
+
+class MalformedClientHello(GeoblockError, ValueError):
+    """First bytes that frame a TLS ClientHello but cannot be read as one; the message says how."""
+
+
+def client_hello_of(data: bytes) -> tuple[ClientHello, bytes]:
+    """The ClientHello of a connection's first bytes `data` (whole TLS records, as the hold passes them on):
+    mitmproxy's parsed `tls.ClientHello` and the raw handshake message it was read from (reassembled from
+    its records, `mitmproxy.proxy.layers.tls.get_client_hello`). Raises MalformedClientHello for one that
+    is incomplete, that mitmproxy's parser refuses, or whose framing mitmproxy's lenient parser may have
+    misread (client_hello_problem)."""
+    try:
+        raw = get_client_hello(data)
+        if raw is None:
+            raise ValueError("incomplete")
+        hello = ClientHello(raw[4:])  # what parse_client_hello does, without reassembling twice
+    except (EOFError, ValueError) as exc:
+        raise MalformedClientHello(f"malformed TLS ClientHello ({exc or 'Invalid ClientHello'})") from None
+    framing = client_hello_problem(raw)
+    if framing is not None:
+        raise MalformedClientHello(f"malformed TLS ClientHello ({framing})")
+    return hello, raw

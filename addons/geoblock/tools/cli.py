@@ -12,11 +12,11 @@ import argparse
 import json
 import sys
 
-from geoblock.core.decide import Facts, decide, server_text
+from geoblock.core.decide import Facts, server_text
+from geoblock.engine import Engine
 from geoblock.enrich.geo import Geo
 from geoblock.core.names import InvalidHost, as_written, normalize_host, normalize_ip
 from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
-from geoblock.record import make_record
 from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import Ruleset
 
@@ -46,7 +46,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     rs = _load(args.rules)
-    geo = Geo(args.country_db or None, args.asn_db or None)
+    engine = Engine(rs, Geo(args.country_db or None, args.asn_db or None), rules_path=args.rules)
     try:
         names: list[str] = []
         server = normalize_ip(args.server) if args.server else None
@@ -61,14 +61,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"geoblock: {exc}", file=sys.stderr)
         return 2
     facts = Facts(args.stage, names=tuple(dict.fromkeys(names)), client_ip=client, server_ip=server)
-    geo.place(facts)
-    verdict = decide(facts, rs)
+    verdict = engine.judge(facts)
     if args.json:
         out = {"action": verdict.action, "rule": verdict.rule, "reason": verdict.reason,
                "offshore": verdict.offshore, "country": facts.country, "country_source": facts.country_source,
                "asn": facts.asn, "ruleset": rs.version}
         # the fields a decision record adds for the server (record.make_record), when present
-        record = make_record(facts, verdict, True, rs.version)
+        record = engine.record_of(facts, verdict, True)
         out.update({k: record[k] for k in ("server_ip", "server_ipv6", "server_ipv6_form", "geoip_code", "anycast")
                     if k in record})
         print(json.dumps(out))
@@ -79,8 +78,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if verdict.rule:
             spec = next(r.spec for r in rs.rules if r.id == verdict.rule)
             print(f"rule {spec.id} is defined at {spec.source}")
-        for problem in geo.problems:
+        for problem in engine.geo.problems if engine.geo else ():
             print(f"note: {problem}")
+    engine.close()
     return 0
 
 

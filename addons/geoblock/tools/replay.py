@@ -17,8 +17,8 @@ follow `unknown_country`.
 Exit codes: 0 = the file was judged (whatever the verdicts), 2 = unusable input (an unreadable or
 corrupt flow file, bad rules, an unusable GeoIP database given on the command line).
 
-This module imports `mitmproxy.io` and `mitmproxy.http` only (to read flows); the decision is the core's
-(`names`, `ruleset`, `decide`, `geo`, `record`), the same code the addon runs.
+This module imports `mitmproxy.io` and `mitmproxy.http` only (to read flows); the verdict is the engine's
+(`geoblock.engine.Engine.judge`), the same the addon asks for.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ from mitmproxy import exceptions as mexceptions
 from mitmproxy import http
 from mitmproxy import io as mio
 
-from geoblock.core.decide import Facts, Verdict, decide
+from geoblock.core.decide import Facts, Verdict
 from geoblock.enrich.geo import Geo
 from geoblock.core.names import IPAddress, InvalidHost, normalize_host, normalize_ip, unicode_name
 from geoblock.mitm.observe import InvalidField, client_ip, http_target, peer_ip, uri_authority
 from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
-from geoblock.record import make_record
+from geoblock.engine import Engine
+from geoblock.record import make_record  # noqa: F401 - re-exported for callers that format records
 from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import SEVERITY, Ruleset
 
@@ -88,12 +89,13 @@ def _dialled_ip(flow: http.HTTPFlow) -> IPAddress | None:
     return None
 
 
-def facts_from_flow(flow: http.HTTPFlow, geo: Geo | None = None) -> Facts:
+def facts_from_flow(flow: http.HTTPFlow) -> Facts:
     """Stage "http" facts for a recorded flow, built as the addon's `requestheaders` builds them.
 
     Names, in order and without repeats: the request target (`request.host`), the Host header (or
     HTTP/2 :authority), the client's SNI; IP literals are not names. `server_ip` is the IP actually dialled
-    (see `_dialled_ip`), `client_ip` the client's address. With `geo`, the country and ASN are filled in.
+    (see `_dialled_ip`), `client_ip` the client's address. Where the server is, is the engine's to find
+(`Engine.judge` places it).
     A CONNECT flow gives stage "connect" facts, as the addon's `http_connect` builds them.
 
     Raises `InvalidFlow` (carrying the facts gathered so far) for a name that cannot be normalised.
@@ -122,19 +124,17 @@ def facts_from_flow(flow: http.HTTPFlow, geo: Geo | None = None) -> Facts:
         facts.names = target.names
         facts.mismatch = target.mismatch
     facts.server_ip = _dialled_ip(flow)
-    if geo is not None:
-        geo.place(facts)
     return facts
 
 
-def judge(flow: http.HTTPFlow, ruleset: Ruleset, geo: Geo | None) -> tuple[Facts, Verdict]:
-    """Facts and verdict for one flow; an invalid name gets the policy's on_error, as in the addon."""
+def judge(flow: http.HTTPFlow, engine: Engine) -> tuple[Facts, Verdict]:
+    """Facts and verdict for one flow, by the engine the proxy judges with (`Engine.judge`); an invalid
+    name gets the policy's on_error, as in the addon."""
     try:
-        facts = facts_from_flow(flow, geo)
+        facts = facts_from_flow(flow)
     except InvalidFlow as exc:
-        action = ruleset.policy.on_error
-        return exc.facts, Verdict(action, None, f"{exc}; on_error is {action}", None, None)
-    return facts, decide(facts, ruleset)
+        return exc.facts, engine.on_error(str(exc))
+    return facts, engine.judge(facts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,12 +167,11 @@ def read_flows(path: str | os.PathLike[str]) -> Iterator[http.HTTPFlow]:
             raise ReplayError(name, f"not a valid mitmproxy flow file ({type(exc).__name__}: {exc})") from None
 
 
-def replay(
-    path: str | os.PathLike[str], ruleset: Ruleset, geo: Geo | None
-) -> Iterator[tuple[http.HTTPFlow, Facts, Verdict]]:
-    """(flow, facts, verdict) for every HTTP flow of the file, in order. Raises `ReplayError`."""
+def replay(path: str | os.PathLike[str], engine: Engine) -> Iterator[tuple[http.HTTPFlow, Facts, Verdict]]:
+    """(flow, facts, verdict) for every HTTP flow of the file, in order, judged by `engine`. Raises
+    `ReplayError`."""
     for flow in read_flows(path):
-        facts, verdict = judge(flow, ruleset, geo)
+        facts, verdict = judge(flow, engine)
         yield flow, facts, verdict
 
 
@@ -278,19 +277,18 @@ def _main(args: argparse.Namespace) -> int:
     if geo.country_info is None and ruleset.needs_country:
         print("geoblock-replay: warning: no country database: rules that need a server's country give "
               f"unknown_country={ruleset.policy.unknown_country}", file=err)
+    engine = Engine(ruleset, geo, rules_path=args.rules)
     out = sys.stdout
     status = 0
     try:
         for path in args.files:
             summary = _Summary({action: 0 for action in SEVERITY})
             try:
-                for index, (flow, facts, verdict) in enumerate(replay(path, ruleset, geo)):
+                for index, (flow, facts, verdict) in enumerate(replay(path, engine)):
                     summary.counts[verdict.action] += 1
                     if args.json:
-                        record = make_record(facts, verdict, False, ruleset.version,
-                                             geo.country_build if geo else None,
-                                             geo.asn_build if geo else None,
-                                             extra={"file": path, "flow": index, "flow_id": flow.id})
+                        record = engine.record_of(facts, verdict, False,
+                                                  extra={"file": path, "flow": index, "flow_id": flow.id})
                         out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
                     else:
                         out.write(format_line(index, flow, facts, verdict) + "\n")
@@ -302,7 +300,7 @@ def _main(args: argparse.Namespace) -> int:
             out.flush()
             print(summary.line(path), file=err if args.json else out)
     finally:
-        geo.close()
+        engine.close()
     return status
 
 
