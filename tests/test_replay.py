@@ -267,7 +267,7 @@ def test_replay_takes_names_in_the_addons_order(live, rs, geo, engine):
     live_flow.response = None
     asyncio.run(live.requestheaders(live_flow))
     (record,) = logged(live)
-    assert comparable(rp.make_record(facts, verdict, False, rs.version, geo.country_build, geo.asn_build)) == comparable(record)
+    assert comparable(engine.record_of(facts, verdict, False)) == comparable(record)
     assert live_flow.response is not None and live_flow.response.status_code == 451
 
 
@@ -287,7 +287,7 @@ def test_replay_and_explain_place_a_server_as_the_proxy_does(live, rs, geo, engi
     asyncio.run(live.requestheaders(live_flow))
     (record,) = logged(live)
     facts, verdict = rp.judge(flow, engine)
-    assert comparable(rp.make_record(facts, verdict, False, rs.version, geo.country_build, geo.asn_build)) == comparable(record)
+    assert comparable(engine.record_of(facts, verdict, False)) == comparable(record)
     assert geoblock_cli.main(["explain", "offshore-only.test", "--server", target.strip("[]"), "--stage", "http",
                               "--rules", str(rules_dir), "--country-db", str(geo_dir / "GeoLite2-Country.mmdb"),
                               "--asn-db", str(geo_dir / "GeoLite2-ASN.mmdb"), "--json"]) == 0

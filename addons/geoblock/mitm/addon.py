@@ -42,17 +42,18 @@ from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import tls as mtls
 
 from geoblock.core.decide import Facts, Verdict
-from geoblock.core.names import IPAddress, InvalidHost, as_written, normalize_host
+from geoblock.core.names import IPAddress, InvalidHost, normalize_host
 from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import Ruleset
 from geoblock.engine import CannotJudge, Engine
-from geoblock.enrich import rdap
 from geoblock.enrich.geo import Geo
-from geoblock.mitm import dnsanswers, dnsforward, enforce, heap, hold
+from geoblock.mitm import dial, dnsanswers, dnsforward, enforce, heap, hold
 from geoblock.mitm.choose import Chooser, judged_later
-from geoblock.mitm.observe import (InvalidField, client_hello_of, client_ip, ech_of, http_target, mismatch_of,
-                                   name_under, peer_ip, shows_http_version, sni_problem, uri_authority)
-from geoblock.mitm.options import DEFAULT_BLOCKED_BY, OPTIONS, OptionProblem, Settings, preflight
+from geoblock.mitm.observe import (InvalidField, client_hello_of, client_ip, client_of, ech_of, http_target,
+                                   mismatch_of, name_under, peer_ip, shows_http_version, sni_name, sni_problem,
+                                   uri_authority)
+from geoblock.mitm.options import (DEFAULT_BLOCKED_BY, OPTIONS, OptionProblem, Settings,
+                                   keep_mitmproxy_options_geoblock_needs, preflight)
 from geoblock.mitm.sessions import BlockedTunnel, ConnState, HttpMemo, Sessions
 from geoblock.record import DecisionLog, make_record
 
@@ -126,7 +127,7 @@ class GeoBlock:
             self.engine.set_databases(settings.country_db, settings.asn_db)
             self._report_geo()
         if updated & {"geoblock_rdap", "geoblock_rdap_url", "geoblock_rdap_timeout"} and self.engine is not None:
-            self.engine.set_rdap(_rdap_lookups(settings))
+            self.engine.set_rdap(settings.rdap_lookups())
         if "geoblock_log" in updated:
             self._configure_log(settings)
         if "geoblock_block_page" in updated:
@@ -141,7 +142,7 @@ class GeoBlock:
         if "geoblock_gc_freeze" in updated and self.serving:  # switched while serving: apply it now
             self._settle_heap() if settings.gc_freeze else heap.release()
         self.generation += 1
-        _keep_mitmproxy_options_geoblock_needs(opts, updated)
+        keep_mitmproxy_options_geoblock_needs(opts, updated)
 
     def _configure_engine(self, settings: Settings, updated: set[str]) -> None:
         try:
@@ -333,7 +334,7 @@ class GeoBlock:
             )
         verdict = Verdict(action, None, f"geoblock could not judge this flow ({exc}); on_error is {action}", None)
         try:
-            self._record(Facts(stage, client_ip=client_ip(_client_of(obj))), verdict, {"error": cause})
+            self._record(Facts(stage, client_ip=client_ip(client_of(obj))), verdict, {"error": cause})
         except Exception:  # noqa: BLE001 - recording must not stop enforcement
             pass
         if self._enforcing(verdict):
@@ -531,12 +532,12 @@ class GeoBlock:
             return
         context, data = nextlayer.context, nextlayer.data_client()
         shows = hold.stream_state(data) if context.client.transport_protocol == "tcp" else hold.OTHER
-        if not isinstance(nextlayer, hold.Replayed) and _must_hold(shows, data):
+        if not isinstance(nextlayer, hold.Replayed) and hold.must_hold(shows, data):
             nextlayer.layer = hold.HoldFirstBytes(context, self._hold_timeout)
             return
         state = self.sessions.of(context.client)
         if shows == hold.MORE:  # the hold ran out of time or room: judged on what it has (on_error)
-            why = _why_incomplete(data, nextlayer.expired, self._hold_timeout)
+            why = hold.why_incomplete(data, nextlayer.expired, self._hold_timeout)
             return self._deny_stream(nextlayer, await self._judge_stream(context, state, data, incomplete=why))
         if shows == hold.TLS and context.server.address is not None:  # no address: a handshake with the proxy
             if not await self._tls_may_go_on(nextlayer, state, data):
@@ -589,7 +590,7 @@ class GeoBlock:
         hello, _ = client_hello_of(data)
         state.tls_judged[context] = False
         facts = Facts("tls", client_ip=client_ip(context.client))
-        _learn_destination(state, context)
+        state.learn_destination(context)
         problem = sni_problem(hello.extensions, hello.sni)
         if problem is not None:  # a server_name mitmproxy cannot read is not "no SNI"
             facts.sni = str(problem.value)
@@ -626,9 +627,9 @@ class GeoBlock:
         the connection showed before it (a CONNECT target; the SNI of TLS geoblock decrypted), with the
         policy's `unreadable` verdict when that is stricter. `incomplete`: why the first bytes never
         showed what the stream is; the policy's `on_error` verdict then applies, recorded with an error."""
-        _learn_destination(state, context)
-        sni = _destination_sni(state, context.client)
-        names = [n for n in (_sni_name(sni), state.connect_name) if n]
+        state.learn_destination(context)
+        sni = state.destination_sni(context.client)
+        names = [n for n in (sni_name(sni), state.connect_name) if n]
         facts = Facts("stream", names=tuple(dict.fromkeys(names)), client_ip=client_ip(context.client),
                       host=state.connect_name, sni=sni)
         facts.server_ip = await self._resolve(state, state.connect_name, state.connect_ip, facts.names)
@@ -704,7 +705,7 @@ class GeoBlock:
             if state.blocked_tunnel is not None:
                 return self._answer_blocked_tunnel(flow, state.blocked_tunnel)
             data = request.data  # the URI authority as received: decoded (uri_authority) only when judged anew
-            sni = _destination_sni(state, flow.client_conn)
+            sni = state.destination_sni(flow.client_conn)
             path = data.path
             shows = (request.host, request.host_header, data.authority, data.http_version, sni, state.connect_ip,
                      None if path[:1] == b"/" else path)  # an absolute :path (HTTP/2, 3) names a server too
@@ -763,7 +764,7 @@ class GeoBlock:
             flow.response = enforce.block_page(verdict, verdict.name or request.host_header or request.host,
                                                self.page, self._blocked_by, _now())
         elif name is not None and facts.server_ip is not None and state.resolved.get(name) == facts.server_ip:
-            _send_to_judged_address(flow, facts.server_ip, state)
+            dial.send_to_judged_address(flow, facts.server_ip, state)
 
     @guarded("http", "_refuse_http")
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -804,129 +805,8 @@ class GeoBlock:
             if name is not None and server.sni in (None, server.address[0]):
                 server.sni = name  # HTTPS sent to the judged address: the certificate is the name's
             else:
-                _pin(state, server, data.client)
+                dial.pin(state, server, data.client)
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.sessions.drop(client)
 
-
-# ---------------------------------------------------------------------- helpers of the hooks
-
-
-def _must_hold(shows: str, data: bytes) -> bool:
-    """Whether the first bytes are held for more: not yet a whole ClientHello or first line, or a line
-    that is empty so far (the hold drops empty lines before a request line, RFC 9112 section 2.2)."""
-    return shows == hold.MORE or (shows == hold.LINE and data[:1] in b"\r\n")
-
-
-def _why_incomplete(data: bytes, expired: bool, timeout: float) -> str:
-    """Why first bytes the hold gave up on were never judged as HTTP or TLS, for the record."""
-    limit = "" if expired else f" (the most geoblock holds is {hold.LIMIT} bytes)"
-    within = f" within {timeout:g} s" if expired else ""
-    return f"no complete request line or TLS ClientHello in the first {len(data)} bytes{within}{limit}"
-
-
-def _rdap_lookups(settings: Settings) -> rdap.RdapLocator | None:
-    """RDAP lookups as the settings ask (None: off)."""
-    if not settings.rdap:
-        return None
-    return rdap.RdapLocator(enabled=True, timeout=settings.rdap_timeout, bootstrap_url=settings.rdap_url)
-
-
-def _keep_mitmproxy_options_geoblock_needs(opts: Any, updated: set[str]) -> None:
-    """Set back mitmproxy options geoblock cannot work with, saying so."""
-    if "connection_strategy" in updated or "geoblock_rules" in updated:
-        # With "eager", mitmproxy dials the server before the ClientHello is read: a blocked server
-        # would see a connection. geoblock needs "lazy".
-        if getattr(opts, "connection_strategy", "lazy") != "lazy":
-            logger.info("geoblock: setting connection_strategy=lazy so blocked servers are never dialled")
-            opts.update(connection_strategy="lazy")
-    if "strip_ech" in updated or "geoblock_rules" in updated:
-        # mitmproxy's own strip_ech runs before geoblock's dns_response and removes ECH configurations
-        # from HTTPS answers before geoblock reads their public names (the names that front ECH).
-        # geoblock removes them itself, from every section (dns_response).
-        if getattr(opts, "strip_ech", False):
-            logger.info("geoblock: setting strip_ech=false: geoblock removes ECH from DNS answers itself, "
-                        "after reading their public names")
-            opts.update(strip_ech=False)
-
-
-def _destination_sni(state: ConnState, client: connection.Client) -> str | None:
-    """The SNI of the client's TLS toward the destination, or None. A handshake with the proxy
-    itself (a secure web proxy, before the CONNECT) names the proxy, not where the flow goes."""
-    sni = client.sni
-    return None if sni is not None and sni == state.proxy_sni else sni
-
-
-def _learn_destination(state: ConnState, context: Context) -> None:
-    """The destination mitmproxy will dial, when no CONNECT or transparent hook gave it already."""
-    address = context.server.address
-    if address and state.connect_name is None and state.connect_ip is None:
-        target = normalize_host(address[0])
-        if isinstance(target, str):
-            state.connect_name = target
-        else:
-            state.connect_ip = target
-
-
-def _send_to_judged_address(flow: http.HTTPFlow, addr: IPAddress, state: ConnState) -> None:
-    """HTTP (plain, or decrypted inside a tunnel) to a name geoblock resolved: the request goes to the
-    address judged, its Host header unchanged; for HTTPS the upstream TLS server name stays the name
-    (set in server_connect). mitmproxy then pools upstream connections by that address, as for a
-    request target given as an address. (Pinning each connection in server_connect instead leaves
-    mitmproxy's pool keyed by the name: each request opened a new upstream connection, and a
-    keep-alive client's 6th request by name could wait forever.)"""
-    request = flow.request
-    if not isinstance(flow.client_conn.proxy_mode, mode_specs.RegularMode):
-        return  # other modes choose their server themselves
-    dial = str(as_written(addr))  # an IPv4 address carried in IPv6 (DNS64) is dialled as the IPv6 address
-    if request.scheme == "https":
-        state.server_names[(dial, request.port)] = request.host
-    elif request.scheme != "http":
-        return
-    host_header = request.host_header
-    request.host = dial  # mitmproxy rewrites the Host header with it: put the client's back
-    if host_header is not None:
-        request.host_header = host_header
-
-
-def _pin(state: ConnState, server: connection.Server, client: connection.Client) -> None:
-    """Dial the address geoblock judged. When a rule needed a name's location, geoblock resolved
-    the name itself; mitmproxy would resolve it again when dialling and could get another answer
-    (round-robin DNS, a short TTL, a server that answers differently on purpose). The server is
-    dialled at the judged address instead; the TLS server name stays the name."""
-    address = server.address
-    if not address or server.via is not None or not isinstance(address[0], str):
-        return
-    try:
-        name = normalize_host(address[0])
-    except InvalidHost:
-        return
-    pinned = state.resolved.get(name) if isinstance(name, str) else None
-    if pinned is None:
-        return
-    if server.sni is None:
-        server.sni = client.sni or address[0]  # what mitmproxy would have sent
-    server.address = (str(as_written(pinned)), address[1])
-
-
-def _client_of(obj: Any) -> Any:
-    """The client connection of a hook's object (a flow, a layer choice, hook data, a client), or None."""
-    for path in ("client_conn", "client"):
-        if (conn := getattr(obj, path, None)) is not None:
-            return conn
-    context = getattr(obj, "context", None)
-    if context is not None:
-        return context.client
-    return obj if hasattr(obj, "peername") else None
-
-
-def _sni_name(sni: str | None) -> str | None:
-    """The SNI of a TLS layer geoblock already judged, normalised, or None (absent, or an IP literal)."""
-    if sni is None:
-        return None
-    try:
-        name = normalize_host(sni)
-    except InvalidHost:
-        return None  # refused when its ClientHello was judged; never reaches here allowed
-    return name if isinstance(name, str) else None

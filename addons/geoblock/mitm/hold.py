@@ -118,3 +118,16 @@ class HoldFirstBytes(layer.Layer):
 
 __all__ = ["HoldFirstBytes", "LIMIT", "LINE", "MORE", "OTHER", "Replayed", "TLS", "may_be_client_hello",
            "stream_state"]
+
+
+def must_hold(shows: str, data: bytes) -> bool:
+    """Whether the first bytes are held for more: not yet a whole ClientHello or first line, or a line
+    that is empty so far (the hold drops empty lines before a request line, RFC 9112 section 2.2)."""
+    return shows == MORE or (shows == LINE and data[:1] in b"\r\n")
+
+
+def why_incomplete(data: bytes, expired: bool, timeout: float) -> str:
+    """Why first bytes the hold gave up on were never judged as HTTP or TLS, for the record."""
+    limit = "" if expired else f" (the most geoblock holds is {LIMIT} bytes)"
+    within = f" within {timeout:g} s" if expired else ""
+    return f"no complete request line or TLS ClientHello in the first {len(data)} bytes{within}{limit}"

@@ -372,3 +372,25 @@ def client_hello_of(data: bytes) -> tuple[ClientHello, bytes]:
     if framing is not None:
         raise MalformedClientHello(f"malformed TLS ClientHello ({framing})")
     return hello, raw
+
+
+def client_of(obj: Any) -> Any:
+    """The client connection of a hook's object (a flow, a layer choice, hook data, a client), or None."""
+    for path in ("client_conn", "client"):
+        if (conn := getattr(obj, path, None)) is not None:
+            return conn
+    context = getattr(obj, "context", None)
+    if context is not None:
+        return context.client
+    return obj if hasattr(obj, "peername") else None
+
+
+def sni_name(sni: str | None) -> str | None:
+    """The SNI of a TLS layer geoblock already judged, normalised, or None (absent, or an IP literal)."""
+    if sni is None:
+        return None
+    try:
+        name = normalize_host(sni)
+    except InvalidHost:
+        return None  # refused when its ClientHello was judged; never reaches here allowed
+    return name if isinstance(name, str) else None

@@ -10,6 +10,7 @@ Hooks read the settings, never `ctx.options`.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from geoblock.core.names import IPAddress, InvalidHost, as_written, normalize_ip
 from geoblock.enrich import rdap
 from geoblock.errors import GeoblockError
 from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_LOG, DEFAULT_RULES
+
+logger = logging.getLogger("geoblock")
 
 DEFAULT_BLOCKED_BY = "https://geoblock.invalid/"
 
@@ -169,3 +172,27 @@ class Settings:
             rdap_timeout=seconds(options.geoblock_rdap_timeout, "geoblock_rdap_timeout", 0.1, 60),
             gc_freeze=bool(options.geoblock_gc_freeze),
         )
+
+    def rdap_lookups(self) -> rdap.RdapLocator | None:
+        """RDAP lookups as these settings ask (None: RDAP off)."""
+        if not self.rdap:
+            return None
+        return rdap.RdapLocator(enabled=True, timeout=self.rdap_timeout, bootstrap_url=self.rdap_url)
+
+
+def keep_mitmproxy_options_geoblock_needs(opts: Any, updated: set[str]) -> None:
+    """Set back mitmproxy options geoblock cannot work with, saying so."""
+    if "connection_strategy" in updated or "geoblock_rules" in updated:
+        # With "eager", mitmproxy dials the server before the ClientHello is read: a blocked server
+        # would see a connection. geoblock needs "lazy".
+        if getattr(opts, "connection_strategy", "lazy") != "lazy":
+            logger.info("geoblock: setting connection_strategy=lazy so blocked servers are never dialled")
+            opts.update(connection_strategy="lazy")
+    if "strip_ech" in updated or "geoblock_rules" in updated:
+        # mitmproxy's own strip_ech runs before geoblock's dns_response and removes ECH configurations
+        # from HTTPS answers before geoblock reads their public names (the names that front ECH).
+        # geoblock removes them itself, from every section (dns_response).
+        if getattr(opts, "strip_ech", False):
+            logger.info("geoblock: setting strip_ech=false: geoblock removes ECH from DNS answers itself, "
+                        "after reading their public names")
+            opts.update(strip_ech=False)

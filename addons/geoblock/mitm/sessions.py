@@ -16,7 +16,7 @@ from mitmproxy import connection
 from mitmproxy.proxy.context import Context
 
 from geoblock.core.decide import Facts, Verdict
-from geoblock.core.names import IPAddress
+from geoblock.core.names import IPAddress, normalize_host
 from geoblock.engine import Session
 
 
@@ -75,6 +75,23 @@ class ConnState:
     def resolved(self) -> dict[str, IPAddress | None]:
         """The names the engine resolved for this connection, to the address judged."""
         return self.session.resolved
+
+    def destination_sni(self, client: connection.Client) -> str | None:
+        """The SNI of the client's TLS toward the destination, or None. A handshake with the proxy
+        itself (a secure web proxy, before the CONNECT) names the proxy, not where the flow goes."""
+        sni = client.sni
+        return None if sni is not None and sni == self.proxy_sni else sni
+
+    def learn_destination(self, context: Context) -> None:
+        """The destination mitmproxy will dial (`context.server.address`), when no CONNECT or transparent
+        hook gave it already. Raises core.names.InvalidHost for an address that is no host."""
+        address = context.server.address
+        if address and self.connect_name is None and self.connect_ip is None:
+            target = normalize_host(address[0])
+            if isinstance(target, str):
+                self.connect_name = target
+            else:
+                self.connect_ip = target
 
 
 class Sessions:

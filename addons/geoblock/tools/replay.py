@@ -28,7 +28,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from mitmproxy import exceptions as mexceptions
 from mitmproxy import http
@@ -37,10 +37,9 @@ from mitmproxy import io as mio
 from geoblock.core.decide import Facts, Verdict
 from geoblock.enrich.geo import Geo
 from geoblock.core.names import IPAddress, InvalidHost, normalize_host, normalize_ip, unicode_name
-from geoblock.mitm.observe import InvalidField, client_ip, http_target, peer_ip, uri_authority
+from geoblock.mitm.observe import InvalidField, client_ip, http_target, uri_authority
 from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
 from geoblock.engine import Engine
-from geoblock.record import make_record  # noqa: F401 - re-exported for callers that format records
 from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import SEVERITY, Ruleset
 
