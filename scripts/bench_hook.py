@@ -57,14 +57,14 @@ def main() -> None:
         loop = asyncio.new_event_loop()
         for label, flows in (("the same request again", [flow]), ("a new Host each request", [flow, other])):
             loop.run_until_complete(batch(flows, 2000))  # warm the caches
-            written = gb.log.written  # type: ignore[union-attr]
+            written = gb.judging.log.written  # type: ignore[union-attr]
             best = float("inf")
             for _ in range(5):
                 started = time.perf_counter()
                 loop.run_until_complete(batch(flows, args.batch))
                 best = min(best, (time.perf_counter() - started) / args.batch)
-            assert all(f.response is None for f in flows) and gb.counts["log"] == 0  # every one allowed
-            assert gb.log is not None and gb.log.written == written + 5 * args.batch
+            assert all(f.response is None for f in flows) and gb.judging.counts["log"] == 0  # every one allowed
+            assert gb.judging.log is not None and gb.judging.log.written == written + 5 * args.batch
             print(f"requestheaders, allowed request, decision log on, {label}: {best * 1e6:.1f} µs per request "
                   f"(best of 5 x {args.batch}), {args.repo}")
 

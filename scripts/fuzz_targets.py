@@ -522,10 +522,10 @@ class ClientHelloTarget(Target):
         self._modes.TransparentProxy(ctx)  # the layer below a layer choice (mitmproxy's choice reads the stack)
         nl = self._layer.NextLayer(ctx)
         nl.events.append(self._events.DataReceived(client, data))
-        errors_before = dict(gb.errors_seen)
+        errors_before = dict(gb.judging.errors_seen)
         try:
             self.loop.run_until_complete(gb.next_layer(nl))
-            state = gb.sessions.get(client)
+            state = gb.judging.sessions.get(client)
             judged = state.tls_judged.get(ctx) if state is not None else None
             if isinstance(nl.layer, self._deny):
                 outcome = "block"
@@ -539,7 +539,7 @@ class ClientHelloTarget(Target):
                 outcome = "undecided"
         finally:
             gb.client_disconnected(client)
-        new_errors = {k: v - errors_before.get(k, 0) for k, v in gb.errors_seen.items() if v != errors_before.get(k, 0)}
+        new_errors = {k: v - errors_before.get(k, 0) for k, v in gb.judging.errors_seen.items() if v != errors_before.get(k, 0)}
         return outcome, nl.layer, new_errors
 
     def one(self, data: bytes) -> list[Finding]:

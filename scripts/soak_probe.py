@@ -67,13 +67,13 @@ class SoakProbe:
 
     @staticmethod
     def write(geoblock: Any, path: str) -> None:
-        log = geoblock.log
+        log = geoblock.judging.log
         snapshot = {
             "time": time.time(),
             "status": ctx.master.commands.call("geoblock.status"),
             "caches": {k: {"entries": n, "bound": b} for k, (n, b) in geoblock.caches().items()},
-            "counts": dict(geoblock.counts),
-            "errors_seen": dict(geoblock.errors_seen),
+            "counts": dict(geoblock.judging.counts),
+            "errors_seen": dict(geoblock.judging.errors_seen),
             "log": None if log is None else {"written": log.written, "lost": log.lost},
             "resolver": dict(geoblock.engine.resolver.stats),
         }

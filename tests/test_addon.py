@@ -167,7 +167,7 @@ def test_a_layer_mitmproxy_adds_later_is_judged_as_a_stream(gb, monkeypatch):
         def _handle_event(self, event):
             yield from ()
 
-    monkeypatch.setattr(gb.chooser, "choose", lambda context, data, server_data: FutureLayer(context))
+    monkeypatch.setattr(gb.layers.chooser, "choose", lambda context, data, server_data: FutureLayer(context))
     gb.tctx.configure(gb, geoblock_rules=str(_rules_with(gb, "unreadable: block")))
     nl = next_layer_for(gb, None, server=("127.0.0.2", 443), data=b"SSH-2.0-OpenSSH_9.2\r\n")
     run(gb.next_layer(nl))
@@ -289,7 +289,7 @@ def test_each_keep_alive_request_is_judged_recorded_and_enforced(gb):
     # A repeated request is a whole record of its own: the same fields as the first, its own time.
     assert without_time(recs[1]) == without_time(recs[0]) and without_time(recs[3]) == without_time(recs[2])
     assert recs[5]["rule"] == "offshore-crypto-exchanges" and recs[5]["name"] == "okx.com"
-    assert (gb.counts["allow"], gb.counts["block"]) == (3, 3)
+    assert (gb.judging.counts["allow"], gb.judging.counts["block"]) == (3, 3)
 
 
 def test_the_uri_authority_of_a_later_request_is_judged(gb):
@@ -329,13 +329,13 @@ def test_a_record_lost_between_repeats_is_counted_in_the_next_line(gb):
     first = http_flow("allowed.test")
     run(gb.requestheaders(first))
     full = os.open("/dev/full", os.O_WRONLY)  # every write fails with ENOSPC
-    os.close(gb.log.fd)
-    gb.log.fd = full
+    os.close(gb.judging.log.fd)
+    gb.judging.log.fd = full
     flows = [on_same_connection(first, "allowed.test") for _ in range(3)]
     for f in flows:
         run(gb.requestheaders(f))
     recs = records(gb)
-    assert len(recs) == 3 and gb.log.lost == 1  # the second request's record went to the full device
+    assert len(recs) == 3 and gb.judging.log.lost == 1  # the second request's record went to the full device
     assert recs[1]["lost_before"] == 1 and "lost_before" not in recs[2]
     assert without_time(recs[2]) == without_time(recs[0])
     assert {k: v for k, v in without_time(recs[1]).items() if k != "lost_before"} == without_time(recs[0])
@@ -736,12 +736,12 @@ def test_a_record_line_is_compact_json_and_keeps_text_that_is_not_unicode():
 
 def count_decisions(gb, monkeypatch) -> list:
     judged = []
-    real = gb._judge
+    real = gb.judging.judge
 
     def spy(facts):
         judged.append(facts.host)
         return real(facts)
-    monkeypatch.setattr(gb, "_judge", spy)
+    monkeypatch.setattr(gb.judging, "judge", spy)
     return judged
 
 
@@ -760,9 +760,9 @@ def test_a_change_while_a_name_is_resolved_leaves_no_judgement_to_reuse(gb, monk
     judged = count_decisions(gb, monkeypatch)
 
     async def reload_meanwhile(state, name, ip, names):
-        gb.generation += 1  # what a reload or an option change does while the resolver is waited for
+        gb.judging.generation += 1  # what a reload or an option change does while the resolver is waited for
         return ip
-    monkeypatch.setattr(gb, "_resolve", reload_meanwhile)
+    monkeypatch.setattr(gb.judging, "resolve", reload_meanwhile)
     first = http_flow("allowed.test")
     run(gb.requestheaders(first))
     run(gb.requestheaders(on_same_connection(first, "allowed.test")))

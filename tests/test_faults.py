@@ -619,7 +619,7 @@ def test_an_injected_failure_in_tls_clienthello_applies_on_error_once_logged(gb_
     assert [_blocked("tls_clienthello", o) for o in objs] == [gb.on_error == "block"] * len(objs)
     errors = [r for r in caplog.records if "reached the TLS layer" in r.getMessage() and r.levelno >= logging.ERROR]
     assert len(errors) == 1
-    assert gb.counts["error"] == len(objs)
+    assert gb.judging.counts["error"] == len(objs)
 
 
 def test_an_injected_failure_in_server_connect_applies_on_error_once_logged(gb_on_error, monkeypatch, caplog):
@@ -629,7 +629,7 @@ def test_an_injected_failure_in_server_connect_applies_on_error_once_logged(gb_o
     class Exploding(dict):
         def get(self, *a, **kw):
             raise RuntimeError("injected failure in server_connect")
-    monkeypatch.setattr(gb, "sessions", Exploding())
+    monkeypatch.setattr(gb.judging, "sessions", Exploding())
     objs = [_HookData(tflow.tclient_conn()) for _ in range(20)]
     for obj in objs:
         asyncio.run(gb.server_connect(obj))

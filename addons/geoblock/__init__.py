@@ -1,7 +1,13 @@
-"""geoblock: a policy engine for mitmproxy that blocks or logs flows by name and server location.
+"""geoblock: block or log flows by the domain a client wants and where the server really is.
 
-The decision core (names, rules, ruleset, decide, geo, resolve, record) imports nothing from mitmproxy;
-`addon` and `enforce` are the only mitmproxy-facing modules.
+The public names: `Engine` (judges facts: `Engine.open(rules, country_db, asn_db).judge(facts)`),
+`Facts` and `Verdict` (what a judgement reads and gives), `GeoblockError` (the root of every error
+geoblock raises). The mitmproxy addon is `geoblock.mitm.addon.GeoBlock`, registered by addons/block.py.
 """
 
+from geoblock.core.decide import Facts, Verdict
+from geoblock.engine import Engine
+from geoblock.errors import GeoblockError
+
+__all__ = ["Engine", "Facts", "GeoblockError", "Verdict"]
 __version__ = "0.1.0"

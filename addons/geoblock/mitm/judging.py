@@ -1,0 +1,188 @@
+"""The adapter's side of every judgement: the engine and settings in force, the decision log, the
+counters, and the guard that fails closed.
+
+Every hook object (`GeoBlock` and the judges it delegates to: `layers.LayerJudge`,
+`httpjudge.HttpJudge`, `dnsjudge.DnsJudge`) shares one `Judging`. A hook observes facts, then calls
+`judging.resolve(...)` where a rule needs the server's address, `judging.judge(facts)` (the engine's
+verdict), `judging.record(...)` (counted, logged, one decision-log line), and enforces the verdict with
+its own refusal when `judging.enforcing(verdict)`.
+
+`guarded(stage, refusal)` wraps a hook: any exception applies the policy's `on_error` verdict (block by
+default), recorded with the cause and logged once per cause, enforced on the hook's object by the hook
+object's method named `refusal`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import logging
+import os
+import traceback
+from typing import Any, Callable, Coroutine
+
+from geoblock.core.decide import Facts, Verdict
+from geoblock.core.names import IPAddress, InvalidHost
+from geoblock.engine import CannotJudge, Engine
+from geoblock.mitm import enforce
+from geoblock.mitm.dnsanswers import EchPublicNames
+from geoblock.mitm.observe import client_ip, client_of
+from geoblock.mitm.options import DEFAULT_BLOCKED_BY, Settings
+from geoblock.mitm.sessions import ConnState, Sessions
+from geoblock.record import DecisionLog, make_record
+
+logger = logging.getLogger("geoblock")
+
+Refusal = Callable[[Any, Verdict], None]  # enforces a blocking verdict on a hook's object
+
+
+def now() -> str:
+    """The time now, UTC, to the second, as the block page shows it ("2026-11-30T08:00:00Z")."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Judging:
+    """What every hook shares to judge a flow: the engine, the settings, the decision log and the block
+    page in force (all set by `GeoBlock.configure`), the per-connection sessions, the counters."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.settings: Settings | None = None
+        self.log: DecisionLog | None = None
+        self.page = enforce.PageTemplate()
+        self.sessions = Sessions()
+        self.ech_names = EchPublicNames()  # ECH public names seen in DNS answers geoblock served
+        self.counts = {"allow": 0, "log": 0, "block": 0, "error": 0}
+        self.errors_seen: dict[str, int] = {}  # on_error causes, with how often each was met
+        self.generation = 0  # +1 with every option change; with the engine's, it dates a verdict (HttpMemo)
+
+    # ------------------------------------------------------------------ judging
+
+    def judge(self, facts: Facts) -> Verdict:
+        """The engine's verdict (Engine.judge). Raises CannotJudge when no ruleset is loaded."""
+        if self.engine is None:
+            raise CannotJudge("no ruleset is loaded")
+        return self.engine.judge(facts)
+
+    async def resolve(self, state: ConnState | None, name: str | None, ip: IPAddress | None,
+                      names: tuple[str, ...]) -> IPAddress | None:
+        """The server's address to judge (Engine.resolve), once per connection."""
+        if self.engine is None:
+            raise CannotJudge("no ruleset is loaded")
+        return await self.engine.resolve(state.session if state else None, name, ip, names)
+
+    def place(self, facts: Facts) -> None:
+        """Place the server of a verdict that does not depend on where it is, for its record."""
+        if self.engine is not None:
+            for locator in self.engine.locators:
+                locator.place(facts)
+
+    def verdict_generation(self) -> tuple[int, int]:
+        """What a verdict was reached under: the options' generation and the engine's (ruleset, databases)."""
+        return self.generation, self.engine.generation if self.engine is not None else -1
+
+    def may_place_later(self, facts: Facts) -> bool:
+        """Whether a locator may place this server for a later flow (Engine.may_place_later)."""
+        return self.engine is None or self.engine.may_place_later(facts)
+
+    # ------------------------------------------------------------------ settings hooks read
+
+    @property
+    def monitor(self) -> bool:
+        """geoblock_monitor: record every verdict, enforce none."""
+        return self.settings is not None and self.settings.monitor
+
+    @property
+    def intercept(self) -> bool:
+        """geoblock_intercept: decrypt allowed TLS; answer a blocked tunnel with the page over TLS."""
+        return self.settings is not None and self.settings.intercept
+
+    @property
+    def blocked_by(self) -> str:
+        """The URI of the 451 answers' Link: rel="blocked-by" header (RFC 7725)."""
+        return self.settings.blocked_by if self.settings else DEFAULT_BLOCKED_BY
+
+    def enforcing(self, verdict: Verdict) -> bool:
+        """Whether this verdict is enforced: a block, outside monitor mode."""
+        return verdict.action == "block" and not self.monitor
+
+    def enforce(self, verdict: Verdict, refusal: Refusal, obj: Any) -> None:
+        """Apply `refusal` to the hook's object `obj` when the verdict is enforced."""
+        if self.enforcing(verdict):
+            refusal(obj, verdict)
+
+    # ------------------------------------------------------------------ recording
+
+    def record(self, facts: Facts, verdict: Verdict, extra: dict[str, Any] | None = None,
+               again: bytes | None = None) -> bytes | None:
+        """Count, log and write one decision. `again`: the line of an identical earlier record after its
+        timestamp, to write without building it anew. Returns that part of the line written, if any."""
+        self.counts[verdict.action] += 1
+        enforced = not self.monitor
+        if verdict.action != "allow":
+            logger.info(f"geoblock: {verdict.action}{'' if enforced else ' (monitor)'} {facts.stage} "
+                        f"{verdict.name or facts.server_ip}: {verdict.reason}")
+        log = self.log
+        if log is None:
+            return None
+        if again is not None and log.write_again(again):
+            return again
+        if self.engine is not None:
+            return log.write(self.engine.record_of(facts, verdict, enforced, extra))
+        return log.write(make_record(facts, verdict, enforced, None, None, None, extra))
+
+    # ------------------------------------------------------------------ failing closed
+
+    def policy_on_error(self) -> str:
+        """The policy's on_error action ("block" while no ruleset is loaded)."""
+        return self.engine.ruleset.policy.on_error if self.engine is not None else "block"
+
+    def invalid(self, facts: Facts, exc: InvalidHost, field_name: str) -> Verdict:
+        """A name that cannot be normalised: judged by on_error, recorded with the offending value named.
+        The caller enforces the verdict returned."""
+        action = self.policy_on_error()
+        verdict = Verdict(action, None, f"{field_name} {exc}; on_error is {action}", None, None)
+        self.record(facts, verdict, {"error": "invalid-input"})
+        return verdict
+
+    def on_error(self, stage: str, obj: Any, exc: Exception, refusal: Refusal) -> None:
+        """The guard's verdict for a hook that raised: on_error, logged once per cause, recorded, and
+        enforced by `refusal` on the hook's object."""
+        action = self.policy_on_error()
+        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        cause = f"{type(exc).__name__} at {os.path.basename(frame.filename)}:{frame.lineno}" if frame else type(exc).__name__
+        seen = self.errors_seen.get(cause, 0)
+        self.errors_seen[cause] = seen + 1
+        self.counts["error"] += 1
+        if seen == 0:
+            logger.error(
+                f"geoblock: error in the {stage} stage, on_error={action} applies to this flow and to every "
+                f"later one with the same cause ({cause}): {exc}",
+                exc_info=(type(exc), exc, exc.__traceback__) if not isinstance(exc, CannotJudge) else None,
+            )
+        verdict = Verdict(action, None, f"geoblock could not judge this flow ({exc}); on_error is {action}", None)
+        try:
+            self.record(Facts(stage, client_ip=client_ip(client_of(obj))), verdict, {"error": cause})
+        except Exception:  # noqa: BLE001 - recording must not stop enforcement
+            pass
+        self.enforce(verdict, refusal, obj)
+
+
+Hook = Callable[..., Coroutine[Any, Any, None]]
+
+
+def guarded(stage: str, refusal: str) -> Callable[[Hook], Hook]:
+    """Run a hook; on any exception, apply on_error for `stage` (fail closed by default), enforced on the
+    hook's object by the hook object's method named `refusal` (the hook object has a `judging`)."""
+
+    def wrap(method: Hook) -> Hook:
+        @functools.wraps(method)
+        async def hook(self: Any, obj: Any, *args: Any) -> None:
+            try:
+                await method(self, obj, *args)
+            except Exception as exc:  # noqa: BLE001 - this is the guard
+                self.judging.on_error(stage, obj, exc, getattr(self, refusal))
+
+        return hook
+
+    return wrap
