@@ -39,3 +39,23 @@ def test_the_adapter_does_import_mitmproxy():
 def test_the_public_names():
     assert geoblock.__all__ == ["Engine", "Facts", "GeoblockError", "Verdict"]
     assert all(getattr(geoblock, name) is not None for name in geoblock.__all__)
+
+
+def test_a_connection_state_goes_with_its_connection():
+    """Sessions: the state of a connection object that is gone is gone too, without client_disconnected."""
+    import gc
+
+    from mitmproxy.test import tflow
+
+    from geoblock.mitm.sessions import Sessions
+
+    sessions = Sessions()
+    kept, dropped = tflow.tclient_conn(), tflow.tclient_conn()
+    sessions.of(kept).sni = "kept.test"
+    sessions.of(dropped)
+    assert len(sessions) == 2
+    del dropped
+    gc.collect()
+    assert len(sessions) == 1 and sessions.get(kept).sni == "kept.test"
+    sessions.drop(kept)
+    assert len(sessions) == 0 and sessions.get(kept) is None
