@@ -141,7 +141,7 @@ class Engine:
     def on_error(self, why: str) -> Verdict:
         """The verdict for a flow that cannot be judged: the policy's `on_error` action, with `why`."""
         action = self.ruleset.policy.on_error
-        return Verdict(action, None, f"{why}; on_error is {action}", None, None)
+        return Verdict(action=action, rule=None, reason=f"{why}; on_error is {action}", offshore=None, name=None)
 
     # ------------------------------------------------------------------ configuration and reload
 

@@ -43,10 +43,10 @@ class DnsJudge:
         facts.names = tuple(names)
         qtype = {"qtype": dnsanswers.qtypes(request)}
         if dnsanswers.DOH_CANARY in names and self.judging.engine is not None and self.judging.engine.ruleset.policy.doh_canary == "nxdomain":
-            verdict = Verdict("block", "policy:doh-canary",
-                              f"{dnsanswers.DOH_CANARY} is Firefox's canary: NXDOMAIN keeps its DNS over HTTPS off, "
-                              f"so it uses this DNS (blocked names, ECH removed); the policy for doh_canary is nxdomain",
-                              None, dnsanswers.DOH_CANARY)
+            verdict = Verdict(action="block", rule="policy:doh-canary", offshore=None, name=dnsanswers.DOH_CANARY,
+                              reason=f"{dnsanswers.DOH_CANARY} is Firefox's canary: NXDOMAIN keeps its DNS over HTTPS "
+                                     f"off, so it uses this DNS (blocked names, ECH removed); the policy for doh_canary "
+                                     f"is nxdomain")
             self.judging.record(facts, verdict, qtype)
             return self.judging.enforce(verdict, lambda f, v: dnsanswers.nxdomain(f), flow)
         verdict = self.judging.judge(facts)

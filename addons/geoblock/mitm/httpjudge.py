@@ -137,10 +137,10 @@ class HttpJudge:
         protocol = response.headers.get("upgrade", "")
         facts = Facts("http", client_ip=client_ip(flow.client_conn), host=flow.request.host_header,
                       sni=flow.client_conn.sni)
-        verdict = Verdict("block", None,
-                          f"the server switched the connection to {protocol or 'another protocol'!r} (HTTP 101); "
-                          f"geoblock judges HTTP request by request and refuses a switch to a protocol it does "
-                          f"not read (WebSocket excepted)", None, None)
+        verdict = Verdict(action="block", rule=None, offshore=None, name=None,
+                          reason=f"the server switched the connection to {protocol or 'another protocol'!r} "
+                                 f"(HTTP 101); geoblock judges HTTP request by request and refuses a switch to a "
+                                 f"protocol it does not read (WebSocket excepted)")
         self.judging.record(facts, verdict, {"upgrade": protocol})
         if self.judging.enforcing(verdict):
             self.judging.sessions.of(flow.client_conn).blocked = verdict

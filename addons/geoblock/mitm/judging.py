@@ -137,11 +137,16 @@ class Judging:
         """The policy's on_error action ("block" while no ruleset is loaded)."""
         return self.engine.ruleset.policy.on_error if self.engine is not None else "block"
 
+    def on_error_verdict(self, why: str) -> Verdict:
+        """The policy's on_error verdict, with `why` (Engine.on_error; block while no ruleset is loaded)."""
+        if self.engine is not None:
+            return self.engine.on_error(why)
+        return Verdict(action="block", rule=None, reason=f"{why}; on_error is block", offshore=None, name=None)
+
     def invalid(self, facts: Facts, exc: InvalidHost, field_name: str) -> Verdict:
         """A name that cannot be normalised: judged by on_error, recorded with the offending value named.
         The caller enforces the verdict returned."""
-        action = self.policy_on_error()
-        verdict = Verdict(action, None, f"{field_name} {exc}; on_error is {action}", None, None)
+        verdict = self.on_error_verdict(f"{field_name} {exc}")
         self.record(facts, verdict, {"error": "invalid-input"})
         return verdict
 
@@ -160,7 +165,7 @@ class Judging:
                 f"later one with the same cause ({cause}): {exc}",
                 exc_info=(type(exc), exc, exc.__traceback__) if not isinstance(exc, CannotJudge) else None,
             )
-        verdict = Verdict(action, None, f"geoblock could not judge this flow ({exc}); on_error is {action}", None)
+        verdict = self.on_error_verdict(f"geoblock could not judge this flow ({exc})")
         try:
             self.record(Facts(stage, client_ip=client_ip(client_of(obj))), verdict, {"error": cause})
         except Exception:  # noqa: BLE001 - recording must not stop enforcement

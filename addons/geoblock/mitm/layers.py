@@ -161,13 +161,13 @@ class LayerJudge:
             # for the reason the connection was blocked, not judged anew on its names.
             self.judging.place(facts)
             blocked = state.blocked
-            verdict = Verdict("block", blocked.rule, f"the connection is blocked: {blocked.reason}", blocked.offshore,
-                              blocked.name)
+            verdict = Verdict(action="block", rule=blocked.rule, reason=f"the connection is blocked: {blocked.reason}",
+                              offshore=blocked.offshore, name=blocked.name)
         elif incomplete is None:
             verdict = self.judging.judge(facts)
         else:
             self.judging.place(facts)
-            verdict = self.judging.engine.on_error(incomplete) if self.judging.engine else Verdict("block", None, incomplete, None, None)
+            verdict = self.judging.on_error_verdict(incomplete)
             extra["error"] = "incomplete-first-bytes"
         self.judging.record(facts, verdict, extra)
         return verdict
