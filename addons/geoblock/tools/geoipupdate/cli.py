@@ -15,7 +15,6 @@ import sys
 from collections.abc import Sequence
 
 from geoblock.paths import DEFAULT_GEOIP_DIR
-from geoblock.tools.geoipupdate.freshness import check, check_targets
 from geoblock.tools.geoipupdate.client import update_dbip, update_maxmind
 from geoblock.tools.geoipupdate.config import (
     DBIP_EXTRA_DAYS,
@@ -29,6 +28,7 @@ from geoblock.tools.geoipupdate.config import (
     maxmind_config,
 )
 from geoblock.tools.geoipupdate.errors import EXIT_CODES, Stale, UpdateError
+from geoblock.tools.geoipupdate.freshness import check, check_targets
 from geoblock.tools.geoipupdate.models import Outcome
 
 OK = 0

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from pygeoipupdate import Config, Updater
 
-from geoblock.tools.geoipupdate.failures import translated
 from geoblock.tools.geoipupdate.config import (
     DBIP_FILES,
     DEFAULT_DBIP_URL,
@@ -36,6 +35,7 @@ from geoblock.tools.geoipupdate.config import (
     PROG,
 )
 from geoblock.tools.geoipupdate.errors import ConfigProblem, UpdateError
+from geoblock.tools.geoipupdate.failures import translated
 from geoblock.tools.geoipupdate.files import build_of, install, seed, session, validate
 from geoblock.tools.geoipupdate.models import Outcome
 
@@ -155,7 +155,7 @@ def update_dbip(directory: Path, *, base_url: str = DEFAULT_DBIP_URL, lock_file:
     base_url = base_url.rstrip("/")
     if not base_url.startswith(("http://", "https://")):
         raise ConfigProblem(f"DB-IP URL must be http:// or https://, got {base_url!r}")
-    months = dbip_months(today or _dt.datetime.now(_dt.timezone.utc).date())
+    months = dbip_months(today or _dt.datetime.now(_dt.UTC).date())
     outcomes: list[Outcome] = []
     with session(directory, lock_file or directory / LOCK_NAME, base_url) as stage:
         for name, expected in DBIP_FILES:

@@ -121,7 +121,9 @@ def classify(exc: BaseException, origin: str, rate_hint: str = "") -> UpdateErro
             f"(expected {exc.expected}, got {exc.actual})"
         )
     if isinstance(exc, AuthenticationError) or status == 401:
-        return BadCredentials(f"{origin} refused the account ID / license key (HTTP 401): check AccountID and LicenseKey")
+        return BadCredentials(
+            f"{origin} refused the account ID / license key (HTTP 401): check AccountID and LicenseKey"
+        )
     if status == 429:
         hint = f" {rate_hint};" if rate_hint else ""
         return RateLimited(f"{origin} says too many downloads (HTTP 429):{hint} try again later")

@@ -23,8 +23,8 @@ from typing import Any
 import maxminddb
 
 from geoblock.enrich.geo import DatabaseInfo, GeoError, open_database
-from geoblock.tools.geoipupdate.failures import translated
 from geoblock.tools.geoipupdate.errors import BadDownload, Locked
+from geoblock.tools.geoipupdate.failures import translated
 
 STAGING_PREFIX = ".geoblock-staging-"
 """Name prefix of the staging directories; any left by a killed run is removed by the next one."""
@@ -48,7 +48,7 @@ def _open(path: Path, kind: str | None) -> tuple[Any, DatabaseInfo]:
     except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
         raise GeoError(f"{path}: not a readable MaxMind database ({exc})") from None
     meta = reader.metadata()
-    build = _dt.datetime.fromtimestamp(meta.build_epoch, _dt.timezone.utc)
+    build = _dt.datetime.fromtimestamp(meta.build_epoch, _dt.UTC)
     return reader, DatabaseInfo(str(path), str(meta.database_type), build)
 
 
@@ -86,7 +86,7 @@ def build_of(path: Path) -> _dt.datetime | None:
     """The build time (UTC) in a database's metadata; None when it is missing or cannot be read."""
     try:
         with maxminddb.open_database(str(path), maxminddb.MODE_AUTO) as reader:
-            return _dt.datetime.fromtimestamp(reader.metadata().build_epoch, _dt.timezone.utc)
+            return _dt.datetime.fromtimestamp(reader.metadata().build_epoch, _dt.UTC)
     except (OSError, ValueError, maxminddb.InvalidDatabaseError):
         return None
 

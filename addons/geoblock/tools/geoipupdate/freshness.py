@@ -23,7 +23,7 @@ Target = tuple[Path, str, int]
 def check_file(path: Path, expected: str, max_age: int, now: _dt.datetime | None = None) -> Freshness:
     """One file's Freshness at `now` (default: the current time, UTC; must be timezone-aware).
     Never raises for a bad file: a missing or unusable one is reported in `problem`."""
-    now = now or _dt.datetime.now(_dt.timezone.utc)
+    now = now or _dt.datetime.now(_dt.UTC)
     if not path.exists():
         return Freshness(path, None, None, None, max_age, f"missing ({path})")
     try:
