@@ -407,7 +407,7 @@ def test_directory_under_a_regular_file(server: UpdateServer, conf: Path, tmp_pa
 
 
 def months() -> tuple[str, str]:
-    return geoipupdate._months(dt.datetime.now(dt.timezone.utc).date())
+    return geoipupdate.dbip_months(dt.datetime.now(dt.timezone.utc).date())
 
 
 def epoch_in(month: str) -> int:

@@ -16,7 +16,7 @@ from geoblock.core.decide import Facts, server_text
 from geoblock.engine import Engine
 from geoblock.enrich.geo import Geo
 from geoblock.core.names import InvalidHost, as_written, normalize_host, normalize_ip
-from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
+from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES, DEFAULT_RULES_ORIGIN
 from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import Ruleset
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="geoblock", description="geoblock rules: check and explain")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate and compile rules")
-    check.add_argument("rules", nargs="?", default=str(DEFAULT_RULES))
+    check.add_argument("rules", nargs="?", help=f"a rules file or directory (default: {DEFAULT_RULES})")
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=cmd_check)
     explain = sub.add_parser("explain", help="the verdict a flow would get, and why")
@@ -111,12 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--server", help="the server's IP address")
     explain.add_argument("--client", help="the client's IP address")
     explain.add_argument("--stage", default="tls", choices=["connect", "tls", "http", "dns", "ip", "stream"])
-    explain.add_argument("--rules", default=str(DEFAULT_RULES))
+    explain.add_argument("--rules", help=f"a rules file or directory (default: {DEFAULT_RULES})")
     explain.add_argument("--country-db", default=str(DEFAULT_COUNTRY_DB))
     explain.add_argument("--asn-db", default=str(DEFAULT_ASN_DB))
     explain.add_argument("--json", action="store_true")
     explain.set_defaults(func=cmd_explain)
     args = parser.parse_args(argv)
+    if args.rules is None:  # say which rules a bare command judges with (geoblock.paths: checkout, /etc, shipped)
+        args.rules = DEFAULT_RULES
+        print(f"geoblock: using {DEFAULT_RULES} ({DEFAULT_RULES_ORIGIN})", file=sys.stderr)
     return int(args.func(args))
 
 

@@ -1,0 +1,155 @@
+"""The database directory: lock it, stage downloads in it, prove a new file good, install it atomically.
+
+A run locks the directory (`flock` on the lock file MaxMind's updaters take), downloads into a staging
+directory inside it (`staging`, seeded with links to the current files by `seed`, so a current database
+is recognised by its MD5 and not downloaded), checks each new file (`validate`: it opens as a MaxMind DB
+of the expected edition, its search tree is not empty and a lookup answers) and only then moves it over
+the old one (`install`: `rename`, atomic on one file system, then the directory is synced). The staging
+directory is removed in every case; on any failure the installed database stays as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import maxminddb
+
+from geoblock.enrich.geo import DatabaseInfo, GeoError, open_database
+from geoblock.tools.geoipupdate.errors import BadDownload, Locked
+from geoblock.tools.geoipupdate.failures import translated
+
+STAGING_PREFIX = ".geoblock-staging-"
+"""Name prefix of the staging directories; any left by a killed run is removed by the next one."""
+PROBE_ADDRESS = "1.1.1.1"
+"""The address a new database must answer a lookup for (any answer, even none, but no error)."""
+
+
+def _kind(expected: str) -> str | None:
+    """What geoblock uses a database for, named as geo.open_database does: "country" (a Country or
+    City edition), "asn", or None (another edition: checked as a MaxMind DB only)."""
+    if "Country" in expected or "City" in expected:
+        return "country"
+    return "asn" if "ASN" in expected else None
+
+
+def _open(path: Path, kind: str | None) -> tuple[Any, DatabaseInfo]:
+    if kind is not None:
+        return open_database(str(path), kind)
+    try:
+        reader = maxminddb.open_database(str(path), maxminddb.MODE_AUTO)
+    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
+        raise GeoError(f"{path}: not a readable MaxMind database ({exc})") from None
+    meta = reader.metadata()
+    build = _dt.datetime.fromtimestamp(meta.build_epoch, _dt.UTC)
+    return reader, DatabaseInfo(str(path), str(meta.database_type), build)
+
+
+def validate(path: Path, expected: str, label: str | None = None) -> DatabaseInfo:
+    """Check a database file: it opens, is of the `expected` edition (its type contains that name), has a
+    non-empty search tree and answers a lookup.
+
+    Args:
+        path: the file.
+        expected: the edition or type name it must be, e.g. "GeoLite2-ASN", "DBIP-Country-Lite".
+        label: how messages name the file (default: its file name).
+
+    Returns its DatabaseInfo (path, edition, build time). Raises BadDownload.
+    """
+    label = label or path.name
+    try:
+        reader, info = _open(path, _kind(expected))
+    except GeoError as exc:
+        raise BadDownload(f"{label} is not a usable database: {str(exc).removeprefix(f'{path}: ')}") from None
+    try:
+        meta = reader.metadata()
+        if expected.lower() not in info.edition.lower():
+            raise BadDownload(f"{label} is a {info.edition} database, not {expected}")
+        if meta.node_count < 1:
+            raise BadDownload(f"{label} has an empty search tree")
+        reader.get(PROBE_ADDRESS)
+    except (ValueError, maxminddb.InvalidDatabaseError) as exc:
+        raise BadDownload(f"{label} fails a lookup: {exc}") from None
+    finally:
+        reader.close()
+    return info
+
+
+def build_of(path: Path) -> _dt.datetime | None:
+    """The build time (UTC) in a database's metadata; None when it is missing or cannot be read."""
+    try:
+        with maxminddb.open_database(str(path), maxminddb.MODE_AUTO) as reader:
+            return _dt.datetime.fromtimestamp(reader.metadata().build_epoch, _dt.UTC)
+    except (OSError, ValueError, maxminddb.InvalidDatabaseError):
+        return None
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def install(staged: Path, final: Path) -> None:
+    """Move a checked file over the installed one (atomic on one filesystem) and persist the rename.
+    Raises OSError."""
+    os.replace(staged, final)
+    _fsync_dir(final.parent)
+
+
+def seed(current: Path, staged: Path) -> None:
+    """Put the installed file in the staging directory (a hard link, else a copy), so its MD5 is what
+    the server compares; nothing when there is no installed file."""
+    if not current.is_file():
+        return
+    try:
+        os.link(current, staged)
+    except OSError:
+        shutil.copy2(current, staged)
+
+
+@contextmanager
+def directory_lock(lock_file: Path) -> Iterator[None]:
+    """An exclusive flock on `lock_file` (MaxMind's updaters take the same) for the duration of the block;
+    raises Locked at once when another process holds it."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Locked(f"another update is running ({lock_file} is locked)") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def staging(directory: Path) -> Iterator[Path]:
+    """A fresh staging directory inside `directory`, removed afterwards (with any a killed run left)."""
+    for leftover in directory.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=directory))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def session(directory: Path, lock_file: Path, origin: str) -> Iterator[Path]:
+    """Directory created, lock held, staging directory ready (yielded); any failure becomes an
+    UpdateError (see failures.classify), `origin` naming the server in messages."""
+    with translated(None, origin):
+        directory.mkdir(parents=True, exist_ok=True)
+        with directory_lock(lock_file), staging(directory) as stage:
+            yield stage
