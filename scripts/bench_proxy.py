@@ -56,28 +56,27 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "addons"))
-sys.path.insert(0, str(REPO / "tests"))
+import _paths  # makes tests/support importable as `support`
+from bench_common import calibrate, source_state
+from support.geodb import write_asn_db, write_country_db
+from support.proc import Mitmdump
 
-from support.geodb import write_asn_db, write_country_db  # noqa: E402
-from support.proc import Mitmdump  # noqa: E402
+REPO = _paths.REPO
 
 TARGET_RATIO = 0.95
 NOOP = "no-op script addon"
 FROZEN = "frozen bare"
-# Reference arms: label -> (script addon, what its column and summary line say).
+# Reference arms: label -> (script addon, what its column and summary line say). The scripts import geoblock
+# as installed in the environment mitmdump runs from (scripts/bootstrap.sh installs it).
 REFERENCES = {
     NOOP: ("class NoOp:\n    name = 'benchnoop'\n\n    def requestheaders(self, flow):\n        pass\n\n\n"
            "addons = [NoOp()]\n", "no-op script", "what any `-s` script costs"),
-    FROZEN: (f"import sys\n\nsys.path.insert(0, {str(REPO / 'addons')!r})\nfrom geoblock.mitm import heap  # noqa: E402\n\n\n"
+    FROZEN: ("from geoblock.mitm import heap\n\n\n"
              "class Freeze:\n    name = 'benchfreeze'\n\n    def running(self):\n        heap.settle()\n\n\n"
              "addons = [Freeze()]\n",
              "frozen bare", "mitmdump alone with its start-up heap frozen as geoblock_gc_freeze does"),
 }
 DISTURBED = 0.05  # a round is "disturbed" when other processes used > 5 % of one CPU during it
-
-from bench_common import calibrate, source_state  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------

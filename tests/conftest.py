@@ -2,18 +2,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
+from support.geodb import write_asn_db, write_country_db
+from support.servers import TestServer, make_pki
+
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-sys.path.insert(0, str(REPO / "addons"))
-sys.path.insert(0, str(TESTS))
-
-from support.geodb import write_asn_db, write_country_db  # noqa: E402
-from support.servers import TestServer, make_pki  # noqa: E402
 
 SHIPPED_RULES = REPO / "rules"
 

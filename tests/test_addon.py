@@ -20,8 +20,8 @@ from mitmproxy.proxy.layers import modes, tls
 from mitmproxy.test import taddons, tflow, tutils
 
 import geoblock.mitm.addon as addon_mod
-from support import evasion_tls as et
-from support.evasion_tls import client_hello
+from support import tls_bytes as et
+from support.tls_bytes import client_hello, client_hello_with
 from geoblock.mitm import enforce
 from geoblock.mitm import heap
 from geoblock.mitm import hold
@@ -446,22 +446,8 @@ def test_forced_reload_reports_what_it_did(gb, tmp_path):
     assert run(gb.reload()) == "nothing changed"
 
 
-def with_extension(hello: bytes, ext_type: int, data: bytes) -> bytes:
-    """A real ClientHello with one more extension appended (record, handshake and list lengths fixed)."""
-    body = bytearray(hello[9:])
-    i = 2 + 32
-    i += 1 + body[i]  # session id
-    i += 2 + int.from_bytes(body[i:i + 2], "big")  # cipher suites
-    i += 1 + body[i]  # compression methods
-    ext_len = int.from_bytes(body[i:i + 2], "big")
-    body += ext_type.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
-    body[i:i + 2] = (ext_len + 4 + len(data)).to_bytes(2, "big")
-    handshake = bytes([0x01]) + len(body).to_bytes(3, "big") + bytes(body)
-    return hello[:3] + len(handshake).to_bytes(2, "big") + handshake
-
-
 def test_encrypted_client_hello_is_recorded_and_logged(gb):
-    hello = with_extension(client_hello("cloudflare-ech.com"), 0xFE0D, b"\x00" * 32)
+    hello = client_hello_with("cloudflare-ech.com", (0xFE0D, b"\x00" * 32))
     assert tls.parse_client_hello(hello).sni == "cloudflare-ech.com"  # still a valid ClientHello
     nl = next_layer_for(gb, None, server=("127.0.0.1", 443), data=hello)
     run(gb.next_layer(nl))
@@ -478,7 +464,7 @@ def test_encrypted_client_hello_can_be_blocked_by_policy(gb, tmp_path, rules_dir
     (d / "r.yaml").write_text("rules:\n  - {id: b, action: block, domains: [b.test]}\n")
     gb.tctx.configure(gb, geoblock_rules=str(d))
     nl = next_layer_for(gb, None, server=("127.0.0.1", 443),
-                        data=with_extension(client_hello("public.example"), 0xFE0D, b"\x01" * 16))
+                        data=client_hello_with("public.example", (0xFE0D, b"\x01" * 16)))
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, enforce.DenyTLS)
     assert records(gb)[-1]["rule"] == "policy:ech"
@@ -498,18 +484,11 @@ def ech_policy(gb, tmp_path, rules_dir, extra: str = "") -> None:
     gb.tctx.configure(gb, geoblock_rules=str(d))
 
 
-def hello_with(sni: str | None, *extensions: tuple[int, bytes]) -> bytes:
-    data = client_hello(sni)
-    for ext_type, body in extensions:
-        data = with_extension(data, ext_type, body)
-    return data
-
-
 def test_ech_placeholder_beside_an_ordinary_sni_hides_no_name(gb, tmp_path, rules_dir):
     """GREASE ECH (what Chromium sends to every site without an ECH configuration) is recorded as such
     and passes under ech: block."""
     ech_policy(gb, tmp_path, rules_dir)
-    nl = next_layer_for(gb, None, data=hello_with("allowed.test", (et.EXT_ECH, et.ech_outer_body())))
+    nl = next_layer_for(gb, None, data=client_hello_with("allowed.test", (et.EXT_ECH, et.ech_outer_body())))
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, tls.ServerTLSLayer)  # mitmproxy's own choice: not refused
     rec = records(gb)[-1]
@@ -519,7 +498,7 @@ def test_ech_placeholder_beside_an_ordinary_sni_hides_no_name(gb, tmp_path, rule
 @pytest.mark.parametrize("sni", [None, "cloudflare-ech.com", "edge.cloudflare-ech.com", "front.example"])
 def test_ech_without_sni_or_behind_a_public_name_hides_a_name(gb, tmp_path, rules_dir, sni):
     ech_policy(gb, tmp_path, rules_dir, "ech_public_names: [cloudflare-ech.com, front.example]\n")
-    nl = next_layer_for(gb, None, data=hello_with(sni, (et.EXT_ECH, et.ech_outer_body())))
+    nl = next_layer_for(gb, None, data=client_hello_with(sni, (et.EXT_ECH, et.ech_outer_body())))
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, enforce.DenyTLS)
     rec = records(gb)[-1]
@@ -532,8 +511,8 @@ def test_older_encrypted_sni_code_points_hide_a_name(gb, tmp_path, rules_dir, ex
     """Encrypted SNI (0xffce) and the ECH draft code points, with a cover SNI or none: refused under
     ech: block like ECH."""
     ech_policy(gb, tmp_path, rules_dir)
-    nl = next_layer_for(gb, None, data=hello_with(sni, (ext, et.esni_body() if ext == et.EXT_ESNI
-                                                        else et.ech_outer_body())))
+    nl = next_layer_for(gb, None, data=client_hello_with(sni, (ext, et.esni_body() if ext == et.EXT_ESNI
+                                                             else et.ech_outer_body())))
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, enforce.DenyTLS)
     rec = records(gb)[-1]
@@ -598,7 +577,7 @@ def dns_answer(question: str, *sections: list[str]):
 
 def test_ech_public_names_are_learnt_from_dns_answers_in_every_section(gb, tmp_path, rules_dir):
     ech_policy(gb, tmp_path, rules_dir)
-    sent = hello_with("front.example", (et.EXT_ECH, et.ech_outer_body()))
+    sent = client_hello_with("front.example", (et.EXT_ECH, et.ech_outer_body()))
     before = next_layer_for(gb, None, data=sent)
     run(gb.next_layer(before))
     assert isinstance(before.layer, tls.ServerTLSLayer)  # not yet known to front ECH: a placeholder

@@ -362,7 +362,7 @@ def test_ech_of_unit():
 
 def test_ech_config_public_names_unit():
     from geoblock.mitm.observe import ech_config_public_names
-    from support.evasion_tls import ech_config_list
+    from support.tls_bytes import ech_config_list
 
     assert ech_config_public_names(ech_config_list("a.example", "b.example")) == ["a.example", "b.example"]
     other = b"\xfe\x0c\x00\x03abc"  # a configuration of another version: skipped, as clients skip it

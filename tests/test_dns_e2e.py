@@ -17,7 +17,7 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from support.evasion_tls import Hello, client_hello, ech_config_list, ech_outer_body
+from support.tls_bytes import client_hello_with, ech_config_list, ech_outer_body
 from support.proc import Mitmdump, free_port
 
 pytestmark = pytest.mark.e2e
@@ -226,12 +226,12 @@ def test_a_public_name_in_an_https_answer_fronts_ech_for_later_connections(dns_p
     proxy, stub, log = dns_proxy
     reply = dns.query.udp(dns.message.make_query("front.test", "HTTPS"), "127.0.0.1", port=proxy.dns_port, timeout=5)
     assert reply.rcode() == dns.rcode.NOERROR and "ech=" not in reply.answer[0].to_text()
-    hello = Hello.parse(client_hello("front.example")).with_extension(0xFE0D, ech_outer_body())
+    hello = client_hello_with("front.example", (0xFE0D, ech_outer_body()))
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.sendall(b"CONNECT 127.0.0.2:9 HTTP/1.1\r\nHost: 127.0.0.2:9\r\n\r\n")
         sock.settimeout(5)
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-        sock.sendall(hello.records())
+        sock.sendall(hello)
         recs = wait_records(log, lambda r: r["stage"] == "tls")
     rec = [r for r in recs if r["stage"] == "tls"][-1]
     assert (rec["sni"], rec.get("ech"), rec["rule"]) == ("front.example", True, "policy:ech"), rec

@@ -1,7 +1,7 @@
 """The evasion table (docs/evasion.md), one test or parametrised case per row, end to end.
 
 Each case runs a real mitmdump with geoblock and a real client: curl, raw sockets sending exact bytes
-(request lines and headers, hand-made ClientHellos from tests/support/evasion_tls.py), Python ssl, an
+(request lines and headers, hand-made ClientHellos from tests/support/tls_bytes.py), Python ssl, an
 HTTP/2 client (h2). Servers on 127.0.0.x are placed in countries by a test GeoIP database
 (tests/support/geodb.py): 127.0.0.1 CN (home), 127.0.0.2 SG (offshore), 127.0.0.5 SG and blocked by
 the network rule `blocked-network`, 127.0.0.20-23 GeoIP answers that are not a plain country. Each
@@ -29,7 +29,7 @@ import h2.errors
 import h2.events
 import pytest
 
-from support import evasion_tls as et
+from support import tls_bytes as et
 from support.proc import Mitmdump
 from support.servers import TestServer
 
@@ -437,7 +437,6 @@ def test_connect_target_allowed_sni_blocked(proxy, log):
 
 
 def test_connect_target_blocked_sni_allowed(proxy, servers, log):
-    s = servers["https2"]
     sock, head = connect(proxy, "binance.com:443")
     sock.close()
     assert head.startswith(b"HTTP/1.1 451")  # refused before any ClientHello

@@ -26,7 +26,7 @@ from support.faults import (DnsStub, RefusingPort, ResettingServer, Tmpfs, priva
 from support.geodb import PLACES, write_asn_db, write_country_db
 from support.proc import Mitmdump
 from support.rdap_server import RdapServer, country, hang
-from support.evasion_tls import client_hello
+from support.tls_bytes import client_hello
 from support.servers import TestServer
 
 POLICY = "home_countries: [CN]\ndefault: allow\nunknown_country: block\non_error: block\n"
