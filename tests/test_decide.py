@@ -6,21 +6,11 @@ from pathlib import Path
 import pytest
 
 from geoblock.core.decide import Facts, decide
-from geoblock.enrich.geo import Geo, location_of
+from geoblock.enrich.geo import location_of
 from geoblock.core.names import normalize_host, normalize_ip
 from geoblock.mitm.observe import client_ip
 from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import Ruleset
-
-
-@pytest.fixture(scope="module")
-def rs(rules_dir):
-    return Ruleset.load(str(rules_dir))
-
-
-@pytest.fixture(scope="module")
-def geo(geo_dir):
-    return Geo(str(geo_dir / "GeoLite2-Country.mmdb"), str(geo_dir / "GeoLite2-ASN.mmdb"))
 
 
 def judge(rs, geo, *names, server=None, client="127.0.0.1", stage="tls"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import shutil
 import random
 import socket
@@ -18,7 +17,8 @@ import dns.rrset
 import pytest
 
 from support.tls_bytes import client_hello_with, ech_config_list, ech_outer_body
-from support.proc import Mitmdump, free_port
+from support.decisions import read
+from support.proc import Mitmdump, free_port, geoblock_options
 
 pytestmark = pytest.mark.e2e
 
@@ -97,14 +97,9 @@ def stub():
 def dns_proxy(tmp_path, rules_dir, geo_dir, stub):
     port = free_port()
     log = tmp_path / "decisions.jsonl"
-    proxy = Mitmdump(tmp_path / "conf", {
-        "geoblock_rules": rules_dir,
-        "geoblock_country_db": geo_dir / "GeoLite2-Country.mmdb",
-        "geoblock_asn_db": geo_dir / "GeoLite2-ASN.mmdb",
-        "geoblock_log": log,
-        "dns_name_servers": STUB,
-        "dns_use_hosts_file": False,
-    }, extra_args=["--mode", "regular", "--mode", f"dns@{port}"])
+    proxy = Mitmdump(tmp_path / "conf", geoblock_options(
+        rules_dir, geo_dir, log, dns_name_servers=STUB, dns_use_hosts_file=False,
+    ), extra_args=["--mode", "regular", "--mode", f"dns@{port}"])
     proxy.dns_port = port
     with proxy:
         yield proxy, stub, log
@@ -123,7 +118,7 @@ def test_dns_blocks_by_name_and_answers_the_rest(dns_proxy):
     assert [r.address for r in allowed.answer[0]] == ["127.0.0.1"]
     assert "allowed.test" in stub.seen
     time.sleep(0.1)
-    recs = [json.loads(l) for l in log.read_text().splitlines()]
+    recs = read(log)
     dns_recs = [(r["name"], r["action"], r["rule"]) for r in recs if r["stage"] == "dns"]
     assert ("api.binance.com", "block", "offshore-crypto-exchanges") in dns_recs
     assert ("allowed.test", "allow", None) in dns_recs
@@ -159,7 +154,7 @@ def wait_records(log, until, timeout: float = 10.0) -> list[dict]:
     """The decision records once one satisfies `until` (the log is written as the proxy decides)."""
     deadline = time.monotonic() + timeout
     while True:
-        recs = [json.loads(l) for l in log.read_text().splitlines()] if log.exists() else []
+        recs = read(log)
         if any(until(r) for r in recs):
             return recs
         assert time.monotonic() < deadline, f"no such record in {recs}"

@@ -16,26 +16,16 @@ import pytest
 
 from support.decisions import records
 from support.geodb import write_asn_db, write_country_db
-from support.proc import Mitmdump, with_names
+from support.proc import Mitmdump, curl, geoblock_options, with_names
 from support.servers import TestServer
 
 pytestmark = pytest.mark.e2e
 
 
-def options(rules_dir, geo_dir, log, **extra):
-    return {
-        "geoblock_rules": rules_dir,
-        "geoblock_country_db": geo_dir / "GeoLite2-Country.mmdb",
-        "geoblock_asn_db": geo_dir / "GeoLite2-ASN.mmdb",
-        "geoblock_log": log,
-        **extra,
-    }
-
-
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory, rules_dir, geo_dir, pki):
     d = tmp_path_factory.mktemp("proxy")
-    m = Mitmdump(d / "conf", options(rules_dir, geo_dir, d / "decisions.jsonl",
+    m = Mitmdump(d / "conf", geoblock_options(rules_dir, geo_dir, d / "decisions.jsonl",
                                      ssl_verify_upstream_trusted_ca=pki.ca_pem))
     m.decisions = d / "decisions.jsonl"
     with m:
@@ -45,16 +35,11 @@ def proxy(tmp_path_factory, rules_dir, geo_dir, pki):
 @pytest.fixture(scope="module")
 def intercepting(tmp_path_factory, rules_dir, geo_dir, pki):
     d = tmp_path_factory.mktemp("intercept")
-    m = Mitmdump(d / "conf", options(rules_dir, geo_dir, d / "decisions.jsonl", geoblock_intercept=True,
+    m = Mitmdump(d / "conf", geoblock_options(rules_dir, geo_dir, d / "decisions.jsonl", geoblock_intercept=True,
                                      ssl_verify_upstream_trusted_ca=pki.ca_pem))
     m.decisions = d / "decisions.jsonl"
     with m:
         yield m
-
-
-def curl(proxy: Mitmdump, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = ["curl", "-sS", "--max-time", "10", "-x", proxy.url, "-D", "-", "-o", "-", *args, url]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=20)
 
 
 
@@ -232,7 +217,7 @@ def intercepting_named(tmp_path_factory, rules_dir, geo_dir, pki, servers):
     d = tmp_path_factory.mktemp("intercept-named")
     s, h = servers["https2"], servers["http2"]
     m = with_names(d / "conf", {"binance.com:443": (s.host, s.port), "binance.com:80": (h.host, h.port)},
-                   options(rules_dir, geo_dir, d / "decisions.jsonl", geoblock_intercept=True,
+                   geoblock_options(rules_dir, geo_dir, d / "decisions.jsonl", geoblock_intercept=True,
                            ssl_verify_upstream_trusted_ca=pki.ca_pem))
     m.decisions = d / "decisions.jsonl"
     with m:
@@ -338,7 +323,7 @@ def test_intercept_in_monitor_mode_blocks_nothing(tmp_path, rules_dir, geo_dir, 
     s = servers["https2"]
     log = tmp_path / "decisions.jsonl"
     with with_names(tmp_path / "conf", {"binance.com:443": (s.host, s.port)},
-                    options(rules_dir, geo_dir, log, geoblock_intercept=True, geoblock_monitor=True,
+                    geoblock_options(rules_dir, geo_dir, log, geoblock_intercept=True, geoblock_monitor=True,
                             ssl_verify_upstream_trusted_ca=pki.ca_pem)) as m:
         ca = m.confdir / "mitmproxy-ca-cert.pem"
         r = curl(m, "https://binance.com/", "--cacert", str(ca))
@@ -356,7 +341,7 @@ def test_intercept_in_monitor_mode_blocks_nothing(tmp_path, rules_dir, geo_dir, 
 def test_monitor_mode_blocks_nothing_and_records_everything(tmp_path, rules_dir, geo_dir, servers, pki):
     log = tmp_path / "decisions.jsonl"
     s = servers["https2"]
-    with Mitmdump(tmp_path / "conf", options(rules_dir, geo_dir, log, geoblock_monitor=True)) as m:
+    with Mitmdump(tmp_path / "conf", geoblock_options(rules_dir, geo_dir, log, geoblock_monitor=True)) as m:
         r = curl(m, "https://binance.com/", "--connect-to", f"binance.com:443:127.0.0.2:{s.port}",
                  "--cacert", str(pki.ca_pem))
         assert r.returncode == 0 and "hello from 127.0.0.2" in r.stdout
@@ -385,7 +370,7 @@ def test_a_name_is_resolved_when_a_rule_needs_its_country(tmp_path, servers, cou
     (rules / "r.yaml").write_text("rules:\n  - {id: local-offshore, action: block, domains: [localhost], offshore: true}\n")
     log = tmp_path / "decisions.jsonl"
     s = servers["http1"]
-    with Mitmdump(tmp_path / "conf", options(rules, geo, log)) as m:
+    with Mitmdump(tmp_path / "conf", geoblock_options(rules, geo, log)) as m:
         r = curl(m, f"http://localhost:{s.port}/")
     if blocked:
         assert r.stdout.startswith("HTTP/1.1 451") and s.connections == 0
@@ -414,7 +399,7 @@ def judged_elsewhere(tmp_path, tls, **extra):
         (rules / "r.yaml").write_text(
             "rules:\n  - {id: local-offshore, action: block, domains: [localhost], offshore: true}\n")
         pin = Path(__file__).parent / "support" / "pin_resolver.py"
-        m = Mitmdump(tmp_path / "conf", options(rules, geo, tmp_path / "decisions.jsonl", **extra),
+        m = Mitmdump(tmp_path / "conf", geoblock_options(rules, geo, tmp_path / "decisions.jsonl", **extra),
                      extra_args=["-s", str(pin)])
         m.decisions = tmp_path / "decisions.jsonl"
         with m:

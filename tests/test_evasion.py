@@ -30,7 +30,7 @@ import h2.events
 import pytest
 
 from support import tls_bytes as et
-from support.proc import Mitmdump
+from support.proc import Mitmdump, curl, geoblock_options
 from support.servers import TestServer
 
 pytestmark = pytest.mark.e2e
@@ -84,15 +84,8 @@ def make_rules(d: Path, **policy: str) -> Path:
 
 def start_proxy(d: Path, geo_dir: Path, pki, **extra) -> Mitmdump:
     rules = make_rules(d / "rules", **extra.pop("policy", {}))
-    m = Mitmdump(d / "conf", {
-        "geoblock_rules": rules,
-        "geoblock_country_db": geo_dir / "GeoLite2-Country.mmdb",
-        "geoblock_asn_db": geo_dir / "GeoLite2-ASN.mmdb",
-        "geoblock_log": d / "decisions.jsonl",
-        "geoblock_rdap": False,
-        "ssl_verify_upstream_trusted_ca": pki.ca_pem,
-        **extra,
-    })
+    m = Mitmdump(d / "conf", geoblock_options(rules, geo_dir, d / "decisions.jsonl", geoblock_rdap=False,
+                                              ssl_verify_upstream_trusted_ca=pki.ca_pem, **extra))
     m.decisions = d / "decisions.jsonl"
     return m
 
@@ -271,11 +264,6 @@ def assert_server_hello(answer: tuple[bytes, bool]) -> None:
     """The real server's ServerHello (a handshake record, type 2), passed through."""
     record, _ = answer
     assert record[:1] == b"\x16" and record[5:6] == b"\x02", answer
-
-
-def curl(proxy: Mitmdump, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = ["curl", "-sS", "--max-time", "10", "-x", proxy.url, "-D", "-", "-o", "-", *args, url]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
 
 
 # ============================================================== 1. spellings of one name

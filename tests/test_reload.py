@@ -3,7 +3,6 @@ what is valid, keeps the last good ruleset or database otherwise, and says why."
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -13,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from support.decisions import read
 from support.geodb import PLACES, write_asn_db, write_country_db
-from support.proc import Mitmdump
+from support.proc import Mitmdump, geoblock_options
 from support.servers import TestServer
 
 pytestmark = pytest.mark.e2e
@@ -63,13 +63,8 @@ class Setup:
         write_country_db(self.geo / "GeoLite2-Country.mmdb")
         write_asn_db(self.geo / "GeoLite2-ASN.mmdb")
         self.log = tmp / "decisions.jsonl"
-        self.proxy = Mitmdump(tmp / "conf", {
-            "geoblock_rules": self.rules,
-            "geoblock_country_db": self.geo / "GeoLite2-Country.mmdb",
-            "geoblock_asn_db": self.geo / "GeoLite2-ASN.mmdb",
-            "geoblock_log": self.log,
-            "geoblock_reload_interval": reload_interval,
-        })
+        self.proxy = Mitmdump(tmp / "conf", geoblock_options(self.rules, self.geo, self.log,
+                                                             geoblock_reload_interval=reload_interval))
 
     def http(self, server: TestServer, host: str) -> int:
         r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
@@ -78,7 +73,7 @@ class Setup:
         return int(r.stdout or 0)
 
     def last(self) -> dict:
-        return json.loads(self.log.read_text().splitlines()[-1])
+        return read(self.log)[-1]
 
 
 @pytest.fixture
@@ -86,14 +81,6 @@ def setup(tmp_path):
     s = Setup(tmp_path)
     with s.proxy:
         yield s
-
-
-@pytest.fixture(scope="module")
-def web():
-    servers = {"cn": TestServer("127.0.0.1"), "sg": TestServer("127.0.0.2")}
-    yield servers
-    for s in servers.values():
-        s.close()
 
 
 def test_a_replaced_database_is_used_for_the_next_decision(setup, web):

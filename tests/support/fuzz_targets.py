@@ -383,31 +383,23 @@ class ClientHelloTarget(Target):
     name = "clienthello"
 
     def setup(self) -> None:
-        from mitmproxy.addons import proxyserver
         from mitmproxy.proxy import context, events, layer
         from mitmproxy.proxy.layers import modes
         from mitmproxy.net.tls import starts_like_tls_record
         from mitmproxy.proxy.layers import tls as mtls
-        from mitmproxy.test import taddons, tflow
+        from mitmproxy.test import tflow
 
         from geoblock.mitm import enforce
         from geoblock.mitm import hold
-        from geoblock.mitm.addon import GeoBlock
+        from support.harness import geoblock_in_context
 
         work = workdir()
         logging.getLogger("geoblock").setLevel(logging.CRITICAL)
-        self.gb = GeoBlock()
-        self._tctx_cm = taddons.context(proxyserver.Proxyserver(), self.gb)
-        self.tctx = self._tctx_cm.__enter__()
-        self.tctx.configure(
-            self.gb,
-            geoblock_rules=str(work / "rules"),
-            geoblock_country_db=str(work / "GeoLite2-Country.mmdb"),
-            geoblock_asn_db=str(work / "GeoLite2-ASN.mmdb"),
-            geoblock_log="",
-            geoblock_rdap=False,
-            geoblock_reload_interval="0",
-        )
+        # the addon stays in its test context for the life of the process
+        self._tctx_cm = geoblock_in_context(work / "rules", work, None, geoblock_rdap=False,
+                                            geoblock_reload_interval="0")
+        self.gb = self._tctx_cm.__enter__()
+        self.tctx = self.gb.tctx
         logging.getLogger("geoblock").setLevel(logging.CRITICAL)
         self.loop = asyncio.new_event_loop()
         self._context, self._events, self._layer, self._tflow, self._modes = context, events, layer, tflow, modes

@@ -23,6 +23,26 @@ def mitmdump_path() -> str:
     return str(Path(sys.executable).with_name("mitmdump"))
 
 
+def geoblock_options(rules: Path, geo_dir: Path, log: Path, **extra: object) -> dict[str, object]:
+    """mitmdump options (name -> value, for `Mitmdump`) that run geoblock on the rules directory `rules`,
+    the test databases in `geo_dir` (GeoLite2-Country.mmdb, GeoLite2-ASN.mmdb) and the decision log file
+    `log`, plus any `extra` option by name."""
+    return {
+        "geoblock_rules": rules,
+        "geoblock_country_db": geo_dir / "GeoLite2-Country.mmdb",
+        "geoblock_asn_db": geo_dir / "GeoLite2-ASN.mmdb",
+        "geoblock_log": log,
+        **extra,
+    }
+
+
+def curl(proxy: "Mitmdump", url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """curl `url` through `proxy` (10 s at most), with `args` before the URL; stdout holds the response
+    head (-D -) then the body, stderr curl's own errors (e.g. "CONNECT tunnel failed, response 451")."""
+    cmd = ["curl", "-sS", "--max-time", "10", "-x", proxy.url, "-D", "-", "-o", "-", *args, url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+
+
 class LoggedProcess:
     """A child process whose output goes to `log_path`: read it, stop it (terminate, then kill)."""
 
