@@ -21,13 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from support.faults import (DnsStub, RefusingPort, ResettingServer, Tmpfs, private_mounts_unavailable, wait_for,
+from support.faults import (DnsStub, RefusingPort, ResettingServer, Tmpfs, private_mounts_unavailable,
                             with_resolv_conf)
 from support.decisions import read
 from support.geodb import PLACES, write_asn_db, write_country_db
 from support.proc import Mitmdump, geoblock_options
 from support.rdap_server import RdapServer, country, hang
 from support.tls_bytes import client_hello
+from support.waiting import wait_for
 from support.servers import TestServer
 
 POLICY = "home_countries: [CN]\ndefault: allow\nunknown_country: block\non_error: block\n"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from support import waiting
 from support.decisions import read
 from support.geodb import PLACES, write_asn_db, write_country_db
 from support.proc import Mitmdump, geoblock_options
@@ -22,14 +23,9 @@ pytestmark = pytest.mark.e2e
 POLICY = "home_countries: [CN]\ndefault: allow\nunknown_country: log\non_error: block\n"
 
 
-def wait_for(predicate, timeout=8.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_for(predicate, what: str = "condition"):
+    """support.waiting.wait_for, 8 s at most (a reload interval here is 0.3 s)."""
+    return waiting.wait_for(predicate, timeout=8.0, what=what)
 
 
 def read_response(reader) -> bytes:
