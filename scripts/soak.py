@@ -60,7 +60,8 @@ from bench_common import source_state
 from support.geodb import write_asn_db, write_country_db
 from support.proc import Mitmdump
 from support.servers import make_pki
-from support.soak import BLOCKED_AT, CERT_NAMES, DNS, HOME, NETBLOCKED, PROBE, SOAK_RULES, US, Load, Server
+from support.servers import KeepAliveServer
+from support.soak import BLOCKED_AT, CERT_NAMES, DNS, HOME, NETBLOCKED, PROBE, SOAK_RULES, US, Load, upstream
 
 REPO = _paths.REPO
 
@@ -135,10 +136,10 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_tls.load_cert_chain(pki.cert_pem, pki.key_pem)
     client_tls = ssl.create_default_context(cafile=str(pki.ca_pem))
-    servers: dict[tuple[str, str], Server] = {}
+    servers: dict[tuple[str, str], KeepAliveServer] = {}
     for addr in (HOME, US, BLOCKED_AT, NETBLOCKED):
         for tls in (None, server_tls):
-            s = await Server(addr, tls).start()
+            s = await upstream(addr, tls).start()
             servers[(addr, s.kind)] = s
 
     rules = tmp / "rules"

@@ -5,8 +5,8 @@ that drives a proxy with held and churning connections and checks every answer, 
   (`resolve`) and, through soak_probe.py, geoblock's own resolver inside mitmdump. 127.0.0.1 (HOME, CN)
   and 127.0.0.3 (US) serve allowed names; 127.0.0.2 (BLOCKED_AT, SG) is where blocked names resolve;
   127.0.0.5 (NETBLOCKED) is blocked by `SOAK_RULES`, a network rule added to the shipped rules.
-- `Server`: an asyncio HTTP/1.1 keep-alive upstream, plain or TLS, counting accepted TCP connections and
-  requests.
+- `upstream(host, tls)`: an asyncio HTTP/1.1 keep-alive upstream (support.servers.KeepAliveServer),
+  plain or TLS, counting accepted TCP connections and requests, its body naming it.
 - `Load`: client slots that each hold a connection open (plain HTTP keep-alive, or CONNECT + TLS passed
   through), plus churn (short connections: blocked CONNECTs, blocked SNIs, one-shot TLS and HTTP). Every
   answer is checked; `Load.ops` counts the outcomes by kind, `Load.errors` anything else by kind, and
@@ -25,6 +25,8 @@ import ssl
 import time
 from pathlib import Path
 from typing import Any
+
+from support.servers import KeepAliveServer
 
 PROBE = Path(__file__).resolve().with_name("soak_probe.py")
 
@@ -64,59 +66,11 @@ def resolve(name: str) -> str:
     raise KeyError(name)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Upstream servers
-
-
-class _Upstream(asyncio.Protocol):
-    def __init__(self, server: "Server") -> None:
-        self.server = server
-        self.buf = b""
-        self.transport: Any = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf + data
-        n = 0
-        while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                break
-            buf = buf[end + 4:]  # GETs without a body
-            n += 1
-        self.buf = buf
-        if n:
-            self.server.requests += n
-            self.transport.write(self.server.response * n)
-
-
-class Server:
-    """An HTTP/1.1 keep-alive server on `host`; `accepted` counts TCP connections (before any TLS)."""
-
-    def __init__(self, host: str, tls: ssl.SSLContext | None) -> None:
-        self.host, self.tls = host, tls
-        self.kind = "tls" if tls else "http"
-        self.body = f"soak upstream {host} {self.kind}\n".encode()
-        self.response = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
-                         + str(len(self.body)).encode() + b"\r\n\r\n" + self.body)
-        self.accepted = 0
-        self.requests = 0
-        self.port = 0
-
-    def _factory(self) -> _Upstream:
-        self.accepted += 1  # called on accept, before the TLS handshake
-        return _Upstream(self)
-
-    async def start(self) -> "Server":
-        loop = asyncio.get_running_loop()
-        self.srv = await loop.create_server(self._factory, self.host, 0, ssl=self.tls, backlog=2048)
-        self.port = self.srv.sockets[0].getsockname()[1]
-        return self
-
-    def close(self) -> None:
-        self.srv.close()
+def upstream(host: str, tls: ssl.SSLContext | None) -> KeepAliveServer:
+    """A soak upstream on `host` (not started), plain or TLS; its body says which, so a client can tell
+    that the answer came from the server the name resolves to."""
+    kind = "tls" if tls else "http"
+    return KeepAliveServer(host, tls, body=f"soak upstream {host} {kind}\n".encode())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,7 +101,7 @@ async def read_response(reader: asyncio.StreamReader, body: bool = True) -> tupl
 
 
 class Load:
-    def __init__(self, args: argparse.Namespace, proxy_port: int, servers: dict[tuple[str, str], Server],
+    def __init__(self, args: argparse.Namespace, proxy_port: int, servers: dict[tuple[str, str], KeepAliveServer],
                  client_tls: ssl.SSLContext) -> None:
         self.args = args
         self.proxy_port = proxy_port
@@ -275,7 +229,7 @@ class Load:
             raise Unexpected(f"{type(exc).__name__}: {what} after {time.monotonic() - t0:.1f} s: {exc}") from None
 
     async def tunnel_get(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str,
-                         server: Server) -> None:
+                         server: KeepAliveServer) -> None:
         writer.write(f"GET / HTTP/1.1\r\nHost: {name}\r\nUser-Agent: geoblock-soak\r\n\r\n".encode())
         status, _, body = await self.answer(reader, f"GET https://{name}/ (tunnel)")
         if status != 200 or body != server.body:
@@ -283,7 +237,7 @@ class Load:
         self.requests += 1
         self.ops["https allowed 200"] += 1
 
-    async def open_tls(self, fresh: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str, Server]:
+    async def open_tls(self, fresh: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str, KeepAliveServer]:
         """CONNECT (to the name, or to its address) + TLS passed through to the allowed TLS upstream."""
         name = self.allowed_name(fresh)
         addr = resolve(name)
