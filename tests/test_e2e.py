@@ -7,7 +7,6 @@ Every blocked path is also checked on the server side: the server saw no connect
 from __future__ import annotations
 
 import contextlib
-import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from support.decisions import records
 from support.geodb import write_asn_db, write_country_db
-from support.proc import Mitmdump, curl, geoblock_options, with_names
+from support.proc import Mitmdump, curl, geoblock_options, tunnel, with_names
 from support.servers import TestServer
 
 pytestmark = pytest.mark.e2e
@@ -42,19 +41,6 @@ def intercepting(tmp_path_factory, rules_dir, geo_dir, pki):
         yield m
 
 
-
-
-def connect_tunnel(proxy: Mitmdump, target: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return sock
 
 
 # --- CONNECT ---------------------------------------------------------------------------------
@@ -98,7 +84,7 @@ def test_blocked_sni_gets_tls_alert_and_the_server_sees_nothing(proxy, servers, 
 
 def test_blocked_sni_with_python_ssl(proxy, servers):
     s = servers["https2"]
-    sock = connect_tunnel(proxy, f"127.0.0.2:{s.port}")
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
     ctx = ssl.create_default_context()
     with pytest.raises(ssl.SSLError, match="ACCESS_DENIED"):
         ctx.wrap_socket(sock, server_hostname="api.binance.com")
@@ -108,7 +94,7 @@ def test_blocked_sni_with_python_ssl(proxy, servers):
 
 def test_idn_sni_is_blocked(proxy, servers, pki):
     s = servers["https2"]
-    sock = connect_tunnel(proxy, f"127.0.0.2:{s.port}")
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
     ctx = ssl.create_default_context()
     with pytest.raises(ssl.SSLError, match="ACCESS_DENIED"):
         ctx.wrap_socket(sock, server_hostname="shop.bücher.example")  # sent as xn--bcher-kva
@@ -122,7 +108,7 @@ def test_allowed_tls_passes_through_with_the_real_certificate(proxy, servers, pk
              "--cacert", str(pki.ca_pem))
     assert r.returncode == 0, r.stderr
     assert "hello from 127.0.0.1" in r.stdout
-    sock = connect_tunnel(proxy, f"127.0.0.1:{s.port}")
+    sock = tunnel(proxy, f"127.0.0.1:{s.port}")
     ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
     with ctx.wrap_socket(sock, server_hostname="allowed.test") as tls:
         assert tls.getpeercert(binary_form=True) == pki.cert_der  # not a mitmproxy certificate
@@ -133,7 +119,7 @@ def test_allowed_tls_passes_through_with_the_real_certificate(proxy, servers, pk
 
 def test_missing_sni_is_judged_on_the_destination(proxy, servers, pki):
     s = servers["https1"]
-    sock = connect_tunnel(proxy, f"127.0.0.1:{s.port}")
+    sock = tunnel(proxy, f"127.0.0.1:{s.port}")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(str(pki.ca_pem))
     ctx.check_hostname = False
@@ -250,7 +236,7 @@ def test_intercept_blocked_connect_target_gets_the_451_page_over_tls(interceptin
 def test_intercept_blocked_tunnel_relays_nothing_that_is_not_tls_or_http(intercepting_named, servers):
     """The accepted CONNECT of a blocked tunnel carries no other protocol: bytes that are neither TLS nor
     HTTP are never relayed (the server is never dialled) and the connection is closed."""
-    sock = connect_tunnel(intercepting_named, "binance.com:443")
+    sock = tunnel(intercepting_named, "binance.com:443")
     with sock:
         sock.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
         sock.settimeout(10)

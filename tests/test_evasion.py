@@ -30,7 +30,7 @@ import h2.events
 import pytest
 
 from support import tls_bytes as et
-from support.proc import Mitmdump, curl, geoblock_options
+from support.proc import Mitmdump, connect, curl, geoblock_options, tunnel
 from support.servers import TestServer
 
 pytestmark = pytest.mark.e2e
@@ -195,29 +195,6 @@ def http_get(proxy: Mitmdump, target: str, *headers: bytes) -> bytes:
 def status(answer: bytes) -> int:
     assert answer.startswith(b"HTTP/1.1 "), answer[:200]
     return int(answer[9:12])
-
-
-def connect(proxy: Mitmdump, authority: bytes | str) -> tuple[socket.socket, bytes]:
-    """A CONNECT with exactly this authority; the socket and the proxy's answer head."""
-    if isinstance(authority, str):
-        authority = authority.encode()
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(b"CONNECT " + authority + b" HTTP/1.1\r\nHost: " + authority + b"\r\n\r\n")
-    head = b""
-    sock.settimeout(10)
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    return sock, head
-
-
-def tunnel(proxy: Mitmdump, authority: str) -> socket.socket:
-    sock, head = connect(proxy, authority)
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return sock
 
 
 def tls_first_record(sock: socket.socket, chunks: list[bytes], timeout: float = 5.0) -> tuple[bytes, bool]:

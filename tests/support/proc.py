@@ -43,6 +43,32 @@ def curl(proxy: "Mitmdump", url: str, *args: str) -> subprocess.CompletedProcess
     return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
 
 
+def connect(proxy: "Mitmdump", authority: bytes | str) -> tuple[socket.socket, bytes]:
+    """A CONNECT to `proxy` with exactly this authority (sent as given, also as the Host header): the
+    connected socket (TCP_NODELAY, 10 s timeouts) and the proxy's answer head, up to its blank line (what
+    came before the proxy closed, if it did)."""
+    if isinstance(authority, str):
+        authority = authority.encode()
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(b"CONNECT " + authority + b" HTTP/1.1\r\nHost: " + authority + b"\r\n\r\n")
+    head = b""
+    sock.settimeout(10)
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return sock, head
+
+
+def tunnel(proxy: "Mitmdump", authority: str) -> socket.socket:
+    """A tunnel through `proxy` to `authority`: `connect`, asserting that the proxy answered 200."""
+    sock, head = connect(proxy, authority)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
 class LoggedProcess:
     """A child process whose output goes to `log_path`: read it, stop it (terminate, then kill)."""
 
