@@ -1,3 +1,13 @@
+"""The fixtures every test module shares. Helpers live in tests/support (imported as `support`: pytest's
+`pythonpath` in pyproject.toml holds addons/ and tests/).
+
+- data: `geo_dir` (the test GeoIP databases, support.geodb), `rules_dir` (the shipped rules plus
+  tests/rules/extra.yaml), `rs` and `geo` (those compiled and opened), `pki` (a test CA and certificate);
+- the addon in-process: `gb` (support.harness.geoblock_in_context with the above and a decision log);
+- servers on loopback: `servers` (HTTP and HTTPS, placed by the test databases; counters reset before
+  each test) and `web` (plain HTTP at home and offshore).
+"""
+
 from __future__ import annotations
 
 import os
