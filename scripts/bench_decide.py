@@ -28,22 +28,23 @@ import resource
 import shutil
 import statistics
 import string
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "addons"))
-sys.path.insert(0, str(REPO / "tests"))
+import _paths  # makes tests/support importable as `support`
+from bench_common import calibrate, source_state
+from geoblock.core.decide import Facts, Verdict, decide
+from geoblock.core.names import normalize_ip
+from geoblock.core.ruleset import Ruleset
+from geoblock.engine import Engine
+from geoblock.enrich.geo import Geo
+from geoblock.mitm import heap
+from geoblock.mitm.observe import http_target
+from support.geodb import write_asn_db, write_country_db
 
-from geoblock.core.decide import Facts, Verdict, decide  # noqa: E402
-from geoblock.mitm import heap  # noqa: E402
-from geoblock.enrich.geo import Geo  # noqa: E402
-from geoblock.core.names import normalize_host, normalize_ip  # noqa: E402
-from geoblock.core.ruleset import Ruleset  # noqa: E402
-from support.geodb import write_asn_db, write_country_db  # noqa: E402
+REPO = _paths.REPO
 
 TARGET_MEDIAN_US = 20.0
 
@@ -67,10 +68,6 @@ MIX: list[tuple[str, str | None, str, str, str]] = [
 ]
 
 TLDS = ["com", "net", "org", "io", "co", "xyz", "info", "biz", "de", "sg", "jp", "co.uk", "com.au", "exchange"]
-
-from bench_common import calibrate, source_state  # noqa: E402
-from geoblock.engine import Engine  # noqa: E402
-from geoblock.mitm.observe import http_target  # noqa: E402
 
 
 def observe(sni: str | None, target: str, client: str, server: str, geo: Geo, rs: Ruleset) -> Verdict:

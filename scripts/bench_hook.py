@@ -16,16 +16,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
+
+import _paths
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--batch", type=int, default=20000)
-ap.add_argument("--repo", default=str(Path(__file__).resolve().parents[1]))
+ap.add_argument("--repo", default=str(_paths.REPO))
 args = ap.parse_args()
-sys.path.insert(0, os.path.join(args.repo, "addons"))
+if os.path.realpath(args.repo) != str(_paths.REPO):
+    _paths.use_checkout(args.repo)  # that checkout's geoblock instead of the installed one
 
 from mitmproxy.addons import proxyserver  # noqa: E402
 from mitmproxy.test import taddons, tflow, tutils  # noqa: E402

@@ -5,8 +5,9 @@ Both mitmdump processes run side by side for the whole run (same version, same o
 `connection_strategy=lazy`; the geoblock one adds `-s addons/block.py` with the shipped rules, test GeoIP
 databases and the decision log ON, written to a temporary file). wrk drives them with N keep-alive
 connections, through the proxy (absolute-form request `http://127.0.0.1:PORT/` plus a Host header naming an
-allowed host), to a small asyncio keep-alive HTTP server on 127.0.0.1 (placed in the home country by the
-test database, so every request is allowed and forwarded upstream).
+allowed host), to a small asyncio keep-alive HTTP server on 127.0.0.1 (KeepAliveServer of
+tests/support/servers.py; placed in the home country by the test database, so every request is allowed
+and forwarded upstream).
 
 Two kinds of round, both interleaved (`--mode both`, the default, runs the alternating rounds and then the
 concurrent ones):
@@ -40,7 +41,6 @@ more mitmdump without geoblock:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
@@ -52,94 +52,31 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "addons"))
-sys.path.insert(0, str(REPO / "tests"))
+import _paths  # makes tests/support importable as `support`
+from bench_common import calibrate, source_state
+from support.geodb import write_asn_db, write_country_db
+from support.proc import Mitmdump
+from support.servers import KeepAliveServer
 
-from support.geodb import write_asn_db, write_country_db  # noqa: E402
-from support.proc import Mitmdump  # noqa: E402
+REPO = _paths.REPO
 
 TARGET_RATIO = 0.95
 NOOP = "no-op script addon"
 FROZEN = "frozen bare"
-# Reference arms: label -> (script addon, what its column and summary line say).
+# Reference arms: label -> (script addon, what its column and summary line say). The scripts import geoblock
+# as installed in the environment mitmdump runs from (scripts/bootstrap.sh installs it).
 REFERENCES = {
     NOOP: ("class NoOp:\n    name = 'benchnoop'\n\n    def requestheaders(self, flow):\n        pass\n\n\n"
            "addons = [NoOp()]\n", "no-op script", "what any `-s` script costs"),
-    FROZEN: (f"import sys\n\nsys.path.insert(0, {str(REPO / 'addons')!r})\nfrom geoblock.mitm import heap  # noqa: E402\n\n\n"
+    FROZEN: ("from geoblock.mitm import heap\n\n\n"
              "class Freeze:\n    name = 'benchfreeze'\n\n    def running(self):\n        heap.settle()\n\n\n"
              "addons = [Freeze()]\n",
              "frozen bare", "mitmdump alone with its start-up heap frozen as geoblock_gc_freeze does"),
 }
 DISTURBED = 0.05  # a round is "disturbed" when other processes used > 5 % of one CPU during it
-
-from bench_common import calibrate, source_state  # noqa: E402
-
-
-# ---------------------------------------------------------------------------------------------------
-# Upstream: a tiny asyncio keep-alive HTTP/1.1 server (GET only, fixed body), counting requests.
-
-
-class _Upstream(asyncio.Protocol):
-    server: "Upstream"
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # asyncio sets TCP_NODELAY on TCP sockets itself
-        self.buf = b""
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf + data
-        out = []
-        while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                break
-            buf = buf[end + 4:]  # requests are GETs without a body
-            out.append(self.server.response)
-        self.buf = buf
-        if out:
-            self.server.requests += len(out)
-            self.transport.write(b"".join(out))  # type: ignore[attr-defined]
-
-
-class Upstream:
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        body = b"hello from the geoblock benchmark upstream\n"
-        self.response = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
-                         + str(len(body)).encode() + b"\r\n\r\n" + body)
-        self.requests = 0
-        self.host = host
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-
-            def factory() -> _Upstream:
-                p = _Upstream()
-                p.server = self
-                return p
-
-            self.srv = self.loop.run_until_complete(self.loop.create_server(factory, host, 0, backlog=512))
-            self.port = self.srv.sockets[0].getsockname()[1]
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        ready.wait(10)
-
-    def close(self) -> None:
-        def stop() -> None:
-            self.srv.close()
-            self.loop.stop()
-
-        self.loop.call_soon_threadsafe(stop)
-        self.thread.join(5)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -341,7 +278,8 @@ def main() -> int:
     results["proxy_cpu"] = proxy_cpu
 
     tmp = Path(tempfile.mkdtemp(prefix="geoblock-bench-proxy-"))
-    upstream = Upstream("127.0.0.1")
+    upstream = KeepAliveServer("127.0.0.1", body=b"hello from the geoblock benchmark upstream\n",
+                               backlog=512).start_in_thread()
     procs: list[Mitmdump] = []
     try:
         country = write_country_db(tmp / "GeoLite2-Country.mmdb")

@@ -45,9 +45,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "addons"))
-sys.path.insert(0, str(REPO / "tests"))
+import _paths  # makes tests/support importable as `support`
+
+REPO = _paths.REPO
 
 DISTURBED = 0.10  # CPU (in CPUs) used by processes outside the run above which a figure is flagged
 
@@ -265,7 +265,7 @@ def main() -> int:
     import mitmproxy.version
     print(f"\nPython {sys.version.split()[0]}, mitmproxy {mitmproxy.version.VERSION}, {os.cpu_count()} CPUs, "
           f"{args.connections} connections, {args.duration:g} s x {args.rounds} rounds per cell (median)")
-    print(f"upstream alone: " + ", ".join(f"{w} {alone[w]:.0f} req/s" for w in workloads))
+    print("upstream alone: " + ", ".join(f"{w} {alone[w]:.0f} req/s" for w in workloads))
     print()
     head = "| workers | " + " | ".join(f"{w} req/s" for w in workloads) + " |"
     print(head)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Coverage-guided fuzzing (atheris / libFuzzer) of geoblock's ClientHello path, Host/authority parser
-and rule loader, with fail-open oracles (scripts/fuzz_targets.py).
+and rule loader, with fail-open oracles (tests/support/fuzz_targets.py).
 
     scripts/fuzz.py all --runs 100000          # the three targets in turn, then a summary
     scripts/fuzz.py clienthello --max-seconds 60
@@ -27,10 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+import _paths  # makes tests/support importable as `support`
 
-REPO = HERE.parent
+REPO = _paths.REPO
 FUZZ_DIR = REPO / "tests" / "fuzz"
 TARGETS = ("clienthello", "host", "rules")
 
@@ -62,7 +61,7 @@ def worker(args: argparse.Namespace, libfuzzer_args: list[str]) -> None:
     for name in MODULES[args.target]:
         importlib.import_module(name)  # before geoblock, so the hook below leaves mitmproxy alone
     with atheris.instrument_imports(include=PACKAGES[args.target]):
-        import fuzz_targets
+        from support import fuzz_targets
 
         target = fuzz_targets.make_target(args.target)
 
@@ -192,7 +191,7 @@ def summary(results: list[dict]) -> str:
 
 
 def replay(targets: list[str]) -> int:
-    import fuzz_targets
+    from support import fuzz_targets
 
     bad = 0
     for name in targets:
@@ -210,7 +209,7 @@ def replay(targets: list[str]) -> int:
 def write_seeds() -> None:
     import hashlib
 
-    import fuzz_targets
+    from support import fuzz_targets
 
     for name in TARGETS:
         target = fuzz_targets.make_target(name)

@@ -31,15 +31,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "addons"))
-sys.path.insert(0, str(REPO / "tests"))
+from mitmproxy import http, io as mio
+from mitmproxy import version as mversion
 
-from mitmproxy import http, io as mio  # noqa: E402
-from mitmproxy import version as mversion  # noqa: E402
+import _paths  # makes tests/support importable as `support`
+from support.proc import Mitmdump
+from support.servers import TestServer, make_pki
 
-from support.proc import Mitmdump  # noqa: E402
-from support.servers import TestServer, make_pki  # noqa: E402
+REPO = _paths.REPO
 
 FLOWS = REPO / "tests" / "flows"
 SERVERS = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.5")

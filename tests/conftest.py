@@ -1,19 +1,29 @@
+"""The fixtures every test module shares. Helpers live in tests/support (imported as `support`: pytest's
+`pythonpath` in pyproject.toml holds addons/ and tests/).
+
+- data: `geo_dir` (the test GeoIP databases, support.geodb), `rules_dir` (the shipped rules plus
+  tests/rules/extra.yaml), `rs` and `geo` (those compiled and opened), `pki` (a test CA and certificate);
+- the addon in-process: `gb` (support.harness.geoblock_in_context with the above and a decision log);
+- servers on loopback: `servers` (HTTP and HTTPS, placed by the test databases; counters reset before
+  each test) and `web` (plain HTTP at home and offshore).
+"""
+
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
+from geoblock.core.ruleset import Ruleset
+from geoblock.enrich.geo import Geo
+from support.geodb import write_asn_db, write_country_db
+from support.harness import geoblock_in_context
+from support.servers import TestServer, make_pki
+
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-sys.path.insert(0, str(REPO / "addons"))
-sys.path.insert(0, str(TESTS))
-
-from support.geodb import write_asn_db, write_country_db  # noqa: E402
-from support.servers import TestServer, make_pki  # noqa: E402
 
 SHIPPED_RULES = REPO / "rules"
 
@@ -50,6 +60,30 @@ def rules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+@pytest.fixture(scope="module")
+def rs(rules_dir: Path) -> Ruleset:
+    """The ruleset of `rules_dir`, compiled."""
+    return Ruleset.load(str(rules_dir))
+
+
+@pytest.fixture(scope="module")
+def geo(geo_dir: Path):
+    """The test GeoIP databases of `geo_dir`, open (support.geodb: 127.0.0.1 = CN home, .2 = SG,
+    .3 = US AS64502, .4 = not placed, .5 = SG)."""
+    g = Geo(str(geo_dir / "GeoLite2-Country.mmdb"), str(geo_dir / "GeoLite2-ASN.mmdb"))
+    assert not g.problems
+    yield g
+    g.close()
+
+
+@pytest.fixture
+def gb(tmp_path: Path, rules_dir: Path, geo_dir: Path):
+    """geoblock's addon in mitmproxy's test context (support.harness): `rules_dir`, the test databases and
+    a decision log in tmp_path. `gb.tctx` reconfigures it; `support.harness.logged(gb)` reads its log."""
+    with geoblock_in_context(rules_dir, geo_dir, tmp_path / "decisions.jsonl") as addon:
+        yield addon
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory):
     return make_pki(tmp_path_factory.mktemp("pki"))
@@ -68,6 +102,16 @@ def servers(pki):
         "http5": TestServer("127.0.0.5"),
         "http6": TestServer("::1"),
     }
+    yield made
+    for s in made.values():
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def web():
+    """Plain HTTP servers at home (127.0.0.1, "cn") and offshore (127.0.0.2, "sg"), for the tests that
+    run their own mitmdump."""
+    made = {"cn": TestServer("127.0.0.1"), "sg": TestServer("127.0.0.2")}
     yield made
     for s in made.values():
         s.close()

@@ -13,47 +13,23 @@ import shutil
 import weakref
 
 import pytest
-from mitmproxy.addons import proxyserver
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.proxy import commands, context, events, layer
 from mitmproxy.proxy.layers import modes, tls
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import tflow, tutils
 
 import geoblock.engine as engine_mod
-from support import evasion_tls as et
-from support.evasion_tls import client_hello
+from support import tls_bytes as et
+from support.harness import logged
+from support.tls_bytes import client_hello, client_hello_with
 from geoblock.mitm import enforce
 from geoblock.mitm import heap
 from geoblock.mitm import hold
-from geoblock.mitm.addon import GeoBlock
-
-
 
 
 def run(coro):
     """Run a hook's result: a coroutine, or None when the hook finished at once (requestheaders may)."""
     return asyncio.run(coro) if coro is not None else None
-
-
-@pytest.fixture
-def gb(tmp_path, rules_dir, geo_dir):
-    addon = GeoBlock()
-    # Proxyserver declares connection_strategy, which geoblock forces to "lazy" (as under mitmdump).
-    with taddons.context(proxyserver.Proxyserver(), addon) as tctx:
-        tctx.configure(
-            addon,
-            geoblock_rules=str(rules_dir),
-            geoblock_country_db=str(geo_dir / "GeoLite2-Country.mmdb"),
-            geoblock_asn_db=str(geo_dir / "GeoLite2-ASN.mmdb"),
-            geoblock_log=str(tmp_path / "decisions.jsonl"),
-        )
-        addon.tctx = tctx
-        addon.log_path = tmp_path / "decisions.jsonl"
-        yield addon
-
-
-def records(gb) -> list[dict]:
-    return [json.loads(line) for line in gb.log_path.read_text().splitlines()]
 
 
 def next_layer_for(gb, sni, server=("127.0.0.2", 443), data=None):
@@ -81,7 +57,7 @@ def test_blocked_sni_gets_a_tls_alert_layer(gb, sni):
     cmds = list(nl.layer.handle_event(events.Start()))
     assert isinstance(cmds[0], commands.SendData) and cmds[0].data == bytes.fromhex("15030300020231")
     assert isinstance(cmds[1], commands.CloseConnection)
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert rec["stage"] == "tls" and rec["action"] == "block" and rec["enforced"] is True
     # the client puts the A-label (punycode) form of an IDN on the wire
     assert rec["sni"].lower().rstrip(".") == sni.lower().rstrip(".").encode("idna").decode()
@@ -95,7 +71,7 @@ def test_allowed_sni_passes_through_undecrypted(gb):
     data = tls.ClientHelloData(nl.context, tls.parse_client_hello(client_hello("allowed.test")))
     run(gb.tls_clienthello(data))
     assert data.ignore_connection is True
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert (rec["action"], rec["country"], rec["offshore"]) == ("allow", "CN", False)
 
 
@@ -112,7 +88,7 @@ def test_no_sni_is_judged_on_the_destination(gb):
     nl = next_layer_for(gb, None, server=("127.0.0.5", 443))  # blocked-network
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, enforce.DenyTLS)
-    assert records(gb)[-1]["rule"] == "blocked-network" and records(gb)[-1]["sni"] is None
+    assert logged(gb)[-1]["rule"] == "blocked-network" and logged(gb)[-1]["sni"] is None
 
 
 def test_partial_client_hello_waits_for_more(gb):
@@ -121,7 +97,7 @@ def test_partial_client_hello_waits_for_more(gb):
     run(gb.next_layer(nl))
     # held by geoblock (mitmproxy would otherwise pick its TLS layer on these bytes); nothing decided yet
     assert isinstance(nl.layer, hold.HoldFirstBytes)
-    assert not gb.log_path.exists() or records(gb) == []
+    assert not gb.log_path.exists() or logged(gb) == []
     # once whole, the bytes go to a fresh NextLayer, whose hook decides
     whole = hold.Replayed(nl.context, expired=False)
     whole.events.append(events.DataReceived(nl.context.client, hello))
@@ -146,9 +122,9 @@ def test_every_layer_choice_is_judged_first(gb, data, server):
     from geoblock.mitm.choose import judged_later
 
     nl = next_layer_for(gb, None, server=server, data=data)
-    before = len(records(gb)) if gb.log_path.exists() else 0
+    before = len(logged(gb)) if gb.log_path.exists() else 0
     run(gb.next_layer(nl))
-    new = records(gb)[before:] if gb.log_path.exists() else []
+    new = logged(gb)[before:] if gb.log_path.exists() else []
     if isinstance(nl.layer, hold.HoldFirstBytes):
         assert new == []
     elif isinstance(nl.layer, (enforce.DenyTLS, enforce.DenyStream)):
@@ -172,7 +148,7 @@ def test_a_layer_mitmproxy_adds_later_is_judged_as_a_stream(gb, monkeypatch):
     nl = next_layer_for(gb, None, server=("127.0.0.2", 443), data=b"SSH-2.0-OpenSSH_9.2\r\n")
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, enforce.DenyStream)
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert (rec["stage"], rec["action"], rec["rule"]) == ("stream", "block", "policy:unreadable")
 
 
@@ -192,7 +168,7 @@ def test_malformed_client_hello_fails_closed(gb):
     nl = next_layer_for(gb, None, data=bad)
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, enforce.DenyTLS)
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert rec["action"] == "block" and "ClientHello" in rec["reason"]
 
 
@@ -202,13 +178,13 @@ def test_connect_to_blocked_name_is_answered_451(gb):
     assert f.response.status_code == 451
     assert f.response.reason == "Unavailable For Legal Reasons"
     assert f.response.headers["link"] == '<https://geoblock.invalid/>; rel="blocked-by"'
-    assert records(gb)[-1]["stage"] == "connect"
+    assert logged(gb)[-1]["stage"] == "connect"
 
 
 def test_connect_to_blocked_ip_is_answered_451(gb):
     f = tflow.tflow(req=tutils.treq(method=b"CONNECT", host="127.0.0.5", port=443, path=b"", authority=b"127.0.0.5:443"))
     run(gb.http_connect(f))
-    assert f.response.status_code == 451 and records(gb)[-1]["rule"] == "blocked-network"
+    assert f.response.status_code == 451 and logged(gb)[-1]["rule"] == "blocked-network"
 
 
 def http_flow(host_header, host="127.0.0.1", port=80):
@@ -226,7 +202,7 @@ def test_blocked_host_gets_the_451_page(gb, host_header):
     assert r.status_code == 451 and r.reason == "Unavailable For Legal Reasons"
     assert 'rel="blocked-by"' in r.headers["link"]
     assert r.headers["content-type"].startswith("text/html")
-    rule = records(gb)[-1]["rule"]
+    rule = logged(gb)[-1]["rule"]
     assert f"<code>{rule}</code>" in r.text
 
 
@@ -234,21 +210,21 @@ def test_allowed_host_passes(gb):
     f = http_flow("allowed.test")
     run(gb.requestheaders(f))
     assert f.response is None
-    assert records(gb)[-1]["action"] == "allow"
+    assert logged(gb)[-1]["action"] == "allow"
 
 
 def test_ipv6_literal_host(gb):
     f = http_flow("[::1]:8080", host="::1")
     run(gb.requestheaders(f))
     assert f.response is None
-    assert records(gb)[-1]["server_ip"] == "::1" and records(gb)[-1]["country"] == "CN"
+    assert logged(gb)[-1]["server_ip"] == "::1" and logged(gb)[-1]["country"] == "CN"
 
 
 def test_invalid_host_header_fails_closed(gb):
     f = http_flow("bad..name")
     run(gb.requestheaders(f))
     assert f.response.status_code == 451
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert rec["action"] == "block" and "'bad..name'" in rec["reason"] and rec["error"] == "invalid-input"
 
 
@@ -260,7 +236,7 @@ def test_monitor_mode_blocks_nothing_and_records_everything(gb):
     nl = next_layer_for(gb, "binance.com")
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, tls.ServerTLSLayer)  # not refused: the TLS goes on
-    recs = records(gb)[-2:]
+    recs = logged(gb)[-2:]
     assert [(r["action"], r["enforced"]) for r in recs] == [("block", False), ("block", False)]
 
 
@@ -282,7 +258,7 @@ def test_each_keep_alive_request_is_judged_recorded_and_enforced(gb):
     for f in flows:
         run(gb.requestheaders(f))
     assert [f.response.status_code if f.response else None for f in flows] == [None, None, 451, 451, None, 451]
-    recs = records(gb)
+    recs = logged(gb)
     assert [(r["host"], r["action"]) for r in recs] == [
         ("allowed.test", "allow"), ("allowed.test", "allow"), ("binance.com", "block"), ("binance.com", "block"),
         ("allowed.test", "allow"), ("okx.com", "block")]
@@ -312,7 +288,7 @@ def test_a_rules_change_applies_to_the_next_request_on_an_open_connection(gb, ru
     assert "rules reloaded" in run(gb.reload())
     second = on_same_connection(first, "allowed.test")
     run(gb.requestheaders(second))
-    assert second.response.status_code == 451 and records(gb)[-1]["rule"] == "new-block"
+    assert second.response.status_code == 451 and logged(gb)[-1]["rule"] == "new-block"
 
 
 def test_monitor_mode_switched_on_applies_to_the_next_request(gb):
@@ -322,7 +298,7 @@ def test_monitor_mode_switched_on_applies_to_the_next_request(gb):
     second = on_same_connection(first, "binance.com")
     run(gb.requestheaders(second))
     assert first.response.status_code == 451 and second.response is None
-    assert [r["enforced"] for r in records(gb)] == [True, False]
+    assert [r["enforced"] for r in logged(gb)] == [True, False]
 
 
 def test_a_record_lost_between_repeats_is_counted_in_the_next_line(gb):
@@ -334,7 +310,7 @@ def test_a_record_lost_between_repeats_is_counted_in_the_next_line(gb):
     flows = [on_same_connection(first, "allowed.test") for _ in range(3)]
     for f in flows:
         run(gb.requestheaders(f))
-    recs = records(gb)
+    recs = logged(gb)
     assert len(recs) == 3 and gb.judging.log.lost == 1  # the second request's record went to the full device
     assert recs[1]["lost_before"] == 1 and "lost_before" not in recs[2]
     assert without_time(recs[2]) == without_time(recs[0])
@@ -375,7 +351,7 @@ def test_an_exception_applies_on_error_and_is_logged_once(gb, monkeypatch, caplo
     assert c.response.status_code == 451
     errors = [r for r in caplog.records if "injected failure" in r.getMessage()]
     assert len(errors) == 1  # once per cause, not once per flow or per stage
-    recs = records(gb)
+    recs = logged(gb)
     assert len(recs) == 5 and all(r["action"] == "block" and r["error"] for r in recs)
 
 
@@ -389,7 +365,7 @@ def test_on_error_allow_is_honoured(gb, monkeypatch, tmp_path, rules_dir):
     f = http_flow("b.test")
     run(gb.requestheaders(f))
     assert f.response is None
-    assert records(gb)[-1]["action"] == "allow"
+    assert logged(gb)[-1]["action"] == "allow"
 
 
 def test_server_connect_refuses_a_blocked_connection(gb):
@@ -446,27 +422,13 @@ def test_forced_reload_reports_what_it_did(gb, tmp_path):
     assert run(gb.reload()) == "nothing changed"
 
 
-def with_extension(hello: bytes, ext_type: int, data: bytes) -> bytes:
-    """A real ClientHello with one more extension appended (record, handshake and list lengths fixed)."""
-    body = bytearray(hello[9:])
-    i = 2 + 32
-    i += 1 + body[i]  # session id
-    i += 2 + int.from_bytes(body[i:i + 2], "big")  # cipher suites
-    i += 1 + body[i]  # compression methods
-    ext_len = int.from_bytes(body[i:i + 2], "big")
-    body += ext_type.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
-    body[i:i + 2] = (ext_len + 4 + len(data)).to_bytes(2, "big")
-    handshake = bytes([0x01]) + len(body).to_bytes(3, "big") + bytes(body)
-    return hello[:3] + len(handshake).to_bytes(2, "big") + handshake
-
-
 def test_encrypted_client_hello_is_recorded_and_logged(gb):
-    hello = with_extension(client_hello("cloudflare-ech.com"), 0xFE0D, b"\x00" * 32)
+    hello = client_hello_with("cloudflare-ech.com", (0xFE0D, b"\x00" * 32))
     assert tls.parse_client_hello(hello).sni == "cloudflare-ech.com"  # still a valid ClientHello
     nl = next_layer_for(gb, None, server=("127.0.0.1", 443), data=hello)
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, tls.ServerTLSLayer)  # policy ech: log (the shipped default)
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert rec["ech"] is True and (rec["action"], rec["rule"]) == ("log", "policy:ech")
     assert "Encrypted Client Hello" in rec["reason"] and "cloudflare-ech.com" in rec["reason"]
 
@@ -478,10 +440,10 @@ def test_encrypted_client_hello_can_be_blocked_by_policy(gb, tmp_path, rules_dir
     (d / "r.yaml").write_text("rules:\n  - {id: b, action: block, domains: [b.test]}\n")
     gb.tctx.configure(gb, geoblock_rules=str(d))
     nl = next_layer_for(gb, None, server=("127.0.0.1", 443),
-                        data=with_extension(client_hello("public.example"), 0xFE0D, b"\x01" * 16))
+                        data=client_hello_with("public.example", (0xFE0D, b"\x01" * 16)))
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, enforce.DenyTLS)
-    assert records(gb)[-1]["rule"] == "policy:ech"
+    assert logged(gb)[-1]["rule"] == "policy:ech"
     plain = next_layer_for(gb, "public.example", server=("127.0.0.1", 443))
     run(gb.next_layer(plain))
     assert isinstance(plain.layer, tls.ServerTLSLayer)  # without ECH the same name passes
@@ -498,31 +460,24 @@ def ech_policy(gb, tmp_path, rules_dir, extra: str = "") -> None:
     gb.tctx.configure(gb, geoblock_rules=str(d))
 
 
-def hello_with(sni: str | None, *extensions: tuple[int, bytes]) -> bytes:
-    data = client_hello(sni)
-    for ext_type, body in extensions:
-        data = with_extension(data, ext_type, body)
-    return data
-
-
 def test_ech_placeholder_beside_an_ordinary_sni_hides_no_name(gb, tmp_path, rules_dir):
     """GREASE ECH (what Chromium sends to every site without an ECH configuration) is recorded as such
     and passes under ech: block."""
     ech_policy(gb, tmp_path, rules_dir)
-    nl = next_layer_for(gb, None, data=hello_with("allowed.test", (et.EXT_ECH, et.ech_outer_body())))
+    nl = next_layer_for(gb, None, data=client_hello_with("allowed.test", (et.EXT_ECH, et.ech_outer_body())))
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, tls.ServerTLSLayer)  # mitmproxy's own choice: not refused
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert rec["ech_grease"] is True and "ech" not in rec and rec["action"] == "allow"
 
 
 @pytest.mark.parametrize("sni", [None, "cloudflare-ech.com", "edge.cloudflare-ech.com", "front.example"])
 def test_ech_without_sni_or_behind_a_public_name_hides_a_name(gb, tmp_path, rules_dir, sni):
     ech_policy(gb, tmp_path, rules_dir, "ech_public_names: [cloudflare-ech.com, front.example]\n")
-    nl = next_layer_for(gb, None, data=hello_with(sni, (et.EXT_ECH, et.ech_outer_body())))
+    nl = next_layer_for(gb, None, data=client_hello_with(sni, (et.EXT_ECH, et.ech_outer_body())))
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, enforce.DenyTLS)
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert (rec["ech"], rec["rule"], rec["action"]) == (True, "policy:ech", "block") and "ech_grease" not in rec
 
 
@@ -532,11 +487,11 @@ def test_older_encrypted_sni_code_points_hide_a_name(gb, tmp_path, rules_dir, ex
     """Encrypted SNI (0xffce) and the ECH draft code points, with a cover SNI or none: refused under
     ech: block like ECH."""
     ech_policy(gb, tmp_path, rules_dir)
-    nl = next_layer_for(gb, None, data=hello_with(sni, (ext, et.esni_body() if ext == et.EXT_ESNI
-                                                        else et.ech_outer_body())))
+    nl = next_layer_for(gb, None, data=client_hello_with(sni, (ext, et.esni_body() if ext == et.EXT_ESNI
+                                                             else et.ech_outer_body())))
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, enforce.DenyTLS)
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert (rec["ech"], rec["rule"]) == (True, "policy:ech") and f"0x{ext:04x}" in rec["reason"]
 
 
@@ -555,13 +510,13 @@ def test_chromium_clienthello_is_a_placeholder_unless_its_sni_fronts_ech(gb, tmp
     nl = next_layer_for(gb, None, server=("127.0.0.1", 443), data=sent)
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, tls.ServerTLSLayer)  # mitmproxy's own choice: not refused
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert (rec["sni"], rec["action"], rec["ech_grease"]) == ("update.googleapis.com", "allow", True)
     assert "ech" not in rec
     fronted = parsed.with_server_name(et.server_name_body(b"cloudflare-ech.com")).records()
     nl = next_layer_for(gb, None, server=("127.0.0.1", 443), data=fronted)
     run(gb.next_layer(nl))
-    assert isinstance(nl.layer, enforce.DenyTLS) and records(gb)[-1]["ech"] is True
+    assert isinstance(nl.layer, enforce.DenyTLS) and logged(gb)[-1]["ech"] is True
 
 
 def test_chromium_to_an_address_url_sends_ech_without_sni_which_counts(gb, tmp_path, rules_dir):
@@ -575,7 +530,7 @@ def test_chromium_to_an_address_url_sends_ech_without_sni_which_counts(gb, tmp_p
     nl = next_layer_for(gb, None, server=("127.0.0.1", 443), data=sent)
     run(gb.next_layer(nl))
     assert isinstance(nl.layer, enforce.DenyTLS)
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert (rec["sni"], rec["ech"], rec["rule"]) == (None, True, "policy:ech")
 
 
@@ -598,7 +553,7 @@ def dns_answer(question: str, *sections: list[str]):
 
 def test_ech_public_names_are_learnt_from_dns_answers_in_every_section(gb, tmp_path, rules_dir):
     ech_policy(gb, tmp_path, rules_dir)
-    sent = hello_with("front.example", (et.EXT_ECH, et.ech_outer_body()))
+    sent = client_hello_with("front.example", (et.EXT_ECH, et.ech_outer_body()))
     before = next_layer_for(gb, None, data=sent)
     run(gb.next_layer(before))
     assert isinstance(before.layer, tls.ServerTLSLayer)  # not yet known to front ECH: a placeholder
@@ -611,7 +566,7 @@ def test_ech_public_names_are_learnt_from_dns_answers_in_every_section(gb, tmp_p
     after = next_layer_for(gb, None, data=sent)
     run(gb.next_layer(after))
     assert isinstance(after.layer, enforce.DenyTLS)
-    assert records(gb)[-1]["ech"] is True and "front.example" in records(gb)[-1]["reason"]
+    assert logged(gb)[-1]["ech"] is True and "front.example" in logged(gb)[-1]["reason"]
 
 
 def test_a_cname_chain_to_a_blocked_name_gets_the_blocked_answer(gb):
@@ -619,7 +574,7 @@ def test_a_cname_chain_to_a_blocked_name_gets_the_blocked_answer(gb):
                                         "api.binance.com. A 127.0.0.2"])
     run(gb.dns_response(flow))
     assert flow.response.response_code == 3 and not flow.response.answers  # NXDOMAIN
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert (rec["stage"], rec["action"], rec["name"]) == ("dns", "block", "api.binance.com")
     assert rec["chain"] == ["alias.example", "mid.example", "api.binance.com"]
     allowed = dns_answer("alias.example", ["alias.example. CNAME allowed.test.", "allowed.test. A 127.0.0.1"])
@@ -638,7 +593,7 @@ def test_additional_records_count_where_the_answer_leads_to_them(gb):
                      ["api.binance.com. A 127.0.0.2"])
     run(gb.dns_response(led))
     assert led.response.response_code == 3
-    assert records(gb)[-1]["chain"] == ["svc.example", "api.binance.com"]
+    assert logged(gb)[-1]["chain"] == ["svc.example", "api.binance.com"]
 
 
 def test_sni_host_mismatch_is_recorded(gb):
@@ -646,7 +601,7 @@ def test_sni_host_mismatch_is_recorded(gb):
     f.client_conn.sni = "allowed.test"
     run(gb.requestheaders(f))
     assert f.response is None
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert rec["mismatch"] == "Host www.example.org ≠ SNI allowed.test"
     assert (rec["action"], rec["rule"]) == ("log", "policy:name-mismatch")
 
@@ -656,7 +611,7 @@ def test_mismatch_with_a_blocked_name_is_blocked_by_the_name(gb):
     f.client_conn.sni = "allowed.test"  # domain fronting: an allowed SNI, a blocked Host
     run(gb.requestheaders(f))
     assert f.response.status_code == 451
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert rec["rule"] == "offshore-crypto-exchanges" and rec["mismatch"]
 
 
@@ -666,11 +621,11 @@ def test_every_form_of_a_blocked_address_is_blocked(gb, target):
                                     authority=f"{target}:443".encode()))
     run(gb.http_connect(c))
     assert c.response is not None and c.response.status_code == 451, target
-    assert records(gb)[-1]["server_ip"] == "127.0.0.5"
+    assert logged(gb)[-1]["server_ip"] == "127.0.0.5"
     f = http_flow(target, host=target)  # GET http://<target>/ through the explicit proxy
     run(gb.requestheaders(f))
     assert f.response is not None and f.response.status_code == 451
-    assert records(gb)[-1]["rule"] == "blocked-network"
+    assert logged(gb)[-1]["rule"] == "blocked-network"
 
 
 @pytest.mark.parametrize("target, ipv6, form", [
@@ -683,14 +638,14 @@ def test_an_ipv6_address_that_carries_a_blocked_address_is_blocked_and_recorded_
                                     authority=f"{target}:443".encode()))
     run(gb.http_connect(c))
     assert c.response is not None and c.response.status_code == 451, target
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert (rec["rule"], rec["server_ip"], rec["server_ipv6"], rec["server_ipv6_form"]) == (
         "blocked-network", "127.0.0.5", ipv6, form)
     assert (rec["country"], rec["asn"]) == ("SG", 64501)
     f = http_flow("allowed.test", host=target.strip("[]"))  # GET http://<target>/ with an allowed Host
     run(gb.requestheaders(f))
     assert f.response is not None and f.response.status_code == 451
-    assert (records(gb)[-1]["rule"], records(gb)[-1]["server_ipv6"]) == ("blocked-network", ipv6)
+    assert (logged(gb)[-1]["rule"], logged(gb)[-1]["server_ipv6"]) == ("blocked-network", ipv6)
 
 
 def resolving_to(gb, answer):
@@ -705,7 +660,7 @@ def test_a_name_resolved_to_a_nat64_address_is_placed_by_the_ipv4_address(gb):
     f = http_flow("offshore-only.test", host="offshore-only.test")
     run(gb.requestheaders(f))
     assert f.response is not None and f.response.status_code == 451
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert (rec["rule"], rec["country"], rec["offshore"]) == ("offshore-only", "SG", True)
     assert (rec["server_ip"], rec["server_ipv6"], rec["server_ipv6_form"]) == ("127.0.0.2", "64:ff9b::7f00:2", "nat64")
 
@@ -719,7 +674,7 @@ def test_an_allowed_name_resolved_to_a_nat64_address_is_dialled_at_the_ipv6_addr
     run(gb.requestheaders(f))
     assert f.response is None
     assert (f.request.host, f.request.host_header) == ("64:ff9b::7f00:1", "offshore-only.test")
-    rec = records(gb)[-1]
+    rec = logged(gb)[-1]
     assert (rec["action"], rec["country"], rec["server_ipv6"]) == ("allow", "CN", "64:ff9b::7f00:1")
 
 
@@ -752,7 +707,7 @@ def test_with_rdap_on_a_server_it_cannot_place_keeps_the_judgement_and_one_it_ma
         first = http_flow("allowed.test", host=target)
         run(gb.requestheaders(first))
         run(gb.requestheaders(on_same_connection(first, "allowed.test", host=target)))
-    assert [r["country"] for r in records(gb)] == [None] * 4
+    assert [r["country"] for r in logged(gb)] == [None] * 4
     assert len(judged) == 3  # 192.0.2.1 once; 8.8.8.8 twice: RDAP's answer may place it for the second
 
 
@@ -766,7 +721,7 @@ def test_a_change_while_a_name_is_resolved_leaves_no_judgement_to_reuse(gb, monk
     first = http_flow("allowed.test")
     run(gb.requestheaders(first))
     run(gb.requestheaders(on_same_connection(first, "allowed.test")))
-    assert len(judged) == 2 and len(records(gb)) == 2
+    assert len(judged) == 2 and len(logged(gb)) == 2
 
 
 def test_start_up_heap_leaves_the_collectors_scans_and_a_reload_frees_the_old_rules(gb):

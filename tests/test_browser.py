@@ -17,7 +17,7 @@ import pytest
 
 from support.decisions import records
 from support import browser
-from support.proc import Mitmdump, with_names
+from support.proc import Mitmdump, geoblock_options, with_names
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -41,14 +41,8 @@ def names(servers) -> dict[str, tuple[str, int]]:
 
 
 def start(directory: Path, servers, rules_dir, geo_dir, pki, **extra) -> Mitmdump:
-    m = with_names(directory / "conf", names(servers), {
-        "geoblock_rules": rules_dir,
-        "geoblock_country_db": geo_dir / "GeoLite2-Country.mmdb",
-        "geoblock_asn_db": geo_dir / "GeoLite2-ASN.mmdb",
-        "geoblock_log": directory / "decisions.jsonl",
-        "ssl_verify_upstream_trusted_ca": pki.ca_pem,
-        **extra,
-    })
+    m = with_names(directory / "conf", names(servers), geoblock_options(
+        rules_dir, geo_dir, directory / "decisions.jsonl", ssl_verify_upstream_trusted_ca=pki.ca_pem, **extra))
     m.decisions = directory / "decisions.jsonl"
     return m.start()
 

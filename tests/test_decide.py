@@ -7,21 +7,11 @@ import pytest
 
 from geoblock.engine import Engine
 from geoblock.core.decide import Facts, decide
-from geoblock.enrich.geo import Geo, location_of
+from geoblock.enrich.geo import location_of
 from geoblock.core.names import normalize_host, normalize_ip
 from geoblock.mitm.observe import client_ip
 from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import Ruleset
-
-
-@pytest.fixture(scope="module")
-def rs(rules_dir):
-    return Ruleset.load(str(rules_dir))
-
-
-@pytest.fixture(scope="module")
-def geo(geo_dir):
-    return Geo(str(geo_dir / "GeoLite2-Country.mmdb"), str(geo_dir / "GeoLite2-ASN.mmdb"))
 
 
 def judge(rs, geo, *names, server=None, client="127.0.0.1", stage="tls"):
@@ -361,7 +351,7 @@ def test_ech_of_unit():
 
 def test_ech_config_public_names_unit():
     from geoblock.mitm.observe import ech_config_public_names
-    from support.evasion_tls import ech_config_list
+    from support.tls_bytes import ech_config_list
 
     assert ech_config_public_names(ech_config_list("a.example", "b.example")) == ["a.example", "b.example"]
     other = b"\xfe\x0c\x00\x03abc"  # a configuration of another version: skipped, as clients skip it

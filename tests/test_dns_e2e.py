@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import shutil
 import random
 import socket
@@ -17,8 +16,9 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from support.evasion_tls import Hello, client_hello, ech_config_list, ech_outer_body
-from support.proc import Mitmdump, free_port
+from support.tls_bytes import client_hello_with, ech_config_list, ech_outer_body
+from support.decisions import read
+from support.proc import Mitmdump, free_port, geoblock_options
 
 pytestmark = pytest.mark.e2e
 
@@ -97,14 +97,9 @@ def stub():
 def dns_proxy(tmp_path, rules_dir, geo_dir, stub):
     port = free_port()
     log = tmp_path / "decisions.jsonl"
-    proxy = Mitmdump(tmp_path / "conf", {
-        "geoblock_rules": rules_dir,
-        "geoblock_country_db": geo_dir / "GeoLite2-Country.mmdb",
-        "geoblock_asn_db": geo_dir / "GeoLite2-ASN.mmdb",
-        "geoblock_log": log,
-        "dns_name_servers": STUB,
-        "dns_use_hosts_file": False,
-    }, extra_args=["--mode", "regular", "--mode", f"dns@{port}"])
+    proxy = Mitmdump(tmp_path / "conf", geoblock_options(
+        rules_dir, geo_dir, log, dns_name_servers=STUB, dns_use_hosts_file=False,
+    ), extra_args=["--mode", "regular", "--mode", f"dns@{port}"])
     proxy.dns_port = port
     with proxy:
         yield proxy, stub, log
@@ -123,7 +118,7 @@ def test_dns_blocks_by_name_and_answers_the_rest(dns_proxy):
     assert [r.address for r in allowed.answer[0]] == ["127.0.0.1"]
     assert "allowed.test" in stub.seen
     time.sleep(0.1)
-    recs = [json.loads(l) for l in log.read_text().splitlines()]
+    recs = read(log)
     dns_recs = [(r["name"], r["action"], r["rule"]) for r in recs if r["stage"] == "dns"]
     assert ("api.binance.com", "block", "offshore-crypto-exchanges") in dns_recs
     assert ("allowed.test", "allow", None) in dns_recs
@@ -159,7 +154,7 @@ def wait_records(log, until, timeout: float = 10.0) -> list[dict]:
     """The decision records once one satisfies `until` (the log is written as the proxy decides)."""
     deadline = time.monotonic() + timeout
     while True:
-        recs = [json.loads(l) for l in log.read_text().splitlines()] if log.exists() else []
+        recs = read(log)
         if any(until(r) for r in recs):
             return recs
         assert time.monotonic() < deadline, f"no such record in {recs}"
@@ -226,12 +221,12 @@ def test_a_public_name_in_an_https_answer_fronts_ech_for_later_connections(dns_p
     proxy, stub, log = dns_proxy
     reply = dns.query.udp(dns.message.make_query("front.test", "HTTPS"), "127.0.0.1", port=proxy.dns_port, timeout=5)
     assert reply.rcode() == dns.rcode.NOERROR and "ech=" not in reply.answer[0].to_text()
-    hello = Hello.parse(client_hello("front.example")).with_extension(0xFE0D, ech_outer_body())
+    hello = client_hello_with("front.example", (0xFE0D, ech_outer_body()))
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.sendall(b"CONNECT 127.0.0.2:9 HTTP/1.1\r\nHost: 127.0.0.2:9\r\n\r\n")
         sock.settimeout(5)
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-        sock.sendall(hello.records())
+        sock.sendall(hello)
         recs = wait_records(log, lambda r: r["stage"] == "tls")
     rec = [r for r in recs if r["stage"] == "tls"][-1]
     assert (rec["sni"], rec.get("ech"), rec["rule"]) == ("front.example", True, "policy:ech"), rec

@@ -7,7 +7,6 @@ Every blocked path is also checked on the server side: the server saw no connect
 from __future__ import annotations
 
 import contextlib
-import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -16,26 +15,16 @@ import pytest
 
 from support.decisions import records
 from support.geodb import write_asn_db, write_country_db
-from support.proc import Mitmdump, with_names
+from support.proc import Mitmdump, curl, geoblock_options, tunnel, with_names
 from support.servers import TestServer
 
 pytestmark = pytest.mark.e2e
 
 
-def options(rules_dir, geo_dir, log, **extra):
-    return {
-        "geoblock_rules": rules_dir,
-        "geoblock_country_db": geo_dir / "GeoLite2-Country.mmdb",
-        "geoblock_asn_db": geo_dir / "GeoLite2-ASN.mmdb",
-        "geoblock_log": log,
-        **extra,
-    }
-
-
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory, rules_dir, geo_dir, pki):
     d = tmp_path_factory.mktemp("proxy")
-    m = Mitmdump(d / "conf", options(rules_dir, geo_dir, d / "decisions.jsonl",
+    m = Mitmdump(d / "conf", geoblock_options(rules_dir, geo_dir, d / "decisions.jsonl",
                                      ssl_verify_upstream_trusted_ca=pki.ca_pem))
     m.decisions = d / "decisions.jsonl"
     with m:
@@ -45,31 +34,13 @@ def proxy(tmp_path_factory, rules_dir, geo_dir, pki):
 @pytest.fixture(scope="module")
 def intercepting(tmp_path_factory, rules_dir, geo_dir, pki):
     d = tmp_path_factory.mktemp("intercept")
-    m = Mitmdump(d / "conf", options(rules_dir, geo_dir, d / "decisions.jsonl", geoblock_intercept=True,
+    m = Mitmdump(d / "conf", geoblock_options(rules_dir, geo_dir, d / "decisions.jsonl", geoblock_intercept=True,
                                      ssl_verify_upstream_trusted_ca=pki.ca_pem))
     m.decisions = d / "decisions.jsonl"
     with m:
         yield m
 
 
-def curl(proxy: Mitmdump, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = ["curl", "-sS", "--max-time", "10", "-x", proxy.url, "-D", "-", "-o", "-", *args, url]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=20)
-
-
-
-
-def connect_tunnel(proxy: Mitmdump, target: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return sock
 
 
 # --- CONNECT ---------------------------------------------------------------------------------
@@ -113,7 +84,7 @@ def test_blocked_sni_gets_tls_alert_and_the_server_sees_nothing(proxy, servers, 
 
 def test_blocked_sni_with_python_ssl(proxy, servers):
     s = servers["https2"]
-    sock = connect_tunnel(proxy, f"127.0.0.2:{s.port}")
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
     ctx = ssl.create_default_context()
     with pytest.raises(ssl.SSLError, match="ACCESS_DENIED"):
         ctx.wrap_socket(sock, server_hostname="api.binance.com")
@@ -123,7 +94,7 @@ def test_blocked_sni_with_python_ssl(proxy, servers):
 
 def test_idn_sni_is_blocked(proxy, servers, pki):
     s = servers["https2"]
-    sock = connect_tunnel(proxy, f"127.0.0.2:{s.port}")
+    sock = tunnel(proxy, f"127.0.0.2:{s.port}")
     ctx = ssl.create_default_context()
     with pytest.raises(ssl.SSLError, match="ACCESS_DENIED"):
         ctx.wrap_socket(sock, server_hostname="shop.bücher.example")  # sent as xn--bcher-kva
@@ -137,7 +108,7 @@ def test_allowed_tls_passes_through_with_the_real_certificate(proxy, servers, pk
              "--cacert", str(pki.ca_pem))
     assert r.returncode == 0, r.stderr
     assert "hello from 127.0.0.1" in r.stdout
-    sock = connect_tunnel(proxy, f"127.0.0.1:{s.port}")
+    sock = tunnel(proxy, f"127.0.0.1:{s.port}")
     ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
     with ctx.wrap_socket(sock, server_hostname="allowed.test") as tls:
         assert tls.getpeercert(binary_form=True) == pki.cert_der  # not a mitmproxy certificate
@@ -148,7 +119,7 @@ def test_allowed_tls_passes_through_with_the_real_certificate(proxy, servers, pk
 
 def test_missing_sni_is_judged_on_the_destination(proxy, servers, pki):
     s = servers["https1"]
-    sock = connect_tunnel(proxy, f"127.0.0.1:{s.port}")
+    sock = tunnel(proxy, f"127.0.0.1:{s.port}")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(str(pki.ca_pem))
     ctx.check_hostname = False
@@ -232,7 +203,7 @@ def intercepting_named(tmp_path_factory, rules_dir, geo_dir, pki, servers):
     d = tmp_path_factory.mktemp("intercept-named")
     s, h = servers["https2"], servers["http2"]
     m = with_names(d / "conf", {"binance.com:443": (s.host, s.port), "binance.com:80": (h.host, h.port)},
-                   options(rules_dir, geo_dir, d / "decisions.jsonl", geoblock_intercept=True,
+                   geoblock_options(rules_dir, geo_dir, d / "decisions.jsonl", geoblock_intercept=True,
                            ssl_verify_upstream_trusted_ca=pki.ca_pem))
     m.decisions = d / "decisions.jsonl"
     with m:
@@ -265,7 +236,7 @@ def test_intercept_blocked_connect_target_gets_the_451_page_over_tls(interceptin
 def test_intercept_blocked_tunnel_relays_nothing_that_is_not_tls_or_http(intercepting_named, servers):
     """The accepted CONNECT of a blocked tunnel carries no other protocol: bytes that are neither TLS nor
     HTTP are never relayed (the server is never dialled) and the connection is closed."""
-    sock = connect_tunnel(intercepting_named, "binance.com:443")
+    sock = tunnel(intercepting_named, "binance.com:443")
     with sock:
         sock.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
         sock.settimeout(10)
@@ -338,7 +309,7 @@ def test_intercept_in_monitor_mode_blocks_nothing(tmp_path, rules_dir, geo_dir, 
     s = servers["https2"]
     log = tmp_path / "decisions.jsonl"
     with with_names(tmp_path / "conf", {"binance.com:443": (s.host, s.port)},
-                    options(rules_dir, geo_dir, log, geoblock_intercept=True, geoblock_monitor=True,
+                    geoblock_options(rules_dir, geo_dir, log, geoblock_intercept=True, geoblock_monitor=True,
                             ssl_verify_upstream_trusted_ca=pki.ca_pem)) as m:
         ca = m.confdir / "mitmproxy-ca-cert.pem"
         r = curl(m, "https://binance.com/", "--cacert", str(ca))
@@ -356,7 +327,7 @@ def test_intercept_in_monitor_mode_blocks_nothing(tmp_path, rules_dir, geo_dir, 
 def test_monitor_mode_blocks_nothing_and_records_everything(tmp_path, rules_dir, geo_dir, servers, pki):
     log = tmp_path / "decisions.jsonl"
     s = servers["https2"]
-    with Mitmdump(tmp_path / "conf", options(rules_dir, geo_dir, log, geoblock_monitor=True)) as m:
+    with Mitmdump(tmp_path / "conf", geoblock_options(rules_dir, geo_dir, log, geoblock_monitor=True)) as m:
         r = curl(m, "https://binance.com/", "--connect-to", f"binance.com:443:127.0.0.2:{s.port}",
                  "--cacert", str(pki.ca_pem))
         assert r.returncode == 0 and "hello from 127.0.0.2" in r.stdout
@@ -385,7 +356,7 @@ def test_a_name_is_resolved_when_a_rule_needs_its_country(tmp_path, servers, cou
     (rules / "r.yaml").write_text("rules:\n  - {id: local-offshore, action: block, domains: [localhost], offshore: true}\n")
     log = tmp_path / "decisions.jsonl"
     s = servers["http1"]
-    with Mitmdump(tmp_path / "conf", options(rules, geo, log)) as m:
+    with Mitmdump(tmp_path / "conf", geoblock_options(rules, geo, log)) as m:
         r = curl(m, f"http://localhost:{s.port}/")
     if blocked:
         assert r.stdout.startswith("HTTP/1.1 451") and s.connections == 0
@@ -414,7 +385,7 @@ def judged_elsewhere(tmp_path, tls, **extra):
         (rules / "r.yaml").write_text(
             "rules:\n  - {id: local-offshore, action: block, domains: [localhost], offshore: true}\n")
         pin = Path(__file__).parent / "support" / "pin_resolver.py"
-        m = Mitmdump(tmp_path / "conf", options(rules, geo, tmp_path / "decisions.jsonl", **extra),
+        m = Mitmdump(tmp_path / "conf", geoblock_options(rules, geo, tmp_path / "decisions.jsonl", **extra),
                      extra_args=["-s", str(pin)])
         m.decisions = tmp_path / "decisions.jsonl"
         with m:

@@ -1,7 +1,7 @@
 """The evasion table (docs/evasion.md), one test or parametrised case per row, end to end.
 
 Each case runs a real mitmdump with geoblock and a real client: curl, raw sockets sending exact bytes
-(request lines and headers, hand-made ClientHellos from tests/support/evasion_tls.py), Python ssl, an
+(request lines and headers, hand-made ClientHellos from tests/support/tls_bytes.py), Python ssl, an
 HTTP/2 client (h2). Servers on 127.0.0.x are placed in countries by a test GeoIP database
 (tests/support/geodb.py): 127.0.0.1 CN (home), 127.0.0.2 SG (offshore), 127.0.0.5 SG and blocked by
 the network rule `blocked-network`, 127.0.0.20-23 GeoIP answers that are not a plain country. Each
@@ -29,8 +29,8 @@ import h2.errors
 import h2.events
 import pytest
 
-from support import evasion_tls as et
-from support.proc import Mitmdump
+from support import tls_bytes as et
+from support.proc import Mitmdump, connect, curl, geoblock_options, tunnel
 from support.servers import TestServer
 
 pytestmark = pytest.mark.e2e
@@ -84,15 +84,8 @@ def make_rules(d: Path, **policy: str) -> Path:
 
 def start_proxy(d: Path, geo_dir: Path, pki, **extra) -> Mitmdump:
     rules = make_rules(d / "rules", **extra.pop("policy", {}))
-    m = Mitmdump(d / "conf", {
-        "geoblock_rules": rules,
-        "geoblock_country_db": geo_dir / "GeoLite2-Country.mmdb",
-        "geoblock_asn_db": geo_dir / "GeoLite2-ASN.mmdb",
-        "geoblock_log": d / "decisions.jsonl",
-        "geoblock_rdap": False,
-        "ssl_verify_upstream_trusted_ca": pki.ca_pem,
-        **extra,
-    })
+    m = Mitmdump(d / "conf", geoblock_options(rules, geo_dir, d / "decisions.jsonl", geoblock_rdap=False,
+                                              ssl_verify_upstream_trusted_ca=pki.ca_pem, **extra))
     m.decisions = d / "decisions.jsonl"
     return m
 
@@ -204,29 +197,6 @@ def status(answer: bytes) -> int:
     return int(answer[9:12])
 
 
-def connect(proxy: Mitmdump, authority: bytes | str) -> tuple[socket.socket, bytes]:
-    """A CONNECT with exactly this authority; the socket and the proxy's answer head."""
-    if isinstance(authority, str):
-        authority = authority.encode()
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(b"CONNECT " + authority + b" HTTP/1.1\r\nHost: " + authority + b"\r\n\r\n")
-    head = b""
-    sock.settimeout(10)
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    return sock, head
-
-
-def tunnel(proxy: Mitmdump, authority: str) -> socket.socket:
-    sock, head = connect(proxy, authority)
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return sock
-
-
 def tls_first_record(sock: socket.socket, chunks: list[bytes], timeout: float = 5.0) -> tuple[bytes, bool]:
     """Send `chunks` (separate TCP segments) and read the first TLS record that comes back.
 
@@ -271,11 +241,6 @@ def assert_server_hello(answer: tuple[bytes, bool]) -> None:
     """The real server's ServerHello (a handshake record, type 2), passed through."""
     record, _ = answer
     assert record[:1] == b"\x16" and record[5:6] == b"\x02", answer
-
-
-def curl(proxy: Mitmdump, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = ["curl", "-sS", "--max-time", "10", "-x", proxy.url, "-D", "-", "-o", "-", *args, url]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
 
 
 # ============================================================== 1. spellings of one name
@@ -437,7 +402,6 @@ def test_connect_target_allowed_sni_blocked(proxy, log):
 
 
 def test_connect_target_blocked_sni_allowed(proxy, servers, log):
-    s = servers["https2"]
     sock, head = connect(proxy, "binance.com:443")
     sock.close()
     assert head.startswith(b"HTTP/1.1 451")  # refused before any ClientHello

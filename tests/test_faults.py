@@ -21,12 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from support.faults import (DnsStub, RefusingPort, ResettingServer, Tmpfs, private_mounts_unavailable, wait_for,
+from support.faults import (DnsStub, RefusingPort, ResettingServer, Tmpfs, private_mounts_unavailable,
                             with_resolv_conf)
+from support.decisions import read
 from support.geodb import PLACES, write_asn_db, write_country_db
-from support.proc import Mitmdump
+from support.proc import Mitmdump, geoblock_options
 from support.rdap_server import RdapServer, country, hang
-from support.evasion_tls import client_hello
+from support.tls_bytes import client_hello
+from support.waiting import wait_for
 from support.servers import TestServer
 
 POLICY = "home_countries: [CN]\ndefault: allow\nunknown_country: block\non_error: block\n"
@@ -37,14 +39,6 @@ RECOVERY = 15.0  # seconds a recovery may take on a loaded machine (many reload 
 
 
 # --- set-up ------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def web():
-    servers = {"cn": TestServer("127.0.0.1"), "sg": TestServer("127.0.0.2")}
-    yield servers
-    for s in servers.values():
-        s.close()
-
 
 def write_rules(d: Path, extra: str = "") -> Path:
     d.mkdir(parents=True, exist_ok=True)
@@ -111,12 +105,10 @@ class Proxy:
         return self.http(server, host, url)[0]
 
     def records(self, path: Path | None = None) -> list[dict]:
-        path = path or self.log
         try:
-            text = path.read_text()
-        except (FileNotFoundError, IsADirectoryError):
+            return read(path or self.log)  # every line must be a whole record
+        except IsADirectoryError:
             return []
-        return [json.loads(line) for line in text.splitlines()]  # every line must be a whole record
 
     def last(self, **match) -> dict:
         found = [r for r in self.records() if all(r.get(k) == v for k, v in match.items())]
@@ -393,11 +385,9 @@ def test_rdap_hanging_stalls_no_flow_and_later_answers_are_used(tmp_path, geo_di
     rules = write_rules(tmp_path / "rules")
     (rules / "us.yaml").write_text("rules:\n  - {id: no-us, action: block, countries: [US]}\n")
     log = tmp_path / "decisions.jsonl"
-    m = Mitmdump(tmp_path / "conf", {
-        "geoblock_rules": rules, "geoblock_country_db": geo_dir / "GeoLite2-Country.mmdb",
-        "geoblock_asn_db": geo_dir / "GeoLite2-ASN.mmdb", "geoblock_log": log,
-        "geoblock_rdap_url": rdap.bootstrap_url, "geoblock_rdap_timeout": "2",
-    }, extra_args=["--mode", f"upstream:http://127.0.0.1:{upstream.port}"])
+    m = Mitmdump(tmp_path / "conf", geoblock_options(
+        rules, geo_dir, log, geoblock_rdap_url=rdap.bootstrap_url, geoblock_rdap_timeout="2",
+    ), extra_args=["--mode", f"upstream:http://127.0.0.1:{upstream.port}"])
 
     def connect(target: str) -> tuple[str, float]:
         started = time.monotonic()
@@ -481,14 +471,13 @@ def test_upstream_refusing_or_resetting(tmp_path, web, kind):
 
 # --- one guard for every hook: an injected failure in each stage --------------------------------------
 
-from mitmproxy.addons import proxyserver  # noqa: E402
 from mitmproxy.proxy import context, events, layer, mode_specs  # noqa: E402
 from mitmproxy.proxy.layers import modes, tls  # noqa: E402
-from mitmproxy.test import taddons, tflow, tutils  # noqa: E402
+from mitmproxy.test import tflow, tutils  # noqa: E402
 
 import geoblock.engine as engine_mod  # noqa: E402
 from geoblock.mitm import enforce  # noqa: E402
-from geoblock.mitm.addon import GeoBlock  # noqa: E402
+from support.harness import geoblock_in_context, logged  # noqa: E402
 
 
 from mitmproxy import dns as mdns  # noqa: E402
@@ -502,15 +491,8 @@ def gb_on_error(request, tmp_path, geo_dir):
     rules.mkdir()
     (rules / "policy.yaml").write_text(f"home_countries: [CN]\non_error: {request.param}\n")
     (rules / "r.yaml").write_text(CRYPTO)
-    addon = GeoBlock()
-    with taddons.context(proxyserver.Proxyserver(), addon) as tctx:
-        tctx.configure(addon, geoblock_rules=str(rules),
-                       geoblock_country_db=str(geo_dir / "GeoLite2-Country.mmdb"),
-                       geoblock_asn_db=str(geo_dir / "GeoLite2-ASN.mmdb"),
-                       geoblock_log=str(tmp_path / "decisions.jsonl"))
-        addon.tctx = tctx
+    with geoblock_in_context(rules, geo_dir, tmp_path / "decisions.jsonl") as addon:
         addon.on_error = request.param
-        addon.log_path = tmp_path / "decisions.jsonl"
         yield addon
 
 
@@ -600,7 +582,7 @@ def test_an_injected_failure_in_a_deciding_stage_applies_on_error_once_logged(gb
     assert blocked == [gb.on_error == "block"] * len(objs)
     errors = [r for r in caplog.records if "injected failure" in r.getMessage() and r.levelno >= logging.ERROR]
     assert len(errors) == 1 and f"error in the {stage} stage" in errors[0].getMessage()
-    recs = [json.loads(line) for line in gb.log_path.read_text().splitlines()]
+    recs = logged(gb)
     assert len(recs) == len(objs)
     assert all(r["action"] == gb.on_error and r["stage"] == stage and r["error"].startswith("RuntimeError")
                for r in recs)
@@ -636,5 +618,5 @@ def test_an_injected_failure_in_server_connect_applies_on_error_once_logged(gb_o
     assert [_blocked("server_connect", o) for o in objs] == [gb.on_error == "block"] * len(objs)
     errors = [r for r in caplog.records if "injected failure" in r.getMessage() and r.levelno >= logging.ERROR]
     assert len(errors) == 1
-    recs = [json.loads(line) for line in gb.log_path.read_text().splitlines()]
+    recs = logged(gb)
     assert len(recs) == len(objs) and all(r["action"] == gb.on_error and r["error"] for r in recs)

@@ -1,9 +1,11 @@
 """The fuzzers' regression tests: every seed and every saved finding (tests/fuzz/seeds/, tests/fuzz/corpus/)
-replayed through the same oracles as scripts/fuzz.py (no atheris needed), what the inputs the fuzzers
-found show a user, and a short bounded run of each fuzz target so the harness itself is exercised."""
+replayed through the same oracles as scripts/fuzz.py (tests/support/fuzz_targets.py; no atheris needed),
+what the inputs the fuzzers found show a user, and a short bounded run of each fuzz target so the
+harness itself is exercised."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -11,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+from support import fuzz_targets as ft
+from support.tls_bytes import client_hello, client_hello_body, handshake_message, handshake_records, sni_ext
 
-import fuzz_targets as ft  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 INPUTS = sorted(
     (target, path)
@@ -49,14 +51,14 @@ def test_the_corpus_is_there_and_small():
 
 
 def test_the_clienthello_oracle_sees_a_blocked_name_let_through(targets):
-    hello = ft.python_client_hello("API.Binance.COM")
+    hello = client_hello("API.Binance.COM")
     [finding] = [f for f in targets["clienthello"].judge(ft.SERVERS[1], hello, "allow") if "SNI" in f.detail]
     assert finding.kind == "fail-open" and "binance.com" in finding.detail
-    assert targets["clienthello"].judge(ft.SERVERS[1], ft.python_client_hello("example.org"), "allow") == []
+    assert targets["clienthello"].judge(ft.SERVERS[1], client_hello("example.org"), "allow") == []
 
 
 def test_the_clienthello_oracle_sees_an_unreadable_server_name_let_through(targets):
-    data = ft.records(ft.handshake(ft.client_hello_body([ft.sni_ext([b"xn--a.binance.com"])])))
+    data = handshake_records(handshake_message(client_hello_body([sni_ext([b"xn--a.binance.com"])])))
     kinds = {f.kind for f in targets["clienthello"].judge(ft.SERVERS[1], data, "allow")}
     assert kinds == {"fail-open"}
 
@@ -108,17 +110,17 @@ def test_a_rule_file_with_a_control_character_is_refused_with_its_line(tmp_path)
 
 
 @pytest.mark.parametrize("exts", [
-    [ft.sni_ext([b"binance.com", b"ok.test"])],  # two names in one extension
-    [ft.sni_ext([b"ok.test"]), ft.sni_ext([b"binance.com"])],  # two server_name extensions
-    [ft.sni_ext([b"xn--a.binance.com"])],  # not valid punycode: OpenSSL servers still read it
-    [ft.sni_ext([b"a" * 64 + b".binance.com"])],  # a 64-character label: the same
-    [ft.sni_ext([b"binance.com\x00"])],
-    [ft.sni_ext([])],
+    [sni_ext([b"binance.com", b"ok.test"])],  # two names in one extension
+    [sni_ext([b"ok.test"]), sni_ext([b"binance.com"])],  # two server_name extensions
+    [sni_ext([b"xn--a.binance.com"])],  # not valid punycode: OpenSSL servers still read it
+    [sni_ext([b"a" * 64 + b".binance.com"])],  # a 64-character label: the same
+    [sni_ext([b"binance.com\x00"])],
+    [sni_ext([])],
 ], ids=["two-names", "two-extensions", "bad-punycode", "long-label", "nul", "empty-list"])
 def test_a_server_name_geoblock_cannot_judge_gets_a_tls_alert(targets, exts):
     """A ClientHello whose server_name mitmproxy does not read as one valid name is refused (on_error),
     not judged as a ClientHello without SNI (the server is offshore and no rule covers it by address)."""
-    data = ft.records(ft.handshake(ft.client_hello_body(exts)))
+    data = handshake_records(handshake_message(client_hello_body(exts)))
     outcome, layer, _ = targets["clienthello"].run_hook(ft.SERVERS[1], data)
     assert outcome == "block"
     from mitmproxy.proxy import events
@@ -133,12 +135,12 @@ def test_a_malformed_client_hello_mitmproxy_misreads_gets_a_tls_alert(targets):
     put binance.com there. Such a ClientHello was judged as one without SNI, and allowed."""
     from mitmproxy.proxy.layers.tls import parse_client_hello
 
-    data = ft.records(ft.handshake(ft.client_hello_body([ft.sni_ext([b"binance.com"])], ciphers=b"\x13\x01\x00")))
+    data = handshake_records(handshake_message(client_hello_body([sni_ext([b"binance.com"])], ciphers=b"\x13\x01\x00")))
     assert parse_client_hello(data).sni is None  # what mitmproxy reads
     assert ft.reference_hello(data).names == ((0, b"binance.com"),)  # what the lengths say
     outcome, layer, errors = targets["clienthello"].run_hook(ft.SERVERS[1], data)
     assert outcome == "block" and all(cause.startswith("MalformedClientHello ") for cause in errors)
-    well_formed = ft.records(ft.handshake(ft.client_hello_body([ft.sni_ext([b"example.org"])])))
+    well_formed = handshake_records(handshake_message(client_hello_body([sni_ext([b"example.org"])])))
     assert targets["clienthello"].run_hook(ft.SERVERS[1], well_formed)[0] == "allow"
 
 
@@ -147,7 +149,7 @@ def test_a_malformed_client_hello_mitmproxy_misreads_gets_a_tls_alert(targets):
 
 
 def test_a_bounded_fuzz_run_of_each_target_reports_its_cases_and_no_findings(tmp_path):
-    import atheris  # noqa: F401 - in the test extras: missing, this test errors (no skip)
+    importlib.import_module("atheris")  # in the test extras: missing, this test errors (no skip)
 
     runs = 3000
     out = tmp_path / "results.json"

@@ -3,35 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
-from mitmproxy.addons import proxyserver
 from mitmproxy.net.dns import response_codes, types as dns_types
 from mitmproxy.proxy import mode_specs
-from mitmproxy.test import taddons, tflow
+from mitmproxy.test import tflow
 
-from geoblock.mitm.addon import GeoBlock
 from geoblock.core.decide import Facts, decide
 from geoblock.core.names import normalize_ip
 from geoblock.core.ruleset import Ruleset
-
-
-@pytest.fixture
-def gb(tmp_path, rules_dir, geo_dir):
-    addon = GeoBlock()
-    with taddons.context(proxyserver.Proxyserver(), addon) as tctx:
-        tctx.configure(addon, geoblock_rules=str(rules_dir),
-                       geoblock_country_db=str(geo_dir / "GeoLite2-Country.mmdb"),
-                       geoblock_asn_db=str(geo_dir / "GeoLite2-ASN.mmdb"),
-                       geoblock_log=str(tmp_path / "decisions.jsonl"))
-        addon.tctx = tctx
-        addon.log_path = tmp_path / "decisions.jsonl"
-        yield addon
+from support.harness import logged
 
 
 def last(gb) -> dict:
-    return json.loads(gb.log_path.read_text().splitlines()[-1])
+    return logged(gb)[-1]
 
 
 def transparent_client(dest: str, src: str = "127.0.0.1"):

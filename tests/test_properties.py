@@ -99,22 +99,13 @@ def test_any_rule_shape_either_loads_or_names_its_line(rule):
         assert exc.path == "shape.yaml" and exc.line is not None
 
 
-# The shipped rules plus tests/rules/extra.yaml, whose exact allow "=pay.binance.com" covers one name
-# under a blocked domain.
-
-@pytest.fixture(scope="module")
-def layered(tmp_path_factory):
-    d = tmp_path_factory.mktemp("layered")
-    for f in (REPO / "rules").glob("*.yaml"):
-        (d / f.name).write_text(f.read_text())
-    (d / "extra.yaml").write_text((REPO / "tests" / "rules" / "extra.yaml").read_text())
-    return Ruleset.load(str(d))
-
+# `rs` (tests/conftest.py): the shipped rules plus tests/rules/extra.yaml, whose exact allow
+# "=pay.binance.com" covers one name under a blocked domain.
 
 @given(labels=st.lists(label, max_size=3))
-def test_a_blocked_domains_subdomains_are_blocked_unless_an_exact_allow_covers_them(layered, labels):
+def test_a_blocked_domains_subdomains_are_blocked_unless_an_exact_allow_covers_them(rs, labels):
     name = normalize_host(".".join([*labels, "binance.com"]))
-    v = decide(Facts("tls", names=(name,)), layered)
+    v = decide(Facts("tls", names=(name,)), rs)
     if name == "pay.binance.com":
         assert (v.action, v.rule) == ("allow", "exact-allow")
     else:  # also below pay.binance.com: the "=" allow covers that name only

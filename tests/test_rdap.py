@@ -20,18 +20,13 @@ import pytest
 from geoblock.enrich import rdap
 from geoblock.enrich.rdap import RdapLocator, lookup_country, make_opener
 from support import rdap_server as rs
+from support import waiting
 from support.rdap_server import RdapServer
 
 
-def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
+def wait_for(predicate):
+    """support.waiting.wait_for, polling fast (lookups in threads finish in milliseconds), 5 s at most."""
+    return waiting.wait_for(predicate, timeout=5.0, every=0.01)
 
 
 # -- no traffic beyond loopback ------------------------------------------------------------------------

@@ -7,13 +7,13 @@ in upstream mode towards a closed loopback port, so even a flow that were allowe
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 
 import pytest
 
-from support.proc import Mitmdump, free_port
+from support.decisions import read
+from support.proc import Mitmdump, free_port, geoblock_options
 from support.rdap_server import RdapServer, country, hang
 from support.servers import TestServer
 
@@ -30,14 +30,9 @@ def setup(tmp_path, geo_dir):
     (rules / "policy.yaml").write_text("home_countries: [CN]\nunknown_country: block\n")
     (rules / "r.yaml").write_text("rules:\n  - {id: no-us, action: block, countries: [US]}\n")
     log = tmp_path / "decisions.jsonl"
-    proxy = Mitmdump(tmp_path / "conf", {
-        "geoblock_rules": rules,
-        "geoblock_country_db": geo_dir / "GeoLite2-Country.mmdb",
-        "geoblock_asn_db": geo_dir / "GeoLite2-ASN.mmdb",
-        "geoblock_log": log,
-        "geoblock_rdap_url": rdap.bootstrap_url,
-        "geoblock_rdap_timeout": "2",
-    }, extra_args=["--mode", f"upstream:http://127.0.0.1:{free_port()}"])
+    proxy = Mitmdump(tmp_path / "conf", geoblock_options(
+        rules, geo_dir, log, geoblock_rdap_url=rdap.bootstrap_url, geoblock_rdap_timeout="2",
+    ), extra_args=["--mode", f"upstream:http://127.0.0.1:{free_port()}"])
     with proxy:
         yield proxy, rdap, log
     rdap.release()
@@ -51,15 +46,11 @@ def connect(proxy: Mitmdump, target: str) -> tuple[str, float]:
     return r.stderr, time.monotonic() - started
 
 
-def records(log) -> list[dict]:
-    return [json.loads(l) for l in log.read_text().splitlines()]
-
-
 def test_an_unplaced_address_is_looked_up_once_and_later_flows_use_the_answer(setup):
     proxy, rdap, log = setup
     err, _ = connect(proxy, "8.8.8.8")
     assert "response 451" in err
-    first = records(log)[-1]
+    first = read(log)[-1]
     assert (first["country"], first["rule"], first["action"]) == (None, "no-us", "block")
     assert "unknown_country (block) applies" in first["reason"]
     deadline = time.monotonic() + 5
@@ -69,7 +60,7 @@ def test_an_unplaced_address_is_looked_up_once_and_later_flows_use_the_answer(se
     for _ in range(5):
         err, _ = connect(proxy, "8.8.8.8")
         assert "response 451" in err
-    later = records(log)[-1]
+    later = read(log)[-1]
     assert (later["country"], later["country_source"], later["rule"]) == ("US", "rdap", "no-us")
     assert "is in US" in later["reason"]
     assert rdap.hits_for("8.8.8.8") == 1  # the cache works
@@ -94,6 +85,6 @@ def test_a_hanging_rdap_server_never_slows_other_flows(setup):
         r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "-x",
                             proxy.url, f"http://127.0.0.1:{local.port}/"], capture_output=True, text=True)
         assert time.monotonic() - started < 1.0 and r.stdout == "502"  # allowed, then the closed upstream
-        assert records(log)[-1]["action"] == "allow"
+        assert read(log)[-1]["action"] == "allow"
     finally:
         local.close()

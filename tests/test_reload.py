@@ -3,9 +3,7 @@ what is valid, keeps the last good ruleset or database otherwise, and says why."
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -14,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from support import waiting
+from support.decisions import read
 from support.geodb import PLACES, write_asn_db, write_country_db
-from support.proc import Mitmdump
+from support.proc import Mitmdump, geoblock_options
 from support.servers import TestServer
 
 pytestmark = pytest.mark.e2e
@@ -23,14 +23,9 @@ pytestmark = pytest.mark.e2e
 POLICY = "home_countries: [CN]\ndefault: allow\nunknown_country: log\non_error: block\n"
 
 
-def wait_for(predicate, timeout=8.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_for(predicate, what: str = "condition"):
+    """support.waiting.wait_for, 8 s at most (a reload interval here is 0.3 s)."""
+    return waiting.wait_for(predicate, timeout=8.0, what=what)
 
 
 def read_response(reader) -> bytes:
@@ -64,13 +59,8 @@ class Setup:
         write_country_db(self.geo / "GeoLite2-Country.mmdb")
         write_asn_db(self.geo / "GeoLite2-ASN.mmdb")
         self.log = tmp / "decisions.jsonl"
-        self.proxy = Mitmdump(tmp / "conf", {
-            "geoblock_rules": self.rules,
-            "geoblock_country_db": self.geo / "GeoLite2-Country.mmdb",
-            "geoblock_asn_db": self.geo / "GeoLite2-ASN.mmdb",
-            "geoblock_log": self.log,
-            "geoblock_reload_interval": reload_interval,
-        })
+        self.proxy = Mitmdump(tmp / "conf", geoblock_options(self.rules, self.geo, self.log,
+                                                             geoblock_reload_interval=reload_interval))
 
     def http(self, server: TestServer, host: str) -> int:
         r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
@@ -79,7 +69,7 @@ class Setup:
         return int(r.stdout or 0)
 
     def last(self) -> dict:
-        return json.loads(self.log.read_text().splitlines()[-1])
+        return read(self.log)[-1]
 
 
 @pytest.fixture
@@ -87,14 +77,6 @@ def setup(tmp_path):
     s = Setup(tmp_path)
     with s.proxy:
         yield s
-
-
-@pytest.fixture(scope="module")
-def web():
-    servers = {"cn": TestServer("127.0.0.1"), "sg": TestServer("127.0.0.2")}
-    yield servers
-    for s in servers.values():
-        s.close()
 
 
 def test_a_replaced_database_is_used_for_the_next_decision(setup, web):

@@ -20,15 +20,13 @@ from pathlib import Path
 import pytest
 from mitmproxy import http
 from mitmproxy import io as mio
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import tflow, tutils
 
 from geoblock.tools import replay as rp
-from geoblock.mitm.addon import GeoBlock
 from geoblock.core.decide import Facts
-from geoblock.enrich.geo import Geo
 from geoblock.enrich.resolve import Resolver
-from geoblock.core.ruleset import Ruleset
 from geoblock.engine import Engine
+from support.harness import geoblock_in_context, logged
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -40,19 +38,6 @@ FILES = sorted(p.name for p in FLOWS.glob("*.mitm"))
 def read(name: str) -> list[http.HTTPFlow]:
     with open(FLOWS / name, "rb") as fo:
         return list(mio.FlowReader(fo).stream())
-
-
-@pytest.fixture(scope="module")
-def rs(rules_dir) -> Ruleset:
-    return Ruleset.load(str(rules_dir))
-
-
-@pytest.fixture(scope="module")
-def geo(geo_dir):
-    g = Geo(str(geo_dir / "GeoLite2-Country.mmdb"), str(geo_dir / "GeoLite2-ASN.mmdb"))
-    assert not g.problems
-    yield g
-    g.close()
 
 
 @pytest.fixture(scope="module")
@@ -171,25 +156,11 @@ def _no_dns(name: str) -> list[str]:
 @pytest.fixture
 def live(tmp_path, rules_dir, geo_dir):
     """The real addon, configured as under mitmdump, with a resolver that must not be used."""
-    log = tmp_path / "decisions.jsonl"
-    addon = GeoBlock()
-    with taddons.context(addon) as tctx:
-        tctx.configure(
-            addon,
-            geoblock_rules=str(rules_dir),
-            geoblock_country_db=str(geo_dir / "GeoLite2-Country.mmdb"),
-            geoblock_asn_db=str(geo_dir / "GeoLite2-ASN.mmdb"),
-            geoblock_log=str(log),
-        )
+    with geoblock_in_context(rules_dir, geo_dir, tmp_path / "decisions.jsonl", with_proxyserver=False) as addon:
         addon.engine.resolver.close()
         addon.engine.resolver = Resolver(lookup=_no_dns)
-        addon.log_path = log
         yield addon
         addon.done()
-
-
-def logged(addon) -> list[dict]:
-    return [json.loads(line) for line in addon.log_path.read_text(encoding="utf-8").splitlines()]
 
 
 def comparable(record: dict) -> dict:

@@ -10,13 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+from support import soak
+from support.geodb import write_country_db
+from support.proc import Mitmdump
+from support.servers import TestServer
 
-import soak  # noqa: E402
-from support.geodb import write_country_db  # noqa: E402
-from support.proc import Mitmdump  # noqa: E402
-from support.servers import TestServer  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_soak_short_run(tmp_path):

@@ -7,16 +7,19 @@ import time
 from pathlib import Path
 
 
+def read(path: Path) -> list[dict]:
+    """Every decision record in the log file `path`, oldest first, as it is now (none when the file does
+    not exist yet). Every line must be a whole JSON record: json.JSONDecodeError otherwise."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines()]
+
+
 def records(path: Path, **match: object) -> list[dict]:
     """The decision records in `path` whose fields equal every value in `match` (none when the log does
     not exist yet). Waits 50 ms first: a record is written as the proxy decides, just before or after the
     client sees the answer."""
     time.sleep(0.05)
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if all(rec.get(k) == v for k, v in match.items()):
-            out.append(rec)
-    return out
+    return [rec for rec in read(path) if all(rec.get(k) == v for k, v in match.items())]

@@ -13,27 +13,12 @@ import socket
 import struct
 import subprocess
 import threading
-import time
 from pathlib import Path
-from typing import Callable
 
 import dns.flags
 import dns.message
 import dns.rcode
 import dns.rrset
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition",
-             every: float = 0.1) -> object:
-    """Poll `predicate` until it is truthy; AssertionError naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
 
 
 # --- DNS -------------------------------------------------------------------------------------------

@@ -23,6 +23,52 @@ def mitmdump_path() -> str:
     return str(Path(sys.executable).with_name("mitmdump"))
 
 
+def geoblock_options(rules: Path, geo_dir: Path, log: Path, **extra: object) -> dict[str, object]:
+    """mitmdump options (name -> value, for `Mitmdump`) that run geoblock on the rules directory `rules`,
+    the test databases in `geo_dir` (GeoLite2-Country.mmdb, GeoLite2-ASN.mmdb) and the decision log file
+    `log`, plus any `extra` option by name."""
+    return {
+        "geoblock_rules": rules,
+        "geoblock_country_db": geo_dir / "GeoLite2-Country.mmdb",
+        "geoblock_asn_db": geo_dir / "GeoLite2-ASN.mmdb",
+        "geoblock_log": log,
+        **extra,
+    }
+
+
+def curl(proxy: "Mitmdump", url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """curl `url` through `proxy` (10 s at most), with `args` before the URL; stdout holds the response
+    head (-D -) then the body, stderr curl's own errors (e.g. "CONNECT tunnel failed, response 451")."""
+    cmd = ["curl", "-sS", "--max-time", "10", "-x", proxy.url, "-D", "-", "-o", "-", *args, url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+
+
+def connect(proxy: "Mitmdump", authority: bytes | str) -> tuple[socket.socket, bytes]:
+    """A CONNECT to `proxy` with exactly this authority (sent as given, also as the Host header): the
+    connected socket (TCP_NODELAY, 10 s timeouts) and the proxy's answer head, up to its blank line (what
+    came before the proxy closed, if it did)."""
+    if isinstance(authority, str):
+        authority = authority.encode()
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(b"CONNECT " + authority + b" HTTP/1.1\r\nHost: " + authority + b"\r\n\r\n")
+    head = b""
+    sock.settimeout(10)
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return sock, head
+
+
+def tunnel(proxy: "Mitmdump", authority: str) -> socket.socket:
+    """A tunnel through `proxy` to `authority`: `connect`, asserting that the proxy answered 200."""
+    sock, head = connect(proxy, authority)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
 class LoggedProcess:
     """A child process whose output goes to `log_path`: read it, stop it (terminate, then kill)."""
 

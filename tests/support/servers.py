@@ -1,9 +1,14 @@
 """Local test servers on loopback addresses: HTTP and HTTPS, each counting the TCP connections it
 accepted, so a test can assert that a blocked server saw nothing.
+
+- `TestServer`: http.server in a thread, recording each request's Host and path (the functional tests);
+- `KeepAliveServer`: asyncio, a fixed 200 answer, for load (the soak test and the benchmarks);
+- `make_pki`: a test CA and a server certificate for the test names.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import datetime as dt
@@ -16,6 +21,7 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -207,3 +213,100 @@ class TestServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class _KeepAliveProtocol(asyncio.Protocol):
+    """One client connection of a KeepAliveServer: answers each request head (GET, no body; pipelined
+    requests too) with the server's fixed response."""
+
+    def __init__(self, server: "KeepAliveServer") -> None:
+        self.server = server
+        self.buf = b""
+        self.transport: Any = None  # an asyncio.Transport once connected
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # asyncio sets TCP_NODELAY on TCP sockets itself
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data
+        n = 0
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            buf = buf[end + 4:]  # GETs without a body
+            n += 1
+        self.buf = buf
+        if n and self.transport is not None:
+            self.server.requests += n
+            self.transport.write(self.server.response * n)
+
+
+class KeepAliveServer:
+    """An asyncio HTTP/1.1 keep-alive server on `host` (TLS when `tls` is given), port chosen by the
+    system: every request (a GET without a body) gets 200 with `body` (bytes, text/plain). Much cheaper
+    per request than TestServer (no thread per connection), for the soak test and the benchmarks.
+
+    `kind` is "tls" or "http"; `accepted` counts TCP connections (on accept, before any TLS handshake);
+    `requests` counts the requests answered; `port` is set once started. Start it with `await start()` in
+    a running event loop, or `start_in_thread()` on its own loop in a daemon thread; `close()` stops it.
+    """
+
+    def __init__(self, host: str, tls: ssl.SSLContext | None = None, body: bytes = b"ok\n",
+                 backlog: int = 2048) -> None:
+        self.host, self.tls, self.body, self.backlog = host, tls, body, backlog
+        self.kind = "tls" if tls else "http"
+        self.response = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.accepted = 0
+        self.requests = 0
+        self.port = 0
+        self._srv: asyncio.AbstractServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set when it runs in its own thread
+        self._thread: threading.Thread | None = None
+
+    def _factory(self) -> _KeepAliveProtocol:
+        self.accepted += 1  # called on accept, before the TLS handshake
+        return _KeepAliveProtocol(self)
+
+    async def start(self) -> "KeepAliveServer":
+        """Listen in the running event loop."""
+        loop = asyncio.get_running_loop()
+        self._srv = await loop.create_server(self._factory, self.host, 0, ssl=self.tls, backlog=self.backlog)
+        self.port = self._srv.sockets[0].getsockname()[1]
+        return self
+
+    def start_in_thread(self, timeout: float = 10.0) -> "KeepAliveServer":
+        """Listen in a new event loop run by a daemon thread. RuntimeError when not listening within
+        `timeout` seconds."""
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self.start())
+            ready.set()
+            loop.run_forever()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise RuntimeError(f"the keep-alive server on {self.host} did not start within {timeout:g} s")
+        return self
+
+    def close(self) -> None:
+        if self._loop is None:
+            if self._srv is not None:
+                self._srv.close()
+            return
+
+        def stop() -> None:
+            if self._srv is not None:
+                self._srv.close()
+            assert self._loop is not None
+            self._loop.stop()
+
+        self._loop.call_soon_threadsafe(stop)
+        if self._thread is not None:
+            self._thread.join(5)

@@ -1,4 +1,4 @@
-"""A mitmproxy script loaded beside geoblock by scripts/soak.py (never in production).
+"""A mitmproxy script loaded beside geoblock by scripts/soak.py and tests/test_soak.py (never in production).
 
 - Every `soak_probe_interval` seconds it writes, atomically, a JSON snapshot of the running geoblock to
   `soak_probe`: its `geoblock.status` text, its caches' sizes and bounds, the per-connection states it

@@ -1,16 +1,23 @@
-"""Hand-made TLS ClientHellos for the evasion tests.
+"""TLS bytes for the tests, the fuzzers and the benchmarks: ClientHellos real and hand-made.
 
-`client_hello(sni)` takes a real ClientHello from Python's ssl module (memory BIOs, no network), so a
-real server answers it. `Hello` splits it into its fields and extensions, lets a test change the
-server_name extension byte for byte or add extensions (ECH), and puts it back together, in one TLS
-record or fragmented across several.
+- `client_hello(sni)` takes a real ClientHello from Python's ssl module (memory BIOs, no network), so a
+  real server answers it.
+- `Hello` splits a ClientHello into its fields and extensions, lets a test change the server_name
+  extension byte for byte or add extensions (ECH), and puts it back together, in one TLS record or
+  fragmented across several.
+- `tls_ext`, `sni_ext`, `alpn_ext`, `client_hello_body`, `handshake_message` and `handshake_records`
+  build a ClientHello from parts, lengths as given (the fuzzers make them inconsistent on purpose).
+- `ech_outer_body`, `esni_body`, `ech_config_list`: the bodies of the encrypted-name extensions and of
+  an HTTPS record's `ech` parameter.
+
+Every function returns wire bytes (`bytes`); nothing here checks what it builds.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 EXT_SERVER_NAME = 0x0000
@@ -24,8 +31,9 @@ ACCESS_DENIED_ALERT = bytes.fromhex("15030300020231")  # what geoblock answers a
 
 
 def client_hello(sni: str | None = "allowed.test", alpn: Sequence[str] = ()) -> bytes:
-    """A real ClientHello (TLS records, as a client would send them) from Python's ssl; `sni` None sends
-    no server_name extension. The one maker of ClientHello bytes for the tests and the fuzzers."""
+    """A real ClientHello (TLS records, as a Python/OpenSSL client sends them first) from Python's ssl;
+    `sni` None sends no server_name extension; `alpn` the ALPN protocol names offered. The one maker of
+    real ClientHello bytes for the tests and the fuzzers."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -38,6 +46,15 @@ def client_hello(sni: str | None = "allowed.test", alpn: Sequence[str] = ()) -> 
     except ssl.SSLWantReadError:
         pass
     return outgoing.read()
+
+
+def client_hello_with(sni: str | None, *extensions: tuple[int, bytes]) -> bytes:
+    """A real ClientHello for `sni` (see `client_hello`) with more extensions, each `(type, body)`, added
+    in order (before pre_shared_key, which TLS 1.3 keeps last), in one record with every length fixed."""
+    hello = Hello.parse(client_hello(sni))
+    for ext_type, body in extensions:
+        hello = hello.with_extension(ext_type, body)
+    return hello.records()
 
 
 def server_name_body(*names: bytes, name_type: int = 0) -> bytes:
@@ -109,7 +126,52 @@ class Hello:
 
 
 def record(content_type: int, payload: bytes, version: bytes = b"\x03\x03") -> bytes:
+    """One TLS record: `content_type` (e.g. HANDSHAKE), the 2-byte record `version`, the length, `payload`."""
     return bytes([content_type]) + version + struct.pack("!H", len(payload)) + payload
+
+
+# -- a ClientHello from parts (the fuzzers' structured inputs; lengths as given, unchecked) -------------
+
+
+def tls_ext(ext_type: int, body: bytes) -> bytes:
+    """One extension: type, length (the low 16 bits of `len(body)`), body."""
+    return struct.pack("!HH", ext_type, len(body) & 0xFFFF) + body
+
+
+def sni_ext(names: Sequence[bytes], name_type: int = 0) -> bytes:
+    """A server_name extension listing `names` (raw bytes), each with `name_type` (0: host_name)."""
+    return tls_ext(EXT_SERVER_NAME, server_name_body(*names, name_type=name_type))
+
+
+def alpn_ext(protos: Sequence[bytes]) -> bytes:
+    """An application_layer_protocol_negotiation extension (type 16) offering `protos`."""
+    entries = b"".join(bytes([len(p)]) + p for p in protos)
+    return tls_ext(16, struct.pack("!H", len(entries)) + entries)
+
+
+def client_hello_body(exts: Sequence[bytes], session_id: bytes = b"",
+                      ciphers: bytes = b"\x13\x01\x13\x02\xc0\x2f") -> bytes:
+    """A ClientHello's body: TLS 1.2 legacy version, a zero random, `session_id`, the cipher suites
+    `ciphers` (2 bytes each), the null compression method, then the extensions `exts` (from `tls_ext`)."""
+    body = b"\x03\x03" + bytes(32) + bytes([len(session_id)]) + session_id
+    body += struct.pack("!H", len(ciphers)) + ciphers + b"\x01\x00"
+    e = b"".join(exts)
+    return body + struct.pack("!H", len(e)) + e
+
+
+def handshake_message(body: bytes, msg_type: int = 1) -> bytes:
+    """A handshake message: `msg_type` (1: ClientHello), the 3-byte length, `body`."""
+    return bytes([msg_type]) + len(body).to_bytes(3, "big") + body
+
+
+def handshake_records(message: bytes, cuts: Sequence[int] = (), version: bytes = b"\x03\x01") -> bytes:
+    """`message` in TLS handshake records with record version `version`, split at the offsets `cuts`
+    (offsets outside the message and repeats are ignored; no cut: one record)."""
+    out, start = b"", 0
+    for cut in sorted(c for c in set(cuts) if 0 < c < len(message)) + [len(message)]:
+        out += record(HANDSHAKE, message[start:cut], version)
+        start = cut
+    return out
 
 
 def ech_outer_body(config_id: int = 0x2A, enc: bytes = b"\x11" * 32, payload: bytes = b"\x22" * 144) -> bytes:

@@ -1,5 +1,6 @@
 """Fuzz targets and their oracles, shared by the fuzzer (scripts/fuzz.py, atheris) and the regression
-tests (tests/test_fuzz_corpus.py, plain pytest: nothing here imports atheris).
+tests (tests/test_fuzz_corpus.py, plain pytest: nothing here imports atheris). The ClientHello bytes
+come from support.tls_bytes.
 
 Each target turns one input (bytes) into one case and returns its findings:
 
@@ -31,26 +32,25 @@ import re
 import shutil
 import socket
 import struct
-import sys
 import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
+import idna
+import yaml
+
+from support.geodb import write_asn_db, write_country_db
+from support.tls_bytes import (alpn_ext, client_hello, client_hello_body, handshake_message, handshake_records,
+                               sni_ext, tls_ext)
+
+REPO = Path(__file__).resolve().parents[2]
 FUZZ_DIR = REPO / "tests" / "fuzz"
 SEEDS_DIR = FUZZ_DIR / "seeds"
 CORPUS_DIR = FUZZ_DIR / "corpus"
 FUZZ_RULES = FUZZ_DIR / "rules"
 SHIPPED_RULES = REPO / "rules"
-
-for _p in (REPO / "addons", REPO / "tests"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-import idna  # noqa: E402
-import yaml  # noqa: E402
 
 TARGETS = ("clienthello", "host", "rules")
 
@@ -215,42 +215,7 @@ def reference_host(text: str) -> tuple[str, list[Any]]:
 
 
 # ----------------------------------------------------------------------------------------------
-# TLS: building ClientHellos, and a reference reader of their server_name extensions
-
-
-def tls_ext(ext_type: int, body: bytes) -> bytes:
-    return struct.pack("!HH", ext_type, len(body) & 0xFFFF) + body
-
-
-def sni_ext(names: Sequence[bytes], name_type: int = 0) -> bytes:
-    entries = b"".join(bytes([name_type]) + struct.pack("!H", len(n)) + n for n in names)
-    return tls_ext(0, struct.pack("!H", len(entries)) + entries)
-
-
-def alpn_ext(protos: Sequence[bytes]) -> bytes:
-    entries = b"".join(bytes([len(p)]) + p for p in protos)
-    return tls_ext(16, struct.pack("!H", len(entries)) + entries)
-
-
-def client_hello_body(exts: Sequence[bytes], session_id: bytes = b"", ciphers: bytes = b"\x13\x01\x13\x02\xc0\x2f") -> bytes:
-    body = b"\x03\x03" + bytes(32) + bytes([len(session_id)]) + session_id
-    body += struct.pack("!H", len(ciphers)) + ciphers + b"\x01\x00"
-    e = b"".join(exts)
-    return body + struct.pack("!H", len(e)) + e
-
-
-def records(handshake: bytes, cuts: Sequence[int] = (), version: bytes = b"\x03\x01") -> bytes:
-    """`handshake` in TLS handshake records, split at `cuts`."""
-    out, start = b"", 0
-    for cut in sorted(c for c in set(cuts) if 0 < c < len(handshake)) + [len(handshake)]:
-        chunk = handshake[start:cut]
-        out += b"\x16" + version + struct.pack("!H", len(chunk)) + chunk
-        start = cut
-    return out
-
-
-def handshake(body: bytes, msg_type: int = 1) -> bytes:
-    return bytes([msg_type]) + len(body).to_bytes(3, "big") + body
+# TLS: a reference reader of ClientHellos' server_name extensions (the bytes: support.tls_bytes)
 
 
 @dataclass
@@ -314,13 +279,6 @@ def reference_hello(data: bytes) -> RefHello:
         strict &= q == len(ext)
     strict &= p == len(body)
     return RefHello(True, count, tuple(names), bool(strict))
-
-
-def python_client_hello(sni: str | None, alpn: Sequence[str] = ()) -> bytes:
-    """The bytes a real Python (OpenSSL) TLS client sends first."""
-    from support.evasion_tls import client_hello
-
-    return client_hello(sni, alpn)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,8 +347,6 @@ def workdir() -> Path:
         rules.mkdir()
         for f in list(SHIPPED_RULES.glob("*.yaml")) + list(FUZZ_RULES.glob("*.yaml")):
             shutil.copy(f, rules / f.name)
-        from support.geodb import write_asn_db, write_country_db
-
         write_country_db(_WORK / "GeoLite2-Country.mmdb")
         write_asn_db(_WORK / "GeoLite2-ASN.mmdb")
         import atexit
@@ -434,31 +390,23 @@ class ClientHelloTarget(Target):
     name = "clienthello"
 
     def setup(self) -> None:
-        from mitmproxy.addons import proxyserver
         from mitmproxy.proxy import context, events, layer
         from mitmproxy.proxy.layers import modes
         from mitmproxy.net.tls import starts_like_tls_record
         from mitmproxy.proxy.layers import tls as mtls
-        from mitmproxy.test import taddons, tflow
+        from mitmproxy.test import tflow
 
         from geoblock.mitm import enforce
         from geoblock.mitm import hold
-        from geoblock.mitm.addon import GeoBlock
+        from support.harness import geoblock_in_context
 
         work = workdir()
         logging.getLogger("geoblock").setLevel(logging.CRITICAL)
-        self.gb = GeoBlock()
-        self._tctx_cm = taddons.context(proxyserver.Proxyserver(), self.gb)
-        self.tctx = self._tctx_cm.__enter__()
-        self.tctx.configure(
-            self.gb,
-            geoblock_rules=str(work / "rules"),
-            geoblock_country_db=str(work / "GeoLite2-Country.mmdb"),
-            geoblock_asn_db=str(work / "GeoLite2-ASN.mmdb"),
-            geoblock_log="",
-            geoblock_rdap=False,
-            geoblock_reload_interval="0",
-        )
+        # the addon stays in its test context for the life of the process
+        self._tctx_cm = geoblock_in_context(work / "rules", work, None, geoblock_rdap=False,
+                                            geoblock_reload_interval="0")
+        self.gb = self._tctx_cm.__enter__()
+        self.tctx = self.gb.tctx
         logging.getLogger("geoblock").setLevel(logging.CRITICAL)
         self.loop = asyncio.new_event_loop()
         self._context, self._events, self._layer, self._tflow, self._modes = context, events, layer, tflow, modes
@@ -497,13 +445,13 @@ class ClientHelloTarget(Target):
             exts[i], exts[j] = exts[j], exts[i]
         body = client_hello_body(exts, session_id=p.chunk(32))
         msg_type = 1 if p.chance(240) else p.u8()
-        hs = handshake(body, msg_type)
+        hs = handshake_message(body, msg_type)
         if p.chance(30):  # a length field that lies
             at = p.int(0, len(hs) - 1)
             hs = hs[:at] + bytes([p.u8()]) + hs[at + 1 :]
         cuts = [p.int(1, max(1, len(hs) - 1)) for _ in range(p.pick((0, 0, 0, 1, 2, 3)))]
         version = b"\x03" + bytes([p.pick((1, 1, 3, 3, 0, 2, 4, 0xFF))])
-        out = records(hs, cuts, version)
+        out = handshake_records(hs, cuts, version)
         if p.chance(30):
             out = out[: p.int(0, len(out))]
         if p.chance(30):
@@ -606,19 +554,19 @@ class ClientHelloTarget(Target):
         ]
         for i, (sni, alpn) in enumerate(hellos):
             sni_wire = sni.encode("idna").decode() if sni and not sni.isascii() else sni
-            data = python_client_hello(sni_wire, alpn)
+            data = client_hello(sni_wire, alpn)
             out.append(bytes([i & 3]) + data)
             if i < 4:
                 out.append(bytes([(i + 1) & 3]) + data[: 5 + i * 20])  # a split prefix: waits
                 # the same hello in two records
                 hs = data[5:]
-                out.append(bytes([1]) + records(hs, [len(hs) // 2]))
+                out.append(bytes([1]) + handshake_records(hs, [len(hs) // 2]))
         # hand-built: several names, several extensions, names mitmproxy cannot read
         for exts in ([sni_ext([b"binance.com", b"ok.test"])], [sni_ext([b"ok.test"]), sni_ext([b"binance.com"])],
                      [sni_ext([b"xn--a.binance.com"])], [sni_ext([b"a" * 64 + b".binance.com"])],
                      [sni_ext([b"binance.com\x00"])], [sni_ext([b"binance.com"], name_type=1)],
                      [tls_ext(0xFE0D, b"\x00" * 8), sni_ext([b"public.example"])], [tls_ext(0, b"")]):
-            out.append(bytes([1]) + records(handshake(client_hello_body(exts))))
+            out.append(bytes([1]) + handshake_records(handshake_message(client_hello_body(exts))))
         # structured inputs
         for k in range(12):
             out.append(bytes([4 | (k & 3)]) + bytes((k * 37 + j * 11) & 0xFF for j in range(48)))
