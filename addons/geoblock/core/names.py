@@ -26,6 +26,8 @@ from typing import Any, Union
 
 import idna
 
+from geoblock.errors import GeoblockError
+
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 MAX_NAME = 253
@@ -36,8 +38,10 @@ MAX_LABEL = 63
 _ASCII_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
 
 
-class InvalidHost(ValueError):
-    """A host name or address that cannot be normalised. The message names the value."""
+class InvalidHost(GeoblockError, ValueError):
+    """A host name or address that cannot be normalised. The message names the value.
+
+    Also a ValueError: it is a bad value, and callers that catch ValueError catch it too."""
 
     def __init__(self, value: object, why: str) -> None:
         self.value = value

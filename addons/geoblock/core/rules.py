@@ -28,6 +28,7 @@ import yaml
 
 from geoblock.core.countries import ISO_3166_ALPHA2, suggest_country
 from geoblock.core.names import InvalidHost, normalize_host
+from geoblock.errors import GeoblockError
 
 ACTIONS = ("allow", "log", "block")
 ON_ERROR = ("block", "allow")
@@ -51,8 +52,9 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 _PATTERN = re.compile(r"[a-z0-9_.*?-]+\Z")
 
 
-class RuleError(ValueError):
-    """A rule file that cannot be used. `str()` is "file:line: message"."""
+class RuleError(GeoblockError, ValueError):
+    """A rule file that cannot be used. `str()` is "file:line: message"; `line` is None when the problem
+    is the whole file (missing, unreadable). Also a ValueError: a bad value in a file."""
 
     def __init__(self, path: str | os.PathLike[str], line: int | None, message: str) -> None:
         self.path = str(path)

@@ -20,9 +20,10 @@ import maxminddb
 
 from geoblock.core.countries import ISO_3166_ALPHA2
 from geoblock.core.names import IPAddress
+from geoblock.errors import GeoblockError
 
 
-class GeoError(Exception):
+class GeoError(GeoblockError):
     """A database that cannot be used. The message names the file."""
 
 

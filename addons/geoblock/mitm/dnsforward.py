@@ -16,10 +16,12 @@ import dns.asyncquery
 import dns.exception
 import dns.message
 
+from geoblock.errors import GeoblockError
+
 PORT = 53
 
 
-class NoAnswer(Exception):
+class NoAnswer(GeoblockError):
     """No name server gave a usable answer; the message says what each did."""
 
 

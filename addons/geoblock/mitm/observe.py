@@ -17,8 +17,9 @@ from geoblock.core.names import IPAddress, InvalidHost, as_written, normalize_ho
 from geoblock.errors import GeoblockError
 
 
-class InvalidField(ValueError):
-    """A field of a flow whose value is not a valid host; `field` says which (SNI, Host, ...)."""
+class InvalidField(GeoblockError, ValueError):
+    """A field of a flow whose value is not a valid host; `field` says which (SNI, Host, ...), `cause` is
+    the InvalidHost that says why. Also a ValueError (a bad value)."""
 
     def __init__(self, field: str, cause: InvalidHost) -> None:
         self.field = field
