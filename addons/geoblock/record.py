@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from geoblock.core.decide import Facts, Verdict
+from geoblock.core.model import Facts, Verdict
 from geoblock.core.names import EmbeddedIPv4
 
 logger = logging.getLogger("geoblock")

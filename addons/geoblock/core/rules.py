@@ -22,19 +22,23 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 
 from geoblock.core.countries import ISO_3166_ALPHA2, suggest_country
+from geoblock.core.model import ACTIONS, ON_ERROR, Action, OnError
 from geoblock.core.names import InvalidHost, normalize_host
 from geoblock.errors import GeoblockError
 
-ACTIONS = ("allow", "log", "block")
-ON_ERROR = ("block", "allow")
+__all__ = ["ACTIONS", "DOH_CANARY", "ON_ERROR", "POLICY_KEYS", "RULE_KEYS", "DomainSpec", "Policy", "RuleError",
+           "RuleSource", "RuleSpec", "load_rules", "read_file", "rule_files"]
+
 POLICY_KEYS = ("home_countries", "default", "unknown_country", "on_error", "ech", "name_mismatch", "unreadable",
                "ech_public_names", "doh_canary")
-DOH_CANARY = ("nxdomain", "pass")
+DohCanary = Literal["nxdomain", "pass"]  # Firefox's canary name: answered NXDOMAIN, or passed on
+DOH_CANARY: tuple[DohCanary, ...] = get_args(DohCanary)
+DomainMode = Literal["tree", "exact", "below"]
 DEFAULT_ECH_PUBLIC_NAMES = frozenset({"cloudflare-ech.com"})  # the public name of Cloudflare's ECH service
 RULE_KEYS = (
     "id",
@@ -68,15 +72,19 @@ class RuleError(GeoblockError, ValueError):
 class DomainSpec:
     """One entry of `domains`: `name` (name and subdomains), `=name` (exact), `*.name` (subdomains)."""
 
-    name: str
-    mode: str  # "tree" | "exact" | "below"
+    name: str  # normalised (names.normalize_host)
+    mode: DomainMode  # "tree": the name and its subdomains; "exact": the name only; "below": subdomains only
     text: str  # as written, for explanations
 
 
 @dataclass(frozen=True)
 class RuleSpec:
+    """One rule as written and validated. It matches a flow when every condition it has holds (a list
+    matches when any entry does): `domains`/`patterns` on the flow's names, `offshore`/`countries`/`asns`/
+    `networks` on the server, `clients` on the client's address."""
+
     id: str
-    action: str
+    action: Action
     source: str  # "file:line"
     description: str = ""
     domains: tuple[DomainSpec, ...] = ()
@@ -103,16 +111,18 @@ class RuleSpec:
 
 @dataclass(frozen=True)
 class Policy:
-    home_countries: frozenset[str] = frozenset()
-    default: str = "allow"
-    unknown_country: str = "log"
-    on_error: str = "block"
-    ech: str = "log"  # a ClientHello with Encrypted Client Hello: its real name is hidden
-    name_mismatch: str = "log"  # the names of one flow differ (SNI vs Host or CONNECT target)
-    unreadable: str = "log"  # a stream that is neither HTTP nor TLS (raw TCP or UDP): it shows no name
+    """The policy keys (docs/rules.md): what applies where no rule decides, or a rule cannot."""
+
+    home_countries: frozenset[str] = frozenset()  # ISO 3166-1 alpha-2; servers elsewhere are offshore
+    default: Action = "allow"  # no rule matches
+    unknown_country: Action = "log"  # a rule needs the server's location, which is not known
+    on_error: OnError = "block"  # geoblock cannot judge the flow (an invalid name, an internal error)
+    ech: Action = "log"  # a ClientHello with Encrypted Client Hello: its real name is hidden
+    name_mismatch: Action = "log"  # the names of one flow differ (SNI vs Host or CONNECT target)
+    unreadable: Action = "log"  # a stream that is neither HTTP nor TLS (raw TCP or UDP): it shows no name
     # outer SNIs that front Encrypted Client Hello: 0xfe0d beside one of these (or below) hides a name
     ech_public_names: frozenset[str] = DEFAULT_ECH_PUBLIC_NAMES
-    doh_canary: str = "nxdomain"  # where geoblock serves DNS: Firefox's use-application-dns.net
+    doh_canary: DohCanary = "nxdomain"  # where geoblock serves DNS: Firefox's use-application-dns.net
 
 
 @dataclass(frozen=True)
@@ -224,11 +234,16 @@ def _list(path: Path, node: yaml.Node, what: str) -> list[yaml.Node]:
     return list(node.value)
 
 
-def _choice(path: Path, node: yaml.Node, what: str, choices: tuple[str, ...]) -> str:
+_Word = TypeVar("_Word", bound=str)
+
+
+def _choice(path: Path, node: yaml.Node, what: str, choices: tuple[_Word, ...]) -> _Word:
+    """The one of `choices` that the node's text is (as written, case included). Raises RuleError."""
     value = _text(path, node, what)
-    if value not in choices:
-        raise RuleError(path, _line(node), f"{what} must be one of {', '.join(choices)}, not {value!r}")
-    return value
+    for choice in choices:
+        if value == choice:
+            return choice
+    raise RuleError(path, _line(node), f"{what} must be one of {', '.join(choices)}, not {value!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,7 +293,8 @@ def parse_network(path: Path, node: yaml.Node, what: str) -> ipaddress.IPv4Netwo
 
 def parse_domain(path: Path, node: yaml.Node, what: str) -> DomainSpec:
     text = _string(path, node, what)
-    mode, name = "tree", text
+    mode: DomainMode = "tree"
+    name = text
     if name.startswith("="):
         mode, name = "exact", name[1:]
     elif name.startswith("*."):

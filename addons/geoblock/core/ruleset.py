@@ -18,10 +18,11 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from geoblock.core.model import SEVERITY, Action
 from geoblock.core.names import EmbeddedIPv4, IPAddress
 from geoblock.core.rules import Policy, RuleSource, RuleSpec, load_rules
 
-SEVERITY = {"allow": 0, "log": 1, "block": 2}
+__all__ = ["SEVERITY", "CompiledRule", "Network", "PrefixTable", "Ruleset"]
 _HITS_MEMO = 16384  # names remembered per ruleset; the memo starts over when full
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -66,11 +67,13 @@ class PrefixTable:
 
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
-    index: int
+    """A rule ready for lookups: its place in the ruleset, its spec, and what decide reads most."""
+
+    index: int  # its position in Ruleset.rules (file order): the first matching rule is named
     spec: RuleSpec
     id: str
-    action: str
-    pattern: re.Pattern[str] | None
+    action: Action
+    pattern: re.Pattern[str] | None  # the rule's `patterns` as one expression, or None without any
     needs_server_ip: bool
 
 

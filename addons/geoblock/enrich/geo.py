@@ -19,6 +19,7 @@ from typing import Any, Callable
 import maxminddb
 
 from geoblock.core.countries import ISO_3166_ALPHA2
+from geoblock.core.model import CountrySource, Facts
 from geoblock.core.names import IPAddress
 from geoblock.errors import GeoblockError
 
@@ -100,7 +101,7 @@ class Location:
     """
 
     country: str | None = None
-    source: str | None = None
+    source: CountrySource | None = None
     code: str | None = None
     anycast: bool = False
 
@@ -129,7 +130,8 @@ def location_of(record: Any) -> Location:
     traits = record.get("traits")
     anycast = isinstance(traits, dict) and traits.get("is_anycast") is True
     odd: str | None = None
-    for key, source in (("country", "geoip"), ("registered_country", "geoip-registered")):
+    sources: tuple[tuple[str, CountrySource], ...] = (("country", "geoip"), ("registered_country", "geoip-registered"))
+    for key, source in sources:
         code = _code(record.get(key))
         if code is None:
             continue
@@ -199,9 +201,9 @@ class Geo:
         where, asn = self.locate(addr)
         return where.country, asn
 
-    def place(self, facts: Any) -> None:
-        """Fill in the location facts of `facts` (a decide.Facts with a `server_ip`): country,
-        country_source, asn, geoip_code, anycast. The one way the proxy, `geoblock explain` and replay
+    def place(self, facts: Facts) -> None:
+        """Fill in the location facts of `facts`: country, country_source, asn, geoip_code, anycast (Facts
+        without a `server_ip` are left as they are). The one way the proxy, `geoblock explain` and replay
         place a server, so all three give the same records."""
         if facts.server_ip is None:
             return

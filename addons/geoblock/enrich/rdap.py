@@ -54,11 +54,12 @@ from ipwhois.exceptions import (
 from ipwhois.net import Net
 
 from geoblock.core.countries import ISO_3166_ALPHA2
+from geoblock.core.model import CountrySource
 from geoblock.core.names import IPAddress, InvalidHost, normalize_ip
 
 logger = logging.getLogger("geoblock")
 
-SOURCE = "rdap"  # the Facts.country_source value for countries found here
+SOURCE: CountrySource = "rdap"  # the Facts.country_source value for countries found here
 
 # ipwhois's own default (ARIN's bootstrap service, which redirects to the registry holding the address).
 DEFAULT_BOOTSTRAP_URL: str = ipwhois.rdap.BOOTSTRAP_URL

@@ -17,7 +17,7 @@ from pathlib import Path
 from mitmproxy import http
 from mitmproxy.proxy import commands, events, layer
 
-from geoblock.core.decide import Verdict
+from geoblock.core.model import Verdict
 from geoblock.core.names import unicode_name
 
 # TLS record: content type alert (21), TLS 1.2 record version, length 2, level fatal (2),
