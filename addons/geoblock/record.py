@@ -7,20 +7,22 @@ next record; the first record written after a loss carries `"lost_before": N`, t
 lost since the one before it, so the log itself says where records are missing and how many. A write
 cut short by a full disk is taken back (the file is truncated to where the line began), so a partial
 line never glues itself to the next record.
+
+What a record holds, field by field: `DecisionRecord` (built by `make_record`), and docs/decision-log.md.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: TypedDict reads NotRequired from evaluated annotations.
 import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
 
 import orjson
 
-from geoblock.core.model import Facts, Verdict
+from geoblock.core.model import Action, CountrySource, Facts, Stage, Verdict
 from geoblock.core.names import EmbeddedIPv4
 
 logger = logging.getLogger("geoblock")
@@ -50,7 +52,7 @@ def _text(addr: Any) -> str:
 _LINE = orjson.OPT_APPEND_NEWLINE
 
 
-def encode_line(record: dict[str, Any]) -> bytes:
+def encode_line(record: Mapping[str, Any]) -> bytes:
     """One record as one line of compact UTF-8 JSON (orjson: about a tenth of the json module's time).
     Text that is not valid Unicode (a lone surrogate from a peer's bytes) cannot be UTF-8: such a record
     is written by the json module instead, the character escaped as \\udcXX, rather than lost."""
@@ -76,6 +78,93 @@ def cache_sizes() -> dict[str, tuple[int, int | None]]:
     return {"record addresses": (info.currsize, info.maxsize)}
 
 
+class RecordExtra(TypedDict, total=False):
+    """The fields a caller of `make_record` adds for some records only (its `extra`). Each is absent
+    unless its case applies (docs/decision-log.md):
+
+    - `error`: the cause, when the policy's `on_error` decided (the flow could not be judged): e.g.
+      "invalid-input", "incomplete-first-bytes", or the exception's type and message;
+    - `qtype`: DNS records only: the question's types, as text ("A", "AAAA", "HTTPS", ...);
+    - `chain`: a DNS answer judged beyond its question: every name it leads to, in order (the question,
+      then CNAME targets, ...);
+    - `first_bytes`: stage "stream" only: the stream's first 16 bytes, hex;
+    - `transport`: stage "stream" only: "tcp" or "udp";
+    - `upgrade`: a refused protocol switch (HTTP 101): the protocol the server switched to;
+    - `blocked_at`: a request inside a tunnel blocked at "connect" or "tls" and ended by geoblock: that
+      stage (the request takes the tunnel's verdict);
+    - `file`, `flow`, `flow_id`: records of `geoblock-replay --json`: the flow file, the flow's index in
+      it (from 0) and mitmproxy's id of the flow.
+    """
+
+    error: str
+    qtype: list[str]
+    chain: list[str]
+    first_bytes: str
+    transport: Literal["tcp", "udp"]
+    upgrade: str
+    blocked_at: Stage
+    file: str
+    flow: int
+    flow_id: str
+
+
+class DecisionRecord(RecordExtra):
+    """One line of the decision log, as `make_record` builds it (and `DecisionLog` writes it, "ts"
+    first). Every field below without NotRequired is present in every record; null (None) where unknown.
+    The same fields, for operators: docs/decision-log.md.
+
+    - `ts`: when the decision was made: ISO 8601, UTC, milliseconds ("2026-11-24T14:11:10.383Z");
+    - `stage`: where in the connection the flow was judged (model.Stage);
+    - `client`: the client's address as it connected (an IPv6 address stays IPv6), or None;
+    - `sni`, `host`: the TLS server name and the Host header (or CONNECT target) as the client sent them;
+    - `name`: the normalised name the verdict is about (the strictest of the flow's names), or None;
+    - `server_ip`: the server's address as judged (for an IPv6 address that carries an IPv4 address: the
+      IPv4 address), or None when not known (a name rule decided, nothing was resolved);
+    - `country`: ISO 3166-1 alpha-2 of the server, or None; `country_source`: where it came from
+      (model.CountrySource), None without a country; `asn`: its autonomous system number, or None;
+    - `offshore`: the country is not a home country; None when the country is not known;
+    - `action`: the verdict (model.Action); `enforced`: whether it was carried out (false in monitor mode
+      and in replay); `rule`: the deciding rule's id, "policy:<key>", or None; `reason`: one sentence;
+    - `ruleset`: the version of the ruleset (a hash of its files), None when none is loaded;
+    - `geoip_build`, `asn_build`: the build dates (YYYY-MM-DD) of the country and ASN databases, or None;
+    - `server_ipv6`, `server_ipv6_form`: only for a server reached through an IPv6 address that carries
+      an IPv4 address: that IPv6 address, and its form (names.EMBEDDING_FORMS);
+    - `geoip_code`: only when the country database gave a code that is not a country ("EU", "AP");
+    - `anycast`, `ech`, `ech_grease`: only when true: the network is anycast; the ClientHello hides its
+      name with encrypted SNI; it carries a placeholder ECH extension that hides nothing;
+    - `mismatch`: only when the flow's names differ: "SNI a ≠ Host b";
+    - `lost_before`: only on the first record written after records were lost: how many were lost;
+    - and the fields of RecordExtra.
+    """
+
+    ts: str
+    stage: Stage
+    client: str | None
+    sni: str | None
+    host: str | None
+    name: str | None
+    server_ip: str | None
+    country: str | None
+    country_source: CountrySource | None
+    asn: int | None
+    offshore: bool | None
+    action: Action
+    enforced: bool
+    rule: str | None
+    reason: str
+    ruleset: str | None
+    geoip_build: str | None
+    asn_build: str | None
+    server_ipv6: NotRequired[str]
+    server_ipv6_form: NotRequired[str]
+    geoip_code: NotRequired[str]
+    anycast: NotRequired[bool]
+    ech: NotRequired[bool]
+    ech_grease: NotRequired[bool]
+    mismatch: NotRequired[str]
+    lost_before: NotRequired[int]
+
+
 def make_record(
     facts: Facts,
     verdict: Verdict,
@@ -83,9 +172,14 @@ def make_record(
     ruleset: str | None,
     geoip_build: str | None = None,
     asn_build: str | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    record: dict[str, Any] = {
+    extra: RecordExtra | None = None,
+) -> DecisionRecord:
+    """The decision record (one log line) of `verdict` on `facts`, stamped now.
+
+    `enforced`: whether the verdict is carried out (False in monitor mode); `ruleset`: the ruleset's
+    version; `geoip_build`, `asn_build`: the databases' build dates; `extra`: fields only some records
+    have (RecordExtra). Every field: DecisionRecord."""
+    record: DecisionRecord = {
         "ts": _timestamp(),
         "stage": facts.stage,
         "client": None if facts.client_ip is None else _text(facts.client_ip),
@@ -125,6 +219,9 @@ def make_record(
 
 
 class DecisionLog:
+    """The decision log file at `path` (its directory is created), opened for appending at once (an
+    OSError if it cannot be). `written` and `lost` count the records written and lost so far."""
+
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd: int | None = None
@@ -153,7 +250,7 @@ class DecisionLog:
         except OSError:
             return True
 
-    def write(self, record: dict[str, Any]) -> bytes | None:
+    def write(self, record: DecisionRecord) -> bytes | None:
         """Write one record (made by make_record, "ts" first). Returns what follows the timestamp in the
         line written, for `write_again`; None when the line was not written or carried `lost_before`."""
         gap = self._gap
