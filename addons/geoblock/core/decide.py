@@ -12,9 +12,9 @@ Semantics:
 - at the "ip" stage (a transparent connection, before any byte is read) only the address is known:
   `default` does not apply there (the name, still to come, decides), and a block waits for the name
   when an allow rule on name and server could still lift it;
-- a ClientHello whose encrypted SNI hides its real name (observe.ech_of: not a GREASE placeholder), and a flow whose names differ (SNI
-  vs Host or CONNECT target: domain fronting) may hide one: the policy's `ech` and `name_mismatch`
-  verdicts (log by default) apply when they are stricter than the rules';
+- a ClientHello whose encrypted SNI hides its real name (observe.ech_of: not a GREASE placeholder), and
+  a flow whose names differ (SNI vs Host or CONNECT target: domain fronting) may hide one: the policy's
+  `ech` and `name_mismatch` verdicts (log by default) apply when they are stricter than the rules';
 - at the "stream" stage (a stream that is neither HTTP nor TLS: raw TCP or UDP, bytes that are no
   protocol) no new name is shown: the stream is judged on its address and the names the connection
   already showed (a CONNECT target), and the policy's `unreadable` verdict (log by default) applies

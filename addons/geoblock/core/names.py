@@ -22,13 +22,13 @@ import ipaddress
 import re
 import socket
 from functools import lru_cache
-from typing import Any, Union
+from typing import Any
 
 import idna
 
 from geoblock.errors import GeoblockError
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_NAME = 253
 MAX_LABEL = 63
@@ -157,9 +157,9 @@ def _normalize_ip_text(value: str) -> IPAddress:
 
 def _embed(addr: IPAddress) -> IPAddress:
     if addr.version == 6:
-        carried = carried_ipv4(addr)  # type: ignore[arg-type]
+        carried = carried_ipv4(addr)
         if carried is not None:
-            return EmbeddedIPv4(int(carried[0]), addr, carried[1])  # type: ignore[arg-type]
+            return EmbeddedIPv4(int(carried[0]), addr, carried[1])
     return addr
 
 
@@ -175,8 +175,8 @@ def _parse_ip(value: str | IPAddress) -> IPAddress:
 
 
 def _unmap(addr: IPAddress) -> IPAddress:
-    if addr.version == 6 and addr.ipv4_mapped is not None:  # type: ignore[union-attr]
-        return addr.ipv4_mapped  # type: ignore[union-attr,return-value]
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
     return addr
 
 

@@ -154,8 +154,10 @@ def _compose(path: Path, text: str) -> yaml.Node | None:
         raise RuleError(path, line, f"bad YAML: {problem}") from None
     except yaml.reader.ReaderError as exc:  # a character YAML refuses (e.g. a control character)
         # its position counts UTF-8 bytes (libyaml) or characters (the pure-Python parser)
-        before = text.encode("utf-8")[: exc.position] if _Loader is not yaml.SafeLoader else text[: exc.position]
-        line = before.count(b"\n" if isinstance(before, bytes) else "\n") + 1
+        if _Loader is not yaml.SafeLoader:
+            line = text.encode("utf-8")[: exc.position].count(b"\n") + 1
+        else:
+            line = text[: exc.position].count("\n") + 1
         raise RuleError(path, line, f"bad YAML: {str(exc).splitlines()[0]}") from None
     except yaml.YAMLError as exc:
         raise RuleError(path, None, f"bad YAML: {exc}") from None
@@ -467,16 +469,15 @@ def load_rules(source: str | os.PathLike[str]) -> RuleSource:
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
             raise RuleError(path, line, "not UTF-8 text") from None
-        policy, rules = read_file(path, text)
-        for key, (value, line) in policy.items():
+        file_policy, rules = read_file(path, text)
+        for key, (value, line) in file_policy.items():
             if key in policy_values:
                 raise RuleError(path, line, f"{key} is already set in {policy_values[key][1]}")
             policy_values[key] = (value, f"{path}:{line}")
         for rule in rules:
             if rule.id in seen:
-                raise RuleError(
-                    path, int(rule.source.rsplit(":", 1)[1]), f"duplicate rule id {rule.id!r} (first at {seen[rule.id]})"
-                )
+                line = int(rule.source.rsplit(":", 1)[1])
+                raise RuleError(path, line, f"duplicate rule id {rule.id!r} (first at {seen[rule.id]})")
             seen[rule.id] = rule.source
             all_rules.append(rule)
     warnings = []

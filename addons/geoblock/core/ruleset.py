@@ -15,8 +15,8 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from geoblock.core.model import SEVERITY, Action
 from geoblock.core.names import EmbeddedIPv4, IPAddress
@@ -117,7 +117,7 @@ class Ruleset:
         self._hits_memo: dict[str, tuple[tuple[int, str], ...]] = {}
 
     @classmethod
-    def load(cls, source: str) -> "Ruleset":
+    def load(cls, source: str) -> Ruleset:
         """Read, validate and compile a rules file or directory. Raises RuleError."""
         return cls(load_rules(source))
 

@@ -12,9 +12,9 @@ import datetime as _dt
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable
 
 import maxminddb
 
@@ -38,7 +38,7 @@ class DatabaseInfo:
         return f"{self.edition} built {self.build:%Y-%m-%d} ({self.path})"
 
 
-def open_database(path: str, want: str) -> tuple[Any, DatabaseInfo]:
+def open_database(path: str, want: str) -> tuple[maxminddb.Reader, DatabaseInfo]:
     """Open an .mmdb file and check its edition: want is "country" or "asn". Raises GeoError.
 
     The file is first copied to a private snapshot that is unlinked once opened: the reader never sees
@@ -69,7 +69,7 @@ def open_database(path: str, want: str) -> tuple[Any, DatabaseInfo]:
     except (ValueError, maxminddb.InvalidDatabaseError) as exc:
         reader.close()
         raise GeoError(f"{path}: database is corrupt ({exc})") from None
-    build = _dt.datetime.fromtimestamp(meta.build_epoch, _dt.timezone.utc)
+    build = _dt.datetime.fromtimestamp(meta.build_epoch, _dt.UTC)
     return reader, DatabaseInfo(path, edition, build)
 
 
@@ -109,7 +109,7 @@ class Location:
 NOWHERE = Location()
 
 
-def _code(part: Any) -> str | None:
+def _code(part: object) -> str | None:
     if isinstance(part, dict):
         code = part.get("iso_code")
         if isinstance(code, str) and code.strip():
@@ -117,7 +117,7 @@ def _code(part: Any) -> str | None:
     return None
 
 
-def location_of(record: Any) -> Location:
+def location_of(record: object) -> Location:
     """The Location in one country-database record (a GeoIP2/GeoLite2 Country or City record: a dict with
     `country`, `registered_country`, `traits`, as MaxMind documents its GeoIP2 databases).
 
@@ -141,7 +141,7 @@ def location_of(record: Any) -> Location:
     return Location(None, None, odd, anycast) if (odd or anycast) else NOWHERE
 
 
-def _asn_of(record: Any) -> int | None:
+def _asn_of(record: object) -> int | None:
     if isinstance(record, dict):
         value = record.get("autonomous_system_number")
         if isinstance(value, int):
@@ -157,13 +157,13 @@ class Geo:
     """
 
     def __init__(self, country_path: str | None, asn_path: str | None, cache_size: int = 65536,
-                 previous: "Geo | None" = None) -> None:
+                 previous: Geo | None = None) -> None:
         self.country_path, self.asn_path = country_path, asn_path
         self.problems: list[str] = []
         self.country_info: DatabaseInfo | None = None
         self.asn_info: DatabaseInfo | None = None
-        self._country: Any = None
-        self._asn: Any = None
+        self._country: maxminddb.Reader | None = None
+        self._asn: maxminddb.Reader | None = None
         self._borrowed: set[str] = set()
         for want, path in (("country", country_path), ("asn", asn_path)):
             if not path:
@@ -188,7 +188,7 @@ class Geo:
             self._locate
         )
 
-    def _take(self, want: str, path: str) -> tuple[Any, DatabaseInfo] | None:
+    def _take(self, want: str, path: str) -> tuple[maxminddb.Reader, DatabaseInfo] | None:
         """Hand this Geo's reader for `want` over to a successor (same path only)."""
         reader, info = (self._country, self.country_info) if want == "country" else (self._asn, self.asn_info)
         if reader is None or info is None or info.path != path:

@@ -37,9 +37,10 @@ import threading
 import time
 import urllib.request
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import dns.exception
@@ -55,7 +56,7 @@ from ipwhois.net import Net
 
 from geoblock.core.countries import ISO_3166_ALPHA2
 from geoblock.core.model import CountrySource
-from geoblock.core.names import IPAddress, InvalidHost, normalize_ip
+from geoblock.core.names import InvalidHost, IPAddress, normalize_ip
 
 logger = logging.getLogger("geoblock")
 
@@ -177,6 +178,8 @@ def _answer_from(addr: IPAddress, result: Any) -> RdapAnswer:
     if code not in ISO_3166_ALPHA2:
         return RdapAnswer(None, NOT_ISO)
     start = end = None
+    first: IPAddress | None
+    last: IPAddress | None
     try:
         first = ipaddress.ip_address(network.get("start_address") or "")
         last = ipaddress.ip_address(network.get("end_address") or "")

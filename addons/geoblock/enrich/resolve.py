@@ -19,9 +19,9 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
-from geoblock.core.names import IPAddress, InvalidHost, normalize_ip
+from geoblock.core.names import InvalidHost, IPAddress, normalize_ip
 
 logger = logging.getLogger("geoblock")
 
@@ -34,7 +34,7 @@ _NO_SUCH_NAME = {getattr(socket, n) for n in ("EAI_NONAME", "EAI_NODATA", "EAI_A
 def system_lookup(name: str) -> list[str]:
     """Addresses for a name from the system resolver (getaddrinfo), in the order it prefers."""
     infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-    return [info[4][0] for info in infos]
+    return [str(info[4][0]) for info in infos]
 
 
 class Resolver:
@@ -101,7 +101,7 @@ class Resolver:
                     break
                 except InvalidHost:
                     continue
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.stats["timeouts"] += 1
             failure = f"no answer within {self.timeout:g} s"
         except (OSError, UnicodeError, ValueError) as exc:

@@ -8,8 +8,6 @@ itself stays mitmproxy's: `Chooser` asks mitmproxy's own next-layer logic, with 
 
 from __future__ import annotations
 
-from typing import Any
-
 from mitmproxy.addons import next_layer as _mitmproxy_next_layer
 from mitmproxy.proxy import layer
 from mitmproxy.proxy.context import Context
@@ -46,7 +44,7 @@ class Chooser:
         return HttpLayer(context, HTTPMode.transparent)
 
 
-def innermost(chosen: Any) -> Any:
+def innermost(chosen: layer.Layer) -> layer.Layer:
     """The innermost layer of a chosen stack (TLS over HTTP, ...): the one that carries the bytes."""
     inner = chosen
     while (child := getattr(inner, "child_layer", None)) is not None:
@@ -54,7 +52,7 @@ def innermost(chosen: Any) -> Any:
     return inner
 
 
-def judged_later(chosen: Any) -> bool:
+def judged_later(chosen: layer.Layer) -> bool:
     """Whether what `chosen` carries is judged by a later geoblock hook: HTTP requests (`requestheaders`),
     or another layer choice (a TLS layer's inner stream comes to `next_layer` again once the handshake
     is done). Anything else (raw TCP or UDP relay, QUIC, DNS relayed to the server the connection goes

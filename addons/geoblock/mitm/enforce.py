@@ -50,7 +50,7 @@ class PageTemplate:
         self.render(host="h", rule="r", reason="x", ts="t")
 
     @classmethod
-    def from_file(cls, path: str) -> "PageTemplate":
+    def from_file(cls, path: str) -> PageTemplate:
         text = Path(path).read_text(encoding="utf-8")
         return cls(text, origin=path)
 
@@ -70,7 +70,10 @@ def _headers(verdict: Verdict, blocked_by: str, content_type: str) -> dict[str, 
 
 
 def block_page(verdict: Verdict, host: str, page: PageTemplate, blocked_by: str, ts: str) -> http.Response:
-    body = page.render(host=unicode_name(host) if host else "", rule=verdict.rule or "(none)", reason=verdict.reason, ts=ts)
+    """The 451 response to an HTTP request `verdict` blocks: the page names `host` (in Unicode), the rule
+    and the reason; `blocked_by` is the RFC 7725 `Link` target ("" for none); `ts` the decision's time."""
+    body = page.render(host=unicode_name(host) if host else "", rule=verdict.rule or "(none)", reason=verdict.reason,
+                       ts=ts)
     response = http.Response.make(451, body, _headers(verdict, blocked_by, "text/html; charset=utf-8"))
     response.reason = REASON_451
     return response

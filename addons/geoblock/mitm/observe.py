@@ -7,13 +7,15 @@ Pure functions; the ClientHello is read with mitmproxy's own TLS parser (client_
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import cast
 
+from mitmproxy import connection, http
 from mitmproxy.proxy.layers.tls import get_client_hello
 from mitmproxy.tls import ClientHello
 
-from geoblock.core.names import IPAddress, InvalidHost, as_written, normalize_host, normalize_ip
+from geoblock.core.names import InvalidHost, IPAddress, as_written, normalize_host, normalize_ip
 from geoblock.errors import GeoblockError
 
 
@@ -68,7 +70,7 @@ def http_target(request_host: str | None, host_header: str | None, sni: str | No
 _ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)")
 
 
-def uri_authority(request: Any) -> str | None:
+def uri_authority(request: http.Request) -> str | None:
     """The authority of an absolute-form request target, or None.
 
     HTTP/1: mitmproxy parses an absolute-form target (RFC 9112 3.2.2) into `request.authority`. HTTP/2
@@ -195,9 +197,10 @@ _REQUEST_LINE = re.compile(rb"[ \t\x0b\x0c]*[\x21-\x7e]+[ \t\x0b\x0c]+[^\r\n]*?[
 
 def shows_http_version(data: bytes) -> bool:
     """Whether the first line of `data` (after any empty lines) is a request line: a method, a target and
-    an HTTP version token (`HTTP/1.1`, RFC 9112 section 2.3), whatever the method or the spacing. mitmproxy's own guess wants
-    a method of 3+ letters and a space before the first LF; lenient servers accept more (`X / HTTP/1.1`,
-    `M-SEARCH`, a tab or a leading space), so geoblock reads any such stream as HTTP."""
+    an HTTP version token (`HTTP/1.1`, RFC 9112 section 2.3), whatever the method or the spacing.
+    mitmproxy's own guess wants a method of 3+ letters and a space before the first LF; lenient servers
+    accept more (`X / HTTP/1.1`, `M-SEARCH`, a tab or a leading space), so geoblock reads any such stream
+    as HTTP."""
     rest = strip_empty_lines(data)
     end = rest.find(b"\n")
     return _REQUEST_LINE.match(rest if end < 0 else rest[:end]) is not None
@@ -231,18 +234,20 @@ def request_line_state(data: bytes) -> str:
     return MORE if end < 0 else LINE
 
 
-def peer_ip(peername: Any) -> IPAddress | None:
-    """The IP of a (host, port, ...) peer address, or None."""
+def peer_ip(peername: connection.Address | None) -> IPAddress | None:
+    """The IP of a (host, port, ...) peer address, or None (no address, or not an IP address)."""
+    if peername is None:
+        return None
     try:
         return normalize_ip(peername[0])
     except (InvalidHost, TypeError, IndexError, ValueError):
         return None
 
 
-def client_ip(conn: Any) -> IPAddress | None:
-    """The address of a client connection (anything with a `peername`), or None. An IPv6 client
-    address that carries an IPv4 address stays the IPv6 address it connected from (names.as_written):
-    `clients` rules and the record see the address as it came."""
+def client_ip(conn: connection.Connection | None) -> IPAddress | None:
+    """The address of a client connection (anything with a `peername`), or None (also for no connection).
+    An IPv6 client address that carries an IPv4 address stays the IPv6 address it connected from
+    (names.as_written): `clients` rules and the record see the address as it came."""
     addr = peer_ip(getattr(conn, "peername", None))
     return None if addr is None else as_written(addr)
 
@@ -375,15 +380,15 @@ def client_hello_of(data: bytes) -> tuple[ClientHello, bytes]:
     return hello, raw
 
 
-def client_of(obj: Any) -> Any:
+def client_of(obj: object) -> connection.Client | None:
     """The client connection of a hook's object (a flow, a layer choice, hook data, a client), or None."""
     for path in ("client_conn", "client"):
         if (conn := getattr(obj, path, None)) is not None:
-            return conn
+            return conn  # a flow's client_conn, hook data's client
     context = getattr(obj, "context", None)
     if context is not None:
-        return context.client
-    return obj if hasattr(obj, "peername") else None
+        return context.client  # a layer's context
+    return cast("connection.Client", obj) if hasattr(obj, "peername") else None  # a client itself
 
 
 def sni_name(sni: str | None) -> str | None:
