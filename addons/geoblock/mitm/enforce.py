@@ -44,6 +44,8 @@ class PageTemplate:
     """The HTML block page: a `string.Template` with $host, $rule, $reason and $ts (all HTML-escaped)."""
 
     def __init__(self, text: str = DEFAULT_PAGE, origin: str = "built-in") -> None:
+        """`text`: the template; `origin`: where it came from, for messages. Raises KeyError (an unknown
+        placeholder) or ValueError (a malformed one) at once rather than on a blocked flow."""
         self.template = string.Template(text)
         self.origin = origin
         # Refuse templates with unknown or malformed placeholders now rather than on a blocked flow.
@@ -51,10 +53,13 @@ class PageTemplate:
 
     @classmethod
     def from_file(cls, path: str) -> PageTemplate:
+        """The template in the UTF-8 file `path`. Raises OSError (unreadable), UnicodeDecodeError, or
+        KeyError / ValueError (an unknown or malformed placeholder: see __init__)."""
         text = Path(path).read_text(encoding="utf-8")
         return cls(text, origin=path)
 
     def render(self, host: str, rule: str, reason: str, ts: str) -> str:
+        """The page's HTML, every value HTML-escaped."""
         values = {k: html.escape(v) for k, v in (("host", host), ("rule", rule), ("reason", reason), ("ts", ts))}
         return self.template.substitute(values)
 
@@ -80,6 +85,8 @@ def block_page(verdict: Verdict, host: str, page: PageTemplate, blocked_by: str,
 
 
 def connect_refusal(verdict: Verdict, blocked_by: str) -> http.Response:
+    """The 451 answer to a CONNECT `verdict` blocks (before any TLS): a plain-text line naming the rule and
+    the reason, the RFC 7725 `Link` header to `blocked_by` ("" for none) and `x-geoblock-rule`."""
     body = f"Blocked by geoblock rule {verdict.rule or '(none)'}: {verdict.reason}\n"
     response = http.Response.make(451, body, _headers(verdict, blocked_by, "text/plain; charset=utf-8"))
     response.reason = REASON_451
