@@ -9,9 +9,9 @@ import pkgutil
 import geoblock
 from geoblock.errors import GeoblockError
 
-# Modules whose exception classes are re-parented where those modules are rewritten (the replay tool,
-# the GeoIP updater). Remove a module from here once its errors derive from GeoblockError.
-_NOT_YET = {"geoblock.tools.replay", "geoblock.tools.geoipupdate"}
+# Modules whose exception classes are re-parented where those modules are rewritten (the replay tool).
+# Remove a module from here once its errors derive from GeoblockError.
+_NOT_YET = {"geoblock.tools.replay"}
 
 
 def _exception_classes() -> list[type[BaseException]]:

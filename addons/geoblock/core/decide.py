@@ -29,31 +29,13 @@ Semantics:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-from geoblock.core import model
-from geoblock.core.model import SEVERITY, STAGES, Action, Facts
+from geoblock.core.model import SEVERITY, STAGES, Action, Facts, Verdict
 from geoblock.core.names import EmbeddedIPv4, IPAddress, unicode_name
 from geoblock.core.ruleset import CompiledRule, Ruleset
 
+# Facts and Verdict live in geoblock.core.model; they are importable from here too.
 __all__ = ["STAGES", "Facts", "Verdict", "decide", "server_text"]
-
-# `Facts` and `Verdict` live in geoblock.core.model; they are importable from here too, for the callers
-# written before the model had its own module. Such a caller may still build a Verdict by position
-# (action, rule, reason, offshore, name): for the type checker `Verdict` here is the model's keyword-only
-# class, and at run time a subclass that also takes that order. It goes when every caller builds
-# verdicts by keyword from geoblock.core.model.
-if TYPE_CHECKING:
-    from geoblock.core.model import Verdict
-else:
-
-    class Verdict(model.Verdict):
-        __slots__ = ()
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.update(zip(("action", "rule", "reason", "offshore", "name"), args, strict=False))
-            super().__init__(**kwargs)
-
 
 _STRICT_FIRST: tuple[Action, ...] = ("block", "log")  # without an allow, the strictest match decides
 
@@ -66,14 +48,14 @@ class _Match:
     unknown: str | None  # what could not be found, when the verdict comes from unknown_country
 
 
-def decide(facts: Facts, rs: Ruleset) -> model.Verdict:
+def decide(facts: Facts, rs: Ruleset) -> Verdict:
     """The verdict for `facts` under `rs` (see the module's semantics). Pure: reads `facts` and `rs`,
     changes neither, raises nothing for any Facts whose names are normalised (names.normalize_host)."""
     country = facts.country
     offshore = None if country is None else country not in rs.policy.home_countries
     client_hits = rs.clients.lookup(facts.client_ip) if rs.clients and facts.client_ip is not None else None
     server_hits = rs.networks.lookup(facts.server_ip) if rs.networks and facts.server_ip is not None else None
-    best: model.Verdict | None = None
+    best: Verdict | None = None
     for name in facts.names or (None,):
         verdict = _decide_name(name, facts, rs, offshore, client_hits, server_hits)
         if best is None or SEVERITY[verdict.action] > SEVERITY[best.action]:
@@ -82,31 +64,29 @@ def decide(facts: Facts, rs: Ruleset) -> model.Verdict:
     if facts.stage == "ip":
         return _ip_stage(best, rs)
     if facts.stage == "stream" and SEVERITY[rs.policy.unreadable] > SEVERITY[best.action]:
-        best = model.Verdict(action=rs.policy.unreadable, rule="policy:unreadable", offshore=offshore,
-                             name=best.name,
-                             reason=f"the stream is neither HTTP nor TLS, so it shows no name; the policy for "
-                                    f"unreadable is {rs.policy.unreadable} (without it: {best.action})")
+        best = Verdict(action=rs.policy.unreadable, rule="policy:unreadable", offshore=offshore, name=best.name,
+                       reason=f"the stream is neither HTTP nor TLS, so it shows no name; the policy for "
+                              f"unreadable is {rs.policy.unreadable} (without it: {best.action})")
     if facts.ech and SEVERITY[rs.policy.ech] > SEVERITY[best.action]:
-        best = model.Verdict(action=rs.policy.ech, rule="policy:ech", offshore=offshore, name=best.name,
-                             reason=f"the ClientHello hides its real name behind the outer SNI "
-                                    f"{facts.sni or '(none)'}: {facts.ech_why or 'Encrypted Client Hello'}; "
-                                    f"the policy for ech is {rs.policy.ech} (without it: {best.action})")
+        best = Verdict(action=rs.policy.ech, rule="policy:ech", offshore=offshore, name=best.name,
+                       reason=f"the ClientHello hides its real name behind the outer SNI "
+                              f"{facts.sni or '(none)'}: {facts.ech_why or 'Encrypted Client Hello'}; "
+                              f"the policy for ech is {rs.policy.ech} (without it: {best.action})")
     if facts.mismatch and SEVERITY[rs.policy.name_mismatch] > SEVERITY[best.action]:
-        best = model.Verdict(action=rs.policy.name_mismatch, rule="policy:name-mismatch", offshore=offshore,
-                             name=best.name,
-                             reason=f"{facts.mismatch}; the policy for name_mismatch is {rs.policy.name_mismatch} "
-                                    f"(without it: {best.action})")
+        best = Verdict(action=rs.policy.name_mismatch, rule="policy:name-mismatch", offshore=offshore, name=best.name,
+                       reason=f"{facts.mismatch}; the policy for name_mismatch is {rs.policy.name_mismatch} "
+                              f"(without it: {best.action})")
     return best
 
 
-def _ip_stage(verdict: model.Verdict, rs: Ruleset) -> model.Verdict:
+def _ip_stage(verdict: Verdict, rs: Ruleset) -> Verdict:
     if verdict.rule is None:
-        return model.Verdict(action="allow", offshore=verdict.offshore,
-                             reason="no rule applies to the address alone; the name will decide")
+        return Verdict(action="allow", offshore=verdict.offshore,
+                       reason="no rule applies to the address alone; the name will decide")
     if verdict.action == "block" and rs.name_allows_on_server:
         ids = ", ".join(r.id for r in rs.name_allows_on_server[:3])
-        return model.Verdict(action="allow", offshore=verdict.offshore,
-                             reason=f"{verdict.reason}; waiting for the name, which allow rule {ids} could exempt")
+        return Verdict(action="allow", offshore=verdict.offshore,
+                       reason=f"{verdict.reason}; waiting for the name, which allow rule {ids} could exempt")
     return verdict
 
 
@@ -117,14 +97,13 @@ def _decide_name(
     offshore: bool | None,
     client_hits: frozenset[int] | None,
     server_hits: frozenset[int] | None,
-) -> model.Verdict:
+) -> Verdict:
     rules = rs.rules
     candidates: list[tuple[int, str]] = [(i, "") for i in rs.nameless]
     if name is not None:
         candidates.extend(rs.name_hits(name))
     if not candidates:
-        return model.Verdict(action=rs.policy.default, reason=_default_reason(name, rs), offshore=offshore,
-                             name=name)
+        return Verdict(action=rs.policy.default, reason=_default_reason(name, rs), offshore=offshore, name=name)
     if len(candidates) > 1:
         candidates.sort(key=lambda c: c[0])
     unknown_policy = rs.policy.unknown_country
@@ -167,17 +146,16 @@ def _decide_name(
     if allows:
         standing = [b for b in blocks or () if not any(_overrides(a.rule, b.rule) for a in allows)]
         if not standing:
-            return model.Verdict(action="allow", rule=allows[0].rule.id, offshore=offshore, name=name,
-                                 reason=_reason(name, facts, rs, offshore, allows[0], blocks))
-        return model.Verdict(action="block", rule=standing[0].rule.id, offshore=offshore, name=name,
-                             reason=_reason(name, facts, rs, offshore, standing[0], None, allows[0]))
+            return Verdict(action="allow", rule=allows[0].rule.id, offshore=offshore, name=name,
+                           reason=_reason(name, facts, rs, offshore, allows[0], blocks))
+        return Verdict(action="block", rule=standing[0].rule.id, offshore=offshore, name=name,
+                       reason=_reason(name, facts, rs, offshore, standing[0], None, allows[0]))
     for action in _STRICT_FIRST:
         matches = found.get(action)
         if matches:
-            return model.Verdict(action=action, rule=matches[0].rule.id, offshore=offshore, name=name,
-                                 reason=_reason(name, facts, rs, offshore, matches[0], None))
-    return model.Verdict(action=rs.policy.default, reason=_default_reason(name, rs), offshore=offshore,
-                         name=name)
+            return Verdict(action=action, rule=matches[0].rule.id, offshore=offshore, name=name,
+                           reason=_reason(name, facts, rs, offshore, matches[0], None))
+    return Verdict(action=rs.policy.default, reason=_default_reason(name, rs), offshore=offshore, name=name)
 
 
 def _overrides(allow: CompiledRule, block: CompiledRule) -> bool:
