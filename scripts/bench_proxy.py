@@ -398,7 +398,7 @@ def main() -> int:
                               f"other processes' CPU {other:.1f} s, speed index {calib0:.0f}/{calib1:.0f} ms "
                               f"before/after{extra}", flush=True)
         results["rounds"] = rounds
-        for label, m in configs.items():
+        for m in configs.values():
             m.stop()
         results["mitmdump_errors"] = {
             label: [ln for ln in m.output().splitlines() if "Addon error" in ln or "geoblock: error" in ln][:5]

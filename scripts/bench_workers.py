@@ -241,8 +241,8 @@ def main() -> int:
                 res.update(workers=n, workload=w, round=i,
                            machine_busy=round((busy1 - busy0) / max(1, total1 - total0), 2),
                            others_cpu=round(max(0.0, busy_seconds - ours) / elapsed, 2),
-                           cpu=[round((cpu_seconds(m.pid) - c) / elapsed, 2) for m, c in zip(workers, before_cpu)],
-                           decisions=[line_count(m.decisions) - c for m, c in zip(workers, before_lines)])
+                           cpu=[round((cpu_seconds(m.pid) - c) / elapsed, 2) for m, c in zip(workers, before_cpu, strict=False)],
+                           decisions=[line_count(m.decisions) - c for m, c in zip(workers, before_lines, strict=False)])
                 results.append(res)
                 print(f"  N={n} {w:14s} {res['rps']:8.0f} req/s  errors {res['errors']:4d}  "
                       f"machine busy {res['machine_busy']:.0%} (others {res['others_cpu']:.2f} CPU)  worker CPU {res['cpu']}  "

@@ -192,7 +192,7 @@ def check(path: Path, expected: list[dict[str, object]]) -> None:
     want = [(e["host"], e["path"]) for e in expected]
     if seen != want:
         raise SystemExit(f"record-flows: {path} holds {seen}, expected {want}")
-    for flow, exp in zip(flows, expected):
+    for flow, exp in zip(flows, expected, strict=False):
         assert isinstance(flow, http.HTTPFlow)
         if flow.response is None or flow.response.status_code != 200:
             raise SystemExit(f"record-flows: {path}: flow {exp['index']} has no 200 response")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up and run the whole test suite under every supported pairing:
+# Set up, lint (ruff, mypy: scripts/lint.sh) and run the whole test suite under every supported pairing:
 # Python 3.11 + mitmproxy 11.0.2 and Python 3.12 + mitmproxy 12.x.
 # GEOBLOCK_PYTHONS="3.12" limits the run; extra arguments go to pytest.
 set -euo pipefail
@@ -20,6 +20,8 @@ done
 # As root nothing is missing that a test needs: a skipped test then fails the run (tests/conftest.py).
 if [ "$(id -u)" = 0 ]; then export GEOBLOCK_REQUIRE_ALL="${GEOBLOCK_REQUIRE_ALL:-1}"; fi
 status=0
+# ruff and mypy first (scripts/lint.sh, configured in pyproject.toml): a finding fails the run.
+scripts/lint.sh || status=$?
 for ver in ${GEOBLOCK_PYTHONS:-3.11 3.12}; do
   venv="$(scripts/bootstrap.sh "$ver")"
   echo "=== Python $ver: $("$venv/bin/python" -c 'import mitmproxy.version as v; print("mitmproxy", v.VERSION)')"

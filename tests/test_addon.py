@@ -544,7 +544,7 @@ def dns_answer(question: str, *sections: list[str]):
     message = getattr(mdns, "DNSMessage", None) or mdns.Message
     query = dns.message.make_query(question, "A")
     answer = dns.message.make_response(query)
-    for section, lines in zip((answer.answer, answer.authority, answer.additional), sections):
+    for section, lines in zip((answer.answer, answer.authority, answer.additional), sections, strict=False):
         for line in lines:
             name, rdtype, rdata = line.split(" ", 2)
             section.append(dns.rrset.from_text(name, 60, "IN", rdtype, rdata))

@@ -58,7 +58,7 @@ class StubResolver:
             answer = dns.message.make_response(query)
             if name in CHAINS and query.question[0].rdtype in (1, 65):
                 hops = [name, *CHAINS[name]]
-                for owner, target in zip(hops, hops[1:]):
+                for owner, target in zip(hops, hops[1:], strict=False):
                     answer.answer.append(dns.rrset.from_text(owner + ".", 60, "IN", "CNAME", target + "."))
                 last = dns.rrset.from_text(hops[-1] + ".", 60, "IN", "A", "127.0.0.1") if query.question[0].rdtype == 1 \
                     else dns.rrset.from_text(hops[-1] + ".", 60, "IN", "HTTPS", '1 . alpn="h2"')

@@ -60,7 +60,7 @@ def test_flow_file_holds_exactly_the_expected_requests(name):
     flows = read(name)
     expected = EXPECTED[name]
     assert len(flows) == len(expected), f"{name}: {len(flows)} flows, {len(expected)} expectations"
-    for flow, exp in zip(flows, expected):
+    for flow, exp in zip(flows, expected, strict=True):
         assert isinstance(flow, http.HTTPFlow)
         assert (flow.request.host_header, flow.request.path) == (exp["host"], exp["path"]), exp["index"]
         assert flow.response is not None and flow.response.status_code == 200  # it was really served
@@ -76,7 +76,7 @@ def test_replay_gives_the_expected_verdicts(name, engine):
     expected = EXPECTED[name]
     assert len(results) == len(expected), f"{name}: {len(results)} flows replayed, {len(expected)} expected"
     wrong = []
-    for (flow, facts, verdict), exp in zip(results, expected):
+    for (flow, facts, verdict), exp in zip(results, expected, strict=True):
         assert flow.request.path == exp["path"]
         assert facts.stage == "http"
         assert facts.server_ip == ipaddress.ip_address(exp["server"])
@@ -89,7 +89,7 @@ def test_replay_gives_the_expected_verdicts(name, engine):
 
 
 def by_host(name: str, host: str, **match) -> http.HTTPFlow:
-    for flow, exp in zip(read(name), EXPECTED[name]):
+    for flow, exp in zip(read(name), EXPECTED[name], strict=True):
         if exp["host"] == host and all(exp[k] == v for k, v in match.items()):
             return flow
     raise LookupError(host)
@@ -110,7 +110,7 @@ def test_facts_take_every_name_of_an_https_flow():
     facts = rp.facts_from_flow(by_host("https.mitm", "binance.com", sni="allowed.test"))
     assert facts.names == ("binance.com", "allowed.test")  # Host, then the SNI (the target is an IP)
     assert facts.sni == "allowed.test"
-    ip_only = [f for f, e in zip(read("https.mitm"), EXPECTED["https.mitm"]) if e["sni"] is None]
+    ip_only = [f for f, e in zip(read("https.mitm"), EXPECTED["https.mitm"], strict=True) if e["sni"] is None]
     assert ip_only and all(rp.facts_from_flow(f).names == () for f in ip_only)
 
 
@@ -172,7 +172,7 @@ def test_addon_requestheaders_enforces_the_expected_verdicts(name, live, rs, geo
     flows = read(name)
     expected = EXPECTED[name]
     assert len(flows) == len(expected)
-    for recorded, exp in zip(flows, expected):
+    for recorded, exp in zip(flows, expected, strict=True):
         flow = recorded.copy()
         flow.response = None  # as the hook sees it: the request headers, nothing answered yet
         asyncio.run(live.requestheaders(flow))
@@ -206,7 +206,7 @@ def test_explain_replay_and_the_proxy_agree_on_a_corpus_of_flows(name, live, eng
     proxy = logged(live)
     replayed = [engine.record_of(facts, verdict, False) for _, facts, verdict in rp.replay(FLOWS / name, engine)]
     assert len(proxy) == len(replayed) == len(EXPECTED[name])
-    for live_record, replay_record, exp in zip(proxy, replayed, EXPECTED[name]):
+    for live_record, replay_record, exp in zip(proxy, replayed, EXPECTED[name], strict=True):
         assert comparable(replay_record) == comparable(live_record), exp
         names = [n for n in (live_record.get("host"), live_record.get("sni")) if n]
         argv = ["explain", *(names or [live_record["server_ip"]]), "--stage", "http", "--rules", str(rules_dir),
@@ -311,7 +311,7 @@ def test_cli_prints_one_line_per_flow_and_a_summary(name, rules_dir, geo_dir):
     lines = done.stdout.splitlines()
     expected = EXPECTED[name]
     assert len(lines) == len(expected) + 1
-    for line, exp in zip(lines, expected):
+    for line, exp in zip(lines, expected, strict=True):
         assert line.startswith(f"#{exp['index']} {exp['action'].upper():5} {exp['rule'] or '-'} GET "), line
     assert lines[-1] == f"{path}: {counts(name)}"
 

@@ -5,7 +5,7 @@ The public names: `Engine` (judges facts: `Engine.open(rules, country_db, asn_db
 geoblock raises). The mitmproxy addon is `geoblock.mitm.addon.GeoBlock`, registered by addons/block.py.
 """
 
-from geoblock.core.decide import Facts, Verdict
+from geoblock.core.model import Facts, Verdict
 from geoblock.engine import Engine
 from geoblock.errors import GeoblockError
 

@@ -24,6 +24,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from geoblock import record as _record
 from geoblock.core import names as _names
 from geoblock.core.decide import Facts, Verdict, decide
 from geoblock.core.names import IPAddress
@@ -32,8 +33,8 @@ from geoblock.core.ruleset import Ruleset
 from geoblock.enrich import locate, rdap
 from geoblock.enrich.geo import Geo
 from geoblock.enrich.resolve import Resolver
-from geoblock import record as _record
 from geoblock.errors import GeoblockError
+from geoblock.record import DecisionRecord, RecordExtra
 from geoblock.watch import files_stamp, rules_stamp
 
 logger = logging.getLogger("geoblock")
@@ -131,7 +132,7 @@ class Engine:
         return addr
 
     def record_of(self, facts: Facts, verdict: Verdict, enforced: bool,
-                  extra: dict[str, object] | None = None) -> dict[str, object]:
+                  extra: RecordExtra | None = None) -> DecisionRecord:
         """The decision record of a verdict (`record.make_record`), with the ruleset version and the
         databases' builds in force."""
         geo = self.geo

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from geoblock.core.decide import Facts
+from geoblock.core.model import Facts
 from geoblock.enrich import rdap
 from geoblock.enrich.geo import Geo
 

@@ -32,14 +32,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any, Coroutine
+from collections.abc import Coroutine
+from typing import Any
 
 from mitmproxy import command, connection, ctx, exceptions, http
 from mitmproxy.proxy import layer as mlayer
 from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.layers import tls as mtls
 
-from geoblock.core.decide import Facts, Verdict
+from geoblock.core.model import Facts, Verdict
 from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import Ruleset
 from geoblock.engine import CannotJudge, Engine
@@ -133,7 +134,8 @@ class GeoBlock:
         for warning in ruleset.source.warnings:
             logger.warning(f"geoblock: {warning}")
         s = ruleset.summary()
-        logger.info(f"geoblock: ruleset {s['version']}: {s['rules']} rules, {s['domains']} domains from {settings.rules}")
+        logger.info(f"geoblock: ruleset {s['version']}: {s['rules']} rules, {s['domains']} domains "
+                    f"from {settings.rules}")
         self._report_geo()
 
     def _configure_log(self, settings: Settings) -> None:
@@ -219,14 +221,16 @@ class GeoBlock:
         lines.append(f"decisions: {c['allow']} allow, {c['log']} log, {c['block']} block, {c['error']} errors; "
                      f"reloads: {engine.reloads if engine else 0}")
         if self.judging.log is not None:
-            lines.append(f"decision log {self.judging.log.path}: {self.judging.log.written} written, {self.judging.log.lost} lost")
+            log = self.judging.log
+            lines.append(f"decision log {log.path}: {log.written} written, {log.lost} lost")
         if engine is not None and (rdap_line := engine.describe_rdap()) is not None:
             lines.append(rdap_line)
         sizes = self.caches()
         lines.append("caches (entries/bound): " + ", ".join(
             f"{label} {n}/{bound}" for label, (n, bound) in sizes.items() if bound is not None))
         lines.append(f"connection states: {sizes['connection states'][0]}")
-        frozen_note = "" if self.judging.settings is None or self.judging.settings.gc_freeze else " (geoblock_gc_freeze is off)"
+        settings = self.judging.settings
+        frozen_note = "" if settings is None or settings.gc_freeze else " (geoblock_gc_freeze is off)"
         lines.append(f"objects kept out of the collector's scans: {heap.frozen()}{frozen_note}")
         if engine is not None and engine.last_problem:
             lines.append(f"last problem: {engine.last_problem}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from mitmproxy import connection, http
 from mitmproxy.proxy import mode_specs
 
-from geoblock.core.names import IPAddress, InvalidHost, as_written, normalize_host
+from geoblock.core.names import InvalidHost, IPAddress, as_written, normalize_host
 from geoblock.mitm.sessions import ConnState
 
 

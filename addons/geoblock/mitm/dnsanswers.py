@@ -14,10 +14,11 @@ from collections import OrderedDict
 from typing import Any
 
 from mitmproxy import ctx, dns
-from mitmproxy.net.dns import https_records, response_codes, types as dns_types
+from mitmproxy.net.dns import https_records, response_codes
+from mitmproxy.net.dns import types as dns_types
 from mitmproxy.proxy import mode_specs
 
-from geoblock.core.names import IPAddress, InvalidHost, normalize_host
+from geoblock.core.names import InvalidHost, IPAddress, normalize_host
 from geoblock.mitm.observe import InvalidField, ech_config_public_names
 
 logger = logging.getLogger("geoblock")

@@ -8,10 +8,11 @@ import logging
 import struct
 from typing import Any
 
-from geoblock.core.decide import Facts, Verdict
+from geoblock.core.model import Facts, Verdict
 from geoblock.mitm import dnsanswers, dnsforward
 from geoblock.mitm.judging import Judging, guarded
 from geoblock.mitm.observe import InvalidField, client_ip
+from geoblock.record import RecordExtra
 
 logger = logging.getLogger("geoblock")
 
@@ -41,12 +42,14 @@ class DnsJudge:
             return  # reverse lookups of addresses and the like: nothing to judge by name
         facts.host = request.questions[-1].name
         facts.names = tuple(names)
-        qtype = {"qtype": dnsanswers.qtypes(request)}
-        if dnsanswers.DOH_CANARY in names and self.judging.engine is not None and self.judging.engine.ruleset.policy.doh_canary == "nxdomain":
+        qtype = RecordExtra(qtype=dnsanswers.qtypes(request))
+        engine = self.judging.engine
+        canary_off = engine is not None and engine.ruleset.policy.doh_canary == "nxdomain"
+        if dnsanswers.DOH_CANARY in names and canary_off:
             verdict = Verdict(action="block", rule="policy:doh-canary", offshore=None, name=dnsanswers.DOH_CANARY,
-                              reason=f"{dnsanswers.DOH_CANARY} is Firefox's canary: NXDOMAIN keeps its DNS over HTTPS "
-                                     f"off, so it uses this DNS (blocked names, ECH removed); the policy for doh_canary "
-                                     f"is nxdomain")
+                              reason=f"{dnsanswers.DOH_CANARY} is Firefox's canary: NXDOMAIN keeps its DNS over "
+                                     f"HTTPS off, so it uses this DNS (blocked names, ECH removed); the policy for "
+                                     f"doh_canary is nxdomain")
             self.judging.record(facts, verdict, qtype)
             return self.judging.enforce(verdict, lambda f, v: dnsanswers.nxdomain(f), flow)
         verdict = self.judging.judge(facts)
@@ -104,7 +107,8 @@ class DnsJudge:
         if any(name not in asked for name in chain):  # beyond the question, which dns_request judged
             facts.names = tuple(dict.fromkeys([*asked, *chain]))
             verdict = self.judging.judge(facts)
-            self.judging.record(facts, verdict, {"qtype": dnsanswers.qtypes(flow.request), "chain": list(facts.names)})
+            extra = RecordExtra(qtype=dnsanswers.qtypes(flow.request), chain=list(facts.names))
+            self.judging.record(facts, verdict, extra)
             if self.judging.enforcing(verdict):
                 return self.refuse(flow, verdict)
         dnsanswers.strip_ech(response, self.judging.ech_names)

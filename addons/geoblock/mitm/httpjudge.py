@@ -8,19 +8,21 @@ and enforced.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import Any, Callable, Coroutine
+from typing import Any
 
 from mitmproxy import connection, http
 
-from geoblock.core.decide import Facts, Verdict
+from geoblock.core.model import Facts, Stage, Verdict
 from geoblock.core.names import InvalidHost, normalize_host
 from geoblock.mitm import dial, enforce
 from geoblock.mitm.judging import Judging, guarded, now
 from geoblock.mitm.observe import InvalidField, client_ip, http_target, uri_authority
 from geoblock.mitm.sessions import BlockedTunnel, ConnState, HttpMemo
+from geoblock.record import RecordExtra
 
-EndTunnel = Callable[[ConnState, connection.Client, str, Facts, Verdict], bool]
+EndTunnel = Callable[[ConnState, connection.Client, Stage, Facts, Verdict], bool]
 
 
 class HttpJudge:
@@ -63,7 +65,8 @@ class HttpJudge:
             request = flow.request
             state = self.judging.sessions.of(flow.client_conn)
             if state.blocked_tunnel is not None:
-                return self._answer_blocked_tunnel(flow, state.blocked_tunnel)
+                self._answer_blocked_tunnel(flow, state.blocked_tunnel)
+                return None
             data = request.data  # the URI authority as received: decoded (uri_authority) only when judged anew
             sni = state.destination_sni(flow.client_conn)
             path = data.path
@@ -99,7 +102,7 @@ class HttpJudge:
         # Kept unless the ruleset, databases or options changed while the name was resolved (the address
         # was sought for the old ruleset), or RDAP may place the server for a later request.
         if generation == self.judging.verdict_generation() and not self.judging.may_place_later(facts):
-            state.http_memo = HttpMemo(shows, generation, facts, verdict, name, rest)  # type: ignore[arg-type]
+            state.http_memo = HttpMemo(shows, generation, facts, verdict, name, rest)
         self._enforce_request(flow, state, facts, verdict, name)
 
     def _answer_blocked_tunnel(self, flow: http.HTTPFlow, tunnel: BlockedTunnel) -> None:
@@ -109,7 +112,7 @@ class HttpJudge:
         request, verdict = flow.request, tunnel.verdict
         facts = replace(tunnel.facts, stage="http", host=request.host_header, sni=flow.client_conn.sni,
                         ech=False, mismatch=None)
-        self.judging.record(facts, verdict, {"blocked_at": tunnel.stage})
+        self.judging.record(facts, verdict, RecordExtra(blocked_at=tunnel.stage))
         flow.response = enforce.block_page(verdict, verdict.name or request.host_header or request.host,
                                            self.judging.page, self.judging.blocked_by, now())
 
@@ -141,7 +144,7 @@ class HttpJudge:
                           reason=f"the server switched the connection to {protocol or 'another protocol'!r} "
                                  f"(HTTP 101); geoblock judges HTTP request by request and refuses a switch to a "
                                  f"protocol it does not read (WebSocket excepted)")
-        self.judging.record(facts, verdict, {"upgrade": protocol})
+        self.judging.record(facts, verdict, RecordExtra(upgrade=protocol))
         if self.judging.enforcing(verdict):
             self.judging.sessions.of(flow.client_conn).blocked = verdict
             flow.kill()

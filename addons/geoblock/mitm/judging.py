@@ -19,17 +19,18 @@ import functools
 import logging
 import os
 import traceback
-from typing import Any, Callable, Coroutine
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from geoblock.core.decide import Facts, Verdict
-from geoblock.core.names import IPAddress, InvalidHost
+from geoblock.core.model import Facts, Stage, Verdict
+from geoblock.core.names import InvalidHost, IPAddress
 from geoblock.engine import CannotJudge, Engine
 from geoblock.mitm import enforce
 from geoblock.mitm.dnsanswers import EchPublicNames
 from geoblock.mitm.observe import client_ip, client_of
 from geoblock.mitm.options import DEFAULT_BLOCKED_BY, Settings
 from geoblock.mitm.sessions import ConnState, Sessions
-from geoblock.record import DecisionLog, make_record
+from geoblock.record import DecisionLog, RecordExtra, make_record
 
 logger = logging.getLogger("geoblock")
 
@@ -38,7 +39,7 @@ Refusal = Callable[[Any, Verdict], None]  # enforces a blocking verdict on a hoo
 
 def now() -> str:
     """The time now, UTC, to the second, as the block page shows it ("2026-11-30T08:00:00Z")."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class Judging:
@@ -113,7 +114,7 @@ class Judging:
 
     # ------------------------------------------------------------------ recording
 
-    def record(self, facts: Facts, verdict: Verdict, extra: dict[str, Any] | None = None,
+    def record(self, facts: Facts, verdict: Verdict, extra: RecordExtra | None = None,
                again: bytes | None = None) -> bytes | None:
         """Count, log and write one decision. `again`: the line of an identical earlier record after its
         timestamp, to write without building it anew. Returns that part of the line written, if any."""
@@ -150,12 +151,13 @@ class Judging:
         self.record(facts, verdict, {"error": "invalid-input"})
         return verdict
 
-    def on_error(self, stage: str, obj: Any, exc: Exception, refusal: Refusal) -> None:
+    def on_error(self, stage: Stage, obj: Any, exc: Exception, refusal: Refusal) -> None:
         """The guard's verdict for a hook that raised: on_error, logged once per cause, recorded, and
         enforced by `refusal` on the hook's object."""
         action = self.policy_on_error()
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-        cause = f"{type(exc).__name__} at {os.path.basename(frame.filename)}:{frame.lineno}" if frame else type(exc).__name__
+        where = f" at {os.path.basename(frame.filename)}:{frame.lineno}" if frame else ""
+        cause = f"{type(exc).__name__}{where}"
         seen = self.errors_seen.get(cause, 0)
         self.errors_seen[cause] = seen + 1
         self.counts["error"] += 1
@@ -176,7 +178,7 @@ class Judging:
 Hook = Callable[..., Coroutine[Any, Any, None]]
 
 
-def guarded(stage: str, refusal: str) -> Callable[[Hook], Hook]:
+def guarded(stage: Stage, refusal: str) -> Callable[[Hook], Hook]:
     """Run a hook; on any exception, apply on_error for `stage` (fail closed by default), enforced on the
     hook's object by the hook object's method named `refusal` (the hook object has a `judging`)."""
 

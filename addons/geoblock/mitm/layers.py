@@ -10,23 +10,30 @@ is asked for (`choose.Chooser`), and whatever it chose is judged by one owner: H
 
 from __future__ import annotations
 
-from typing import Any
-
 from mitmproxy import connection
 from mitmproxy.proxy import layer as mlayer
 from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import tls as mtls
 
-from geoblock.core.decide import Facts, Verdict
+from geoblock.core.model import Facts, Stage, Verdict
 from geoblock.core.names import InvalidHost, normalize_host
 from geoblock.engine import CannotJudge
 from geoblock.mitm import enforce, hold
 from geoblock.mitm.choose import Chooser, judged_later
 from geoblock.mitm.judging import Judging, guarded
-from geoblock.mitm.observe import (client_hello_of, client_ip, ech_of, mismatch_of, name_under, shows_http_version,
-                                   sni_name, sni_problem)
+from geoblock.mitm.observe import (
+    client_hello_of,
+    client_ip,
+    ech_of,
+    mismatch_of,
+    name_under,
+    shows_http_version,
+    sni_name,
+    sni_problem,
+)
 from geoblock.mitm.sessions import BlockedTunnel, ConnState
+from geoblock.record import RecordExtra
 
 FIRST_BYTES_RECORDED = 16  # of a stream that is neither HTTP nor TLS, in its record (hex)
 
@@ -58,7 +65,8 @@ class LayerJudge:
             return
         state = self.judging.sessions.of(context.client)
         if shows == hold.MORE:  # the hold ran out of time or room: judged on what it has (on_error)
-            why = hold.why_incomplete(data, nextlayer.expired, self._hold_timeout)
+            expired = isinstance(nextlayer, hold.Replayed) and nextlayer.expired
+            why = hold.why_incomplete(data, expired, self._hold_timeout)
             return self._deny_stream(nextlayer, await self._judge_stream(context, state, data, incomplete=why))
         if shows == hold.TLS and context.server.address is not None:  # no address: a handshake with the proxy
             if not await self._tls_may_go_on(nextlayer, state, data):
@@ -104,7 +112,8 @@ class LayerJudge:
         nextlayer.layer = enforce.DenyTLS(context)
         return False
 
-    async def _judge_client_hello(self, context: Context, state: ConnState, data: bytes) -> tuple[Verdict, Facts | None]:
+    async def _judge_client_hello(self, context: Context, state: ConnState,
+                                  data: bytes) -> tuple[Verdict, Facts | None]:
         """Judge a whole ClientHello (`data`, its TLS records) at this layer: SNI, CONNECT target,
         destination, ECH. Returns the verdict and the facts it was reached on (None for an SNI that is
         not a host name: on_error decided). Raises observe.MalformedClientHello on a malformed one."""
@@ -154,7 +163,7 @@ class LayerJudge:
         facts = Facts("stream", names=tuple(dict.fromkeys(names)), client_ip=client_ip(context.client),
                       host=state.connect_name, sni=sni)
         facts.server_ip = await self.judging.resolve(state, state.connect_name, state.connect_ip, facts.names)
-        extra: dict[str, Any] = {"first_bytes": data[:FIRST_BYTES_RECORDED].hex(),
+        extra: RecordExtra = {"first_bytes": data[:FIRST_BYTES_RECORDED].hex(),
                                  "transport": context.client.transport_protocol}
         if state.blocked is not None and incomplete is None:
             # A tunnel geoblock blocked but ends itself (BlockedTunnel): whatever it carries is refused
@@ -172,7 +181,7 @@ class LayerJudge:
         self.judging.record(facts, verdict, extra)
         return verdict
 
-    def end_blocked_tunnel(self, state: ConnState, client: connection.Client, stage: str, facts: Facts,
+    def end_blocked_tunnel(self, state: ConnState, client: connection.Client, stage: Stage, facts: Facts,
                             verdict: Verdict) -> bool:
         """With geoblock_intercept, keep a tunnel just judged blocked open so that its requests get the
         451 page over TLS (BlockedTunnel); the next_layer hook then puts in place the TLS layer mitmproxy
@@ -187,8 +196,8 @@ class LayerJudge:
         and a client that really sent it aborts a handshake that did not (RFC 9849 section 6.1.6), so
         it gets the TLS alert at once. Returns whether the tunnel is kept for the page; False: refuse it
         as without interception."""
-        if not (self.judging.settings and self.judging.settings.intercept) or verdict.rule == "policy:ech" or not isinstance(
-                client.proxy_mode, (mode_specs.RegularMode, mode_specs.TransparentMode)):
+        modes = (mode_specs.RegularMode, mode_specs.TransparentMode)
+        if not self.judging.intercept or verdict.rule == "policy:ech" or not isinstance(client.proxy_mode, modes):
             return False
         state.blocked_tunnel = BlockedTunnel(stage, facts, verdict)
         return True
@@ -223,4 +232,5 @@ class LayerJudge:
         """Whether `name` fronts Encrypted Client Hello: under the policy's ech_public_names, or a public
         name seen in an ECH configuration in a DNS answer geoblock served."""
         engine = self.judging.engine
-        return (engine is not None and name_under(name, engine.ruleset.policy.ech_public_names)) or name in self.judging.ech_names
+        fronts = engine is not None and name_under(name, engine.ruleset.policy.ech_public_names)
+        return fronts or name in self.judging.ech_names

@@ -17,8 +17,9 @@ from typing import Any
 
 from mitmproxy import ctx
 
-from geoblock.core.names import IPAddress, InvalidHost, as_written, normalize_ip
+from geoblock.core.names import InvalidHost, IPAddress, as_written, normalize_ip
 from geoblock.enrich import rdap
+from geoblock.enrich.rdap import RdapLocator
 from geoblock.errors import GeoblockError
 from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_LOG, DEFAULT_RULES
 
@@ -173,11 +174,11 @@ class Settings:
             gc_freeze=bool(options.geoblock_gc_freeze),
         )
 
-    def rdap_lookups(self) -> rdap.RdapLocator | None:
+    def rdap_lookups(self) -> RdapLocator | None:
         """RDAP lookups as these settings ask (None: RDAP off)."""
         if not self.rdap:
             return None
-        return rdap.RdapLocator(enabled=True, timeout=self.rdap_timeout, bootstrap_url=self.rdap_url)
+        return RdapLocator(enabled=True, timeout=self.rdap_timeout, bootstrap_url=self.rdap_url)
 
 
 def keep_mitmproxy_options_geoblock_needs(opts: Any, updated: set[str]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from mitmproxy import connection
 from mitmproxy.proxy.context import Context
 
-from geoblock.core.decide import Facts, Verdict
+from geoblock.core.model import Facts, Stage, Verdict
 from geoblock.core.names import IPAddress, normalize_host
 from geoblock.engine import Session
 
@@ -31,7 +31,7 @@ class BlockedTunnel:
     `stage` is the stage whose verdict blocked the tunnel ("connect" or "tls"), `facts` and `verdict`
     that judgement; each request is recorded with them (`blocked_at`: the stage)."""
 
-    stage: str
+    stage: Stage
     facts: Facts
     verdict: Verdict
 
@@ -48,7 +48,7 @@ class HttpMemo:
     only the line's time differs."""
 
     shows: tuple[Any, ...]  # request target, Host, URI authority, HTTP version, SNI, CONNECT address, path
-    generation: int  # the addon's generation when it was judged
+    generation: tuple[int, int]  # what it was judged under (Judging.verdict_generation)
     facts: Facts
     verdict: Verdict
     target_name: str | None

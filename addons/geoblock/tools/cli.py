@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import cast
 
 from geoblock.core.decide import Facts, server_text
-from geoblock.engine import Engine
-from geoblock.enrich.geo import Geo
 from geoblock.core.names import InvalidHost, as_written, normalize_host, normalize_ip
-from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES, DEFAULT_RULES_ORIGIN
 from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import Ruleset
-
+from geoblock.engine import Engine
+from geoblock.enrich.geo import Geo
+from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES, DEFAULT_RULES_ORIGIN
 
 
 def _load(rules: str) -> Ruleset:
@@ -36,7 +36,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        by = ", ".join(f"{n} {a}" for a, n in summary["by_action"].items())  # type: ignore[union-attr]
+        by_action = cast("dict[str, int]", summary["by_action"])
+        by = ", ".join(f"{n} {a}" for a, n in by_action.items())
         print(f"ok: ruleset {rs.version}: {summary['rules']} rules ({by}), {summary['domains']} domains, "
               f"{len(rs.source.files)} files")
         for warning in rs.source.warnings:
@@ -63,7 +64,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     facts = Facts(args.stage, names=tuple(dict.fromkeys(names)), client_ip=client, server_ip=server)
     verdict = engine.judge(facts)
     if args.json:
-        out = {"action": verdict.action, "rule": verdict.rule, "reason": verdict.reason,
+        out: dict[str, object] = {"action": verdict.action, "rule": verdict.rule, "reason": verdict.reason,
                "offshore": verdict.offshore, "country": facts.country, "country_source": facts.country_source,
                "asn": facts.asn, "ruleset": rs.version}
         # the fields a decision record adds for the server (record.make_record), when present

@@ -27,22 +27,21 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 from mitmproxy import exceptions as mexceptions
 from mitmproxy import http
 from mitmproxy import io as mio
 
-from geoblock.core.decide import Facts, Verdict
-from geoblock.enrich.geo import Geo
-from geoblock.core.names import IPAddress, InvalidHost, normalize_host, normalize_ip, unicode_name
-from geoblock.mitm.observe import InvalidField, client_ip, http_target, uri_authority
-from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
-from geoblock.engine import Engine
+from geoblock.core.model import Facts, Verdict
+from geoblock.core.names import InvalidHost, IPAddress, normalize_host, normalize_ip, unicode_name
 from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import SEVERITY, Ruleset
-
+from geoblock.engine import Engine
+from geoblock.enrich.geo import Geo
+from geoblock.mitm.observe import InvalidField, client_ip, http_target, uri_authority
+from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
 
 
 class ReplayError(Exception):
@@ -117,11 +116,11 @@ def facts_from_flow(flow: http.HTTPFlow) -> Facts:
         facts.host = raw_host
         facts.sni = flow.client_conn.sni
         try:
-            target = http_target(request.host, raw_host, flow.client_conn.sni, uri_authority(request))
+            shown = http_target(request.host, raw_host, flow.client_conn.sni, uri_authority(request))
         except InvalidField as exc:
             raise InvalidFlow(facts, exc.field, exc.cause) from None
-        facts.names = target.names
-        facts.mismatch = target.mismatch
+        facts.names = shown.names
+        facts.mismatch = shown.mismatch
     facts.server_ip = _dialled_ip(flow)
     return facts
 
