@@ -10,8 +10,10 @@ The default locations themselves (checkout, FHS, variables) are checked on `geob
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -20,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from geoblock import paths
+from support.proc import free_port
+from support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_INPUTS = ("pyproject.toml", "README.md", "addons", "rules")
@@ -124,6 +128,36 @@ def test_geoip_update_commands_are_installed(installed: Installed, tmp_path: Pat
                    "--directory", str(tmp_path)], installed.elsewhere)
     assert checked.returncode == 11, checked.stderr
     assert f"GeoLite2-Country.mmdb: missing ({tmp_path}/GeoLite2-Country.mmdb)" in checked.stdout
+
+
+def test_geoblock_proxy_starts_mitmdump_with_geoblock_and_blocks(installed: Installed, tmp_path: Path) -> None:
+    """`geoblock-proxy`: the installed package's own mitmproxy script (no path to find): it starts with
+    the shipped rules and answers a listed name with the 451 page, recorded in the decision log."""
+    port, log = free_port(), tmp_path / "decisions.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOBLOCK_") and k != "PYTHONPATH"}
+    proc = subprocess.Popen([str(installed.bin / "geoblock-proxy"), "--listen-host", "127.0.0.1", "--listen-port",
+                             str(port), "--set", f"confdir={tmp_path / 'conf'}", "--set", f"geoblock_log={log}",
+                             "--set", "geoblock_country_db=", "--set", "geoblock_asn_db="],
+                            cwd=installed.elsewhere, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: _listening(port), timeout=60, what=f"geoblock-proxy listening on {port}")
+        done = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-x", f"http://127.0.0.1:{port}",
+                               "http://binance.com/"], capture_output=True, text=True, timeout=30)
+        assert done.stdout == "451"
+        record = json.loads(log.read_text().splitlines()[-1])
+        assert (record["action"], record["rule"], record["host"]) == ("block", "offshore-crypto-exchanges", "binance.com")
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert "geoblock: ruleset " in output and "data/rules" in output, output  # the shipped rules
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 # --- the defaults themselves ------------------------------------------------------------------------

@@ -237,7 +237,8 @@ class Engine:
                 f"without a country database, the {len(needy)} rule(s) that need a server's country "
                 f"({', '.join(needy[:5])}{', ...' if len(needy) > 5 else ''}) cannot place servers and give "
                 f"unknown_country={rs.policy.unknown_country}; domain rules are enforced as usual. "
-                f"Install one with scripts/geoip-update or set geoblock_country_db.")
+                f"Install one with geoblock-geoip-update (scripts/geoip-update in a source checkout) or set "
+                f"geoblock_country_db.")
         asn_rules = [r.id for r in rs.rules if r.spec.asns]
         if geo.asn_info is None and asn_rules:
             out.append(f"without an ASN database, the {len(asn_rules)} rule(s) on ASNs give "
