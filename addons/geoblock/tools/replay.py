@@ -40,11 +40,12 @@ from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import SEVERITY, Ruleset
 from geoblock.engine import Engine
 from geoblock.enrich.geo import Geo
+from geoblock.errors import GeoblockError
 from geoblock.mitm.observe import InvalidField, client_ip, http_target, uri_authority
 from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
 
 
-class ReplayError(Exception):
+class ReplayError(GeoblockError):
     """A flow file that cannot be read. The message names the file."""
 
     def __init__(self, path: str, why: str) -> None:
@@ -53,7 +54,7 @@ class ReplayError(Exception):
         super().__init__(f"{path}: {why}")
 
 
-class InvalidFlow(ValueError):
+class InvalidFlow(GeoblockError, ValueError):
     """A flow with a name that cannot be normalised; the addon judges such a flow by `on_error`."""
 
     def __init__(self, facts: Facts, field_name: str, cause: InvalidHost) -> None:
