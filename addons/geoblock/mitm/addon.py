@@ -247,26 +247,28 @@ class GeoBlock:
 
     # ------------------------------------------------------------------ hooks: each handed to its judge
 
-    async def next_layer(self, nextlayer: mlayer.NextLayer) -> None:
-        await self.layers.next_layer(nextlayer)
+    # Each returns its judge's coroutine (or nothing), which mitmproxy awaits: no second coroutine per call.
 
-    async def tls_clienthello(self, data: mtls.ClientHelloData) -> None:
-        await self.layers.tls_clienthello(data)
+    def next_layer(self, nextlayer: mlayer.NextLayer) -> Coroutine[Any, Any, None]:
+        return self.layers.next_layer(nextlayer)
 
-    async def http_connect(self, flow: http.HTTPFlow) -> None:
-        await self.http.http_connect(flow)
+    def tls_clienthello(self, data: mtls.ClientHelloData) -> Coroutine[Any, Any, None]:
+        return self.layers.tls_clienthello(data)
+
+    def http_connect(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None]:
+        return self.http.http_connect(flow)
 
     def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         return self.http.requestheaders(flow)  # a coroutine only when the request must be judged anew
 
-    async def response(self, flow: http.HTTPFlow) -> None:
-        await self.http.response(flow)
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.http.response(flow)  # a protocol switch geoblock cannot follow; never waits
 
-    async def dns_request(self, flow: Any) -> None:
-        await self.dns.dns_request(flow)
+    def dns_request(self, flow: Any) -> Coroutine[Any, Any, None]:
+        return self.dns.dns_request(flow)
 
-    async def dns_response(self, flow: Any) -> None:
-        await self.dns.dns_response(flow)
+    def dns_response(self, flow: Any) -> Coroutine[Any, Any, None]:
+        return self.dns.dns_response(flow)
 
     # ------------------------------------------------------------------ hooks: connections
 

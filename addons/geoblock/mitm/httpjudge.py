@@ -17,7 +17,7 @@ from mitmproxy import connection, http
 from geoblock.core.model import Facts, Stage, Verdict
 from geoblock.core.names import InvalidHost, normalize_host
 from geoblock.mitm import dial, enforce
-from geoblock.mitm.judging import Judging, guarded, now
+from geoblock.mitm.judging import Judging, guarded, guarded_sync, now
 from geoblock.mitm.observe import InvalidField, client_ip, http_target, uri_authority
 from geoblock.mitm.sessions import BlockedTunnel, ConnState, HttpMemo
 from geoblock.record import RecordExtra
@@ -125,8 +125,8 @@ class HttpJudge:
         elif name is not None and facts.server_ip is not None and state.resolved.get(name) == facts.server_ip:
             dial.send_to_judged_address(flow, facts.server_ip, state)
 
-    @guarded("http", "refuse")
-    async def response(self, flow: http.HTTPFlow) -> None:
+    @guarded_sync("http", "refuse")
+    def response(self, flow: http.HTTPFlow) -> None:
         """Refuse a protocol switch geoblock cannot follow. After `101 Switching Protocols` mitmproxy
         relays anything but WebSocket as raw TCP (an `h2c` upgrade it did not strip, any other
         protocol): later requests on the connection (HTTP/2 streams with another `:authority`, ...) would

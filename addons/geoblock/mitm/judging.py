@@ -176,6 +176,24 @@ class Judging:
 
 
 Hook = Callable[..., Coroutine[Any, Any, None]]
+SyncHook = Callable[..., None]
+
+
+def guarded_sync(stage: Stage, refusal: str) -> Callable[[SyncHook], SyncHook]:
+    """`guarded` for a hook that never waits (no coroutine made for it: mitmproxy calls it for every
+    response of every flow)."""
+
+    def wrap(method: SyncHook) -> SyncHook:
+        @functools.wraps(method)
+        def hook(self: Any, obj: Any, *args: Any) -> None:
+            try:
+                method(self, obj, *args)
+            except Exception as exc:  # noqa: BLE001 - this is the guard
+                self.judging.on_error(stage, obj, exc, getattr(self, refusal))
+
+        return hook
+
+    return wrap
 
 
 def guarded(stage: Stage, refusal: str) -> Callable[[Hook], Hook]:
