@@ -90,6 +90,8 @@ def _facts(draw) -> Facts:
         geoip_code=draw(st.none() | st.sampled_from(["EU", "AP"])), anycast=draw(st.booleans()),
         sni=draw(_OPTIONAL_TEXT), host=draw(_OPTIONAL_TEXT), ech=draw(st.booleans()), ech_grease=draw(st.booleans()),
         ech_why=draw(_OPTIONAL_TEXT), mismatch=draw(st.none() | st.just("SNI a.test ≠ Host b.test")),
+        connection_id=draw(st.none() | st.uuids().map(str)), client_port=draw(st.none() | st.integers(0, 65535)),
+        server_port=draw(st.none() | st.integers(0, 65535)),
     )
 
 
@@ -175,6 +177,11 @@ def test_the_addons_records_at_every_stage_fit_the_schema(gb):
     assert {r["stage"] for r in records} == set(STAGES)
     seen = {key for r in records for key in r}
     assert {"server_ipv6", "server_ipv6_form", "qtype", "first_bytes", "transport", "error"} <= seen
+    # where each record was seen: the client connection's id and port, the server's port where the hook knows it
+    assert all(isinstance(r["connection_id"], str) and r["observer_hostname"] for r in records)
+    ports = {(r["stage"], r["client_port"], r["server_port"]) for r in records}
+    assert ports == {("ip", 50000, 443), ("dns", 5353, None), ("connect", 22, 443), ("tls", 50000, 443),
+                     ("stream", 50000, 443), ("http", 50000, 80)}, ports
 
 
 # ------------------------------------------------------------------ the replay corpus
@@ -191,6 +198,8 @@ def test_the_corpus_through_the_addon_and_replay_gives_records_that_fit_the_sche
     live = logged(gb)
     assert len(live) == len(flows)
     check(live)
+    recorded = [(f.client_conn.id, f.client_conn.peername[1], f.request.port) for f in flows]
+    assert [(r["connection_id"], r["client_port"], r["server_port"]) for r in live] == recorded
     done = subprocess.run(
         [sys.executable, "-m", "geoblock.tools.replay", str(FLOWS / name), "--json", "--rules", str(rules_dir),
          "--country-db", str(geo_dir / "GeoLite2-Country.mmdb"), "--asn-db", str(geo_dir / "GeoLite2-ASN.mmdb")],
@@ -200,4 +209,5 @@ def test_the_corpus_through_the_addon_and_replay_gives_records_that_fit_the_sche
     replayed = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(replayed) == len(flows)
     check(replayed)
+    assert [(r["connection_id"], r["client_port"], r["server_port"]) for r in replayed] == recorded
     assert all(ipaddress.ip_address(r["server_ip"]) for r in replayed if r["server_ip"] is not None)

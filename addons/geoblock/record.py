@@ -15,6 +15,7 @@ What a record holds, field by field: `DecisionRecord` (built by `make_record`), 
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
 from functools import lru_cache
@@ -28,6 +29,10 @@ from geoblock.core.names import EmbeddedIPv4
 logger = logging.getLogger("geoblock")
 
 _CHECK_EVERY = 1.0  # seconds between checks that the file is still the one at the path
+
+OBSERVER_HOSTNAME: str = socket.gethostname()
+"""The host name of the machine deciding (ECS observer.hostname), read once at start: every record's
+`observer_hostname`."""
 
 
 _second: int = -1
@@ -115,11 +120,17 @@ class DecisionRecord(RecordExtra):
 
     - `ts`: when the decision was made: ISO 8601, UTC, milliseconds ("2026-11-24T14:11:10.383Z");
     - `stage`: where in the connection the flow was judged (model.Stage);
+    - `connection_id`: mitmproxy's id of the client connection (a UUID), the same for every record of
+      one connection (its CONNECT, TLS, HTTP requests, ...), or None where no connection is known (a
+      record of `geoblock explain`);
     - `client`: the client's address as it connected (an IPv6 address stays IPv6), or None;
+    - `client_port`: the client's port (0-65535), or None where `client` is;
     - `sni`, `host`: the TLS server name and the Host header (or CONNECT target) as the client sent them;
     - `name`: the normalised name the verdict is about (the strictest of the flow's names), or None;
     - `server_ip`: the server's address as judged (for an IPv6 address that carries an IPv4 address: the
       IPv4 address), or None when not known (a name rule decided, nothing was resolved);
+    - `server_port`: the port the flow goes to (the CONNECT target's, the request's, the transparent
+      destination's, the server address of the TLS or stream layer), or None (DNS, not known);
     - `country`: ISO 3166-1 alpha-2 of the server, or None; `country_source`: where it came from
       (model.CountrySource), None without a country; `asn`: its autonomous system number, or None;
     - `offshore`: the country is not a home country; None when the country is not known;
@@ -127,6 +138,8 @@ class DecisionRecord(RecordExtra):
       and in replay); `rule`: the deciding rule's id, "policy:<key>", or None; `reason`: one sentence;
     - `ruleset`: the version of the ruleset (a hash of its files), None when none is loaded;
     - `geoip_build`, `asn_build`: the build dates (YYYY-MM-DD) of the country and ASN databases, or None;
+    - `observer_hostname`: the host name of the machine that decided (the gateway; for geoblock-replay
+      and explain, the machine that ran them), read once at start;
     - `server_ipv6`, `server_ipv6_form`: only for a server reached through an IPv6 address that carries
       an IPv4 address: that IPv6 address, and its form (names.EMBEDDING_FORMS);
     - `geoip_code`: only when the country database gave a code that is not a country ("EU", "AP");
@@ -139,11 +152,14 @@ class DecisionRecord(RecordExtra):
 
     ts: str
     stage: Stage
+    connection_id: str | None
     client: str | None
+    client_port: int | None
     sni: str | None
     host: str | None
     name: str | None
     server_ip: str | None
+    server_port: int | None
     country: str | None
     country_source: CountrySource | None
     asn: int | None
@@ -155,6 +171,7 @@ class DecisionRecord(RecordExtra):
     ruleset: str | None
     geoip_build: str | None
     asn_build: str | None
+    observer_hostname: str
     server_ipv6: NotRequired[str]
     server_ipv6_form: NotRequired[str]
     geoip_code: NotRequired[str]
@@ -182,11 +199,14 @@ def make_record(
     record: DecisionRecord = {
         "ts": _timestamp(),
         "stage": facts.stage,
+        "connection_id": facts.connection_id,
         "client": None if facts.client_ip is None else _text(facts.client_ip),
+        "client_port": facts.client_port,
         "sni": facts.sni,
         "host": facts.host,
         "name": verdict.name,
         "server_ip": None if facts.server_ip is None else _text(facts.server_ip),
+        "server_port": facts.server_port,
         "country": facts.country,
         "country_source": facts.country_source if facts.country is not None else None,
         "asn": facts.asn,
@@ -198,6 +218,7 @@ def make_record(
         "ruleset": ruleset,
         "geoip_build": geoip_build,
         "asn_build": asn_build,
+        "observer_hostname": OBSERVER_HOSTNAME,
     }
     server_ip = facts.server_ip
     if isinstance(server_ip, EmbeddedIPv4):  # both forms: the IPv4 judged, the IPv6 address that carried it

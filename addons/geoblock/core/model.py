@@ -72,6 +72,11 @@ class Facts:
     ech_grease: bool = False  # it carries a placeholder ECH extension that hides nothing (recorded only)
     ech_why: str | None = None  # what was seen, for the reason (observe.EchSeen.why)
     mismatch: str | None = None  # "SNI a ≠ Host b" when the names of one flow differ
+    # Where the flow was seen, for the record only (never judged): the proxy's id of the client connection
+    # (the same for every flow of one connection), the client's port, and the server's port where known.
+    connection_id: str | None = None
+    client_port: int | None = None  # 0-65535
+    server_port: int | None = None  # 0-65535: the port the flow goes to (CONNECT target, request, destination)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

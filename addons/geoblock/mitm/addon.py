@@ -40,7 +40,7 @@ from mitmproxy.proxy import layer as mlayer
 from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.layers import tls as mtls
 
-from geoblock.core.model import Facts, Verdict
+from geoblock.core.model import Verdict
 from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import Ruleset
 from geoblock.engine import CannotJudge, Engine
@@ -50,7 +50,7 @@ from geoblock.mitm.dnsjudge import DnsJudge
 from geoblock.mitm.httpjudge import HttpJudge
 from geoblock.mitm.judging import Judging, guarded
 from geoblock.mitm.layers import LayerJudge
-from geoblock.mitm.observe import client_ip, peer_ip
+from geoblock.mitm.observe import client_facts, peer_ip, port_of
 from geoblock.mitm.options import OPTIONS, OptionProblem, Settings, keep_mitmproxy_options_geoblock_needs, preflight
 from geoblock.record import DecisionLog
 
@@ -281,7 +281,8 @@ class GeoBlock:
         if dest is None:
             raise CannotJudge(f"no original destination for the transparent connection from {client.peername}")
         state.connect_ip = dest
-        facts = Facts("ip", client_ip=client_ip(client), server_ip=dest)
+        facts = client_facts("ip", client, port_of(client.sockname))
+        facts.server_ip = dest
         verdict = self.judging.judge(facts)
         self.judging.record(facts, verdict)
         if self.judging.enforcing(verdict):

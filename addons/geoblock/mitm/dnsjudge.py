@@ -8,10 +8,10 @@ import logging
 import struct
 from typing import Any
 
-from geoblock.core.model import Facts, Verdict
+from geoblock.core.model import Verdict
 from geoblock.mitm import dnsanswers, dnsforward
 from geoblock.mitm.judging import Judging, guarded
-from geoblock.mitm.observe import InvalidField, client_ip
+from geoblock.mitm.observe import InvalidField, client_facts
 from geoblock.record import RecordExtra
 
 logger = logging.getLogger("geoblock")
@@ -32,7 +32,7 @@ class DnsJudge:
         (dns_resolver.DnsResolver._should_resolve, 11.0.2 and 12.3.1); on 11.0.2 it would run first, so
         geoblock moves it behind itself (dnsanswers.resolver_after)."""
         request = flow.request
-        facts = Facts("dns", client_ip=client_ip(flow.client_conn))
+        facts = client_facts("dns", flow.client_conn)
         try:
             names = dnsanswers.question_names(request)
         except InvalidField as exc:
@@ -97,7 +97,7 @@ class DnsJudge:
         response = flow.response
         if response is None:
             return
-        facts = Facts("dns", client_ip=client_ip(flow.client_conn))
+        facts = client_facts("dns", flow.client_conn)
         asked = dnsanswers.asked_names(flow.request)
         facts.host = asked[0] if asked else None
         try:

@@ -18,7 +18,7 @@ from geoblock.core.model import Facts, Stage, Verdict
 from geoblock.core.names import InvalidHost, normalize_host
 from geoblock.mitm import dial, enforce
 from geoblock.mitm.judging import Judging, guarded, guarded_sync, now
-from geoblock.mitm.observe import InvalidField, client_ip, http_target, uri_authority
+from geoblock.mitm.observe import InvalidField, client_facts, http_target, uri_authority
 from geoblock.mitm.sessions import BlockedTunnel, ConnState, HttpMemo
 from geoblock.record import RecordExtra
 
@@ -37,7 +37,7 @@ class HttpJudge:
     @guarded("connect", "refuse")
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         state = self.judging.sessions.of(flow.client_conn)
-        facts = Facts("connect", client_ip=client_ip(flow.client_conn))
+        facts = client_facts("connect", flow.client_conn, flow.request.port)
         try:
             target = normalize_host(flow.request.host)
         except InvalidHost as exc:
@@ -71,7 +71,8 @@ class HttpJudge:
             sni = state.destination_sni(flow.client_conn)
             path = data.path
             shows = (request.host, request.host_header, data.authority, data.http_version, sni, state.connect_ip,
-                     None if path[:1] == b"/" else path)  # an absolute :path (HTTP/2, 3) names a server too
+                     None if path[:1] == b"/" else path,  # an absolute :path (HTTP/2, 3) names a server too
+                     data.port)  # the same verdict, but the record's server_port
             memo = state.http_memo
             if memo is None or memo.generation != self.judging.verdict_generation() or memo.shows != shows:
                 state.http_memo = None
@@ -86,7 +87,8 @@ class HttpJudge:
     async def _judge_request(self, flow: http.HTTPFlow, state: ConnState, shows: tuple[Any, ...]) -> None:
         request = flow.request
         host_header, sni = shows[1], shows[4]
-        facts = Facts("http", client_ip=client_ip(flow.client_conn), host=host_header, sni=sni)
+        facts = client_facts("http", flow.client_conn, request.port)
+        facts.host, facts.sni = host_header, sni
         try:
             target = http_target(request.host, host_header, sni, uri_authority(request))
         except InvalidField as exc:
@@ -111,7 +113,7 @@ class HttpJudge:
         server and verdict, and `blocked_at` (the stage that blocked the tunnel)."""
         request, verdict = flow.request, tunnel.verdict
         facts = replace(tunnel.facts, stage="http", host=request.host_header, sni=flow.client_conn.sni,
-                        ech=False, mismatch=None)
+                        ech=False, mismatch=None, server_port=request.port)
         self.judging.record(facts, verdict, RecordExtra(blocked_at=tunnel.stage))
         flow.response = enforce.block_page(verdict, verdict.name or request.host_header or request.host,
                                            self.judging.page, self.judging.blocked_by, now())
@@ -138,8 +140,8 @@ class HttpJudge:
         if response is None or response.status_code != 101 or flow.websocket is not None:
             return
         protocol = response.headers.get("upgrade", "")
-        facts = Facts("http", client_ip=client_ip(flow.client_conn), host=flow.request.host_header,
-                      sni=flow.client_conn.sni)
+        facts = client_facts("http", flow.client_conn, flow.request.port)
+        facts.host, facts.sni = flow.request.host_header, flow.client_conn.sni
         verdict = Verdict(action="block", rule=None, offshore=None, name=None,
                           reason=f"the server switched the connection to {protocol or 'another protocol'!r} "
                                  f"(HTTP 101); geoblock judges HTTP request by request and refuses a switch to a "

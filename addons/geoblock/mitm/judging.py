@@ -27,7 +27,7 @@ from geoblock.core.names import InvalidHost, IPAddress
 from geoblock.engine import CannotJudge, Engine
 from geoblock.mitm import enforce
 from geoblock.mitm.dnsanswers import EchPublicNames
-from geoblock.mitm.observe import client_ip, client_of
+from geoblock.mitm.observe import client_facts, client_of, server_port_of
 from geoblock.mitm.options import DEFAULT_BLOCKED_BY, Settings
 from geoblock.mitm.sessions import ConnState, Sessions
 from geoblock.record import DecisionLog, RecordExtra, make_record
@@ -169,7 +169,8 @@ class Judging:
             )
         verdict = self.on_error_verdict(f"geoblock could not judge this flow ({exc})")
         try:
-            self.record(Facts(stage, client_ip=client_ip(client_of(obj))), verdict, {"error": cause})
+            facts = client_facts(stage, client_of(obj), server_port_of(obj))
+            self.record(facts, verdict, {"error": cause})
         except Exception:  # noqa: BLE001 - recording must not stop enforcement
             pass
         self.enforce(verdict, refusal, obj)

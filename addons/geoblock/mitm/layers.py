@@ -23,11 +23,12 @@ from geoblock.mitm import enforce, hold
 from geoblock.mitm.choose import Chooser, judged_later
 from geoblock.mitm.judging import Judging, guarded
 from geoblock.mitm.observe import (
+    client_facts,
     client_hello_of,
-    client_ip,
     ech_of,
     mismatch_of,
     name_under,
+    port_of,
     shows_http_version,
     sni_name,
     sni_problem,
@@ -119,7 +120,7 @@ class LayerJudge:
         not a host name: on_error decided). Raises observe.MalformedClientHello on a malformed one."""
         hello, _ = client_hello_of(data)
         state.tls_judged[context] = False
-        facts = Facts("tls", client_ip=client_ip(context.client))
+        facts = client_facts("tls", context.client, port_of(context.server.address))
         state.learn_destination(context)
         problem = sni_problem(hello.extensions, hello.sni)
         if problem is not None:  # a server_name mitmproxy cannot read is not "no SNI"
@@ -160,8 +161,8 @@ class LayerJudge:
         state.learn_destination(context)
         sni = state.destination_sni(context.client)
         names = [n for n in (sni_name(sni), state.connect_name) if n]
-        facts = Facts("stream", names=tuple(dict.fromkeys(names)), client_ip=client_ip(context.client),
-                      host=state.connect_name, sni=sni)
+        facts = client_facts("stream", context.client, port_of(context.server.address))
+        facts.names, facts.host, facts.sni = tuple(dict.fromkeys(names)), state.connect_name, sni
         facts.server_ip = await self.judging.resolve(state, state.connect_name, state.connect_ip, facts.names)
         extra: RecordExtra = {"first_bytes": data[:FIRST_BYTES_RECORDED].hex(),
                                  "transport": context.client.transport_protocol}

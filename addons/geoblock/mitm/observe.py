@@ -9,12 +9,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from mitmproxy import connection, http
 from mitmproxy.proxy.layers.tls import get_client_hello
 from mitmproxy.tls import ClientHello
 
+from geoblock.core.model import Facts, Stage
 from geoblock.core.names import InvalidHost, IPAddress, as_written, normalize_host, normalize_ip
 from geoblock.errors import GeoblockError
 
@@ -250,6 +251,38 @@ def client_ip(conn: connection.Connection | None) -> IPAddress | None:
     (names.as_written): `clients` rules and the record see the address as it came."""
     addr = peer_ip(getattr(conn, "peername", None))
     return None if addr is None else as_written(addr)
+
+
+def port_of(address: connection.Address | None) -> int | None:
+    """The port of a (host, port, ...) address, or None (no address)."""
+    if not address:
+        return None
+    port = address[1]
+    return port if isinstance(port, int) else None
+
+
+def client_facts(stage: Stage, conn: connection.Client | None, server_port: int | None = None) -> Facts:
+    """Facts for `stage` with what the client connection `conn` shows: its address (`client_ip`), its port
+    and mitmproxy's id of it (`connection_id`: a UUID, the same for every flow and stage of the
+    connection); `server_port`: the port of the server the flow goes to, where known. For no connection
+    (None): none of these."""
+    if conn is None:
+        return Facts(stage, server_port=server_port)
+    return Facts(stage, client_ip=client_ip(conn), client_port=port_of(conn.peername), connection_id=conn.id,
+                 server_port=server_port)
+
+
+def server_port_of(obj: Any) -> int | None:
+    """The port of the server a hook's object goes to, where it shows one: an HTTP flow's request port, the
+    server address of a layer's context or of hook data (server_connect, ClientHelloData); else None."""
+    request = getattr(obj, "request", None)
+    if request is not None:
+        port = getattr(request, "port", None)  # a DNS flow's request (a DNS message) has none
+        return port if isinstance(port, int) else None
+    server = getattr(obj, "server", None)
+    if server is None and (context := getattr(obj, "context", None)) is not None:
+        server = context.server
+    return port_of(getattr(server, "address", None))
 
 
 # ------------------------------------------------------------------ Encrypted Client Hello

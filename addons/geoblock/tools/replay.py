@@ -41,7 +41,7 @@ from geoblock.core.ruleset import SEVERITY, Ruleset
 from geoblock.engine import Engine
 from geoblock.enrich.geo import Geo
 from geoblock.errors import GeoblockError
-from geoblock.mitm.observe import InvalidField, client_ip, http_target, uri_authority
+from geoblock.mitm.observe import InvalidField, client_facts, http_target, uri_authority
 from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
 
 
@@ -101,7 +101,7 @@ def facts_from_flow(flow: http.HTTPFlow) -> Facts:
     """
     request = flow.request
     if request.method == "CONNECT":
-        facts = Facts("connect", client_ip=client_ip(flow.client_conn))
+        facts = client_facts("connect", flow.client_conn, request.port)
         try:
             target = normalize_host(request.host)
         except InvalidHost as exc:
@@ -112,7 +112,7 @@ def facts_from_flow(flow: http.HTTPFlow) -> Facts:
         else:
             facts.host = request.host  # the address as the client spelt it, as the addon records it
     else:
-        facts = Facts("http", client_ip=client_ip(flow.client_conn))
+        facts = client_facts("http", flow.client_conn, request.port)
         raw_host = request.host_header
         facts.host = raw_host
         facts.sni = flow.client_conn.sni
