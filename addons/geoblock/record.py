@@ -271,6 +271,20 @@ class DecisionLog:
         except OSError:
             return True
 
+    def reopen_if_moved(self) -> bool:
+        """Open a new file at the path when the path no longer names the open file (moved away by log
+        rotation, or removed): what a write does by itself at most once a second, for a log that has had no
+        record for a while, so that it lets go of the rotated file. Called by the addon's watcher. Returns
+        whether it reopened; a path that cannot be opened is left to the next write, which counts and
+        reports the record it cannot write."""
+        if self.fd is None or not self._rotated():
+            return False
+        try:
+            self._open()
+        except OSError:
+            return False
+        return True
+
     def write(self, record: DecisionRecord) -> bytes | None:
         """Write one record (made by make_record, "ts" first). Returns what follows the timestamp in the
         line written, for `write_again`; None when the line was not written or carried `lost_before`."""

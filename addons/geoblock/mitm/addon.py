@@ -187,6 +187,8 @@ class GeoBlock:
         while True:
             interval = self.judging.settings.reload_interval if self.judging.settings else 2.0
             await asyncio.sleep(interval if interval > 0 else 1.0)
+            if self.judging.log is not None:
+                self.judging.log.reopen_if_moved()  # rotated while idle: let go of the moved file
             if interval > 0:
                 try:
                     await self.reload()
