@@ -191,12 +191,25 @@ class GeoBlock:
         try:
             endpoint.start()
         except OSError as exc:
-            logger.error(f"geoblock: cannot serve metrics at {host}:{port}: {exc.strerror or exc}; "
-                         f"geoblock_metrics is off until it is set again (the proxy goes on enforcing)")
+            message = (f"geoblock: cannot serve metrics at {host}:{port}: {exc.strerror or exc}; geoblock_metrics "
+                       f"is off until it is set again (the proxy goes on enforcing)")
+            asyncio.get_running_loop().create_task(self._error_after_start_up(message))
             return
         self.endpoint = endpoint
         logger.info(f"geoblock: metrics at {endpoint.url}/metrics, status at {endpoint.url}/status, "
                     f"health at {endpoint.url}/healthz")
+
+    @staticmethod
+    async def _error_after_start_up(message: str) -> None:
+        """Log an error once mitmproxy's start-up check is over: mitmdump exits on any error logged before
+        its `running` hooks have all run (its errorcheck addon), and a problem that leaves enforcement
+        intact must not stop the proxy. Waits at most 10 s."""
+        check = getattr(ctx.master.addons.get("errorcheck"), "logger", None)
+        for _ in range(200):
+            if check is None or check not in logging.getLogger().handlers:
+                break
+            await asyncio.sleep(0.05)
+        logger.error(message)
 
     def done(self) -> None:
         if self.endpoint is not None:
