@@ -5,14 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # curl: the tests' HTTP and TLS client; wrk: the benchmarks' load generator (tests/test_bench.py);
-# chromium: the browser tests (tests/test_browser.py). Without root, a missing chromium only skips
-# the browser tests (and says so).
-for tool in curl wrk chromium; do
+# chromium: the browser tests (tests/test_browser.py); prometheus (with promtool): the metrics tests
+# (tests/test_metrics.py). Without root, a missing chromium or prometheus only skips those tests (and
+# says so).
+for tool in curl wrk chromium prometheus; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then
       apt-get install -y -qq --no-install-recommends "$tool" >/dev/null 2>&1 ||
         { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$tool" >/dev/null; }
-    elif [ "$tool" != chromium ]; then
+    elif [ "$tool" != chromium ] && [ "$tool" != prometheus ]; then
       echo "test: $tool is needed (sudo apt-get install -y $tool)" >&2; exit 1
     fi
   fi

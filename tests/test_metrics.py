@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -228,3 +230,102 @@ def test_geoblock_status_says_clearly_when_nothing_answers():
     assert f"geoblock: no geoblock status at http://127.0.0.1:{port}/status: [Errno 111] Connection refused" \
         in r.stderr
     assert "geoblock_metrics" in r.stderr
+
+
+# --- Prometheus itself: promtool on the shipped rules and the live endpoint, a real server scraping --------
+
+ALERTS = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "geoblock-alerts.yml"
+
+
+def need(tool: str) -> str:
+    found = shutil.which(tool)
+    if found is None:
+        pytest.skip(f"{tool} is not installed (apt-get install prometheus; .ci/run and scripts/test.sh do it as root)")
+    return found
+
+
+def test_the_shipped_alert_rules_pass_promtool():
+    r = subprocess.run([need("promtool"), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS: 7 rules found" in r.stdout
+
+
+def test_the_live_metrics_pass_promtool_check_metrics(gw):
+    promtool = need("promtool")
+    home = gw.web["cn"]
+    assert gw.curl(f"http://{home.host}:{home.port}/", "binance.com") == 451
+    assert gw.curl(f"http://{home.host}:{home.port}/", "a..b") == 451
+    _, _, text = gw.get("/metrics")
+    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
+
+
+class Prometheus:
+    """A real Prometheus server on loopback scraping `target` (host:port) every second as job "geoblock",
+    with its database in `tmp`, and the alert rules shipped in deploy/ loaded."""
+
+    def __init__(self, tmp: Path, target: str) -> None:
+        self.port = free_port()
+        tmp.mkdir(parents=True, exist_ok=True)
+        config = tmp / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            f"rule_files: ['{ALERTS}']\n"
+            f"scrape_configs:\n  - job_name: geoblock\n    static_configs: [{{targets: ['{target}']}}]\n")
+        self.log = tmp / "prometheus.log"
+        self.args = [need("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+                     f"--web.listen-address=127.0.0.1:{self.port}"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Prometheus:
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.ready(), 60, f"prometheus ready on {self.port}:\n{self.log.read_text()}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def ready(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+        try:
+            with DIRECT.open(f"http://127.0.0.1:{self.port}/-/ready", timeout=5) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+
+    def query(self, promql: str) -> list[dict]:
+        """The result vector of an instant query through Prometheus's HTTP API."""
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with DIRECT.open(url, timeout=10) as answer:
+            body = json.load(answer)
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def value(self, promql: str) -> float | None:
+        result = self.query(promql)
+        return float(result[0]["value"][1]) if len(result) == 1 else None
+
+
+def test_a_real_prometheus_scrapes_the_counters_of_blocked_and_allowed_flows(gw, tmp_path):
+    target = gw.endpoint.removeprefix("http://")
+    with Prometheus(tmp_path / "prometheus", target) as prom:
+        wait_for(lambda: prom.value('up{job="geoblock"}') == 1, 30, "prometheus scraping geoblock")
+        home = gw.web["cn"]
+        url = f"http://{home.host}:{home.port}/"
+        for host in ("allowed.test", "binance.com", "www.binance.com", "allowed.test", "binance.com"):
+            gw.curl(url, host)
+        wait_for(lambda: prom.value('geoblock_decisions_total{action="block",rule="crypto",stage="http"}') == 3,
+                 30, "the block counter in prometheus")
+        assert prom.value('sum(geoblock_decisions_total{action="allow"})') == 2
+        assert prom.value("geoblock_decision_log_records_written_total") == 5
+        assert prom.value("geoblock_rules_loaded") == 1
+        assert prom.value('geoblock_ruleset_info{version="%s"}' % read_version(gw)) == 1
+        # the shipped alerts are evaluated against it and none fires on a healthy gateway
+        assert prom.query('ALERTS{alertstate="firing"}') == []
