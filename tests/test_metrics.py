@@ -329,3 +329,32 @@ def test_a_real_prometheus_scrapes_the_counters_of_blocked_and_allowed_flows(gw,
         assert prom.value('geoblock_ruleset_info{version="%s"}' % read_version(gw)) == 1
         # the shipped alerts are evaluated against it and none fires on a healthy gateway
         assert prom.query('ALERTS{alertstate="firing"}') == []
+
+
+def test_the_endpoint_follows_its_option_while_serving(gb):
+    """Set while serving, geoblock_metrics (re)binds the endpoint at once; empty turns it off. (The addon
+    in mitmproxy's test context; `serving` stands for its running hook having run.)"""
+    gb.serving = True
+    try:
+        gb.tctx.configure(gb, geoblock_metrics="127.0.0.1:0")
+        first = gb.endpoint.url
+        with DIRECT.open(first + "/healthz", timeout=10) as answer:
+            assert answer.read() == b"ok\n"
+        gb.tctx.configure(gb, geoblock_metrics="[::1]:0")
+        assert gb.endpoint.url.startswith("http://[::1]:")
+        with DIRECT.open(gb.endpoint.url + "/status", timeout=10) as answer:
+            assert json.load(answer)["healthy"] is True
+        with pytest.raises(urllib.error.URLError):
+            DIRECT.open(first + "/healthz", timeout=10)  # the old address is closed
+        gb.tctx.configure(gb, geoblock_metrics="")
+        assert gb.endpoint is None
+    finally:
+        if gb.endpoint is not None:
+            gb.endpoint.stop()
+
+
+@pytest.mark.parametrize("bad", ["9464", "localhost:9464", "127.0.0.1:65536", "127.0.0.1:", ":9464"])
+def test_a_malformed_metrics_address_is_refused_naming_the_option(gb, bad):
+    from mitmproxy import exceptions
+    with pytest.raises(exceptions.OptionsError, match="geoblock_metrics"):
+        gb.tctx.configure(gb, geoblock_metrics=bad)
