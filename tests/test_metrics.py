@@ -235,6 +235,27 @@ def test_geoblock_status_says_clearly_when_nothing_answers():
 # --- Prometheus itself: promtool on the shipped rules and the live endpoint, a real server scraping --------
 
 ALERTS = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "geoblock-alerts.yml"
+DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "geoblock-dashboard.json"
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL expression of the shipped Grafana dashboard, its $instance variable set to all."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    assert len(exprs) >= 17
+    return [e.replace("$instance", ".*") for e in exprs]
+
+
+def test_every_metric_the_dashboard_and_the_alerts_use_is_served(gw):
+    home = gw.web["cn"]
+    url = f"http://{home.host}:{home.port}/"
+    # flows that give every labelled counter a series: a block, an invalid name, an unknown country
+    assert gw.curl(url, "binance.com") == gw.curl(url, "a..b") == gw.curl("http://127.0.0.4:9/", "offshore-only.test")
+    exprs = dashboard_queries() + [line.split("expr:", 1)[1] for line in ALERTS.read_text().splitlines()
+                                   if line.strip().startswith("expr:")]
+    used = set(re.findall(r"\b((?:geoblock|process)_\w+)", " ".join(exprs)))
+    served = {name for name, _ in gw.samples()}
+    assert used and used <= served, used - served
 
 
 def need(tool: str) -> str:
@@ -329,6 +350,9 @@ def test_a_real_prometheus_scrapes_the_counters_of_blocked_and_allowed_flows(gw,
         assert prom.value('geoblock_ruleset_info{version="%s"}' % read_version(gw)) == 1
         # the shipped alerts are evaluated against it and none fires on a healthy gateway
         assert prom.query('ALERTS{alertstate="firing"}') == []
+        # every query of the shipped dashboard is valid PromQL (query() asserts Prometheus's "success")
+        for expr in dashboard_queries():
+            prom.query(expr)
 
 
 def test_the_endpoint_follows_its_option_while_serving(gb):
