@@ -318,6 +318,8 @@ def main() -> int:
             "geoblock_country_db": str(country),
             "geoblock_asn_db": str(asn),
             "geoblock_log": str(decision_log),
+            # the status and metrics endpoint on, as in production (tests run it off), on a free port
+            "geoblock_metrics": "127.0.0.1:0",
         }, with_geoblock=True)
         without = Mitmdump(tmp / "conf-bare", options=common, with_geoblock=False)
         configs = {"with geoblock": with_gb, "without geoblock": without}

@@ -6,13 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # curl: the tests' HTTP and TLS client; wrk: the benchmarks' load generator (tests/test_bench.py);
 # chromium: the browser tests (tests/test_browser.py); logrotate: the rotation test with the shipped file
-# (tests/test_rotation.py). Without root, a missing chromium or logrotate only skips those tests (and says so).
-for tool in curl wrk chromium logrotate; do
+# (tests/test_rotation.py); prometheus (with promtool): the metrics tests (tests/test_metrics.py). Without
+# root, a missing chromium, logrotate or prometheus only skips those tests (and says so).
+for tool in curl wrk chromium logrotate prometheus; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then
       apt-get install -y -qq --no-install-recommends "$tool" >/dev/null 2>&1 ||
         { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$tool" >/dev/null; }
-    elif [ "$tool" != chromium ] && [ "$tool" != logrotate ]; then
+    elif [ "$tool" != chromium ] && [ "$tool" != logrotate ] && [ "$tool" != prometheus ]; then
       echo "test: $tool is needed (sudo apt-get install -y $tool)" >&2; exit 1
     fi
   fi

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 import shutil
@@ -555,6 +556,12 @@ def test_workers_share_the_load_and_all_enforce(tmp_path, pki):
         assert all(n > 0 for n in allowed), allowed  # every worker handled some
         assert all(n > 0 for n in blocked), blocked  # and every worker enforces
         print(f"\nper worker: allowed {allowed}, blocked {blocked}")
+        # each worker serves its own status and metrics endpoint, at 127.0.0.1:1<port> (the unit's default)
+        for n, log in enumerate(logs):
+            r = topo.run("gw", "curl", "-sS", "--max-time", "10", f"http://127.0.0.1:1{8080 + n}/status")
+            status = json.loads(r.stdout)
+            assert status["decision_log"]["path"] == str(log) and status["healthy"] is True
+            assert status["decision_log"]["written"] == len(records(log)) > 0
 
         # a worker that is down: the connections nftables gives it are refused (fail closed), never
         # forwarded around geoblock; the others still work

@@ -86,7 +86,11 @@ class Engine:
         self.resolver = resolver if resolver is not None else Resolver()
         self.locators = locate.chain(geo, lookups, ruleset.needs_country)
         self.generation = 0  # +1 with every swap of the ruleset, the databases or the locators
-        self.reloads = 0
+        self.reloads = 0  # rulesets swapped in by reload()
+        self.database_reloads = 0  # database sets swapped in by reload()
+        self.reload_failures = {"rules": 0, "databases": 0}  # changes reload() refused, by what
+        self.last_reload_ok = True  # whether the last reload() loaded everything it tried
+        self.last_good_load = time.time()  # when (Unix time, seconds) everything last loaded: start-up or reload
         self.last_problem: str | None = None
         self._rules_stamp: object = rules_stamp(rules_path) if rules_path else None
         self._geo_stamp: object = files_stamp(self.country_db or "", self.asn_db or "")
@@ -192,6 +196,7 @@ class Engine:
                 logger.error(f"geoblock: {self.last_problem}")
                 said.append(self.last_problem)
                 refused = True
+                self.reload_failures["rules"] += 1
             else:
                 self.ruleset = ruleset
                 self._swapped()
@@ -210,15 +215,22 @@ class Engine:
             geo = await asyncio.to_thread(Geo, self.country_db, self.asn_db, 65536, old_geo)
             self.geo = geo
             self._swapped()
+            self.database_reloads += 1
             if old_geo is not None:
                 old_geo.close()  # readers handed over to the new Geo stay open
             for problem in geo.problems:
                 logger.error(f"geoblock: database change refused: {problem}")
                 said.append(problem)
                 refused = True
+            if geo.problems:
+                self.reload_failures["databases"] += 1
             msg = "databases reloaded: " + "; ".join(geo.describe())
             logger.info(f"geoblock: {msg}")
             said.append(msg)
+        if said:
+            self.last_reload_ok = not refused
+            if not refused:
+                self.last_good_load = time.time()
         return Reloaded(tuple(said), swapped, refused)
 
     # ------------------------------------------------------------------ what a person or a monitor reads

@@ -362,6 +362,12 @@ class DecisionLog:
         except OSError:
             pass
 
+    @property
+    def problem(self) -> str | None:
+        """Why the last write failed (the system's words, e.g. "No space left on device"), or None when it
+        succeeded (or nothing was written yet). Cleared by the next record written."""
+        return self._last_error
+
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)

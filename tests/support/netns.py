@@ -352,11 +352,14 @@ UNITS = REPO / "deploy" / "systemd"
 
 def unit_command(unit: str, workdir: Path, rules: Path, instance: str = "", key: str = "ExecStart") -> list[str]:
     """The command line of `key` in deploy/systemd/<unit>, with the unit's installed paths mapped into
-    this repository and `workdir` (state, logs), `%i` = `instance` and $GEOBLOCK_OPTS empty."""
+    this repository and `workdir` (state, logs), `%i` = `instance`, $GEOBLOCK_OPTS empty and ${VAR}
+    the value of the unit's own Environment=VAR=... line."""
     text = (UNITS / unit).read_text().replace("\\\n", " ")
     lines = [line for line in text.splitlines() if line.startswith(f"{key}=")]
     assert len(lines) == 1, f"{unit}: expected one {key}= line"
-    mapping = [
+    env = [line.removeprefix("Environment=").split("=", 1) for line in text.splitlines()
+           if line.startswith("Environment=") and "=" in line.removeprefix("Environment=")]
+    mapping = [(f"${{{name}}}", value) for name, value in env] + [
         ("/opt/geoblock/.venv-3.11/bin/", str(Path(mitmdump_path()).parent) + "/"),
         ("/opt/geoblock/", f"{REPO}/"),
         ("/var/lib/geoblock", str(workdir / "state")),

@@ -106,7 +106,12 @@ class Mitmdump(LoggedProcess):
                      "--set", f"confdir={confdir}", "--set", "termlog_verbosity=info"]
         if with_geoblock:
             self.args += ["-s", str(BLOCK_PY)]
-        for key, value in (options or {}).items():
+        options = dict(options or {})
+        if (with_geoblock or str(BLOCK_PY) in (extra_args or [])) and "geoblock_metrics" not in options:
+            # many mitmdumps run at once in the tests: the endpoint's default port would collide; off
+            # unless a test asks for it
+            options["geoblock_metrics"] = ""
+        for key, value in options.items():
             if isinstance(value, bool):
                 value = "true" if value else "false"
             self.args += ["--set", f"{key}={value}"]

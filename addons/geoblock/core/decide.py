@@ -149,12 +149,13 @@ def _decide_name(
             return Verdict(action="allow", rule=allows[0].rule.id, offshore=offshore, name=name,
                            reason=_reason(name, facts, rs, offshore, allows[0], blocks))
         return Verdict(action="block", rule=standing[0].rule.id, offshore=offshore, name=name,
+                       unknown=standing[0].unknown,
                        reason=_reason(name, facts, rs, offshore, standing[0], None, allows[0]))
     for action in _STRICT_FIRST:
         matches = found.get(action)
         if matches:
             return Verdict(action=action, rule=matches[0].rule.id, offshore=offshore, name=name,
-                           reason=_reason(name, facts, rs, offshore, matches[0], None))
+                           unknown=matches[0].unknown, reason=_reason(name, facts, rs, offshore, matches[0], None))
     return Verdict(action=rs.policy.default, reason=_default_reason(name, rs), offshore=offshore, name=name)
 
 

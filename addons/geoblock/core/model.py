@@ -90,7 +90,9 @@ class Verdict:
       "policy:unreadable", "policy:ech"), or None when no rule did (the default, on_error);
     - `offshore`: whether the server's country is outside the policy's home countries; None when its
       country is not known;
-    - `name`: the normalised name this verdict is about (the strictest of the flow's names), or None.
+    - `name`: the normalised name this verdict is about (the strictest of the flow's names), or None;
+    - `unknown`: when the policy's `unknown_country` decided (the deciding rule needs the server's location,
+      which is not known): what was missing, "country", "ASN" or "address"; else None.
     """
 
     action: Action
@@ -98,3 +100,4 @@ class Verdict:
     rule: str | None = None
     offshore: bool | None = None
     name: str | None = None
+    unknown: str | None = None

@@ -45,7 +45,7 @@ from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import Ruleset
 from geoblock.engine import CannotJudge, Engine
 from geoblock.enrich.geo import Geo
-from geoblock.mitm import dial, dnsanswers, enforce, heap
+from geoblock.mitm import dial, dnsanswers, enforce, heap, metrics
 from geoblock.mitm.dnsjudge import DnsJudge
 from geoblock.mitm.httpjudge import HttpJudge
 from geoblock.mitm.judging import Judging, guarded
@@ -72,6 +72,7 @@ class GeoBlock:
         self.dns = DnsJudge(self.judging)
         self.serving = False  # running() has run: the start-up heap is in place
         self._watcher: asyncio.Task[None] | None = None
+        self.endpoint: metrics.MetricsServer | None = None  # geoblock_metrics, while serving
 
     @property
     def engine(self) -> Engine | None:
@@ -113,6 +114,8 @@ class GeoBlock:
         self.layers.chooser.configure(updated)
         if "geoblock_gc_freeze" in updated and self.serving:  # switched while serving: apply it now
             self._settle_heap() if settings.gc_freeze else heap.release()
+        if "geoblock_metrics" in updated and self.serving:  # changed while serving: rebind
+            self._serve_metrics(settings)
         judging.generation += 1
         keep_mitmproxy_options_geoblock_needs(opts, updated)
 
@@ -164,6 +167,8 @@ class GeoBlock:
             ctx.master.shutdown()
             return
         self.serving = True
+        if self.endpoint is None and self.judging.settings is not None:
+            self._serve_metrics(self.judging.settings)
         self._settle_heap()
         loop = asyncio.get_running_loop()
         if self._watcher is None:
@@ -173,7 +178,43 @@ class GeoBlock:
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
             pass
 
+    def _serve_metrics(self, settings: Settings) -> None:
+        """(Re)start the status and metrics endpoint at settings.metrics (mitm/metrics.py). An address
+        that cannot be bound is logged, naming it, and the proxy goes on without the endpoint."""
+        if self.endpoint is not None:
+            self.endpoint.stop()
+            self.endpoint = None
+        if settings.metrics is None:
+            return
+        endpoint = metrics.MetricsServer(self, settings.metrics)
+        host, port = settings.metrics
+        try:
+            endpoint.start()
+        except OSError as exc:
+            message = (f"geoblock: cannot serve metrics at {host}:{port}: {exc.strerror or exc}; geoblock_metrics "
+                       f"is off until it is set again (the proxy goes on enforcing)")
+            asyncio.get_running_loop().create_task(self._error_after_start_up(message))
+            return
+        self.endpoint = endpoint
+        logger.info(f"geoblock: metrics at {endpoint.url}/metrics, status at {endpoint.url}/status, "
+                    f"health at {endpoint.url}/healthz")
+
+    @staticmethod
+    async def _error_after_start_up(message: str) -> None:
+        """Log an error once mitmproxy's start-up check is over: mitmdump exits on any error logged before
+        its `running` hooks have all run (its errorcheck addon), and a problem that leaves enforcement
+        intact must not stop the proxy. Waits at most 10 s."""
+        check = getattr(ctx.master.addons.get("errorcheck"), "logger", None)
+        for _ in range(200):
+            if check is None or check not in logging.getLogger().handlers:
+                break
+            await asyncio.sleep(0.05)
+        logger.error(message)
+
     def done(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.stop()
+            self.endpoint = None
         if self._watcher is not None:
             self._watcher.cancel()
         if self.judging.engine is not None:

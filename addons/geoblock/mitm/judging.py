@@ -54,6 +54,14 @@ class Judging:
         self.sessions = Sessions()
         self.ech_names = EchPublicNames()  # ECH public names seen in DNS answers geoblock served
         self.counts = {"allow": 0, "log": 0, "block": 0, "error": 0}
+        # For the metrics endpoint (mitm/metrics.py, which copies them when scraped): decisions by
+        # (stage, action, rule or ""); verdicts of on_error by (stage, cause: "invalid-input",
+        # "incomplete-first-bytes" or the exception's type); of unknown_country by (stage, what was
+        # missing); invalid inputs by (stage, field)
+        self.decisions: dict[tuple[str, str, str], int] = {}
+        self.on_errors: dict[tuple[str, str], int] = {}
+        self.unknowns: dict[tuple[str, str], int] = {}
+        self.invalids: dict[tuple[str, str], int] = {}
         self.errors_seen: dict[str, int] = {}  # on_error causes, with how often each was met
         self.generation = 0  # +1 with every option change; with the engine's, it dates a verdict (HttpMemo)
 
@@ -119,6 +127,13 @@ class Judging:
         """Count, log and write one decision. `again`: the line of an identical earlier record after its
         timestamp, to write without building it anew. Returns that part of the line written, if any."""
         self.counts[verdict.action] += 1
+        key = (facts.stage, verdict.action, verdict.rule or "")
+        decisions = self.decisions
+        decisions[key] = decisions.get(key, 0) + 1
+        if verdict.unknown is not None:
+            self._count(self.unknowns, (facts.stage, verdict.unknown))
+        if extra is not None and "error" in extra:
+            self._count(self.on_errors, (facts.stage, extra["error"].split(" at ", 1)[0]))
         enforced = not self.monitor
         if verdict.action != "allow":
             logger.info(f"geoblock: {verdict.action}{'' if enforced else ' (monitor)'} {facts.stage} "
@@ -131,6 +146,10 @@ class Judging:
         if self.engine is not None:
             return log.write(self.engine.record_of(facts, verdict, enforced, extra))
         return log.write(make_record(facts, verdict, enforced, None, None, None, extra))
+
+    @staticmethod
+    def _count(counter: dict[tuple[str, str], int], key: tuple[str, str]) -> None:
+        counter[key] = counter.get(key, 0) + 1
 
     # ------------------------------------------------------------------ failing closed
 
@@ -147,6 +166,7 @@ class Judging:
     def invalid(self, facts: Facts, exc: InvalidHost, field_name: str) -> Verdict:
         """A name that cannot be normalised: judged by on_error, recorded with the offending value named.
         The caller enforces the verdict returned."""
+        self._count(self.invalids, (facts.stage, field_name))
         verdict = self.on_error_verdict(f"{field_name} {exc}")
         self.record(facts, verdict, {"error": "invalid-input"})
         return verdict

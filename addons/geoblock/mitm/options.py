@@ -21,6 +21,7 @@ from geoblock.core.names import InvalidHost, IPAddress, as_written, normalize_ip
 from geoblock.enrich import rdap
 from geoblock.enrich.rdap import RdapLocator
 from geoblock.errors import GeoblockError
+from geoblock.mitm import metrics
 from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_LOG, DEFAULT_RULES
 
 logger = logging.getLogger("geoblock")
@@ -70,6 +71,9 @@ OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
      "geoblock: after start-up and after each rules reload, move the objects then alive (loaded code, the "
      "compiled rules, the databases' readers) out of the garbage collector's full scans (gc.freeze): "
      "shorter collection pauses and less CPU per request. false = leave the collector as it is."),
+    ("geoblock_metrics", str, "127.0.0.1:9464",
+     "geoblock: host:port of the status and metrics endpoint (/metrics for Prometheus, /status, /healthz); "
+     "one port per worker. Empty = off."),
 )
 
 
@@ -140,6 +144,7 @@ class Settings:
     rdap_url: str
     rdap_timeout: float
     gc_freeze: bool
+    metrics: tuple[str, int] | None  # (host, port) of the endpoint (mitm/metrics.py), None: off
 
     @classmethod
     def parse(cls, options: Any) -> Settings:
@@ -172,6 +177,7 @@ class Settings:
             rdap_url=rdap_url,
             rdap_timeout=seconds(options.geoblock_rdap_timeout, "geoblock_rdap_timeout", 0.1, 60),
             gc_freeze=bool(options.geoblock_gc_freeze),
+            metrics=metrics.parse_address(options.geoblock_metrics),
         )
 
     def rdap_lookups(self) -> RdapLocator | None:

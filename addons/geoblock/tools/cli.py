@@ -2,8 +2,10 @@
 
     geoblock check [RULES]                       validate and compile rules; print a summary
     geoblock explain NAME|IP [--server IP] ...   the verdict a flow would get, and why
+    geoblock status [--url URL] [--json]         what a running gateway says at its /status endpoint
 
-Exit codes: 0 ok, 1 rules refused, 2 usage or input error.
+Exit codes: 0 ok, 1 rules refused (status: the gateway is unhealthy), 2 usage or input error (status:
+nothing answers at the URL).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.request
 from typing import cast
 
 from geoblock.core.decide import Facts, server_text
@@ -20,6 +23,8 @@ from geoblock.core.ruleset import Ruleset
 from geoblock.engine import Engine
 from geoblock.enrich.geo import Geo
 from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES, DEFAULT_RULES_ORIGIN
+
+DEFAULT_METRICS = "127.0.0.1:9464"  # the default of the proxy's geoblock_metrics option
 
 
 def _load(rules: str) -> Ruleset:
@@ -85,6 +90,30 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Read /status from a running gateway (its geoblock_metrics endpoint) and print it for a person (or
+    as it came, with --json). Exit 2 when nothing answers there; 1 when the gateway says it is unhealthy."""
+    url = args.url.rstrip("/") + "/status"
+    try:
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via $http_proxy
+        with direct.open(url, timeout=args.timeout) as answer:
+            body = answer.read()
+        status = json.loads(body)
+    except (OSError, ValueError) as exc:  # URLError, refused, timed out; not JSON
+        why = getattr(exc, "reason", None) or exc
+        print(f"geoblock: no geoblock status at {url}: {why}. Is the gateway running, and is geoblock_metrics "
+              f"set to this address (default {DEFAULT_METRICS})?", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(status, indent=1))
+    else:
+        health = "healthy" if status.get("healthy") else f"UNHEALTHY: {status.get('health')}"
+        print(f"geoblock at {args.url}: {health}")
+        for line in status.get("summary", []):
+            print(line)
+    return 0 if status.get("healthy") else 1
+
+
 def _place(facts: Facts) -> str:
     """Where the server is, as the decision record says it (country and its source, ASN, anycast)."""
     if facts.country is not None:
@@ -101,7 +130,8 @@ def _place(facts: Facts) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="geoblock", description="geoblock rules: check and explain")
+    parser = argparse.ArgumentParser(prog="geoblock",
+                                     description="geoblock rules: check and explain; a running gateway's status")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate and compile rules")
     check.add_argument("rules", nargs="?", help=f"a rules file or directory (default: {DEFAULT_RULES})")
@@ -117,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--asn-db", default=str(DEFAULT_ASN_DB))
     explain.add_argument("--json", action="store_true")
     explain.set_defaults(func=cmd_explain)
+    status = sub.add_parser("status", help="what a running gateway says at its status endpoint")
+    status.add_argument("--url", default=f"http://{DEFAULT_METRICS}",
+                        help=f"the gateway's geoblock_metrics endpoint (default: http://{DEFAULT_METRICS})")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    status.add_argument("--json", action="store_true", help="print the /status JSON as it came")
+    status.set_defaults(func=cmd_status, rules="")
     args = parser.parse_args(argv)
     if args.rules is None:  # say which rules a bare command judges with (geoblock.paths: checkout, /etc, shipped)
         args.rules = DEFAULT_RULES
