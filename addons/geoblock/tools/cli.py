@@ -2,6 +2,7 @@
 
     geoblock check [RULES]                       validate and compile rules; print a summary
     geoblock explain NAME|IP [--server IP] ...   the verdict a flow would get, and why
+    geoblock report LOG... [-o report.html]      what the decision logs say happened (tools/report.py)
 
 Exit codes: 0 ok, 1 rules refused, 2 usage or input error.
 """
@@ -20,6 +21,7 @@ from geoblock.core.ruleset import Ruleset
 from geoblock.engine import Engine
 from geoblock.enrich.geo import Geo
 from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES, DEFAULT_RULES_ORIGIN
+from geoblock.tools import report
 
 
 def _load(rules: str) -> Ruleset:
@@ -101,7 +103,8 @@ def _place(facts: Facts) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="geoblock", description="geoblock rules: check and explain")
+    parser = argparse.ArgumentParser(prog="geoblock",
+                                     description="geoblock rules: check and explain; decision logs: report")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate and compile rules")
     check.add_argument("rules", nargs="?", help=f"a rules file or directory (default: {DEFAULT_RULES})")
@@ -117,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--asn-db", default=str(DEFAULT_ASN_DB))
     explain.add_argument("--json", action="store_true")
     explain.set_defaults(func=cmd_explain)
+    report.add_parser(sub)
     args = parser.parse_args(argv)
-    if args.rules is None:  # say which rules a bare command judges with (geoblock.paths: checkout, /etc, shipped)
+    # say which rules a bare command judges with (geoblock.paths: checkout, /etc, shipped)
+    if getattr(args, "rules", "") is None:
         args.rules = DEFAULT_RULES
         print(f"geoblock: using {DEFAULT_RULES} ({DEFAULT_RULES_ORIGIN})", file=sys.stderr)
     return int(args.func(args))
