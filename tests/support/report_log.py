@@ -46,6 +46,7 @@ class Expected:
     """What a report of the generated records must say. Counters over the records (not the bad lines)."""
 
     records: int = 0
+    clients: set[str] = field(default_factory=set)
     by_action: Counter[str] = field(default_factory=Counter)
     by_day_action: Counter[tuple[str, str]] = field(default_factory=Counter)  # ("2026-11-20", "block")
     by_rule: Counter[str] = field(default_factory=Counter)  # every record with a rule
@@ -65,6 +66,7 @@ class Expected:
 
     def add(self, r: dict[str, Any]) -> None:
         self.records += 1
+        self.clients.add(r["client"])
         action = r["action"]
         self.by_action[action] += 1
         self.by_day_action[(r["ts"][:10], action)] += 1
