@@ -97,10 +97,10 @@ def _ts(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
-def generate(n: int, seed: int = 13, days: int = 5,
-             connection_ids: bool = True) -> tuple[list[dict[str, Any]], Expected]:
-    """`n` decision records over `days` days (in time order) and what a report of them must say.
-    `connection_ids=False` leaves the `connection_id` field out (logs written before it existed)."""
+def generate(n: int, seed: int = 13, days: int = 5, connection_ids: bool = True,
+             start: datetime = START) -> tuple[list[dict[str, Any]], Expected]:
+    """`n` decision records over `days` days from `start` (in time order) and what a report of them must
+    say. `connection_ids=False` leaves the `connection_id` field out (logs written before it existed)."""
     rng = random.Random(seed)
     expected = Expected()
     records: list[dict[str, Any]] = []
@@ -108,7 +108,7 @@ def generate(n: int, seed: int = 13, days: int = 5,
     conn = 0
     while len(records) < n:
         conn += 1
-        at = START + timedelta(seconds=span * len(records) / n + rng.random())
+        at = start + timedelta(seconds=span * len(records) / n + rng.random())
         version = VERSIONS[0] if len(records) < n // 2 else VERSIONS[1]
         client = CLIENTS[min(int(rng.expovariate(0.15)), len(CLIENTS) - 1)]  # a few clients do most
         stages = rng.choice([("connect",), ("connect", "tls"), ("tls",), ("connect", "tls", "http"), ("http",)])
