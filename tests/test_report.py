@@ -238,3 +238,23 @@ def test_the_page_renders_in_chromium_offline(page, tmp_path) -> None:
     width, height, _ = browser.png_pixels(shown.png)
     assert (width, height) == (1000, 5000)
     assert browser.dark_pixels(shown.png) > 5000  # text and charts drawn, not a blank page
+
+
+def test_a_rotated_part_cut_short_is_read_as_far_as_it_goes(logs, tmp_path) -> None:
+    """A .gz cut short (a copy taken while logrotate compressed it) is read up to the cut and said so; a
+    file that is no gzip at all is left out and said so; the other files are reported as usual."""
+    directory, exp, _ = logs
+    whole = (directory / "decisions.jsonl.2.gz").read_bytes()
+    (tmp_path / "decisions.jsonl.2.gz").write_bytes(whole[:len(whole) // 2])
+    (tmp_path / "decisions.jsonl.3.gz").write_bytes(b"not gzip\n")
+    out = tmp_path / "r.json"
+    done = run(tmp_path / "decisions.jsonl.3.gz", tmp_path / "decisions.jsonl.2.gz", directory / "decisions.jsonl.1",
+               directory / "decisions.jsonl", "--format", "json", "-o", out)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    s = report["summary"]
+    assert "decisions.jsonl.2.gz ends early" in done.stderr and "decisions.jsonl.3.gz could not be read" in done.stderr
+    assert any("ends early" in n for n in report["notes"]) and any("left out" in n for n in report["notes"])
+    # the plain parts whole (records 1500 on, 2 malformed lines), and a part of the cut one's 1500 records
+    assert exp.records - 1500 < s["records"] < exp.records
+    assert s["last"] == exp.last_ts and s["first"] == exp.first_ts

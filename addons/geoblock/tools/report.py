@@ -30,8 +30,10 @@ import io
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -156,6 +158,65 @@ class _Progress:
                       file=self.out, flush=True)
 
 
+def _select(files: Sequence[str], shown_as: str | None = None) -> str:
+    """The query reading `files` into the report's columns (`t`: the time, null when `ts` is not one;
+    `unknown_country`: the reason says that verdict applied; `file`: the file read, or `shown_as`)."""
+    file = f" REPLACE ('{shown_as.replace(chr(39), chr(39) * 2)}' AS file)" if shown_as is not None else ""
+    return f"""
+        SELECT try_strptime(ts, '%Y-%m-%dT%H:%M:%S.%gZ') AS t, * EXCLUDE (reason){file},
+               coalesce(reason LIKE '%unknown_country%', false) AS unknown_country
+        FROM read_json({_sql_list(list(files))}, columns = {_columns_sql()}, format = 'newline_delimited',
+                       ignore_errors = true, maximum_object_size = 16777216, filename = 'file')"""
+
+
+def _salvage_gzip(path: str, into: str) -> int:
+    """Decompress the readable part of the gzip file `path` (one cut short, or damaged further on) into
+    the file `into`; returns the bytes recovered. The last line, likely cut, is then a malformed line."""
+    recovered = 0
+    with open(path, "rb") as src, open(into, "wb") as dst:
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            while chunk := src.read(1 << 20):
+                while chunk:
+                    out = inflater.decompress(chunk)
+                    dst.write(out)
+                    recovered += len(out)
+                    if not inflater.eof:
+                        break
+                    chunk = inflater.unused_data  # a file of several gzip members (cat a.gz b.gz)
+                    inflater = zlib.decompressobj(wbits=31)
+        except zlib.error:
+            pass
+    return recovered
+
+
+def _read_one_by_one(con: duckdb.DuckDBPyConnection, files: Sequence[str], notes: list[str],
+                     progress: TextIO | None) -> None:
+    """Read `files` one at a time into the table `raw`: a file DuckDB cannot read (a .gz cut short) is
+    read as far as it decompresses; one that cannot be read at all is left out. Both are noted."""
+    created = False
+    with tempfile.TemporaryDirectory(prefix="geoblock-report-") as tmp:
+        for i, path in enumerate(files):
+            query = _select([path])
+            try:
+                con.execute(f"SELECT count(*) FROM ({query})")
+            except duckdb.Error as exc:
+                plain = os.path.join(tmp, f"{i}.jsonl")
+                recovered = _salvage_gzip(path, plain) if path.endswith(".gz") else 0
+                if not recovered:
+                    notes.append(f"{path} could not be read and was left out ({str(exc).splitlines()[0]}).")
+                    continue
+                notes.append(f"{path} ends early (compressed data cut short or damaged): the first "
+                             f"{recovered / 1e6:,.1f} MB of its text were read.")
+                query = _select([plain], shown_as=path)
+            if progress is not None:
+                print(f"geoblock report: {path}", file=progress, flush=True)
+            con.execute(("INSERT INTO raw BY NAME " if created else "CREATE TABLE raw AS ") + query)
+            created = True
+    if not created:
+        raise ReportError(f"none of the {len(files)} file(s) could be read")
+
+
 def build(files: Sequence[str], since: datetime | None = None, until: datetime | None = None,
           progress: TextIO | None = None) -> Report:
     """Read the decision logs `files` (plain or .gz) and count what the report shows, for records with
@@ -170,13 +231,12 @@ def build(files: Sequence[str], since: datetime | None = None, until: datetime |
     label = f"reading {len(files)} file(s), {size / 1e6:,.1f} MB"
     if progress is not None:
         print(f"geoblock report: {label}", file=progress, flush=True)
+    notes: list[str] = []
     with _Progress(con, label, progress):
-        con.execute(f"""
-            CREATE TABLE raw AS
-            SELECT try_strptime(ts, '%Y-%m-%dT%H:%M:%S.%gZ') AS t, * EXCLUDE (reason),
-                   coalesce(reason LIKE '%unknown_country%', false) AS unknown_country
-            FROM read_json({_sql_list(list(files))}, columns = {_columns_sql()}, format = 'newline_delimited',
-                           ignore_errors = true, maximum_object_size = 16777216, filename = 'file')""")
+        try:
+            con.execute(f"CREATE TABLE raw AS {_select(files)}")
+        except duckdb.Error:  # a file that cannot be read whole (a .gz cut short): file by file, salvaging
+            _read_one_by_one(con, files, notes, progress)
     row = con.execute("""SELECT count(*) FILTER (WHERE t IS NULL OR action IS NULL
                                   OR action NOT IN ('allow', 'log', 'block')),
                                 count(*) FROM raw""").fetchone()
@@ -194,6 +254,7 @@ def build(files: Sequence[str], since: datetime | None = None, until: datetime |
     con.execute("DROP TABLE raw")
     read_s = time.monotonic() - started
     report = _tables(con, files, size, lines, bad, since, until)
+    report.notes[:0] = notes
     con.close()
     report.summary["read_seconds"] = round(read_s, 3)
     report.summary["seconds"] = round(time.monotonic() - started, 3)
