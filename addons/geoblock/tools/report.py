@@ -228,6 +228,9 @@ def build(files: Sequence[str], since: datetime | None = None, until: datetime |
     threads = os.cpu_count() or 1
     con.execute(f"SET threads = {threads}")
     con.execute("SET preserve_insertion_order = false")
+    if progress is not None:  # query_progress() is -1 without it; DuckDB's own bar stays off (ours: _Progress)
+        con.execute("SET enable_progress_bar = true")
+        con.execute("SET enable_progress_bar_print = false")
     label = f"reading {len(files)} file(s), {size / 1e6:,.1f} MB"
     if progress is not None:
         print(f"geoblock report: {label}", file=progress, flush=True)
