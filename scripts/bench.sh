@@ -2,19 +2,21 @@
 # Set up and run the benchmarks (figures in docs/performance.md):
 #   1. scripts/bench_decide.py: one decision, observe to verdict, GeoIP cached (shipped rules; 100k domains)
 #   2. scripts/bench_proxy.py: keep-alive HTTP req/s through mitmdump with vs without geoblock (wrk)
-# Results: the tables on stdout, and bench-results/{decide,proxy}.{json,md} (git-ignored).
+#   3. scripts/bench_report.py: `geoblock report` over 1M and 10M generated records (HTML and JSON)
+# Results: the tables on stdout, and bench-results/{decide,proxy,report}.{json,md} (git-ignored).
 #   GEOBLOCK_PYTHON=3.12 scripts/bench.sh      other Python/mitmproxy pairing (results get a -3.12 suffix)
-#   scripts/bench.sh decide | proxy            one benchmark only
+#   scripts/bench.sh decide | proxy | report   one benchmark only
 #   BENCH_DECIDE_ARGS="--iterations 50000" BENCH_PROXY_ARGS="--rounds 3 --duration 10" scripts/bench.sh
+#   BENCH_REPORT_ARGS="--sizes 1000000 --rounds 1" scripts/bench.sh report
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ver="${GEOBLOCK_PYTHON:-3.11}"
 which="${1:-all}"
-case "$which" in all|decide|proxy) ;; *) echo "usage: scripts/bench.sh [all|decide|proxy]" >&2; exit 2;; esac
+case "$which" in all|decide|proxy|report) ;; *) echo "usage: scripts/bench.sh [all|decide|proxy|report]" >&2; exit 2;; esac
 venv="$(scripts/bootstrap.sh "$ver")"
 py="$venv/bin/python"
 suffix=""; [ "$ver" = "3.11" ] || suffix="-$ver"
-if [ "$which" != decide ] && ! command -v wrk >/dev/null 2>&1; then
+if { [ "$which" = all ] || [ "$which" = proxy ]; } && ! command -v wrk >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     echo "bench: installing wrk" >&2
     apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
@@ -24,16 +26,22 @@ if [ "$which" != decide ] && ! command -v wrk >/dev/null 2>&1; then
 fi
 mkdir -p bench-results
 echo "=== Python $ver, $("$py" -c 'import mitmproxy.version as v; print("mitmproxy", v.VERSION)'), $(nproc) CPUs"
-if [ "$which" != proxy ]; then
+if [ "$which" = all ] || [ "$which" = decide ]; then
   echo "=== decide: $py scripts/bench_decide.py ${BENCH_DECIDE_ARGS:-}"
   # shellcheck disable=SC2086
   "$py" scripts/bench_decide.py --out "bench-results/decide$suffix.json" ${BENCH_DECIDE_ARGS:-} \
     | tee "bench-results/decide$suffix.md"
 fi
-if [ "$which" != decide ]; then
+if [ "$which" = all ] || [ "$which" = proxy ]; then
   echo "=== proxy: $py scripts/bench_proxy.py ${BENCH_PROXY_ARGS:-}"
   # shellcheck disable=SC2086
   "$py" scripts/bench_proxy.py --out "bench-results/proxy$suffix.json" ${BENCH_PROXY_ARGS:-} \
     | tee "bench-results/proxy$suffix.md"
+fi
+if [ "$which" = all ] || [ "$which" = report ]; then
+  echo "=== report: $py scripts/bench_report.py ${BENCH_REPORT_ARGS:-}"
+  # shellcheck disable=SC2086
+  "$py" scripts/bench_report.py --out "bench-results/report$suffix.json" ${BENCH_REPORT_ARGS:-} \
+    | tee "bench-results/report$suffix.md"
 fi
 echo "=== results in bench-results/ (JSON and markdown)"

@@ -43,3 +43,19 @@ def test_hook_benchmark_times_both_cases() -> None:
     lines = proc.stdout.splitlines()
     assert any("the same request again:" in ln and "µs per request" in ln for ln in lines)
     assert any("a new Host each request:" in ln and "µs per request" in ln for ln in lines)
+
+
+def test_report_benchmark_times_the_report_on_a_small_log(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_report.py"), "--sizes", "3000", "--rounds", "1", "--gzip",
+         "--out", str(out), "--dir", str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())["results"]
+    assert [(r["records"], r["gzip"], r["format"]) for r in results] == [
+        (3000, False, "html"), (3000, False, "json"), (3000, True, "html"), (3000, True, "json")]
+    assert all(run["records"] == 3000 for r in results if r["format"] == "json" for run in r["runs"])
+    assert (tmp_path / "logs" / "3000-gz" / "decisions.jsonl.gz").is_file()
+    assert "| 3,000 | 1 .gz |" in proc.stdout

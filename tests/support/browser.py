@@ -68,10 +68,12 @@ class Visit:
         return self.dom[start + 7:end] if start >= 0 and end > start else ""
 
 
-def visit(url: str, proxy_url: str, profile: Path, trust: Sequence[Path] = (), timeout: float = VISIT_TIMEOUT) -> Visit:
+def visit(url: str, proxy_url: str, profile: Path, trust: Sequence[Path] = (), timeout: float = VISIT_TIMEOUT,
+          extra: Sequence[str] = ()) -> Visit:
     """Load `url` in a fresh headless Chromium through the HTTP proxy `proxy_url`, with `profile` as its
     user data directory (created; one per visit, so visits are independent). `trust`: PEM certificates
-    whose keys Chromium accepts for any name. Raises RuntimeError (with Chromium's log) when Chromium is
+    whose keys Chromium accepts for any name. `extra`: more Chromium switches (e.g. `--enable-logging=stderr`:
+    the page's console messages go to the log as `INFO:CONSOLE` lines). Raises RuntimeError (with Chromium's log) when Chromium is
     missing or does not finish within `timeout` seconds."""
     if CHROMIUM is None:
         raise RuntimeError("chromium is not installed (apt-get install chromium)")
@@ -85,7 +87,7 @@ def visit(url: str, proxy_url: str, profile: Path, trust: Sequence[Path] = (), t
         "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions",
         "--disable-client-side-phishing-detection", "--disable-domain-reliability", "--metrics-recording-only",
         "--disable-gpu", "--disable-dev-shm-usage", "--window-size=800,600",
-        f"--screenshot={shot}", "--dump-dom",
+        f"--screenshot={shot}", "--dump-dom", *extra,
     ]
     if trust:
         args.append("--ignore-certificate-errors-spki-list=" + ",".join(spki_hash(p) for p in trust))

@@ -3,6 +3,7 @@
     geoblock check [RULES]                       validate and compile rules; print a summary
     geoblock explain NAME|IP [--server IP] ...   the verdict a flow would get, and why
     geoblock status [--url URL] [--json]         what a running gateway says at its /status endpoint
+    geoblock report LOG... [-o report.html]      what the decision logs say happened (tools/report.py)
 
 Exit codes: 0 ok, 1 rules refused (status: the gateway is unhealthy), 2 usage or input error (status:
 nothing answers at the URL).
@@ -23,6 +24,7 @@ from geoblock.core.ruleset import Ruleset
 from geoblock.engine import Engine
 from geoblock.enrich.geo import Geo
 from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES, DEFAULT_RULES_ORIGIN
+from geoblock.tools import report
 
 DEFAULT_METRICS = "127.0.0.1:9464"  # the default of the proxy's geoblock_metrics option
 
@@ -131,7 +133,8 @@ def _place(facts: Facts) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="geoblock",
-                                     description="geoblock rules: check and explain; a running gateway's status")
+                                     description="geoblock rules: check and explain; a running gateway's "
+                                                 "status; decision logs: report")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate and compile rules")
     check.add_argument("rules", nargs="?", help=f"a rules file or directory (default: {DEFAULT_RULES})")
@@ -153,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
     status.add_argument("--json", action="store_true", help="print the /status JSON as it came")
     status.set_defaults(func=cmd_status, rules="")
+    report.add_parser(sub)
     args = parser.parse_args(argv)
-    if args.rules is None:  # say which rules a bare command judges with (geoblock.paths: checkout, /etc, shipped)
+    # say which rules a bare command judges with (geoblock.paths: checkout, /etc, shipped)
+    if getattr(args, "rules", "") is None:
         args.rules = DEFAULT_RULES
         print(f"geoblock: using {DEFAULT_RULES} ({DEFAULT_RULES_ORIGIN})", file=sys.stderr)
     return int(args.func(args))
