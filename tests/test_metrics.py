@@ -382,3 +382,34 @@ def test_a_malformed_metrics_address_is_refused_naming_the_option(gb, bad):
     from mitmproxy import exceptions
     with pytest.raises(exceptions.OptionsError, match="geoblock_metrics"):
         gb.tctx.configure(gb, geoblock_metrics=bad)
+
+
+def test_idle_and_surplus_connections_to_the_endpoint_are_closed():
+    """Found by a review: connections to the endpoint that never finish a request held a thread each,
+    without a limit or a timeout. A silent one is now closed after CLIENT_TIMEOUT seconds, and past
+    MAX_CLIENTS at once a new one is closed without being served."""
+    from geoblock.mitm import metrics
+
+    class Quiet:
+        judging = None
+
+    server = metrics.MetricsServer.__new__(metrics.MetricsServer)
+    server.addon, server.address, server.registry = Quiet(), ("127.0.0.1", 0), metrics.CollectorRegistry()
+    server._server = server._thread = None
+    server.start()
+    try:
+        host, port = server._server.server_address[:2]
+        idle = [socket.create_connection((host, port), timeout=10) for _ in range(metrics.MAX_CLIENTS)]
+        for s in idle:
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")  # and nothing more
+        surplus = socket.create_connection((host, port), timeout=10)
+        surplus.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+        assert surplus.recv(100) == b""  # closed unserved: every slot is held
+        started = time.monotonic()
+        assert all(s.recv(100) == b"" for s in idle)  # each closed by the endpoint once it stayed silent
+        assert metrics.CLIENT_TIMEOUT - 1 <= time.monotonic() - started <= metrics.CLIENT_TIMEOUT + 5
+        with socket.create_connection((host, port), timeout=10) as again:  # the slots are free again
+            again.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert again.recv(12).startswith(b"HTTP/1.0 200")
+    finally:
+        server.stop()

@@ -142,6 +142,23 @@ def test_a_log_without_connection_ids_counts_records_and_says_so(tmp_path) -> No
                for r in report["tables"]["top_clients"])
 
 
+def test_forged_times_and_counts_are_malformed_not_a_crash(tmp_path) -> None:
+    """Found by a review: a record dated 9999-12-31 or 0001-01-01 stopped the HTML page (the charts' date
+    axis cannot draw those years), and a negative lost_before was reported as lost records."""
+    records, _ = generate(200, seed=7, days=1)
+    forged = [{**records[0], "ts": "9999-12-31T23:59:59.999Z"}, {**records[1], "ts": "0001-01-01T00:00:00.000Z"},
+              {**records[2], "lost_before": -5}]
+    write_jsonl(tmp_path / "forged.jsonl", records[3:] + forged)
+    page = run(tmp_path / "forged.jsonl", "-o", tmp_path / "r.html")
+    assert page.returncode == 0, page.stderr
+    assert "<svg" in (tmp_path / "r.html").read_text()
+    done = run(tmp_path / "forged.jsonl", "--format", "json", "-o", tmp_path / "r.json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["summary"]["malformed_lines"] == 2 and report["summary"]["records"] == 198
+    assert all(row["lost_before"] > 0 for row in report["tables"]["lost_records"]) and report["summary"]["lost_records"] >= 0
+
+
 @pytest.fixture(scope="module")
 def page(logs, tmp_path_factory) -> Path:
     directory, _, _ = logs

@@ -30,6 +30,7 @@ the `geoblock.reload` command (Engine.reload: built aside, swapped whole, the la
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from collections.abc import Coroutine
@@ -198,6 +199,10 @@ class GeoBlock:
         self.endpoint = endpoint
         logger.info(f"geoblock: metrics at {endpoint.url}/metrics, status at {endpoint.url}/status, "
                     f"health at {endpoint.url}/healthz")
+        if not ipaddress.ip_address(host).is_loopback:
+            logger.warning(f"geoblock: the status and metrics endpoint at {endpoint.url} is reachable beyond "
+                           f"this host and asks no one for credentials: /status shows file paths and the last "
+                           f"problem; keep it on a management network (docs/operating.md)")
 
     @staticmethod
     async def _error_after_start_up(message: str) -> None:

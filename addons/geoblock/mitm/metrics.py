@@ -263,9 +263,37 @@ def registry_of(addon: GeoBlock) -> CollectorRegistry:
     return registry
 
 
+# The endpoint shares the proxy's process: a client that opens many connections, or leaves them idle, must
+# not take its threads, file handles or CPU (found by a review: 3,000 idle connections held 3,000 threads
+# and slowed the proxy for a minute and a half). At most MAX_CLIENTS are served at once, the rest are
+# closed at once; a connection that sends nothing for CLIENT_TIMEOUT seconds is closed.
+MAX_CLIENTS = 8
+CLIENT_TIMEOUT = 5.0  # seconds
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too many at once: closed, nothing read
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Server6(_Server):
@@ -275,6 +303,7 @@ class _Server6(_Server):
 class _Handler(BaseHTTPRequestHandler):
     server_version = "geoblock"
     disable_nagle_algorithm = True
+    timeout = CLIENT_TIMEOUT  # seconds a connection may stay silent (socket timeout, socketserver)
     endpoint: MetricsServer  # set on the class made for each server
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name

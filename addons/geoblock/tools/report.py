@@ -49,6 +49,8 @@ LOST_ROWS = 100  # rows of the lost-records table (the totals count them all)
 ACTIONS = ("block", "log", "allow")
 COLOURS = {"block": "#c0392b", "log": "#e6a23c", "allow": "#7fa87f"}
 
+EARLIEST, LATEST = "1970-01-01", "2200-01-01"  # the times a decision record may carry (UTC)
+
 # Every field the report reads, with the type it is read as (read_json's `columns`): a value of another
 # type becomes null in that column only. Fields missing from a record are null.
 COLUMNS = {
@@ -240,18 +242,23 @@ def build(files: Sequence[str], since: datetime | None = None, until: datetime |
             con.execute(f"CREATE TABLE raw AS {_select(files)}")
         except duckdb.Error:  # a file that cannot be read whole (a .gz cut short): file by file, salvaging
             _read_one_by_one(con, files, notes, progress)
-    row = con.execute("""SELECT count(*) FILTER (WHERE t IS NULL OR action IS NULL
+    # A time outside 1970-2199 is no decision's (a forged or corrupt line): counted as malformed, so that
+    # the charts' date axis never meets a year it cannot draw.
+    sane = f"t >= TIMESTAMP '{EARLIEST}' AND t < TIMESTAMP '{LATEST}'"
+    row = con.execute(f"""SELECT count(*) FILTER (WHERE t IS NULL OR NOT ({sane}) OR action IS NULL
                                   OR action NOT IN ('allow', 'log', 'block')),
                                 count(*) FROM raw""").fetchone()
     assert row is not None
     bad, lines = int(row[0]), int(row[1])
-    where = ["t IS NOT NULL", "action IN ('allow', 'log', 'block')"]
+    where = ["t IS NOT NULL", sane, "action IN ('allow', 'log', 'block')"]
     if since is not None:  # a view takes no parameters: the literal of a datetime formatted here
         where.append(f"t >= TIMESTAMP '{since.isoformat(sep=' ')}'")
     if until is not None:
         where.append(f"t < TIMESTAMP '{until.isoformat(sep=' ')}'")
     # the records the report counts: a view (every query filters `raw` again, in memory) rather than a copy
-    con.execute(f"CREATE VIEW d AS SELECT * FROM raw WHERE {' AND '.join(where)}")
+    # lost_before counts records lost: a negative one (forged) is no count at all
+    con.execute(f"CREATE VIEW d AS SELECT * REPLACE (CASE WHEN lost_before > 0 THEN lost_before END AS lost_before) "
+                f"FROM raw WHERE {' AND '.join(where)}")
     read_s = time.monotonic() - started
     report = _tables(con, files, size, lines, bad, since, until)
     report.notes[:0] = notes
