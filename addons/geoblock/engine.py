@@ -110,9 +110,13 @@ class Engine:
     def judge(self, facts: Facts) -> Verdict:
         """Place the server of `facts` (its `server_ip`, when known) with the locators, in place, and
         decide: the verdict of `core.decide.decide` under the ruleset in force."""
+        self.place(facts)
+        return decide(facts, self.ruleset)
+
+    def place(self, facts: Facts) -> None:
+        """Fill in where the server of `facts` is, with the locators in order (GeoIP, then RDAP), in place."""
         for locator in self.locators:
             locator.place(facts)
-        return decide(facts, self.ruleset)
 
     def may_place_later(self, facts: Facts) -> bool:
         """Whether a locator may place this server later (an RDAP answer on its way): a verdict reached

@@ -83,8 +83,7 @@ class Judging:
     def place(self, facts: Facts) -> None:
         """Place the server of a verdict that does not depend on where it is, for its record."""
         if self.engine is not None:
-            for locator in self.engine.locators:
-                locator.place(facts)
+            self.engine.place(facts)
 
     def verdict_generation(self) -> tuple[int, int]:
         """What a verdict was reached under: the options' generation and the engine's (ruleset, databases)."""

@@ -144,28 +144,16 @@ class GeoblockCollector(Collector):
         judging = self.addon.judging
         engine = judging.engine
 
-        decisions = CounterMetricFamily("geoblock_decisions", "Decisions by stage, action and deciding rule "
-                                        "(rule: a rule id, policy:<key>, or empty: the default or on_error).",
-                                        labels=["stage", "action", "rule"])
-        for (stage, action, rule), n in judging.decisions.copy().items():
-            decisions.add_metric([stage, action, rule], n)
-        yield decisions
-        on_error = CounterMetricFamily("geoblock_on_error_verdicts", "Verdicts of the policy's on_error (a flow "
-                                       "geoblock could not judge), by stage and cause.", labels=["stage", "cause"])
-        for (stage, cause), n in judging.on_errors.copy().items():
-            on_error.add_metric([stage, cause], n)
-        yield on_error
-        unknown = CounterMetricFamily("geoblock_unknown_country_verdicts", "Verdicts of the policy's "
-                                      "unknown_country (a rule needed the server's location), by stage and what "
-                                      "was missing (country, ASN, address).", labels=["stage", "cause"])
-        for (stage, cause), n in judging.unknowns.copy().items():
-            unknown.add_metric([stage, cause], n)
-        yield unknown
-        invalid = CounterMetricFamily("geoblock_invalid_inputs", "Names that could not be normalised (judged by "
-                                      "on_error), by stage and field.", labels=["stage", "field"])
-        for (stage, field), n in judging.invalids.copy().items():
-            invalid.add_metric([stage, field], n)
-        yield invalid
+        yield _counted("geoblock_decisions", "Decisions by stage, action and deciding rule (rule: a rule id, "
+                       "policy:<key>, or empty: the default or on_error).", ["stage", "action", "rule"],
+                       judging.decisions)
+        yield _counted("geoblock_on_error_verdicts", "Verdicts of the policy's on_error (a flow geoblock could not "
+                       "judge), by stage and cause.", ["stage", "cause"], judging.on_errors)
+        yield _counted("geoblock_unknown_country_verdicts", "Verdicts of the policy's unknown_country (a rule needed "
+                       "the server's location), by stage and what was missing (country, ASN, address).",
+                       ["stage", "cause"], judging.unknowns)
+        yield _counted("geoblock_invalid_inputs", "Names that could not be normalised (judged by on_error), by "
+                       "stage and field.", ["stage", "field"], judging.invalids)
 
         log = judging.log
         if log is not None:
@@ -269,6 +257,15 @@ def registry_of(addon: GeoBlock) -> CollectorRegistry:
 # closed at once; a connection that sends nothing for CLIENT_TIMEOUT seconds is closed.
 MAX_CLIENTS = 8
 CLIENT_TIMEOUT = 5.0  # seconds
+
+
+def _counted(name: str, documentation: str, labels: list[str], counts: dict[Any, int]) -> CounterMetricFamily:
+    """A counter family from one of Judging's counting dicts (label values tuple -> count), copied first:
+    the event loop's thread goes on counting while a scrape reads."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for values, n in counts.copy().items():
+        family.add_metric(list(values), n)
+    return family
 
 
 class _Server(ThreadingHTTPServer):
