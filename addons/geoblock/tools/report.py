@@ -125,15 +125,15 @@ def _sql_list(items: Sequence[str]) -> str:
     return "[" + ", ".join("'" + item.replace("'", "''") + "'" for item in items) + "]"
 
 
-def _columns_sql() -> str:
-    return "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in COLUMNS.items()) + "}"
+def _columns_sql(columns: dict[str, str]) -> str:
+    return "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in columns.items()) + "}"
 
 
 class _Progress:
     """Prints DuckDB's progress on the running query to `out` every second, once it has run a second."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, label: str, out: TextIO | None) -> None:
-        self.con, self.label, self.out = con, label, out
+    def __init__(self, con: duckdb.DuckDBPyConnection, label: str, out: TextIO | None, prog: str) -> None:
+        self.con, self.label, self.out, self.prog = con, label, out, prog
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -156,18 +156,18 @@ class _Progress:
             except duckdb.Error:
                 return
             if share >= 0:
-                print(f"geoblock report: {self.label}: {share:.0f}% ({time.monotonic() - start:.0f} s)",
+                print(f"{self.prog}: {self.label}: {share:.0f}% ({time.monotonic() - start:.0f} s)",
                       file=self.out, flush=True)
 
 
-def _select(files: Sequence[str], shown_as: str | None = None) -> str:
-    """The query reading `files` into the report's columns (`t`: the time, null when `ts` is not one;
+def _select(files: Sequence[str], columns: dict[str, str], shown_as: str | None = None) -> str:
+    """The query reading `files` into `columns` (`t`: the time, null when `ts` is not one;
     `unknown_country`: the reason says that verdict applied; `file`: the file read, or `shown_as`)."""
     file = f" REPLACE ('{shown_as.replace(chr(39), chr(39) * 2)}' AS file)" if shown_as is not None else ""
     return f"""
         SELECT try_strptime(ts, '%Y-%m-%dT%H:%M:%S.%gZ') AS t, * EXCLUDE (reason){file},
                coalesce(reason LIKE '%unknown_country%', false) AS unknown_country
-        FROM read_json({_sql_list(list(files))}, columns = {_columns_sql()}, format = 'newline_delimited',
+        FROM read_json({_sql_list(list(files))}, columns = {_columns_sql(columns)}, format = 'newline_delimited',
                        ignore_errors = true, maximum_object_size = 16777216, filename = 'file')"""
 
 
@@ -193,13 +193,13 @@ def _salvage_gzip(path: str, into: str) -> int:
 
 
 def _read_one_by_one(con: duckdb.DuckDBPyConnection, files: Sequence[str], notes: list[str],
-                     progress: TextIO | None) -> None:
+                     progress: TextIO | None, columns: dict[str, str], prog: str) -> None:
     """Read `files` one at a time into the table `raw`: a file DuckDB cannot read (a .gz cut short) is
     read as far as it decompresses; one that cannot be read at all is left out. Both are noted."""
     created = False
     with tempfile.TemporaryDirectory(prefix="geoblock-report-") as tmp:
         for i, path in enumerate(files):
-            query = _select([path])
+            query = _select([path], columns)
             try:
                 con.execute(f"SELECT count(*) FROM ({query})")
             except duckdb.Error as exc:
@@ -210,21 +210,36 @@ def _read_one_by_one(con: duckdb.DuckDBPyConnection, files: Sequence[str], notes
                     continue
                 notes.append(f"{path} ends early (compressed data cut short or damaged): the first "
                              f"{recovered / 1e6:,.1f} MB of its text were read.")
-                query = _select([plain], shown_as=path)
+                query = _select([plain], columns, shown_as=path)
             if progress is not None:
-                print(f"geoblock report: {path}", file=progress, flush=True)
+                print(f"{prog}: {path}", file=progress, flush=True)
             con.execute(("INSERT INTO raw BY NAME " if created else "CREATE TABLE raw AS ") + query)
             created = True
     if not created:
         raise ReportError(f"none of the {len(files)} file(s) could be read")
 
 
-def build(files: Sequence[str], since: datetime | None = None, until: datetime | None = None,
-          progress: TextIO | None = None) -> Report:
-    """Read the decision logs `files` (plain or .gz) and count what the report shows, for records with
-    `since <= ts < until` (naive UTC datetimes; None: unbounded). `progress`: where to say how reading
-    goes (None: silent). Raises ReportError when no record is left."""
-    started = time.monotonic()
+@dataclass
+class Logs:
+    """Decision logs read by `read_logs`: `con` holds the view `d` (the records in the period, one row
+    each, in the columns asked for plus `t`, `unknown_country` and `file`); `lines` read, `bad` of them
+    malformed; `size` the files' bytes; `notes` on files read in part or left out."""
+
+    con: duckdb.DuckDBPyConnection
+    lines: int
+    bad: int
+    size: int
+    notes: list[str]
+
+
+def read_logs(files: Sequence[str], since: datetime | None = None, until: datetime | None = None,
+              progress: TextIO | None = None, columns: dict[str, str] = COLUMNS,
+              prog: str = "geoblock report") -> Logs:
+    """Read the decision logs `files` (plain or .gz) into a new in-memory DuckDB connection: the view `d`
+    holds the well-formed records with `since <= ts < until` (naive UTC datetimes; None: unbounded), with
+    the fields `columns` (name: DuckDB type; COLUMNS, the report's, by default). `progress`: where to say
+    how reading goes, each line starting with `prog` (None: silent). A file DuckDB cannot read whole is
+    salvaged or left out, and noted. Raises ReportError when no file can be read, duckdb.Error."""
     size = sum(os.path.getsize(f) for f in files)
     con = duckdb.connect()
     threads = os.cpu_count() or 1
@@ -235,13 +250,13 @@ def build(files: Sequence[str], since: datetime | None = None, until: datetime |
         con.execute("SET enable_progress_bar_print = false")
     label = f"reading {len(files)} file(s), {size / 1e6:,.1f} MB"
     if progress is not None:
-        print(f"geoblock report: {label}", file=progress, flush=True)
+        print(f"{prog}: {label}", file=progress, flush=True)
     notes: list[str] = []
-    with _Progress(con, label, progress):
+    with _Progress(con, label, progress, prog):
         try:
-            con.execute(f"CREATE TABLE raw AS {_select(files)}")
+            con.execute(f"CREATE TABLE raw AS {_select(files, columns)}")
         except duckdb.Error:  # a file that cannot be read whole (a .gz cut short): file by file, salvaging
-            _read_one_by_one(con, files, notes, progress)
+            _read_one_by_one(con, files, notes, progress, columns, prog)
     # A time outside 1970-2199 is no decision's (a forged or corrupt line): counted as malformed, so that
     # the charts' date axis never meets a year it cannot draw.
     sane = f"t >= TIMESTAMP '{EARLIEST}' AND t < TIMESTAMP '{LATEST}'"
@@ -257,11 +272,23 @@ def build(files: Sequence[str], since: datetime | None = None, until: datetime |
         where.append(f"t < TIMESTAMP '{until.isoformat(sep=' ')}'")
     # the records the report counts: a view (every query filters `raw` again, in memory) rather than a copy
     # lost_before counts records lost: a negative one (forged) is no count at all
-    con.execute(f"CREATE VIEW d AS SELECT * REPLACE (CASE WHEN lost_before > 0 THEN lost_before END AS lost_before) "
+    lost = "CASE WHEN lost_before > 0 THEN lost_before END AS lost_before"
+    con.execute(f"CREATE VIEW d AS SELECT * {f'REPLACE ({lost}) ' if 'lost_before' in columns else ''}"
                 f"FROM raw WHERE {' AND '.join(where)}")
+    return Logs(con, lines, bad, size, notes)
+
+
+def build(files: Sequence[str], since: datetime | None = None, until: datetime | None = None,
+          progress: TextIO | None = None) -> Report:
+    """Read the decision logs `files` (plain or .gz) and count what the report shows, for records with
+    `since <= ts < until` (naive UTC datetimes; None: unbounded). `progress`: where to say how reading
+    goes (None: silent). Raises ReportError when no record is left."""
+    started = time.monotonic()
+    logs = read_logs(files, since, until, progress)
+    con = logs.con
     read_s = time.monotonic() - started
-    report = _tables(con, files, size, lines, bad, since, until)
-    report.notes[:0] = notes
+    report = _tables(con, files, logs.size, logs.lines, logs.bad, since, until)
+    report.notes[:0] = logs.notes
     con.close()
     report.summary["read_seconds"] = round(read_s, 3)
     report.summary["seconds"] = round(time.monotonic() - started, 3)

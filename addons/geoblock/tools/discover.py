@@ -1,0 +1,548 @@
+"""`geoblock discover`: the platforms the decision logs point at that no block rule lists yet.
+
+    geoblock discover LOG... [--rules RULES] [-o discover.html] [--list-out candidates.txt] [--json]
+                             [--since ISO] [--until ISO] [--min-score N]
+
+LOG: decision log files, directories or glob patterns, read with DuckDB exactly as `geoblock report`
+reads them (tools/report.py: `read_logs`). RULES: the rules the list is judged against (the default
+rules of `geoblock check`). Every name of the log is grouped under its registrable domain (the Public
+Suffix List: `binance-cn.example`, `user.github.io`); a name any block rule covers is listed already and
+left out. A registrable domain is a candidate when a signal fires (docs/discover.md):
+
+- `review`: a rule with action `log` (the review rules) logged one of its names on an offshore server;
+- `address`, `network`, `asn`: one of its names was served from an address, a /24 (IPv4) or /48 (IPv6)
+  network, or an autonomous system that also served a listed platform (a record blocked by a block
+  rule's domain entry). Each is weighted by how many registrable domains that address, network or ASN
+  serves in the log: a CDN serving hundreds counts little;
+- `brand`: one of its names carries a listed platform's brand (the first label of a listed registrable
+  domain: `binance` in `binance-cn.example` and `binancezh.top`), under the rules of `brand_matches`.
+
+Each candidate's score adds its signals' weights (`WEIGHTS`), counting only the strongest of address,
+network and ASN (`Candidate.score`); candidates are ranked by score, then clients. Outputs: an HTML page
+(self-contained, offline, every value escaped), a list file in the plain list format (`name  Platform`)
+with a `# discovered <date>: <signals>` comment before each line, and with --json one JSON object on
+stdout. Exit codes: 0 written, 1 rules refused, 2 usage or input
+error (no such file, no record in the period).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import ipaddress
+import json
+import math
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import duckdb
+from duckdb.func import SPECIAL
+from publicsuffixlist import PublicSuffixList
+
+from geoblock.core.rules import DomainSpec, RuleError
+from geoblock.core.ruleset import CompiledRule, Ruleset
+from geoblock.tools import report
+from geoblock.tools.report import ReportError
+
+PROG = "geoblock discover"
+
+# The fields read from each record: the report's, and the platform the lead's list entries name.
+COLUMNS = report.COLUMNS | {"platform": "VARCHAR"}
+
+# What each signal adds to the score. The infrastructure weights are multiplied by `sharing(n)`, and only
+# the strongest of the three counts (Candidate.score).
+WEIGHTS = {"review": 1.0, "address": 3.0, "network": 2.0, "asn": 1.5, "brand": 3.0}
+SIGNALS = tuple(WEIGHTS)
+INFRA = ("address", "network", "asn")
+MIN_SCORE = 1.0  # default --min-score: leaves out candidates whose only evidence is a CDN or big host
+NAMES_SHOWN = 10  # names listed per candidate (the count says how many there are)
+EVIDENCE_SHOWN = 3  # shared addresses, networks or ASNs described per signal (the strongest)
+
+# Brands: at least this long to match anywhere inside a name; shorter ones only as a whole token.
+BRAND_ANYWHERE = 5
+BRAND_SHORTEST = 3  # shorter brands (xt, zb) never match: any name could carry them
+BRAND_DISTINCT = 3  # letters a brand needs beyond a common crypto word to match anywhere
+# Words of the trade, common in ordinary names: bybit = by + bit has only 2 letters of its own.
+CRYPTO_WORDS = ("bitcoin", "crypto", "exchange", "token", "trade", "swap", "coin", "btc", "bit")
+# Brands that are ordinary words or names (found in many unrelated names): they match only as a whole
+# registrable label (`kraken.top`), never inside one (`krakenrum.example`, `bitcoin-news.example`).
+COMMON_WORDS = frozenset({
+    "backpack", "bigone", "bitcoin", "blockchain", "bullish", "coins", "crypto", "cumberland", "delta", "gemini",
+    "kanga", "kraken", "lemon", "newton", "pintu", "probit", "tokenize", "uphold", "yellowcard",
+})
+
+
+class DiscoverError(ReportError):
+    """Discovery cannot run: no such log, no record in the period, an output that cannot be written."""
+
+
+_PSL: PublicSuffixList | None = None
+
+
+def psl() -> PublicSuffixList:
+    """The Public Suffix List (the package's snapshot; both ICANN and private sections), loaded once."""
+    global _PSL
+    if _PSL is None:
+        _PSL = PublicSuffixList()
+    return _PSL
+
+
+def registrable(name: str) -> str | None:
+    """The registrable domain of the normalised name `name` (`api.binance.com` -> `binance.com`,
+    `a.user.github.io` -> `user.github.io`), or None for an IP literal, a public suffix or a bare label."""
+    if not name or "." not in name or name.endswith("]") or ":" in name:
+        return None
+    try:
+        ipaddress.ip_address(name)
+        return None
+    except ValueError:
+        pass
+    found = psl().privatesuffix(name)
+    return found if isinstance(found, str) else None
+
+
+def network_of(ip: str) -> str | None:
+    """The /24 (IPv4) or /48 (IPv6) network of the address text `ip` ("198.51.100.0/24"), None if not one."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    prefix = 24 if addr.version == 4 else 48
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+
+def sharing(domains: int) -> float:
+    """The weight (0-1] of an address, network or ASN that serves `domains` registrable domains in the log:
+    1 for the listed platform and one other, 1/log2(n) beyond (4: 0.5, 16: 0.25, 256: 0.125)."""
+    return 1.0 / max(1.0, math.log2(max(domains, 1)))
+
+
+def _label(domain: str) -> str:
+    return domain.split(".", 1)[0]
+
+
+def _own_letters(brand: str) -> int:
+    """The letters of `brand` beyond the longest common crypto word it starts or ends with."""
+    stem = max((len(w) for w in CRYPTO_WORDS if brand.startswith(w) or brand.endswith(w)), default=0)
+    return len(brand) - stem
+
+
+def brand_matches(brand: str, name: str, domain: str) -> bool:
+    """Whether the name `name` (under the registrable domain `domain`) carries the brand `brand`:
+
+    - brands shorter than BRAND_SHORTEST letters never match;
+    - a brand in COMMON_WORDS matches only when it is the whole registrable label (`kraken.top`);
+    - a brand of BRAND_ANYWHERE letters or more, BRAND_DISTINCT of them beyond a common crypto word,
+      matches anywhere in the name outside its public suffix (`binancezh.top`, `my-binance.example`);
+    - any other brand matches only as a whole token, the labels split at `.` and `-` (`okx-app.top`,
+      `bybit-pro.example`; not `habit.example` for `bit`, nor `bybitglobal.example`)."""
+    if len(brand) < BRAND_SHORTEST:
+        return False
+    if brand in COMMON_WORDS:
+        return _label(domain) == brand
+    inside = name[: len(name) - len(domain)] + _label(domain)  # the name without its public suffix
+    if len(brand) >= BRAND_ANYWHERE and _own_letters(brand) >= BRAND_DISTINCT:
+        return brand in inside
+    return brand in re.split(r"[.-]", inside)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A listed platform as the rules give it: `domain` the registrable domain of a block rule's domain
+    entry, `platform` its platform's name (from the list or the rule; else the brand, capitalised),
+    `brand` the first label of `domain`, `rule` the rule's id, `entry` the entry as written."""
+
+    domain: str
+    platform: str
+    brand: str
+    rule: str
+    entry: str
+
+
+def _platform_of(rule: CompiledRule, spec: DomainSpec) -> str | None:
+    named = getattr(spec, "platform", None) or getattr(rule.spec, "platform", None)
+    return str(named) if named else None
+
+
+def listed_platforms(rs: Ruleset) -> dict[str, Listed]:
+    """Every registrable domain a block rule's domain entry names, with its platform (first entry wins)."""
+    found: dict[str, Listed] = {}
+    for rule in rs.rules:
+        if rule.action != "block":
+            continue
+        for spec in rule.spec.domains:
+            domain = registrable(spec.name) or spec.name
+            if domain not in found:
+                brand = _label(domain)
+                platform = _platform_of(rule, spec) or brand.capitalize()
+                found[domain] = Listed(domain, platform, brand, rule.id, spec.text)
+    return found
+
+
+def _entry(rule: CompiledRule, why: object) -> DomainSpec | None:
+    """The domain entry of `rule` behind a `Ruleset.name_hits` hit (`why`: the DomainSpec, or the entry's
+    text in rulesets before list files), or None when a pattern matched."""
+    if isinstance(why, DomainSpec):
+        return why
+    if isinstance(why, str) and why != "pattern":
+        return next((d for d in rule.spec.domains if d.text == why), None)
+    return None
+
+
+class Judge:
+    """What the rules say of a name: `covered(name)` any block rule covers it (a domain entry or a
+    pattern: it is listed already); `listed(name)` the registrable domain of the block rule's domain
+    entry covering it (a listed platform's name), or None."""
+
+    def __init__(self, rs: Ruleset) -> None:
+        self.rs = rs
+        self.block_rules = frozenset(r.id for r in rs.rules if r.action == "block")
+
+    def covered(self, name: str) -> bool:
+        return any(self.rs.rules[i].action == "block" for i, _ in self.rs.name_hits(name))
+
+    def listed(self, name: str) -> str | None:
+        for index, why in self.rs.name_hits(name):
+            rule = self.rs.rules[index]
+            if rule.action == "block":
+                spec = _entry(rule, why)
+                if spec is not None:
+                    return registrable(spec.name) or spec.name
+        return None
+
+
+@dataclass
+class Candidate:
+    """One registrable domain not listed yet, with its evidence. `signals`: signal -> weight it added;
+    `evidence`: signal -> sentences saying why; `related`: the listed registrable domains it shares
+    something with; `platform`: the platform guessed, `guessed_from` the signal that gave it."""
+
+    domain: str
+    names: list[str]
+    name_count: int
+    records: int
+    clients: int
+    connections: int
+    first: str
+    last: str
+    countries: list[str]
+    asns: list[int]
+    offshore_records: int
+    signals: dict[str, float] = field(default_factory=dict)
+    evidence: dict[str, list[str]] = field(default_factory=dict)
+    related: list[str] = field(default_factory=list)
+    platform: str = ""
+    guessed_from: str = ""
+
+    @property
+    def score(self) -> float:
+        """review + brand + the strongest of address, network and ASN (they are nested: a shared address
+        is a shared network and ASN too, so they do not add up)."""
+        infra = max((self.signals.get(level, 0.0) for level in INFRA), default=0.0)
+        return round(self.signals.get("review", 0.0) + self.signals.get("brand", 0.0) + infra, 2)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"domain": self.domain, "score": self.score, "platform": self.platform,
+                "guessed_from": self.guessed_from, "signals": {k: round(v, 3) for k, v in self.signals.items()},
+                "evidence": self.evidence, "related": self.related, "clients": self.clients,
+                "connections": self.connections, "records": self.records, "first": self.first, "last": self.last,
+                "countries": self.countries, "asns": self.asns, "offshore_records": self.offshore_records,
+                "names": self.names, "name_count": self.name_count}
+
+
+@dataclass
+class Discovery:
+    """What `discover` found: `candidates` best first; `summary` (JSON values); `notes` for the reader."""
+
+    candidates: list[Candidate]
+    summary: dict[str, Any]
+    notes: list[str]
+
+
+_TS = "'%Y-%m-%dT%H:%M:%S.%gZ'"
+
+
+def discover(files: Sequence[str], rs: Ruleset, since: datetime | None = None, until: datetime | None = None,
+             progress: TextIO | None = None, min_score: float = MIN_SCORE) -> Discovery:
+    """Read the decision logs `files` (records with `since <= ts < until`, naive UTC; None: unbounded) and
+    find the candidates (module docstring) scoring at least `min_score`, judged against the ruleset `rs`.
+    Raises DiscoverError (no file, no record), duckdb.Error."""
+    started = time.monotonic()
+    logs = report.read_logs(files, since, until, progress, columns=COLUMNS, prog=PROG)
+    con = logs.con
+    try:
+        return _discover(con, logs, files, rs, since, until, min_score, started)
+    finally:
+        con.close()
+
+
+def _discover(con: duckdb.DuckDBPyConnection, logs: report.Logs, files: Sequence[str], rs: Ruleset,
+              since: datetime | None, until: datetime | None, min_score: float, started: float) -> Discovery:
+    # fetchall, not fetchone: a result left unfinished keeps create_function from running
+    row = con.execute(f"SELECT count(*), strftime(min(t), {_TS}), strftime(max(t), {_TS}) FROM d").fetchall()[0]
+    records, first, last = int(row[0]), row[1], row[2]
+    if not records:
+        period = f" between {since or 'the start'} and {until or 'the end'}" if since or until else ""
+        raise DiscoverError(f"no decision record{period} in {len(files)} file(s) ({logs.lines} line(s), "
+                            f"{logs.bad} malformed)")
+    judge = Judge(rs)
+    listed = listed_platforms(rs)
+    # What the rules and the Public Suffix List say of each distinct name and address, computed once each
+    # (Python functions called by DuckDB over the distinct values only), joined to the records as `r`.
+    con.create_function("gb_registrable", registrable, ["VARCHAR"], "VARCHAR", null_handling=SPECIAL)
+    con.create_function("gb_covered", judge.covered, ["VARCHAR"], "BOOLEAN", null_handling=SPECIAL)
+    con.create_function("gb_listed", judge.listed, ["VARCHAR"], "VARCHAR", null_handling=SPECIAL)
+    con.create_function("gb_network", network_of, ["VARCHAR"], "VARCHAR", null_handling=SPECIAL)
+    con.execute("""CREATE TABLE m AS SELECT name, gb_registrable(name) AS domain, gb_covered(name) AS covered,
+                                           gb_listed(name) AS listed
+                   FROM (SELECT DISTINCT name FROM d WHERE name IS NOT NULL)""")
+    con.execute("""CREATE TABLE s AS SELECT server_ip, gb_network(server_ip) AS net
+                   FROM (SELECT DISTINCT server_ip FROM d WHERE server_ip IS NOT NULL)""")
+    con.execute("""CREATE VIEW r AS SELECT d.*, m.domain, m.covered, m.listed, s.net
+                   FROM d JOIN m USING (name) LEFT JOIN s USING (server_ip) WHERE m.domain IS NOT NULL""")
+    blocks = report._sql_list(sorted(judge.block_rules)) if judge.block_rules else "['']"
+    # the listed platforms' servers: records a block rule's domain entry blocked
+    con.execute(f"""CREATE TABLE li AS SELECT DISTINCT listed, server_ip, net, asn FROM r
+                    WHERE listed IS NOT NULL AND action = 'block' AND list_contains({blocks}, rule)
+                      AND server_ip IS NOT NULL""")
+    infra: dict[str, dict[Any, set[str]]] = {"address": {}, "network": {}, "asn": {}}
+    for owner, ip, net, asn in con.execute("SELECT listed, server_ip, net, asn FROM li").fetchall():
+        infra["address"].setdefault(ip, set()).add(owner)
+        if net is not None:
+            infra["network"].setdefault(net, set()).add(owner)
+        if asn is not None:
+            infra["asn"].setdefault(asn, set()).add(owner)
+    # how many registrable domains each of those addresses, networks and ASNs serves in the log
+    served: dict[str, dict[Any, int]] = {
+        level: dict(con.execute(f"""SELECT {col}, count(DISTINCT domain) FROM r
+                                    WHERE {col} IN (SELECT {col} FROM li) GROUP BY {col}""").fetchall())
+        for level, col in (("address", "server_ip"), ("network", "net"), ("asn", "asn"))}
+    review = "action = 'log' AND offshore AND rule IS NOT NULL AND NOT starts_with(rule, 'policy:')"
+    rows = con.execute(f"""
+        SELECT domain, count(*), count(DISTINCT client),
+               count(DISTINCT connection_id) + count(*) FILTER (WHERE connection_id IS NULL),
+               strftime(min(t), {_TS}), strftime(max(t), {_TS}),
+               list(DISTINCT country ORDER BY country) FILTER (WHERE country IS NOT NULL),
+               list(DISTINCT asn ORDER BY asn) FILTER (WHERE asn IS NOT NULL),
+               count(*) FILTER (WHERE offshore),
+               list(DISTINCT name ORDER BY name),
+               list(DISTINCT rule ORDER BY rule) FILTER (WHERE {review}),
+               list(DISTINCT server_ip ORDER BY server_ip) FILTER (WHERE server_ip IS NOT NULL),
+               list(DISTINCT net ORDER BY net) FILTER (WHERE net IS NOT NULL)
+        FROM r WHERE NOT covered GROUP BY domain""").fetchall()
+    brands = sorted({(p.brand, p.domain) for p in listed.values()})
+    candidates = []
+    for (domain, n, clients, conns, first_seen, last_seen, countries, asns, offshore, names, reviewed, ips,
+         nets) in rows:
+        c = Candidate(domain, list(names[:NAMES_SHOWN]), len(names), int(n), int(clients), int(conns), first_seen,
+                      last_seen, list(countries or []), [int(a) for a in asns or []], int(offshore))
+        if reviewed:
+            c.signals["review"] = WEIGHTS["review"]
+            c.evidence["review"] = [f"logged offshore by rule {rule}" for rule in reviewed]
+        guesses: dict[str, float] = {}  # listed domain -> weight of what the candidate shares with it
+        for level, values in (("address", ips or []), ("network", nets or []), ("asn", asns or [])):
+            shared = []  # (weight, value as shown, its listed owners, registrable domains there)
+            for value in values:
+                owners = infra[level].get(value)
+                if owners:
+                    domains = served[level].get(value, 2)
+                    shared.append((WEIGHTS[level] * sharing(domains), f"AS{value}" if level == "asn" else str(value),
+                                   sorted(owners), domains))
+            if not shared:
+                continue
+            shared.sort(key=lambda x: (-x[0], x[1]))
+            c.signals[level] = shared[0][0]
+            c.evidence[level] = [f"{shown} also served {_few(owners)} ({domains} registrable domains there)"
+                                 for _, shown, owners, domains in shared[:EVIDENCE_SHOWN]]
+            if len(shared) > EVIDENCE_SHOWN:
+                c.evidence[level].append(f"{len(shared) - EVIDENCE_SHOWN} more")
+            for weight, _, sharers, _ in shared:
+                for owner in sharers:
+                    guesses[owner] = guesses.get(owner, 0.0) + weight / len(sharers)
+        carried = [(b, d) for b, d in brands if any(brand_matches(b, name, domain) for name in names)]
+        if carried:
+            c.signals["brand"] = WEIGHTS["brand"]
+            c.evidence["brand"] = [f"carries the brand {b} of {d}" for b, d in carried]
+            for b, d in carried:  # a brand outweighs shared servers; the longest brand first
+                guesses[d] = guesses.get(d, 0.0) + 10 * WEIGHTS["brand"] + len(b)
+        if not c.signals or c.score < min_score:
+            continue
+        c.related = sorted(guesses)
+        c.platform, c.guessed_from = _label(domain).capitalize(), "name"
+        ranked = sorted(guesses.items(), key=lambda g: -g[1])
+        if ranked and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]):  # one listed platform stands out
+            owner = ranked[0][0]
+            c.platform = listed[owner].platform if owner in listed else _label(owner).capitalize()
+            c.guessed_from = "brand" if "brand" in c.signals and any(d == owner for _, d in carried) else "servers"
+        candidates.append(c)
+    candidates.sort(key=lambda c: (-c.score, -c.clients, c.domain))
+    notes = list(logs.notes)
+    if logs.bad:
+        notes.append(f"{logs.bad:,} malformed line(s) skipped (not JSON, cut short, or without a time or an action).")
+    if not infra["address"]:
+        notes.append("No record of a listed platform's server (a block by a domain entry, with the server's "
+                     "address): the address, network and ASN signals could not fire. Blocks decided on the name "
+                     "before any address is known (explicit proxy, CONNECT) carry none.")
+    summary = {
+        "files": list(files), "records": records, "lines": logs.lines, "malformed_lines": logs.bad,
+        "first": first, "last": last,
+        "since": since.isoformat() + "Z" if since else None, "until": until.isoformat() + "Z" if until else None,
+        "ruleset": rs.version, "listed_domains": len(listed), "listed_servers": len(infra["address"]),
+        "domains_seen": int(_scalar(con, "SELECT count(DISTINCT domain) FROM r")),
+        "unlisted_domains_seen": len(rows), "candidates": len(candidates), "min_score": min_score,
+        "weights": WEIGHTS, "made": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    return Discovery(candidates, summary, notes)
+
+
+def _few(items: Sequence[str], shown: int = 3) -> str:
+    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
+    return con.execute(sql).fetchall()[0][0]
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+def to_json(found: Discovery) -> dict[str, Any]:
+    """{"summary": {...}, "notes": [...], "candidates": [Candidate.to_json(), ...]} (best first)."""
+    return {"summary": found.summary, "notes": found.notes, "candidates": [c.to_json() for c in found.candidates]}
+
+
+def provenance(c: Candidate, date: str) -> str:
+    """The `# discovered <date>: <signals>` comment of a candidate's list line (one line, no newline)."""
+    said = "; ".join(f"{signal} ({c.evidence[signal][0]}{', ...' if len(c.evidence[signal]) > 1 else ''})"
+                     for signal in SIGNALS if signal in c.signals)
+    text = (f"# discovered {date}: {said}; score {c.score:g}; {c.clients} client(s), {c.connections} "
+            f"connection(s), {c.records} record(s), {c.first[:10]}..{c.last[:10]}")
+    return " ".join(text.split())  # never a line break from a value
+
+
+def list_text(found: Discovery, date: str) -> str:
+    """The candidates as a list file (plain format): a header, then per candidate its provenance comment
+    and `domain  Platform` (the platform guessed), best first."""
+    s = found.summary
+    lines = [f"# geoblock discover {s['made']}: {len(found.candidates)} candidate(s) from {s['records']:,} record(s)"
+             f" ({s['first']} - {s['last']}), ruleset {s['ruleset']}.",
+             "# Review every entry (docs/discover.md) before moving it to a list a block rule reads.", ""]
+    for c in found.candidates:
+        lines += [provenance(c, date), f"{c.domain}  {c.platform}", ""]
+    return "\n".join(lines)
+
+
+def render_html(found: Discovery) -> str:
+    """The candidates as one self-contained HTML page (no script, nothing fetched; every value escaped)."""
+    s, e = found.summary, html.escape
+    notes = "".join(f'<p class="note">{e(n)}</p>' for n in found.notes)
+    rows = []
+    for rank, c in enumerate(found.candidates, 1):
+        signals = "".join(f"<li><b>{e(k)}</b> +{v:.2f}: {e('; '.join(c.evidence.get(k, [])))}</li>"
+                          for k, v in c.signals.items())
+        names = ", ".join(e(n) for n in c.names) + (f" <span class=\"muted\">(+{c.name_count - len(c.names)} more)"
+                                                    "</span>" if c.name_count > len(c.names) else "")
+        rows.append(
+            f'<tr><td class="n">{rank}</td><td><b>{e(c.domain)}</b><br><span class="muted">{names}</span></td>'
+            f'<td class="n">{c.score:.2f}</td><td>{e(c.platform)} <span class="muted">({e(c.guessed_from)})</span>'
+            f'</td><td><ul>{signals}</ul></td><td class="n">{c.clients:,}</td><td class="n">{c.connections:,}</td>'
+            f'<td class="n">{c.records:,}</td><td>{e(c.first)}<br>{e(c.last)}</td><td>{e(", ".join(c.countries))}'
+            f'</td><td>{e(", ".join(f"AS{a}" for a in c.asns))}</td></tr>\n')
+    head = "".join(f"<th>{h}</th>" for h in ("#", "registrable domain and names", "score", "platform guess",
+                                             "signals", "clients", "connections", "records", "first / last seen",
+                                             "countries", "ASNs"))
+    table = (f'<table><thead><tr>{head}</tr></thead><tbody>\n{"".join(rows)}</tbody></table>' if rows
+             else '<p class="muted">no candidate</p>')
+    weights = ", ".join(f"{k} {v:g}" for k, v in WEIGHTS.items())
+    period = f"{s['first']} – {s['last']}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>geoblock discover {e(period)}</title><style>{report._CSS} td ul {{ margin: 0; padding-left: 1.1em; }}
+body {{ max-width: 80em; }}</style></head>
+<body><h1>geoblock discover: platforms not listed yet</h1>
+<dl><dt>period</dt><dd>{e(period)}</dd>
+<dt>decisions</dt><dd>{s['records']:,} ({s['malformed_lines']:,} malformed line(s) skipped)</dd>
+<dt>ruleset</dt><dd>{e(str(s['ruleset']))}: {s['listed_domains']:,} listed registrable domains,
+{s['listed_servers']:,} of their server addresses seen</dd>
+<dt>candidates</dt><dd>{s['candidates']:,} of {s['unlisted_domains_seen']:,} unlisted registrable domains
+(score at least {s['min_score']:g})</dd>
+<dt>made</dt><dd>{e(s['made'])} in {s['seconds']:.2f} s from {len(s['files'])} file(s)</dd></dl>
+<p>Signals and their weights: {e(weights)}; address, network and ASN weights are divided by log2 of the
+registrable domains each serves in the log. A candidate is evidence for review, not a verdict: see
+docs/discover.md.</p>
+{notes}
+<section><h2>Candidates, best first</h2>{table}</section>
+</body></html>
+"""
+
+
+def main(args: argparse.Namespace) -> int:
+    """`geoblock discover` (the module's docstring)."""
+    started = time.monotonic()
+    try:
+        since = report.parse_time(args.since) if args.since else None
+        until = report.parse_time(args.until) if args.until else None
+    except ValueError as exc:
+        print(f"{PROG}: --since/--until: {exc}", file=sys.stderr)
+        return 2
+    try:
+        rs = Ruleset.load(args.rules)
+    except RuleError as exc:
+        print(f"{PROG}: rules refused: {exc}", file=sys.stderr)
+        return 1
+    try:
+        files = report.log_files(args.logs)
+        found = discover(files, rs, since, until, progress=None if args.quiet else sys.stderr,
+                         min_score=args.min_score)
+        written = []
+        if args.output or not args.json:
+            out = Path(args.output or "discover.html")
+            out.write_text(render_html(found), encoding="utf-8")
+            written.append(str(out))
+        if args.list_out:
+            Path(args.list_out).write_text(list_text(found, found.summary["made"][:10]), encoding="utf-8")
+            written.append(args.list_out)
+    except (ReportError, OSError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    except duckdb.Error as exc:
+        print(f"{PROG}: the logs could not be read: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(to_json(found), indent=1, ensure_ascii=False))
+    for note in found.notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    print(f"{PROG}: {len(found.candidates)} candidate(s) from {found.summary['records']:,} records in "
+          f"{time.monotonic() - started:.2f} s{' -> ' + ', '.join(written) if written else ''}", file=sys.stderr)
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """The `discover` subcommand on the `geoblock` parser's subparsers `sub`."""
+    p = sub.add_parser("discover", help="platforms the decision logs point at that no block rule lists yet",
+                       description="Candidate platforms not listed yet, from decision logs: names the review "
+                                   "rules logged, names sharing listed platforms' servers, names carrying a "
+                                   "listed brand; an HTML page, a list file for review, or JSON.")
+    p.add_argument("logs", nargs="+", metavar="LOG",
+                   help="decision log files (.jsonl, rotated .gz), directories or glob patterns")
+    p.add_argument("--rules", help="the rules to judge what is listed (a file or directory; default: as check)")
+    p.add_argument("-o", "--output", help="the HTML page to write (default: discover.html; with --json only "
+                                          "when given)")
+    p.add_argument("--list-out", metavar="FILE", help="also write the candidates as a list file for review")
+    p.add_argument("--json", action="store_true", help="print the candidates as one JSON object on stdout")
+    p.add_argument("--since", help="only records at or after this time (ISO 8601; UTC unless an offset is given)")
+    p.add_argument("--until", help="only records before this time (ISO 8601)")
+    p.add_argument("--min-score", type=float, default=MIN_SCORE,
+                   help=f"leave out candidates scoring less (default {MIN_SCORE:g})")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr (the final line stays)")
+    p.set_defaults(func=main)
