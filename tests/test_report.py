@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 import subprocess
 import sys
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -188,48 +186,11 @@ def test_the_html_page_holds_the_numbers_and_nothing_from_outside(logs, as_json,
     assert "href=" not in text.replace('xlink:href="#', "")  # only the SVG's own glyph references
 
 
-class _Listener:
-    """A TCP listener on loopback that only counts the connections made to it (the proxy Chromium is
-    given: a page that fetched anything would show here)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.requests: list[bytes] = []
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            conn.settimeout(2)
-            try:
-                self.requests.append(conn.recv(200).split(b"\r\n")[0])
-            except OSError:
-                self.requests.append(b"")
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-# Chromium's own background services, which it asks through the proxy whatever the page (network time,
-# component updates, accounts) despite --disable-background-networking: not the page's requests.
-CHROMIUM_OWN = (b"clients2.google.com", b"accounts.google.com", b"update.googleapis.com")
-
-
-def page_requests(requests: list[bytes]) -> list[bytes]:
-    """The first lines of the requests a page made through the proxy (Chromium's own left out)."""
-    return [r for r in requests if not any(host in r for host in CHROMIUM_OWN)]
-
-
 @pytest.mark.browser
 def test_the_page_renders_in_chromium_offline(page, tmp_path) -> None:
     if browser.CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does it as root)")
-    listener = _Listener()
+    listener = browser.Listener()
     console = ["--enable-logging=stderr", "--v=0", "--window-size=1000,5000"]
     try:
         # the check sees console errors: a page that has some shows them in the log
@@ -239,14 +200,14 @@ def test_the_page_renders_in_chromium_offline(page, tmp_path) -> None:
         seen = browser.visit(control.as_uri(), f"http://127.0.0.1:{listener.port}", tmp_path / "control", extra=console)
         assert "INFO:CONSOLE" in seen.log and "undefinedFunction" in seen.log
         # ... and a page that fetches something shows at the listener
-        assert page_requests(listener.requests) == [b"GET http://fetch.test/x.png HTTP/1.1"]
+        assert browser.page_requests(listener.requests) == [b"GET http://fetch.test/x.png HTTP/1.1"]
         seen_requests = len(listener.requests)
         shown = browser.visit(page.as_uri(), f"http://127.0.0.1:{listener.port}", tmp_path / "chromium", extra=console)
     finally:
         listener.close()
     assert shown.returncode == 0, shown.problems
     assert [line for line in shown.log.splitlines() if "CONSOLE" in line] == []
-    assert page_requests(listener.requests[seen_requests:]) == []
+    assert browser.page_requests(listener.requests[seen_requests:]) == []
     assert shown.title.startswith("geoblock report")
     assert shown.dom.count("<svg") == 5 and shown.dom.count("<path") > 300  # the charts drawn: bars, ticks, axes
     assert "Clients with the most blocked attempts" in shown.dom

@@ -19,8 +19,10 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
+import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -172,3 +174,40 @@ def dark_pixels(png: bytes) -> int:
     width, height, rows = png_pixels(png)
     bpp = len(rows[0]) // width if rows else 3
     return sum(1 for row in rows for i in range(0, len(row), bpp) if max(row[i:i + 3]) < 96)
+
+
+class Listener:
+    """A TCP listener on loopback that only counts the connections made to it (the proxy Chromium is
+    given: a page that fetched anything would show here)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[bytes] = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.settimeout(2)
+            try:
+                self.requests.append(conn.recv(200).split(b"\r\n")[0])
+            except OSError:
+                self.requests.append(b"")
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# Chromium's own background services, which it asks through the proxy whatever the page (network time,
+# component updates, accounts) despite --disable-background-networking: not the page's requests.
+CHROMIUM_OWN = (b"clients2.google.com", b"accounts.google.com", b"update.googleapis.com")
+
+
+def page_requests(requests: list[bytes]) -> list[bytes]:
+    """The first lines of the requests a page made through the proxy (Chromium's own left out)."""
+    return [r for r in requests if not any(host in r for host in CHROMIUM_OWN)]

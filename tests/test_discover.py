@@ -1,0 +1,269 @@
+"""`geoblock discover` over decision logs of known content, run as an operator runs it (the installed
+`geoblock` command, in a subprocess), its list file read back, and its HTML page rendered by a real
+headless Chromium; and once over a log the addon itself wrote (the `gb` harness), so the fields it reads
+are the real ones.
+
+The built log holds listed platforms blocked at their servers (binance.com, okx.com, bitfinex.com on a
+CDN address shared by twenty ordinary sites), mirrors of them that no rule lists (the same address, the
+same /24 or /48, the brand in the name) and decoys: ordinary offshore sites, the CDN's other customers,
+names the review rule logged (`bitcoin-news.example`, `definitions-daily.example`), and names that hold a
+short or common brand by chance (`habit-tracker.example` holds `bit`, `krakenrum.example` holds `kraken`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from geoblock.core.names import normalize_host
+from support import browser
+from support.record_schema import REQUIRED, check
+
+GEOBLOCK = Path(sys.executable).with_name("geoblock")
+START = datetime(2026, 11, 20, 8, tzinfo=UTC)
+BLOCK_RULE, LOG_RULE = "offshore-crypto-exchanges", "review-offshore-trading-names"
+EVIL = "<b>KY</b>"  # a forged log's country: text on the page, never markup
+
+# name -> (server address, country, ASN)
+CDN = ("198.51.100.80", "US", 64700)
+SERVERS: dict[str, tuple[str, str, int]] = {
+    # listed platforms (blocked by their domain entries)
+    "binance.com": ("203.0.113.10", "SG", 64600), "api.binance.com": ("203.0.113.10", "SG", 64600),
+    "okx.com": ("192.0.2.20", "SC", 64610), "www.okx.com": ("192.0.2.20", "SC", 64610),
+    "bitfinex.com": CDN,
+    "bybit.com": ("2001:db8:40:1::10", "KY", 64620),
+    # mirrors: unlisted
+    "binancezh.top": ("203.0.113.10", "SG", 64600),  # brand + same address
+    "www.binancezh.top": ("203.0.113.10", "SG", 64600),
+    "bnbfast.top": ("203.0.113.10", "SG", 64600),  # same address only
+    "okx-app.top": ("192.0.2.21", "SC", 64610),  # short brand as a token + same /24
+    "binance-cn.example": ("198.18.0.7", "KY", 64630),  # brand only
+    "m.bybit-pro.example": ("2001:db8:40:2::7", "KY", 64620),  # brand as a token + same /48
+    "binance-promo.example": ("198.18.0.8", EVIL, 64631),  # brand only
+    "<b>binance</b>.example": ("198.18.0.9", "KY", 64631),  # a forged name: no host name, never a candidate
+    # decoys
+    "tradecraft-blog.example": CDN,  # the CDN's customer, logged by the review rule
+    "bitcoin-news.example": ("198.18.1.1", "DE", 64701),  # logged; holds bit (bit.com), bitcoin (bitcoin.de)
+    "definitions-daily.example": ("198.18.1.2", "DE", 64701),  # logged (*defi*)
+    "habit-tracker.example": ("198.18.1.3", "DE", 64702),  # holds bit
+    "krakenrum.example": ("198.18.1.4", "DE", 64702),  # holds kraken, an ordinary word
+    "pay.binance.com": ("203.0.113.11", "SG", 64600),  # listed (block rule) though an allow rule lets it pass
+}
+SERVERS |= {f"site{i:02d}.example": CDN for i in range(20)}  # ordinary sites on the CDN
+LISTED = {"binance.com", "api.binance.com", "okx.com", "www.okx.com", "bitfinex.com", "bybit.com", "pay.binance.com"}
+LOGGED = {"tradecraft-blog.example", "bitcoin-news.example", "definitions-daily.example"}
+MIRRORS = ["binancezh.top", "bnbfast.top", "okx-app.top", "binance-cn.example", "bybit-pro.example",
+           "binance-promo.example"]
+DECOYS = ["tradecraft-blog.example", "bitcoin-news.example", "definitions-daily.example", "habit-tracker.example",
+          "krakenrum.example"] + [f"site{i:02d}.example" for i in range(20)]
+
+
+def record(at: datetime, name: str, client: str, conn: str, stage: str = "tls") -> dict[str, Any]:
+    """A DecisionRecord as the proxy writes it for `name` at its server (SERVERS), judged by the shipped
+    rules: listed names blocked by the block rule, LOGGED names logged by the review rule, others allowed."""
+    ip, country, asn = SERVERS[name]
+    if name in LISTED and name != "pay.binance.com":
+        action, rule, reason = "block", BLOCK_RULE, f"{name} is listed in rule {BLOCK_RULE}: block"
+    elif name in LOGGED:
+        action, rule, reason = "log", LOG_RULE, f"{name} matches a name pattern of rule {LOG_RULE}; server offshore: log"
+    elif name == "pay.binance.com":
+        action, rule, reason = "allow", "exact-allow", f"{name} is listed in rule exact-allow: allow"
+    else:
+        action, rule, reason = "allow", None, f"{name}: no rule applies: allow"
+    r: dict[str, Any] = {
+        "ts": at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z", "stage": stage,
+        "connection_id": conn, "client": client, "client_port": 40000, "sni": name if stage == "tls" else None,
+        "host": name if stage != "tls" else None, "name": name, "server_ip": ip, "server_port": 443,
+        "country": country, "country_source": "geoip", "asn": asn, "offshore": True, "action": action,
+        "enforced": True, "rule": rule, "reason": reason, "ruleset": "0123456789ab", "geoip_build": "2026-11-17",
+        "asn_build": "2026-11-17", "observer_hostname": "gw1",
+    }
+    if "platform" in REQUIRED:  # records carry the platform of the list entry that decided (issue 14)
+        r["platform"] = {"binance": "Binance", "okx": "OKX", "bitfinex": "Bitfinex", "bybit": "Bybit"}.get(
+            name.split(".")[-2]) if action == "block" else None
+    return r
+
+
+# name -> [(client, connections)]: who visited what
+VISITS: dict[str, list[tuple[str, int]]] = {
+    "binance.com": [("10.0.0.2", 3), ("10.0.0.3", 2)], "api.binance.com": [("10.0.0.2", 1)],
+    "okx.com": [("10.0.0.4", 2)], "www.okx.com": [("10.0.0.4", 1)], "bitfinex.com": [("10.0.0.5", 1)],
+    "bybit.com": [("10.0.0.6", 1)], "pay.binance.com": [("10.0.0.2", 1)],
+    "binancezh.top": [("10.0.0.2", 2), ("10.0.0.7", 1)], "www.binancezh.top": [("10.0.0.7", 1)],
+    "bnbfast.top": [("10.0.0.3", 1)], "okx-app.top": [("10.0.0.4", 1)], "binance-cn.example": [("10.0.0.8", 1)],
+    "m.bybit-pro.example": [("10.0.0.6", 1)],
+    "binance-promo.example": [("10.0.0.9", 1)], "<b>binance</b>.example": [("10.0.0.9", 1)],
+    "tradecraft-blog.example": [(f"10.0.1.{i}", 2) for i in range(2, 12)],  # popular decoys: many clients
+    "bitcoin-news.example": [(f"10.0.1.{i}", 3) for i in range(2, 30)],
+    "definitions-daily.example": [(f"10.0.1.{i}", 1) for i in range(2, 9)],
+    "habit-tracker.example": [("10.0.1.2", 1)], "krakenrum.example": [("10.0.1.3", 1)],
+} | {f"site{i:02d}.example": [(f"10.0.2.{i + 2}", 2)] for i in range(20)}
+
+
+def build_log() -> list[dict[str, Any]]:
+    """The records of VISITS over two days: each connection a connect and a tls record (one for blocked
+    ones, which end at the first), in time order."""
+    records = []
+    n = 0
+    for name, visits in VISITS.items():
+        for client, conns in visits:
+            for _ in range(conns):
+                n += 1
+                at = START + timedelta(minutes=37 * n)
+                conn = f"c-{n:05d}"
+                stages = ("tls",) if name in LISTED and name != "pay.binance.com" else ("connect", "tls")
+                records += [record(at + timedelta(milliseconds=5 * i), name, client, conn, s)
+                            for i, s in enumerate(stages)]
+    return sorted(records, key=lambda r: r["ts"])
+
+
+def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(GEOBLOCK), "discover", *map(str, args)], capture_output=True, text=True, timeout=120,
+                          cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, rules_dir) -> tuple[Path, list[dict[str, Any]], dict[str, Any], Path, Path]:
+    """(log file, its records, the JSON discover printed, the list file, the HTML page), every candidate
+    kept (--min-score 0)."""
+    d = tmp_path_factory.mktemp("discover")
+    records = build_log()
+    check(records)
+    log = d / "decisions.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    done = run(log, "--rules", rules_dir, "--json", "-o", d / "discover.html", "--list-out", d / "candidates.txt",
+               "--min-score", "0")
+    assert done.returncode == 0, done.stderr
+    return log, records, json.loads(done.stdout), d / "candidates.txt", d / "discover.html"
+
+
+def test_mirrors_rank_above_every_decoy(made) -> None:
+    _, _, found, _, _ = made
+    ranked = [c["domain"] for c in found["candidates"]]
+    assert set(MIRRORS) <= set(ranked), ranked
+    scores = {c["domain"]: c["score"] for c in found["candidates"]}
+    lowest_mirror = min(scores[m] for m in MIRRORS)
+    beaten = [(d, scores[d]) for d in DECOYS if d in scores and scores[d] >= lowest_mirror]
+    assert beaten == [], (lowest_mirror, scores)
+    assert ranked[: len(MIRRORS)] == sorted(MIRRORS, key=lambda m: ranked.index(m))
+    # names that hold a short or common brand by chance fire nothing
+    assert "habit-tracker.example" not in scores and "krakenrum.example" not in scores
+
+
+def test_listed_names_are_never_candidates(made) -> None:
+    _, _, found, _, _ = made
+    names = {n for c in found["candidates"] for n in c["names"]}
+    assert not names & LISTED  # pay.binance.com too: the block rule covers it, an allow rule lifts it
+    assert not {c["domain"] for c in found["candidates"]} & {"binance.com", "okx.com", "bitfinex.com", "bybit.com"}
+
+
+def test_each_signal_says_why(made) -> None:
+    _, _, found, _, _ = made
+    c = {c["domain"]: c for c in found["candidates"]}
+    assert set(c["binancezh.top"]["signals"]) == {"address", "network", "asn", "brand"}
+    assert c["binancezh.top"]["evidence"]["brand"] == ["carries the brand binance of binance.com, binance.us"]
+    assert c["binancezh.top"]["evidence"]["address"][0].startswith("203.0.113.10 also served binance.com")
+    assert c["binancezh.top"]["platform"] in ("Binance",) and c["binancezh.top"]["guessed_from"] == "brand"
+    assert set(c["bnbfast.top"]["signals"]) == {"address", "network", "asn"}
+    assert c["bnbfast.top"]["platform"] == "Binance" and c["bnbfast.top"]["guessed_from"] == "servers"
+    assert set(c["okx-app.top"]["signals"]) == {"network", "asn", "brand"}  # 192.0.2.21 in okx.com's /24
+    assert "192.0.2.0/24 also served okx.com" in c["okx-app.top"]["evidence"]["network"][0]
+    assert set(c["bybit-pro.example"]["signals"]) == {"network", "asn", "brand"}  # the /48 of bybit.com
+    assert "2001:db8:40::/48" in c["bybit-pro.example"]["evidence"]["network"][0]
+    assert set(c["binance-cn.example"]["signals"]) == {"brand"}
+    assert set(c["bitcoin-news.example"]["signals"]) == {"review"}  # neither bit (bit.com) nor bitcoin (bitcoin.de)
+    assert c["bitcoin-news.example"]["evidence"]["review"] == [f"logged offshore by rule {LOG_RULE}"]
+    # the CDN's customers: one shared address among 22 domains counts 3/log2(22)
+    cdn = c["site00.example"]
+    assert set(cdn["signals"]) == {"address", "network", "asn"} and cdn["score"] == pytest.approx(0.67, abs=0.01)
+    assert "(22 registrable domains there)" in cdn["evidence"]["address"][0]
+
+
+def test_counts_are_the_logs(made) -> None:
+    _, records, found, _, _ = made
+    c = next(c for c in found["candidates"] if c["domain"] == "binancezh.top")
+    mine = [r for r in records if r["name"] in ("binancezh.top", "www.binancezh.top")]
+    assert c["records"] == len(mine) == 8
+    assert c["clients"] == len({r["client"] for r in mine}) == 2
+    assert c["connections"] == len({r["connection_id"] for r in mine}) == 4
+    assert (c["first"], c["last"]) == (min(r["ts"] for r in mine), max(r["ts"] for r in mine))
+    assert (c["countries"], c["asns"], c["offshore_records"]) == (["SG"], [64600], 8)
+    assert c["names"] == ["binancezh.top", "www.binancezh.top"] and c["name_count"] == 2
+    assert found["summary"]["records"] == len(records)
+
+
+def test_default_min_score_leaves_out_the_cdn_customers(made, rules_dir, tmp_path) -> None:
+    log = made[0]
+    done = run(log, "--rules", rules_dir, "--json", "-q", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    domains = [c["domain"] for c in json.loads(done.stdout)["candidates"]]
+    assert not [d for d in domains if d.startswith("site")]
+    assert set(MIRRORS) <= set(domains) and "bitcoin-news.example" in domains
+    assert not (tmp_path / "discover.html").exists()  # --json alone writes no page
+
+
+def test_the_list_file_is_ready_for_review(made) -> None:
+    _, _, found, listed, _ = made
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    lines = listed.read_text().splitlines()
+    entries = [(i, line) for i, line in enumerate(lines) if line and not line.startswith("#")]
+    assert [line.split()[0] for _, line in entries] == [c["domain"] for c in found["candidates"]]
+    for i, line in entries:
+        name, platform = line.split(None, 1)
+        assert normalize_host(name) == name and platform.strip()
+        comment = lines[i - 1]
+        assert comment.startswith(f"# discovered {today}: ") and "score " in comment
+    i, line = next((i, line) for i, line in entries if line.startswith("binancezh.top "))
+    assert line == "binancezh.top  Binance"
+    assert "brand (carries the brand binance of binance.com, binance.us)" in lines[i - 1]
+    assert "address (203.0.113.10 also served binance.com" in lines[i - 1]
+
+
+def test_the_page_holds_the_candidates_escaped(made) -> None:
+    _, _, found, _, page = made
+    text = page.read_text()
+    assert "&lt;b&gt;KY&lt;/b&gt;" in text and "<b>KY</b>" not in text and "binance</b>.example" not in text
+    order = [text.index(f"<b>{c['domain']}</b>") for c in found["candidates"][:8]]
+    assert order == sorted(order)
+    assert "Content-Security-Policy" in text and "src=" not in text and "href=" not in text and "<script" not in text
+
+
+@pytest.mark.browser
+def test_the_page_renders_in_chromium_offline(made, tmp_path) -> None:
+    if browser.CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does it as root)")
+    page = made[4]
+    listener = browser.Listener()
+    try:
+        shown = browser.visit(page.as_uri(), f"http://127.0.0.1:{listener.port}", tmp_path / "chromium",
+                              extra=["--enable-logging=stderr", "--v=0", "--window-size=1200,3000"])
+    finally:
+        listener.close()
+    assert shown.returncode == 0, shown.problems
+    assert [line for line in shown.log.splitlines() if "CONSOLE" in line] == []
+    assert browser.page_requests(listener.requests) == []
+    assert shown.title.startswith("geoblock discover")
+    assert "binancezh.top" in shown.dom and "&lt;b&gt;KY&lt;/b&gt;" in shown.dom
+    assert "<b>KY</b>" not in shown.dom  # escaped: the DOM holds no such element
+    (tmp_path / "discover.png").write_bytes(shown.png)
+    assert browser.png_pixels(shown.png)[:2] == (1200, 3000)
+    assert browser.dark_pixels(shown.png) > 3000  # the table drawn, not a blank page
+
+
+def test_bad_input_is_named(tmp_path, rules_dir) -> None:
+    done = run(tmp_path / "nope.jsonl", "--rules", rules_dir)
+    assert done.returncode == 2 and "nope.jsonl: no such log file" in done.stderr
+    log = tmp_path / "d.jsonl"
+    log.write_text(json.dumps(build_log()[0]) + "\n")
+    done = run(log, "--rules", rules_dir, "--since", "2030-01-01")
+    assert done.returncode == 2 and "no decision record between 2030-01-01" in done.stderr
+    bad_rules = tmp_path / "bad.yaml"
+    bad_rules.write_text("rules:\n  - id: x\n    action: blok\n")
+    done = run(log, "--rules", bad_rules)
+    assert done.returncode == 1 and f"{bad_rules}:3" in done.stderr
