@@ -267,3 +267,59 @@ def test_bad_input_is_named(tmp_path, rules_dir) -> None:
     bad_rules.write_text("rules:\n  - id: x\n    action: blok\n")
     done = run(log, "--rules", bad_rules)
     assert done.returncode == 1 and f"{bad_rules}:3" in done.stderr
+
+
+def _tls_flow(gb, sni: str, server: str) -> None:
+    """One TLS connection to `server`:443 with SNI `sni` through the addon in transparent mode (mitmproxy's
+    own layers and test connections, real ClientHello bytes): its layer choice, then its ClientHello."""
+    import asyncio
+
+    from mitmproxy.proxy import context, events, layer
+    from mitmproxy.proxy.layers import modes, tls
+    from mitmproxy.test import tflow
+
+    from geoblock.mitm import enforce
+    from support.tls_bytes import client_hello
+
+    def run_hook(coro) -> None:
+        if coro is not None:
+            asyncio.run(coro)
+
+    client = tflow.tclient_conn()
+    client.peername = ("127.0.0.1", 50000)
+    ctx = context.Context(client, gb.tctx.options)
+    ctx.server.address = (server, 443)
+    modes.TransparentProxy(ctx)
+    nl = layer.NextLayer(ctx)
+    nl.events.append(events.DataReceived(client, client_hello(sni)))
+    run_hook(gb.next_layer(nl))
+    if not isinstance(nl.layer, enforce.DenyTLS):  # not refused at once: its ClientHello is judged
+        run_hook(gb.tls_clienthello(tls.ClientHelloData(nl.context, tls.parse_client_hello(client_hello(sni)))))
+
+
+def test_a_log_the_addon_wrote(gb, rules_dir, tmp_path) -> None:
+    """The addon's own records (the gb harness; test databases: 127.0.0.1 CN home AS64500, 127.0.0.2 SG
+    AS64501, ::1 CN AS64500): a blocked listed platform, a mirror on its address carrying its brand, a name the review
+    rule logs there, and an ordinary site at home."""
+    from support.harness import logged
+
+    for sni, server in [("binance.com", "127.0.0.2"), ("www.binance.com", "127.0.0.2"),
+                        ("binanceglobal.example", "127.0.0.2"), ("coinswap.example", "127.0.0.2"),
+                        ("ordinary.example", "::1")]:
+        _tls_flow(gb, sni, server)
+    records = logged(gb)
+    check(records)
+    by_name = {r["name"]: r for r in records}
+    assert by_name["binance.com"]["action"] == "block" and by_name["binance.com"]["server_ip"] == "127.0.0.2"
+    assert by_name["coinswap.example"]["action"] == "log" and by_name["ordinary.example"]["action"] == "allow"
+    done = run(gb.log_path, "--rules", rules_dir, "--json", "--min-score", "0", "-q")
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    ranked = [c["domain"] for c in found["candidates"]]
+    assert ranked == ["binanceglobal.example", "coinswap.example"], found
+    mirror, logged_name = found["candidates"]
+    assert set(mirror["signals"]) == {"address", "network", "asn", "brand"} and mirror["platform"] == "Binance"
+    assert mirror["evidence"]["address"][0].startswith("127.0.0.2 also served binance.com")
+    assert (mirror["countries"], mirror["asns"], mirror["clients"]) == (["SG"], [64501], 1)
+    assert set(logged_name["signals"]) == {"review", "address", "network", "asn"}
+    assert found["summary"]["listed_servers"] == 1
