@@ -45,6 +45,7 @@ import duckdb
 from duckdb.func import SPECIAL
 from publicsuffixlist import PublicSuffixList
 
+from geoblock.core.names import InvalidHost, normalize_host
 from geoblock.core.rules import DomainSpec, RuleError
 from geoblock.core.ruleset import CompiledRule, Ruleset
 from geoblock.tools import report
@@ -62,6 +63,7 @@ SIGNALS = tuple(WEIGHTS)
 INFRA = ("address", "network", "asn")
 MIN_SCORE = 1.0  # default --min-score: leaves out candidates whose only evidence is a CDN or big host
 NAMES_SHOWN = 10  # names listed per candidate (the count says how many there are)
+GUESS_SHARING = 0.5  # sharing() at least this (4 domains or fewer there) to guess the platform from servers
 EVIDENCE_SHOWN = 3  # shared addresses, networks or ASNs described per signal (the strongest)
 
 # Brands: at least this long to match anywhere inside a name; shorter ones only as a whole token.
@@ -95,14 +97,15 @@ def psl() -> PublicSuffixList:
 
 def registrable(name: str) -> str | None:
     """The registrable domain of the normalised name `name` (`api.binance.com` -> `binance.com`,
-    `a.user.github.io` -> `user.github.io`), or None for an IP literal, a public suffix or a bare label."""
-    if not name or "." not in name or name.endswith("]") or ":" in name:
+    `a.user.github.io` -> `user.github.io`), or None for an IP literal, a public suffix, a bare label, or
+    text that is not a normalised host name (a forged record's `<b>x</b>.example`)."""
+    if not name or "." not in name:
         return None
     try:
-        ipaddress.ip_address(name)
+        if normalize_host(name) != name:  # an IP address, or not in normal form
+            return None
+    except InvalidHost:
         return None
-    except ValueError:
-        pass
     found = psl().privatesuffix(name)
     return found if isinstance(found, str) else None
 
@@ -158,8 +161,10 @@ def brand_matches(brand: str, name: str, domain: str) -> bool:
 class Listed:
     """A listed platform as the rules give it: `domain` the registrable domain of a block rule's domain
     entry, `platform` its platform's name (from the list or the rule; else the brand, capitalised),
-    `brand` the first label of `domain`, `rule` the rule's id, `entry` the entry as written."""
+    `brand` the first label of `domain`, `rule` the rule's id, `entry` the entry as written, `order`
+    its place in the rules (the first listed wins a tie when guessing a platform)."""
 
+    order: int
     domain: str
     platform: str
     brand: str
@@ -183,7 +188,7 @@ def listed_platforms(rs: Ruleset) -> dict[str, Listed]:
             if domain not in found:
                 brand = _label(domain)
                 platform = _platform_of(rule, spec) or brand.capitalize()
-                found[domain] = Listed(domain, platform, brand, rule.id, spec.text)
+                found[domain] = Listed(len(found), domain, platform, brand, rule.id, spec.text)
     return found
 
 
@@ -338,7 +343,9 @@ def _discover(con: duckdb.DuckDBPyConnection, logs: report.Logs, files: Sequence
                list(DISTINCT server_ip ORDER BY server_ip) FILTER (WHERE server_ip IS NOT NULL),
                list(DISTINCT net ORDER BY net) FILTER (WHERE net IS NOT NULL)
         FROM r WHERE NOT covered GROUP BY domain""").fetchall()
-    brands = sorted({(p.brand, p.domain) for p in listed.values()})
+    brands: dict[str, list[str]] = {}  # brand -> the listed registrable domains that carry it, in list order
+    for p in listed.values():
+        brands.setdefault(p.brand, []).append(p.domain)
     candidates = []
     for (domain, n, clients, conns, first_seen, last_seen, countries, asns, offshore, names, reviewed, ips,
          nets) in rows:
@@ -348,6 +355,7 @@ def _discover(con: duckdb.DuckDBPyConnection, logs: report.Logs, files: Sequence
             c.signals["review"] = WEIGHTS["review"]
             c.evidence["review"] = [f"logged offshore by rule {rule}" for rule in reviewed]
         guesses: dict[str, float] = {}  # listed domain -> weight of what the candidate shares with it
+        related: set[str] = set()
         for level, values in (("address", ips or []), ("network", nets or []), ("asn", asns or [])):
             shared = []  # (weight, value as shown, its listed owners, registrable domains there)
             for value in values:
@@ -365,23 +373,26 @@ def _discover(con: duckdb.DuckDBPyConnection, logs: report.Logs, files: Sequence
             if len(shared) > EVIDENCE_SHOWN:
                 c.evidence[level].append(f"{len(shared) - EVIDENCE_SHOWN} more")
             for weight, _, sharers, _ in shared:
-                for owner in sharers:
-                    guesses[owner] = guesses.get(owner, 0.0) + weight / len(sharers)
-        carried = [(b, d) for b, d in brands if any(brand_matches(b, name, domain) for name in names)]
+                related.update(sharers)
+                if weight >= GUESS_SHARING * WEIGHTS[level]:  # only servers few others share tell the platform
+                    for owner in sharers:
+                        guesses[owner] = guesses.get(owner, 0.0) + weight / len(sharers)
+        carried = {b: ds for b, ds in brands.items() if any(brand_matches(b, name, domain) for name in names)}
         if carried:
             c.signals["brand"] = WEIGHTS["brand"]
-            c.evidence["brand"] = [f"carries the brand {b} of {d}" for b, d in carried]
-            for b, d in carried:  # a brand outweighs shared servers; the longest brand first
-                guesses[d] = guesses.get(d, 0.0) + 10 * WEIGHTS["brand"] + len(b)
+            c.evidence["brand"] = [f"carries the brand {b} of {_few(ds)}" for b, ds in carried.items()]
+            for b, ds in carried.items():  # a brand outweighs shared servers; the longest brand first
+                related.update(ds)
+                for d in ds:
+                    guesses[d] = guesses.get(d, 0.0) + 10 * WEIGHTS["brand"] + len(b)
         if not c.signals or c.score < min_score:
             continue
-        c.related = sorted(guesses)
+        c.related = sorted(related)
         c.platform, c.guessed_from = _label(domain).capitalize(), "name"
-        ranked = sorted(guesses.items(), key=lambda g: -g[1])
-        if ranked and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]):  # one listed platform stands out
-            owner = ranked[0][0]
+        if guesses:  # the strongest, the first listed of equals
+            owner = min(guesses, key=lambda d: (-guesses[d], listed[d].order if d in listed else len(listed), d))
             c.platform = listed[owner].platform if owner in listed else _label(owner).capitalize()
-            c.guessed_from = "brand" if "brand" in c.signals and any(d == owner for _, d in carried) else "servers"
+            c.guessed_from = "brand" if any(owner in ds for ds in carried.values()) else "servers"
         candidates.append(c)
     candidates.sort(key=lambda c: (-c.score, -c.clients, c.domain))
     notes = list(logs.notes)
