@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from geoblock.core.lists import read_list
 from geoblock.core.names import normalize_host
 from support import browser
 from support.record_schema import REQUIRED, check
@@ -39,8 +40,8 @@ SERVERS: dict[str, tuple[str, str, int]] = {
     "bitfinex.com": CDN,
     "bybit.com": ("2001:db8:40:1::10", "KY", 64620),
     # mirrors: unlisted
-    "binancezh.top": ("203.0.113.10", "SG", 64600),  # brand + same address
-    "www.binancezh.top": ("203.0.113.10", "SG", 64600),
+    "binancezh.shop": ("203.0.113.10", "SG", 64600),  # brand + same address
+    "www.binancezh.shop": ("203.0.113.10", "SG", 64600),
     "bnbfast.top": ("203.0.113.10", "SG", 64600),  # same address only
     "okx-app.top": ("192.0.2.21", "SC", 64610),  # short brand as a token + same /24
     "binance-cn.example": ("198.18.0.7", "KY", 64630),  # brand only
@@ -58,7 +59,7 @@ SERVERS: dict[str, tuple[str, str, int]] = {
 SERVERS |= {f"site{i:02d}.example": CDN for i in range(20)}  # ordinary sites on the CDN
 LISTED = {"binance.com", "api.binance.com", "okx.com", "www.okx.com", "bitfinex.com", "bybit.com", "pay.binance.com"}
 LOGGED = {"tradecraft-blog.example", "bitcoin-news.example", "definitions-daily.example"}
-MIRRORS = ["binancezh.top", "bnbfast.top", "okx-app.top", "binance-cn.example", "bybit-pro.example",
+MIRRORS = ["binancezh.shop", "bnbfast.top", "okx-app.top", "binance-cn.example", "bybit-pro.example",
            "binance-promo.example"]
 DECOYS = ["tradecraft-blog.example", "bitcoin-news.example", "definitions-daily.example", "habit-tracker.example",
           "krakenrum.example"] + [f"site{i:02d}.example" for i in range(20)]
@@ -95,7 +96,7 @@ VISITS: dict[str, list[tuple[str, int]]] = {
     "binance.com": [("10.0.0.2", 3), ("10.0.0.3", 2)], "api.binance.com": [("10.0.0.2", 1)],
     "okx.com": [("10.0.0.4", 2)], "www.okx.com": [("10.0.0.4", 1)], "bitfinex.com": [("10.0.0.5", 1)],
     "bybit.com": [("10.0.0.6", 1)], "pay.binance.com": [("10.0.0.2", 1)],
-    "binancezh.top": [("10.0.0.2", 2), ("10.0.0.7", 1)], "www.binancezh.top": [("10.0.0.7", 1)],
+    "binancezh.shop": [("10.0.0.2", 2), ("10.0.0.7", 1)], "www.binancezh.shop": [("10.0.0.7", 1)],
     "bnbfast.top": [("10.0.0.3", 1)], "okx-app.top": [("10.0.0.4", 1)], "binance-cn.example": [("10.0.0.8", 1)],
     "m.bybit-pro.example": [("10.0.0.6", 1)],
     "binance-promo.example": [("10.0.0.9", 1)], "<b>binance</b>.example": [("10.0.0.9", 1)],
@@ -166,14 +167,15 @@ def test_listed_names_are_never_candidates(made) -> None:
 def test_each_signal_says_why(made) -> None:
     _, _, found, _, _ = made
     c = {c["domain"]: c for c in found["candidates"]}
-    assert set(c["binancezh.top"]["signals"]) == {"address", "network", "asn", "brand"}
-    assert c["binancezh.top"]["evidence"]["brand"] == ["carries the brand binance of binance.com, binance.us"]
-    assert c["binancezh.top"]["evidence"]["address"][0].startswith("203.0.113.10 also served binance.com")
-    assert c["binancezh.top"]["platform"] in ("Binance",) and c["binancezh.top"]["guessed_from"] == "brand"
+    assert set(c["binancezh.shop"]["signals"]) == {"address", "network", "asn", "brand"}
+    assert c["binancezh.shop"]["evidence"]["brand"][0].startswith("carries the brand binance of binance.com, ")
+    assert c["binancezh.shop"]["evidence"]["address"][0].startswith("203.0.113.10 also served binance.com")
+    assert c["binancezh.shop"]["platform"] in ("Binance",) and c["binancezh.shop"]["guessed_from"] == "brand"
     assert set(c["bnbfast.top"]["signals"]) == {"address", "network", "asn"}
     assert c["bnbfast.top"]["platform"] == "Binance" and c["bnbfast.top"]["guessed_from"] == "servers"
     assert set(c["okx-app.top"]["signals"]) == {"network", "asn", "brand"}  # 192.0.2.21 in okx.com's /24
     assert "192.0.2.0/24 also served okx.com" in c["okx-app.top"]["evidence"]["network"][0]
+    assert c["okx-app.top"]["platform"] == "OKX"  # the platform the list file names for okx.com
     assert set(c["bybit-pro.example"]["signals"]) == {"network", "asn", "brand"}  # the /48 of bybit.com
     assert "2001:db8:40::/48" in c["bybit-pro.example"]["evidence"]["network"][0]
     assert set(c["binance-cn.example"]["signals"]) == {"brand"}
@@ -187,14 +189,14 @@ def test_each_signal_says_why(made) -> None:
 
 def test_counts_are_the_logs(made) -> None:
     _, records, found, _, _ = made
-    c = next(c for c in found["candidates"] if c["domain"] == "binancezh.top")
-    mine = [r for r in records if r["name"] in ("binancezh.top", "www.binancezh.top")]
+    c = next(c for c in found["candidates"] if c["domain"] == "binancezh.shop")
+    mine = [r for r in records if r["name"] in ("binancezh.shop", "www.binancezh.shop")]
     assert c["records"] == len(mine) == 8
     assert c["clients"] == len({r["client"] for r in mine}) == 2
     assert c["connections"] == len({r["connection_id"] for r in mine}) == 4
     assert (c["first"], c["last"]) == (min(r["ts"] for r in mine), max(r["ts"] for r in mine))
     assert (c["countries"], c["asns"], c["offshore_records"]) == (["SG"], [64600], 8)
-    assert c["names"] == ["binancezh.top", "www.binancezh.top"] and c["name_count"] == 2
+    assert c["names"] == ["binancezh.shop", "www.binancezh.shop"] and c["name_count"] == 2
     assert found["summary"]["records"] == len(records)
 
 
@@ -219,9 +221,13 @@ def test_the_list_file_is_ready_for_review(made) -> None:
         assert normalize_host(name) == name and platform.strip()
         comment = lines[i - 1]
         assert comment.startswith(f"# discovered {today}: ") and "score " in comment
-    i, line = next((i, line) for i, line in entries if line.startswith("binancezh.top "))
-    assert line == "binancezh.top  Binance"
-    assert "brand (carries the brand binance of binance.com, binance.us)" in lines[i - 1]
+    # the list format geoblock reads (strict: a bad entry would raise naming file:line)
+    read = read_list(listed)
+    assert [(e.name, e.platform) for e in read.entries] == [(c["domain"], c["platform"]) for c in found["candidates"]]
+    assert read.format == "plain" and read.retrieved == today and read.source.startswith("geoblock discover over ")
+    i, line = next((i, line) for i, line in entries if line.startswith("binancezh.shop "))
+    assert line == "binancezh.shop  Binance"
+    assert "brand (carries the brand binance of binance.com, " in lines[i - 1]
     assert "address (203.0.113.10 also served binance.com" in lines[i - 1]
 
 
@@ -249,7 +255,7 @@ def test_the_page_renders_in_chromium_offline(made, tmp_path) -> None:
     assert [line for line in shown.log.splitlines() if "CONSOLE" in line] == []
     assert browser.page_requests(listener.requests) == []
     assert shown.title.startswith("geoblock discover")
-    assert "binancezh.top" in shown.dom and "&lt;b&gt;KY&lt;/b&gt;" in shown.dom
+    assert "binancezh.shop" in shown.dom and "&lt;b&gt;KY&lt;/b&gt;" in shown.dom
     assert "<b>KY</b>" not in shown.dom  # escaped: the DOM holds no such element
     (tmp_path / "discover.png").write_bytes(shown.png)
     assert browser.png_pixels(shown.png)[:2] == (1200, 3000)

@@ -46,14 +46,14 @@ from duckdb.func import SPECIAL
 from publicsuffixlist import PublicSuffixList
 
 from geoblock.core.names import InvalidHost, normalize_host
-from geoblock.core.rules import DomainSpec, RuleError
-from geoblock.core.ruleset import CompiledRule, Ruleset
+from geoblock.core.rules import RuleError
+from geoblock.core.ruleset import Ruleset
 from geoblock.tools import report
 from geoblock.tools.report import ReportError
 
 PROG = "geoblock discover"
 
-# The fields read from each record: the report's, and the platform the lead's list entries name.
+# The fields read from each record: the report's, and the platform of the list entry that decided.
 COLUMNS = report.COLUMNS | {"platform": "VARCHAR"}
 
 # What each signal adds to the score. The infrastructure weights are multiplied by `sharing(n)`, and only
@@ -172,11 +172,6 @@ class Listed:
     entry: str
 
 
-def _platform_of(rule: CompiledRule, spec: DomainSpec) -> str | None:
-    named = getattr(spec, "platform", None) or getattr(rule.spec, "platform", None)
-    return str(named) if named else None
-
-
 def listed_platforms(rs: Ruleset) -> dict[str, Listed]:
     """Every registrable domain a block rule's domain entry names, with its platform (first entry wins)."""
     found: dict[str, Listed] = {}
@@ -187,19 +182,9 @@ def listed_platforms(rs: Ruleset) -> dict[str, Listed]:
             domain = registrable(spec.name) or spec.name
             if domain not in found:
                 brand = _label(domain)
-                platform = _platform_of(rule, spec) or brand.capitalize()
+                platform = spec.platform or rule.spec.platform or brand.capitalize()
                 found[domain] = Listed(len(found), domain, platform, brand, rule.id, spec.text)
     return found
-
-
-def _entry(rule: CompiledRule, why: object) -> DomainSpec | None:
-    """The domain entry of `rule` behind a `Ruleset.name_hits` hit (`why`: the DomainSpec, or the entry's
-    text in rulesets before list files), or None when a pattern matched."""
-    if isinstance(why, DomainSpec):
-        return why
-    if isinstance(why, str) and why != "pattern":
-        return next((d for d in rule.spec.domains if d.text == why), None)
-    return None
 
 
 class Judge:
@@ -215,12 +200,9 @@ class Judge:
         return any(self.rs.rules[i].action == "block" for i, _ in self.rs.name_hits(name))
 
     def listed(self, name: str) -> str | None:
-        for index, why in self.rs.name_hits(name):
-            rule = self.rs.rules[index]
-            if rule.action == "block":
-                spec = _entry(rule, why)
-                if spec is not None:
-                    return registrable(spec.name) or spec.name
+        for index, entry in self.rs.name_hits(name):
+            if entry is not None and self.rs.rules[index].action == "block":
+                return registrable(entry.name) or entry.name
         return None
 
 
@@ -440,12 +422,17 @@ def provenance(c: Candidate, date: str) -> str:
 
 
 def list_text(found: Discovery, date: str) -> str:
-    """The candidates as a list file (plain format): a header, then per candidate its provenance comment
-    and `domain  Platform` (the platform guessed), best first."""
+    """The candidates as a list file in the plain format (core/lists.py; `geoblock check` reads it once a
+    rule names it): provenance header comments (`# source:`, `# retrieved:`, `# format: plain`), then per
+    candidate, best first, its provenance comment and `domain  Platform` (the platform guessed)."""
     s = found.summary
-    lines = [f"# geoblock discover {s['made']}: {len(found.candidates)} candidate(s) from {s['records']:,} record(s)"
-             f" ({s['first']} - {s['last']}), ruleset {s['ruleset']}.",
-             "# Review every entry (docs/discover.md) before moving it to a list a block rule reads.", ""]
+    files = len(s["files"])
+    lines = [f"# source: geoblock discover over {s['records']:,} decision record(s) in {files} file(s), "
+             f"{s['first']} - {s['last']}, ruleset {s['ruleset']}: {len(found.candidates)} candidate(s)",
+             f"# retrieved: {date}",
+             "# format: plain",
+             "# Candidates for review (docs/discover.md): check each before a block rule takes its names from it.",
+             ""]
     for c in found.candidates:
         lines += [provenance(c, date), f"{c.domain}  {c.platform}", ""]
     return "\n".join(lines)
