@@ -15,7 +15,7 @@ left out. A registrable domain is a candidate when a signal fires (docs/discover
   rule's domain entry). Each is weighted by how many registrable domains that address, network or ASN
   serves in the log: a CDN serving hundreds counts little;
 - `brand`: one of its names carries a listed platform's brand (the first label of a listed registrable
-  domain: `binance` in `binance-cn.example` and `binancezh.top`), under the rules of `brand_matches`.
+  domain: `binance` in `binance-cn.example` and `binancezh.top`), under the rules of `brand_kind`.
 
 Each candidate's score adds its signals' weights (`WEIGHTS`), counting only the strongest of address,
 network and ASN (`Candidate.score`); candidates are ranked by score, then clients. Outputs: an HTML page
@@ -45,7 +45,6 @@ import duckdb
 from duckdb.func import SPECIAL
 from publicsuffixlist import PublicSuffixList
 
-from geoblock.core.names import InvalidHost, normalize_host
 from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import Ruleset
 from geoblock.tools import report
@@ -85,6 +84,8 @@ class DiscoverError(ReportError):
 
 
 _PSL: PublicSuffixList | None = None
+# a normalised host name (names.normalize_host: lower case, A-labels, no trailing dot) of two labels or more
+_HOST = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_](?:[a-z0-9_-]{0,62}))+")
 
 
 def psl() -> PublicSuffixList:
@@ -99,12 +100,7 @@ def registrable(name: str) -> str | None:
     """The registrable domain of the normalised name `name` (`api.binance.com` -> `binance.com`,
     `a.user.github.io` -> `user.github.io`), or None for an IP literal, a public suffix, a bare label, or
     text that is not a normalised host name (a forged record's `<b>x</b>.example`)."""
-    if not name or "." not in name:
-        return None
-    try:
-        if normalize_host(name) != name:  # an IP address, or not in normal form
-            return None
-    except InvalidHost:
+    if not _HOST.fullmatch(name) or name.rsplit(".", 1)[1].isdigit():  # not a host name, or IPv4
         return None
     found = psl().privatesuffix(name)
     return found if isinstance(found, str) else None
@@ -138,23 +134,57 @@ def _own_letters(brand: str) -> int:
     return len(brand) - stem
 
 
-def brand_matches(brand: str, name: str, domain: str) -> bool:
-    """Whether the name `name` (under the registrable domain `domain`) carries the brand `brand`:
+def brand_kind(brand: str) -> str | None:
+    """How the brand `brand` may match a name (`Brands`): "anywhere", "token", "label", or None (never):
 
     - brands shorter than BRAND_SHORTEST letters never match;
-    - a brand in COMMON_WORDS matches only when it is the whole registrable label (`kraken.top`);
+    - a brand in COMMON_WORDS matches only when it is the whole registrable label (`kraken.top`): "label";
     - a brand of BRAND_ANYWHERE letters or more, BRAND_DISTINCT of them beyond a common crypto word,
       matches anywhere in the name outside its public suffix (`binancezh.top`, `my-binance.example`);
     - any other brand matches only as a whole token, the labels split at `.` and `-` (`okx-app.top`,
       `bybit-pro.example`; not `habit.example` for `bit`, nor `bybitglobal.example`)."""
     if len(brand) < BRAND_SHORTEST:
-        return False
+        return None
     if brand in COMMON_WORDS:
-        return _label(domain) == brand
-    inside = name[: len(name) - len(domain)] + _label(domain)  # the name without its public suffix
+        return "label"
     if len(brand) >= BRAND_ANYWHERE and _own_letters(brand) >= BRAND_DISTINCT:
-        return brand in inside
-    return brand in re.split(r"[.-]", inside)
+        return "anywhere"
+    return "token"
+
+
+class Brands:
+    """The brands of the listed platforms (`owners`: brand -> the listed registrable domains carrying it,
+    in list order), sorted by how they may match (brand_kind), for `carried`."""
+
+    def __init__(self, owners: dict[str, list[str]]) -> None:
+        self.owners = owners
+        kinds = {brand: brand_kind(brand) for brand in owners}
+        self.anywhere: dict[str, list[str]] = {}  # the first BRAND_ANYWHERE letters -> the brands starting so
+        for b, k in kinds.items():
+            if k == "anywhere":
+                self.anywhere.setdefault(b[:BRAND_ANYWHERE], []).append(b)
+        self.token = frozenset(b for b, k in kinds.items() if k == "token")
+        self.label = frozenset(b for b, k in kinds.items() if k == "label")
+
+    def carried(self, name: str, domain: str) -> set[str]:
+        """The brands the name `name`, under its registrable domain `domain`, carries."""
+        label = _label(domain)
+        inside = name[: len(name) - len(domain)] + label  # the name without its public suffix
+        found: set[str] = set()
+        anywhere, n = self.anywhere, BRAND_ANYWHERE
+        for i in range(len(inside) - n + 1):  # each place a brand could start: one dict probe
+            starting = anywhere.get(inside[i:i + n])
+            if starting:
+                found.update(b for b in starting if inside.startswith(b, i))
+        found.update(self.token.intersection(re.split(r"[.-]", inside)))
+        if label in self.label:
+            found.add(label)
+        return found
+
+
+def brand_matches(brand: str, name: str, domain: str) -> bool:
+    """Whether the name `name` (under the registrable domain `domain`) carries the brand `brand`."""
+    return brand in Brands({brand: []}).carried(name, domain)
 
 
 @dataclass(frozen=True)
@@ -321,16 +351,21 @@ def _discover(con: duckdb.DuckDBPyConnection, logs: report.Logs, files: Sequence
                list(DISTINCT asn ORDER BY asn) FILTER (WHERE asn IS NOT NULL),
                count(*) FILTER (WHERE offshore),
                list(DISTINCT name ORDER BY name),
-               list(DISTINCT rule ORDER BY rule) FILTER (WHERE {review}),
-               list(DISTINCT server_ip ORDER BY server_ip) FILTER (WHERE server_ip IS NOT NULL),
-               list(DISTINCT net ORDER BY net) FILTER (WHERE net IS NOT NULL)
+               list(DISTINCT rule ORDER BY rule) FILTER (WHERE {review})
         FROM r WHERE NOT covered GROUP BY domain""").fetchall()
-    brands: dict[str, list[str]] = {}  # brand -> the listed registrable domains that carry it, in list order
+    # the candidates' addresses, networks and ASNs that listed platforms' servers share (few, found here
+    # rather than by walking every address of every candidate)
+    shares: dict[str, dict[str, list[Any]]] = {level: {} for level in INFRA}
+    for level, col in (("address", "server_ip"), ("network", "net"), ("asn", "asn")):
+        for domain, value in con.execute(f"""SELECT DISTINCT domain, {col} FROM r
+                                             WHERE NOT covered AND {col} IN (SELECT {col} FROM li)""").fetchall():
+            shares[level].setdefault(domain, []).append(value)
+    brand_owners: dict[str, list[str]] = {}  # brand -> the listed registrable domains carrying it, list order
     for p in listed.values():
-        brands.setdefault(p.brand, []).append(p.domain)
+        brand_owners.setdefault(p.brand, []).append(p.domain)
+    brands = Brands(brand_owners)
     candidates = []
-    for (domain, n, clients, conns, first_seen, last_seen, countries, asns, offshore, names, reviewed, ips,
-         nets) in rows:
+    for domain, n, clients, conns, first_seen, last_seen, countries, asns, offshore, names, reviewed in rows:
         c = Candidate(domain, list(names[:NAMES_SHOWN]), len(names), int(n), int(clients), int(conns), first_seen,
                       last_seen, list(countries or []), [int(a) for a in asns or []], int(offshore))
         if reviewed:
@@ -338,9 +373,9 @@ def _discover(con: duckdb.DuckDBPyConnection, logs: report.Logs, files: Sequence
             c.evidence["review"] = [f"logged offshore by rule {rule}" for rule in reviewed]
         guesses: dict[str, float] = {}  # listed domain -> weight of what the candidate shares with it
         related: set[str] = set()
-        for level, values in (("address", ips or []), ("network", nets or []), ("asn", asns or [])):
+        for level in INFRA:
             shared = []  # (weight, value as shown, its listed owners, registrable domains there)
-            for value in values:
+            for value in shares[level].get(domain, ()):
                 owners = infra[level].get(value)
                 if owners:
                     domains = served[level].get(value, 2)
@@ -359,7 +394,7 @@ def _discover(con: duckdb.DuckDBPyConnection, logs: report.Logs, files: Sequence
                 if weight >= GUESS_SHARING * WEIGHTS[level]:  # only servers few others share tell the platform
                     for owner in sharers:
                         guesses[owner] = guesses.get(owner, 0.0) + weight / len(sharers)
-        carried = {b: ds for b, ds in brands.items() if any(brand_matches(b, name, domain) for name in names)}
+        carried = {b: brand_owners[b] for b in sorted(set().union(*(brands.carried(name, domain) for name in names)))}
         if carried:
             c.signals["brand"] = WEIGHTS["brand"]
             c.evidence["brand"] = [f"carries the brand {b} of {_few(ds)}" for b, ds in carried.items()]
