@@ -52,8 +52,8 @@ from geoblock.tools.report import ReportError
 
 PROG = "geoblock discover"
 
-# The fields read from each record: the report's, and the platform of the list entry that decided.
-COLUMNS = report.COLUMNS | {"platform": "VARCHAR"}
+# The fields read from each record: the report's (a superset of what discovery needs).
+COLUMNS = report.COLUMNS
 
 # What each signal adds to the score. The infrastructure weights are multiplied by `sharing(n)`, and only
 # the strongest of the three counts (Candidate.score).
@@ -259,12 +259,17 @@ class Candidate:
     platform: str = ""
     guessed_from: str = ""
 
+    def counted(self) -> set[str]:
+        """The signals the score counts: review, brand, and the strongest of address, network and ASN
+        (they are nested: a shared address is a shared network and ASN too, so they do not add up)."""
+        infra = [level for level in INFRA if level in self.signals]
+        best = max(infra, key=lambda level: self.signals[level]) if infra else None
+        return {k for k in self.signals if k not in INFRA or k == best}
+
     @property
     def score(self) -> float:
-        """review + brand + the strongest of address, network and ASN (they are nested: a shared address
-        is a shared network and ASN too, so they do not add up)."""
-        infra = max((self.signals.get(level, 0.0) for level in INFRA), default=0.0)
-        return round(self.signals.get("review", 0.0) + self.signals.get("brand", 0.0) + infra, 2)
+        """The sum of the counted signals' weights (`counted`)."""
+        return round(sum(self.signals[k] for k in self.counted()), 2)
 
     def to_json(self) -> dict[str, Any]:
         return {"domain": self.domain, "score": self.score, "platform": self.platform,
@@ -432,6 +437,11 @@ def _discover(con: duckdb.DuckDBPyConnection, logs: report.Logs, files: Sequence
     return Discovery(candidates, summary, notes)
 
 
+def _when(ts: str) -> str:
+    """An ISO 8601 UTC time as the page shows it: "2026-11-20 08:37 UTC"."""
+    return f"{ts[:10]} {ts[11:16]} UTC" if len(ts) >= 16 else ts
+
+
 def _few(items: Sequence[str], shown: int = 3) -> str:
     return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
@@ -478,17 +488,26 @@ def render_html(found: Discovery) -> str:
     s, e = found.summary, html.escape
     notes = "".join(f'<p class="note">{e(n)}</p>' for n in found.notes)
     rows = []
+    nested = ' <span class="muted">(nested: not counted)</span>'
     for rank, c in enumerate(found.candidates, 1):
-        signals = "".join(f"<li><b>{e(k)}</b> +{v:.2f}: {e('; '.join(c.evidence.get(k, [])))}</li>"
-                          for k, v in c.signals.items())
-        names = ", ".join(e(n) for n in c.names) + (f" <span class=\"muted\">(+{c.name_count - len(c.names)} more)"
-                                                    "</span>" if c.name_count > len(c.names) else "")
-        rows.append(
-            f'<tr><td class="n">{rank}</td><td><b>{e(c.domain)}</b><br><span class="muted">{names}</span></td>'
-            f'<td class="n">{c.score:.2f}</td><td>{e(c.platform)} <span class="muted">({e(c.guessed_from)})</span>'
-            f'</td><td><ul>{signals}</ul></td><td class="n">{c.clients:,}</td><td class="n">{c.connections:,}</td>'
-            f'<td class="n">{c.records:,}</td><td>{e(c.first)}<br>{e(c.last)}</td><td>{e(", ".join(c.countries))}'
-            f'</td><td>{e(", ".join(f"AS{a}" for a in c.asns))}</td></tr>\n')
+        counted = c.counted()
+        signals = "".join(
+            f"<li><b>{e(k)}</b> {'+' if k in counted else ''}{v:.2f}{'' if k in counted else nested}: "
+            f"{e('; '.join(c.evidence.get(k, [])))}</li>" for k, v in c.signals.items())
+        names = ", ".join(e(n) for n in c.names)
+        if c.name_count > len(c.names):
+            names += f' <span class="muted">(+{c.name_count - len(c.names)} more)</span>'
+        cells = [
+            f'<td class="n">{rank}</td>',
+            f'<td><b>{e(c.domain)}</b><br><span class="muted">{names}</span></td>',
+            f'<td class="n">{c.score:.2f}</td>',
+            f'<td>{e(c.platform)} <span class="muted">({e(c.guessed_from)})</span></td>',
+            f'<td class="signals"><ul>{signals}</ul></td>',
+            f'<td class="n">{c.clients:,}</td><td class="n">{c.connections:,}</td><td class="n">{c.records:,}</td>',
+            f'<td class="when">{e(_when(c.first))}<br>{e(_when(c.last))}</td>',
+            f'<td>{e(", ".join(c.countries))}</td><td>{e(", ".join(f"AS{a}" for a in c.asns))}</td>',
+        ]
+        rows.append(f"<tr>{''.join(cells)}</tr>\n")
     head = "".join(f"<th>{h}</th>" for h in ("#", "registrable domain and names", "score", "platform guess",
                                              "signals", "clients", "connections", "records", "first / last seen",
                                              "countries", "ASNs"))
@@ -501,6 +520,7 @@ def render_html(found: Discovery) -> str:
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>geoblock discover {e(period)}</title><style>{report._CSS} td ul {{ margin: 0; padding-left: 1.1em; }}
+td.signals {{ min-width: 26em; }} td.when {{ white-space: nowrap; }}
 body {{ max-width: 80em; }}</style></head>
 <body><h1>geoblock discover: platforms not listed yet</h1>
 <dl><dt>period</dt><dd>{e(period)}</dd>
