@@ -329,3 +329,30 @@ def test_a_log_the_addon_wrote(gb, rules_dir, tmp_path) -> None:
     assert (mirror["countries"], mirror["asns"], mirror["clients"]) == (["SG"], [64501], 1)
     assert set(logged_name["signals"]) == {"review", "address", "network", "asn"}
     assert found["summary"]["listed_servers"] == 1
+
+
+def test_since_and_until_keep_the_period(made, rules_dir) -> None:
+    log, records, _, _, _ = made
+    done = run(log, "--rules", rules_dir, "--json", "-q", "--min-score", "0", "--since", "2026-11-21T00:00Z",
+               "--until", "2026-11-23")
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    kept = [r for r in records if "2026-11-21" <= r["ts"] < "2026-11-23"]
+    assert found["summary"]["records"] == len(kept)
+    domains = {c["domain"] for c in found["candidates"]}
+    assert "bitcoin-news.example" in domains and "binancezh.shop" not in domains  # seen on the 20th only
+    c = next(c for c in found["candidates"] if c["domain"] == "bitcoin-news.example")
+    assert c["records"] == sum(1 for r in kept if r["name"] == "bitcoin-news.example")
+    assert "2026-11-21" <= c["first"] <= c["last"] < "2026-11-23"
+
+
+def test_a_log_without_connection_ids_counts_records_and_says_so(tmp_path, rules_dir) -> None:
+    records = [{**r, "connection_id": None} for r in build_log()]
+    check(records)
+    log = tmp_path / "d.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    done = run(log, "--rules", rules_dir, "--json")
+    assert done.returncode == 0, done.stderr
+    assert "note: The log has no connection ids" in done.stderr
+    c = next(c for c in json.loads(done.stdout)["candidates"] if c["domain"] == "binancezh.shop")
+    assert c["connections"] == c["records"] == 8

@@ -420,6 +420,8 @@ def _discover(con: duckdb.DuckDBPyConnection, logs: report.Logs, files: Sequence
     notes = list(logs.notes)
     if logs.bad:
         notes.append(f"{logs.bad:,} malformed line(s) skipped (not JSON, cut short, or without a time or an action).")
+    if not _scalar(con, "SELECT count(connection_id) FROM d"):
+        notes.append("The log has no connection ids (connection_id): connections are counted per record.")
     if not infra["address"]:
         notes.append("No record of a listed platform's server (a block by a domain entry, with the server's "
                      "address): the address, network and ASN signals could not fire. Blocks decided on the name "
