@@ -177,17 +177,21 @@ def read_lines(path: str, stdin: IO[bytes] | None = None) -> Iterator[tuple[str,
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """A verdict as compared: `action`, `rule` (None: no rule, the default or on_error), `platform`
-    (the list entry's or the rule's platform, None when none was named), `reason`, `name`."""
+    (the list entry's or the rule's platform, None when none was named), `reason`, `name`, and `entry`:
+    where the deciding domain entry is (a verdict's "file:line"; a record's `list`, the list file's name)."""
 
     action: Action
     rule: str | None
     platform: str | None
     reason: str
     name: str | None = None
+    entry: str | None = None
 
     @classmethod
     def of(cls, verdict: Verdict) -> Outcome:
-        return cls(verdict.action, verdict.rule, getattr(verdict, "platform", None), verdict.reason, verdict.name)
+        # platform and entry: the Verdict of rules with list files (getattr: also before they existed)
+        return cls(verdict.action, verdict.rule, getattr(verdict, "platform", None), verdict.reason, verdict.name,
+                   getattr(verdict, "entry", None))
 
 
 @dataclass(slots=True)
@@ -309,7 +313,7 @@ def rebuild(where: str, rec: Mapping[str, Any]) -> Rebuilt:
     action, an address that is not one, a port out of range, a country that is not an ISO code, ...)."""
     stage: Stage = _one_of(rec, "stage", where, STAGES, optional=False)
     action: Action = _one_of(rec, "action", where, ACTIONS, optional=False)
-    for key in ("sni", "host", "name", "rule", "mismatch", "error", "upgrade", "platform", "connection_id"):
+    for key in ("sni", "host", "name", "rule", "mismatch", "error", "upgrade", "platform", "list", "connection_id"):
         _text(rec, key, where)
     reason = rec.get("reason")
     if not isinstance(reason, str):
@@ -345,7 +349,7 @@ def rebuild(where: str, rec: Mapping[str, Any]) -> Rebuilt:
         client_port=_number(rec, "client_port", where, 65535),
         server_port=_number(rec, "server_port", where, 65535),
     )
-    recorded = Outcome(action, rec.get("rule"), rec.get("platform"), reason, rec.get("name"))
+    recorded = Outcome(action, rec.get("rule"), rec.get("platform"), reason, rec.get("name"), rec.get("list"))
     blocked_at: Stage | None = _one_of(rec, "blocked_at", where, STAGES, optional=True)
     out = Rebuilt(where, rec, facts, recorded, blocked_at=blocked_at)
     if rec.get("error") is not None:
@@ -395,15 +399,16 @@ def rejudge(item: Rebuilt, engine: Engine, relocate: bool = False) -> tuple[Fact
 # Comparing
 
 
-def kind_of(before: Outcome, after: Outcome) -> Kind | None:
-    """How the verdict changed (Kind), or None when it did not (same action, rule and platform)."""
+def kind_of(before: Outcome, after: Outcome, platforms: bool = True) -> Kind | None:
+    """How the verdict changed (Kind), or None when it did not (same action, rule and, when `platforms`,
+    platform: False for a record written before records named platforms)."""
     if before.action != after.action:
         if after.action == "block":
             return "newly-blocked"
         if before.action == "block":
             return "newly-allowed"
         return "now-logged" if after.action == "log" else "no-longer-logged"
-    if before.rule != after.rule or before.platform != after.platform:
+    if before.rule != after.rule or (platforms and before.platform != after.platform):
         return "rule-changed"
     return None
 
@@ -444,7 +449,7 @@ class Change:
 
 
 def _outcome_json(o: Outcome) -> dict[str, Any]:
-    return {"action": o.action, "rule": o.rule, "platform": o.platform, "reason": o.reason}
+    return {"action": o.action, "rule": o.rule, "platform": o.platform, "entry": o.entry, "reason": o.reason}
 
 
 @dataclass(slots=True)
@@ -528,7 +533,8 @@ def compare(items: Iterable[Rebuilt | RecordError], engine: Engine, baseline: En
         before = item.recorded if baseline is None else Outcome.of(rejudge(item, baseline, relocate)[1])
         if verdict.unknown is not None and item.facts.server_ip is None and item.error is None:
             out.without_address += 1
-        kind = kind_of(before, after)
+        # a record without a `platform` field was written before records named platforms: no change there
+        kind = kind_of(before, after, platforms=baseline is not None or "platform" in item.record)
         if kind is None:
             out.unchanged += 1
             continue
