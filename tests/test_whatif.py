@@ -363,3 +363,32 @@ def test_records_judged_without_rules_follow_the_new_policy(rs):
     from geoblock.mitm import dnsanswers
 
     assert whatif.DOH_CANARY == dnsanswers.DOH_CANARY
+
+
+def test_the_same_action_by_another_rule_is_reported_but_exits_0(recorded, tmp_path):
+    renamed = tmp_path / "renamed"
+    write_rules(renamed, ["binance.com", "okx.com"])
+    text = (renamed / "rules.yaml").read_text(encoding="utf-8").replace("id: exchanges", "id: exchanges-2026")
+    (renamed / "rules.yaml").write_text(text, encoding="utf-8")
+    done = replay(str(recorded.log), "--rules", str(renamed), "--json")
+    assert done.returncode == 0, done.stderr  # what happens to every flow is the same
+    changes, summary = json_lines(done)
+    assert changed(changes) == {("rule-changed", "binance.com", "connect", "exchanges", "exchanges-2026"),
+                                ("rule-changed", "www.okx.com", "http", "exchanges", "exchanges-2026")}
+    assert summary["changes"]["rule_changed"] == 2 and summary["exit"] == 0
+
+
+def test_kinds_of_change():
+    def o(action: str, rule: str | None = None, platform: str | None = None) -> whatif.Outcome:
+        return whatif.Outcome(action, rule, platform, "r")  # type: ignore[arg-type]
+
+    assert whatif.kind_of(o("allow"), o("block", "x")) == "newly-blocked"
+    assert whatif.kind_of(o("log", "r"), o("block", "x")) == "newly-blocked"
+    assert whatif.kind_of(o("block", "x"), o("allow")) == "newly-allowed"
+    assert whatif.kind_of(o("block", "x"), o("log", "r")) == "newly-allowed"  # a logged flow passes
+    assert whatif.kind_of(o("allow"), o("log", "r")) == "now-logged"
+    assert whatif.kind_of(o("log", "r"), o("allow")) == "no-longer-logged"
+    assert whatif.kind_of(o("block", "x", "Binance"), o("block", "x", "Binance")) is None
+    assert whatif.kind_of(o("block", "x", "Binance"), o("block", "x", "OKX")) == "rule-changed"
+    # a record written before records named platforms: no platform to compare with
+    assert whatif.kind_of(o("block", "x"), o("block", "x", "OKX"), platforms=False) is None
