@@ -35,17 +35,23 @@ REPO = TESTS.parent
 
 
 def write_rules(directory: Path, listed: list[str], extra: str = "") -> Path:
-    """A rules directory: the shipped policy, a block rule `exchanges` on `listed`, a log rule `review` for
-    offshore servers whose names hold "coin", and `extra` (more YAML rules, indented as list items)."""
-    directory.mkdir(parents=True)
+    """A rules directory: the shipped policy, a block rule `exchanges` taking its names from the list file
+    lists/exchanges.txt (`listed`: "name Platform" lines), a log rule `review` for offshore servers whose
+    names hold "coin", and `extra` (more YAML rules, indented as list items)."""
+    (directory / "lists").mkdir(parents=True)
     shutil.copy(REPO / "rules" / "policy.yaml", directory / "policy.yaml")
-    domains = "".join(f"      - {name}\n" for name in listed)
+    (directory / "lists" / "exchanges.txt").write_text("# format: plain\n" + "".join(f"{line}\n" for line in listed),
+                                                     encoding="utf-8")
     (directory / "rules.yaml").write_text(
         "rules:\n"
-        "  - id: exchanges\n    action: block\n    domains:\n" + domains +
+        "  - id: exchanges\n    action: block\n    domains_from: [lists/exchanges.txt]\n"
         "  - id: review\n    action: log\n    offshore: true\n    patterns: ['*coin*']\n" + extra,
         encoding="utf-8")
     return directory
+
+
+OLD_LIST = ["binance.com  Binance", "okx.com  OKX"]
+NEW_LIST = ["binance.com  Binance", "listed-later.test  Later Exchange"]  # okx.com removed, one name added
 
 
 @dataclass
@@ -60,8 +66,8 @@ class Recorded:
 def recorded(tmp_path_factory, geo_dir, pki) -> Recorded:
     """The decision log of a real proxy run under OLD rules, and the OLD and NEW rules directories."""
     d = tmp_path_factory.mktemp("whatif")
-    old = write_rules(d / "old", ["binance.com", "okx.com"])
-    new = write_rules(d / "new", ["binance.com", "listed-later.test"])
+    old = write_rules(d / "old", OLD_LIST)
+    new = write_rules(d / "new", NEW_LIST)
     log = d / "decisions.jsonl"
     home, offshore, home_tls = TestServer("127.0.0.1"), TestServer("127.0.0.2"), TestServer("127.0.0.1", pki)
     names = {
@@ -80,19 +86,19 @@ def recorded(tmp_path_factory, geo_dir, pki) -> Recorded:
                         "http://coin-offshore.test/"):
                 done = curl(proxy, url, "-k")
                 assert done.returncode == 0 and done.stdout.splitlines()[0].split()[1] == "200", (url, done)
-            seen = {(r["stage"], r["name"], r["action"], r["rule"]) for r in records(log)}
+            seen = {(r["stage"], r["name"], r["action"], r["rule"], r["platform"]) for r in records(log)}
     finally:
         for server in (home, offshore, home_tls):
             server.close()
     # What the proxy decided, as this test means it: the replay below starts from exactly this log.
     assert seen == {
-        ("connect", "binance.com", "block", "exchanges"),
-        ("http", "www.okx.com", "block", "exchanges"),
-        ("http", "listed-later.test", "allow", None),
-        ("connect", "listed-later.test", "allow", None),
-        ("tls", "listed-later.test", "allow", None),
-        ("http", "other.test", "allow", None),
-        ("http", "coin-offshore.test", "log", "review"),
+        ("connect", "binance.com", "block", "exchanges", "Binance"),
+        ("http", "www.okx.com", "block", "exchanges", "OKX"),
+        ("http", "listed-later.test", "allow", None, None),
+        ("connect", "listed-later.test", "allow", None, None),
+        ("tls", "listed-later.test", "allow", None, None),
+        ("http", "other.test", "allow", None, None),
+        ("http", "coin-offshore.test", "log", "review", None),
     }
     return Recorded(log, old, new, d)
 
@@ -144,9 +150,14 @@ def test_a_list_change_reports_exactly_the_newly_blocked_and_allowed_names(recor
                                   "rule_changed": 0}
     assert [(g["kind"], g["rule"], g["platform"], g["records"], g["names"], g["clients"], g["examples"])
             for g in summary["groups"]] == [
-        ("newly-blocked", "exchanges", None, 3, 1, 1, ["listed-later.test"]),
-        ("newly-allowed", "exchanges", None, 1, 1, 1, ["www.okx.com"]),
+        ("newly-blocked", "exchanges", "Later Exchange", 3, 1, 1, ["listed-later.test"]),
+        ("newly-allowed", "exchanges", "OKX", 1, 1, 1, ["www.okx.com"]),
     ]
+    new_list = recorded.new / "lists" / "exchanges.txt"
+    assert {(c["after"]["platform"], c["after"]["entry"]) for c in changes if c["kind"] == "newly-blocked"} == {
+        ("Later Exchange", f"{new_list}:3")}  # the list file's line that now blocks it
+    assert {(c["before"]["platform"], c["before"]["entry"]) for c in changes if c["kind"] == "newly-allowed"} == {
+        ("OKX", "exchanges.txt")}  # the recorded list
     assert summary["groups"][0]["before"] == {"allow (no rule)": 3}
     assert summary["groups"][1]["now"] == {"allow (no rule)": 1}
     assert summary["rules"] == Ruleset.load(str(recorded.new)).version and summary["exit"] == 3
@@ -161,10 +172,10 @@ def test_the_text_report_groups_the_changes_by_rule_and_platform(recorded):
     assert out[1] == ("7 records re-judged: 3 unchanged, 3 newly blocked, 1 newly allowed, 0 now logged, "
                       "0 no longer logged, 0 rule changed")
     assert out[2] == "newly blocked: 3 records, 1 name, 1 client"
-    assert out[3] == ("  rule exchanges, platform (none): 3 records, 1 name, 1 client; before: allow (no rule) 3; "
-                      "e.g. listed-later.test")
+    assert out[3] == ("  rule exchanges, platform Later Exchange: 3 records, 1 name, 1 client; before: allow (no rule) "
+                      "3; e.g. listed-later.test")
     assert out[4] == "newly allowed (block before, the flow would pass): 1 record, 1 name, 1 client"
-    assert out[5] == ("  rule exchanges, platform (none): 1 record, 1 name, 1 client; now: allow (no rule) 1; "
+    assert out[5] == ("  rule exchanges, platform OKX: 1 record, 1 name, 1 client; now: allow (no rule) 1; "
                       "e.g. www.okx.com")
     assert len(out) == 6
 
@@ -211,8 +222,9 @@ def test_the_proxy_the_replay_and_explain_agree_on_every_record(recorded, geo_di
     for number, record in enumerate(proxy, 1):
         item = whatif.rebuild(f"{recorded.log}:{number}", record)
         facts, verdict = whatif.rejudge(item, engine)
-        assert (verdict.action, verdict.rule, verdict.reason, verdict.name) == (
-            record["action"], record["rule"], record["reason"], record["name"]), record
+        assert (verdict.action, verdict.rule, verdict.reason, verdict.name, verdict.platform, verdict.list) == (
+            record["action"], record["rule"], record["reason"], record["name"], record["platform"],
+            record.get("list")), record
         assert engine.record_of(facts, verdict, True)["server_ip"] == record["server_ip"]
         argv = ["explain", *(facts.names or [record["server_ip"]]), "--stage", record["stage"],
                 "--rules", str(recorded.old), "--country-db", str(geo_dir / "GeoLite2-Country.mmdb"),
@@ -248,7 +260,7 @@ def test_relocate_places_the_servers_again(recorded, tmp_path):
 def test_a_rule_on_a_location_the_record_does_not_hold_is_said(recorded, tmp_path):
     """other.test was allowed by no rule, so nothing resolved it: the record has no server address. A new
     rule that blocks it when offshore needs the address: judged by unknown_country (log), and said."""
-    rules = write_rules(tmp_path / "rules", ["binance.com", "okx.com"],
+    rules = write_rules(tmp_path / "rules", OLD_LIST,
                         "  - id: offshore-other\n    action: block\n    offshore: true\n    domains: [other.test]\n")
     done = replay(str(recorded.log), "--rules", str(rules), "--json")
     assert done.returncode == 3, done.stderr
@@ -367,7 +379,7 @@ def test_records_judged_without_rules_follow_the_new_policy(rs):
 
 def test_the_same_action_by_another_rule_is_reported_but_exits_0(recorded, tmp_path):
     renamed = tmp_path / "renamed"
-    write_rules(renamed, ["binance.com", "okx.com"])
+    write_rules(renamed, OLD_LIST)
     text = (renamed / "rules.yaml").read_text(encoding="utf-8").replace("id: exchanges", "id: exchanges-2026")
     (renamed / "rules.yaml").write_text(text, encoding="utf-8")
     done = replay(str(recorded.log), "--rules", str(renamed), "--json")
@@ -376,6 +388,13 @@ def test_the_same_action_by_another_rule_is_reported_but_exits_0(recorded, tmp_p
     assert changed(changes) == {("rule-changed", "binance.com", "connect", "exchanges", "exchanges-2026"),
                                 ("rule-changed", "www.okx.com", "http", "exchanges", "exchanges-2026")}
     assert summary["changes"]["rule_changed"] == 2 and summary["exit"] == 0
+    # an entry that moves to another platform: counted per platform, the same block
+    moved = write_rules(tmp_path / "moved", ["binance.com  Binance", "okx.com  OKX Global"])
+    done = replay(str(recorded.log), "--rules", str(moved), "--json")
+    assert done.returncode == 0, done.stderr
+    changes, summary = json_lines(done)
+    assert [(c["kind"], c["name"], c["before"]["platform"], c["after"]["platform"]) for c in changes] == [
+        ("rule-changed", "www.okx.com", "OKX", "OKX Global")]
 
 
 def test_kinds_of_change():

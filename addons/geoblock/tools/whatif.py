@@ -189,9 +189,7 @@ class Outcome:
 
     @classmethod
     def of(cls, verdict: Verdict) -> Outcome:
-        # platform and entry: the Verdict of rules with list files (getattr: also before they existed)
-        return cls(verdict.action, verdict.rule, getattr(verdict, "platform", None), verdict.reason, verdict.name,
-                   getattr(verdict, "entry", None))
+        return cls(verdict.action, verdict.rule, verdict.platform, verdict.reason, verdict.name, verdict.entry)
 
 
 @dataclass(slots=True)
