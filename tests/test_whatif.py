@@ -411,3 +411,16 @@ def test_kinds_of_change():
     assert whatif.kind_of(o("block", "x", "Binance"), o("block", "x", "OKX")) == "rule-changed"
     # a record written before records named platforms: no platform to compare with
     assert whatif.kind_of(o("block", "x"), o("block", "x", "OKX"), platforms=False) is None
+
+
+def test_records_of_several_rule_versions_are_said(recorded, tmp_path):
+    lines = recorded.log.read_text(encoding="utf-8").splitlines()
+    older = [json.dumps({**json.loads(line), "ruleset": "0123456789ab"}) for line in lines[:2]]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(older + lines[2:]) + "\n", encoding="utf-8")
+    done = replay(str(mixed), "--rules", str(recorded.old))
+    assert done.returncode == 0, done.stderr
+    assert "the records were judged under 2 ruleset versions" in done.stderr and "0123456789ab (2)" in done.stderr
+    assert "--baseline" in done.stderr
+    done = replay(str(mixed), "--rules", str(recorded.old), "--baseline", str(recorded.old))
+    assert done.returncode == 0 and "ruleset versions" not in done.stderr
