@@ -213,6 +213,17 @@ def format_line(index: int, flow: http.HTTPFlow, facts: Facts, verdict: Verdict)
     )
 
 
+def _count(text: str) -> int:
+    """A whole number from 0 up, for argparse (which names the option when it is not one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is below 0")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="geoblock-replay",
@@ -244,8 +255,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--relocate", action="store_true",
                    help="place servers again with the GeoIP databases (--country-db, --asn-db) instead of "
                         "judging the recorded country and ASN")
-    w.add_argument("--examples", type=int, default=5, metavar="N", help="example names per group (default: 5)")
-    w.add_argument("--max-bad", type=int, default=0, metavar="N",
+    w.add_argument("--examples", type=_count, default=5, metavar="N", help="example names per group (default: 5)")
+    w.add_argument("--max-bad", type=_count, default=0, metavar="N",
                    help="lines that cannot be rebuilt before the exit status is 2 (default: 0); each is named")
     return p
 

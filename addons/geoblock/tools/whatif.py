@@ -127,14 +127,12 @@ def _open_binary(path: str, stdin: IO[bytes] | None) -> IO[bytes]:
             stdin.seek(start)
         return gzip.GzipFile(fileobj=stdin, mode="rb") if head == _GZIP_MAGIC else stdin  # type: ignore[return-value]
     try:
-        fo = open(path, "rb")
+        with open(path, "rb") as fo:
+            packed = fo.read(2) == _GZIP_MAGIC
+        stream = gzip.open(path, "rb") if packed else open(path, "rb")  # gzip.open owns (and closes) its file
+        return stream  # type: ignore[return-value]
     except OSError as exc:
         raise LogError(path, f"cannot open: {exc.strerror or exc}") from None
-    if fo.read(2) == _GZIP_MAGIC:
-        fo.seek(0)
-        return gzip.GzipFile(fileobj=fo, mode="rb")  # type: ignore[return-value]
-    fo.seek(0)
-    return fo
 
 
 def read_lines(path: str, stdin: IO[bytes] | None = None) -> Iterator[tuple[str, dict[str, Any] | RecordError]]:
