@@ -424,3 +424,48 @@ def test_records_of_several_rule_versions_are_said(recorded, tmp_path):
     assert "--baseline" in done.stderr
     done = replay(str(mixed), "--rules", str(recorded.old), "--baseline", str(recorded.old))
     assert done.returncode == 0 and "ruleset versions" not in done.stderr
+
+
+ROUND_TRIP = [  # facts as the proxy's hooks build them (stage, names, host, sni, server, client, mismatch, extra)
+    ("tls", ("binance.com",), None, "binance.com", "127.0.0.2", "127.0.0.1", None, {}),
+    ("tls", ("allowed.test", "binance.com"), "binance.com", "allowed.test", None, "127.0.0.1",
+     "SNI allowed.test ≠ CONNECT target binance.com", {}),
+    ("http", ("a.wild.test", "allowed.test"), "allowed.test", None, "127.0.0.3", "127.0.0.1",
+     "request target a.wild.test ≠ Host allowed.test", {}),
+    ("http", ("allowed.test", "pay.binance.com"), "allowed.test", "pay.binance.com", "127.0.0.2", "127.0.0.1",
+     "Host allowed.test ≠ SNI pay.binance.com", {}),
+    ("stream", ("binance.com",), "binance.com", None, "127.0.0.2", "127.0.0.1", None, {}),
+    ("dns", ("alias.test", "www.binance.com"), "alias.test", None, None, "127.0.0.1", None,
+     {"chain": ["alias.test", "www.binance.com"]}),
+    ("dns", ("offshore-only.test",), "offshore-only.test", None, None, "127.0.0.1", None, {}),
+    ("ip", (), None, None, "127.0.0.5", "127.0.0.1", None, {}),
+    ("ip", (), None, None, "127.0.0.2", "127.0.0.1", None, {}),
+    ("connect", ("offshore-only.test",), "offshore-only.test", None, "64:ff9b::7f00:5", "127.0.0.1", None, {}),
+    ("http", ("offshore-only.test",), "offshore-only.test", None, "127.0.0.21", "2001:db8::7", None, {}),
+    ("tls", ("allowed.test",), None, "allowed.test", "127.0.0.3", "127.0.0.9", None, {}),
+    ("http", ("coinswap.example",), "coinswap.example", None, "127.0.0.2", "127.0.0.1", None, {}),
+]
+
+
+@pytest.mark.parametrize("case", ROUND_TRIP, ids=lambda c: f"{c[0]}-{'+'.join(c[1]) or c[4]}")
+def test_a_record_rebuilds_the_facts_the_proxy_judged(case, rs, geo):
+    """Facts of every stage judged by the engine with the test databases, written as the record the proxy
+    writes, then rebuilt and judged again: the same names, addresses and place, the same verdict for the
+    same reason; with the recorded place, and placed again (--relocate)."""
+    from geoblock.core.model import Facts
+    from geoblock.core.names import as_written, normalize_ip
+
+    stage, names, host, sni, server, client, mismatch, extra = case
+    proxy = Engine(rs, geo)
+    facts = Facts(stage, names=names, host=host, sni=sni, mismatch=mismatch, client_port=50000, server_port=443,
+                  server_ip=normalize_ip(server) if server else None, client_ip=as_written(normalize_ip(client)))
+    verdict = proxy.judge(facts)
+    record = json.loads(json.dumps(proxy.record_of(facts, verdict, True, extra=extra or None)))
+    item = whatif.rebuild("log:1", record)
+    assert (item.facts.names, item.facts.server_ip, item.facts.client_ip, item.facts.country, item.facts.asn) == (
+        facts.names, facts.server_ip, facts.client_ip, facts.country, facts.asn)
+    for engine, relocate in ((Engine(rs, None), False), (proxy, True)):
+        again, replayed = whatif.rejudge(item, engine, relocate)
+        assert replayed == verdict, (relocate, replayed, verdict)
+        builds = {"ts": record["ts"], "geoip_build": record["geoip_build"], "asn_build": record["asn_build"]}
+        assert engine.record_of(again, replayed, True, extra=extra or None) | builds == record
