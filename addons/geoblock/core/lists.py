@@ -34,7 +34,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
 from urllib.parse import urlsplit
@@ -105,6 +105,7 @@ class ListFile:
     - `duplicates`: (line, text, first line) of entries that repeat an earlier one (kept once);
     - `refused`: entries a lenient read left out (always empty after a strict read);
     - `platforms`: the platforms its entries name;
+    - `stamp`: the file's (path, inode, mtime in ns, size) as read, for noticing a change (watch.py);
     - `count`: how many entries were read, where a rule keeps the file's provenance without its entries.
     """
 
@@ -120,6 +121,7 @@ class ListFile:
     duplicates: tuple[tuple[int, str, int], ...] = ()
     refused: tuple[Refused, ...] = field(default=())
     platforms: frozenset[str] = frozenset()  # the platforms its entries name
+    stamp: tuple[str, int, int, int] | None = None  # (path, inode, mtime ns, size) when read (watch.py)
     count: int = -1  # entries read (kept when `entries` is dropped to save memory); -1: len(entries)
 
     @property
@@ -307,16 +309,17 @@ def read_list(path: str | os.PathLike[str], *, fmt: ListFormat | None = None, le
 
     p = Path(path)
     try:
+        stat = p.stat()  # before reading: a change after it makes the stamp stale, never the content
         data = p.read_bytes()
-        stat = p.stat()
     except OSError as exc:
         raise RuleError(p, None, f"cannot read list file: {exc.strerror}") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise RuleError(p, data[: exc.start].count(b"\n") + 1, "not UTF-8 text") from None
-    return read_list_text(str(path), text, digest=hashlib.sha256(data).hexdigest(), mtime=stat.st_mtime,
-                          size=stat.st_size, fmt=fmt, lenient=lenient, platform=platform)
+    listed = read_list_text(str(path), text, digest=hashlib.sha256(data).hexdigest(), mtime=stat.st_mtime,
+                            size=stat.st_size, fmt=fmt, lenient=lenient, platform=platform)
+    return replace(listed, stamp=(str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size))
 
 
 def read_list_text(path: str, text: str, *, digest: str | None = None, mtime: float = 0.0, size: int | None = None,
