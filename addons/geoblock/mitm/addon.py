@@ -106,12 +106,11 @@ class GeoBlock:
             engine.resolver.timeout = settings.dns_timeout
         if "geoblock_log" in updated:
             self._configure_log(settings)
-        if "geoblock_block_page" in updated:
+        if updated & {"geoblock_block_page", "geoblock_block_pages"}:
             try:
-                judging.page = (enforce.PageTemplate.from_file(settings.block_page) if settings.block_page
-                                else enforce.PageTemplate())
-            except (OSError, ValueError, KeyError) as exc:
-                raise exceptions.OptionsError(f"geoblock: block page template {settings.block_page}: {exc}") from exc
+                judging.page = enforce.PageSet.load(settings.block_pages, settings.block_page)
+            except enforce.PageProblem as exc:  # names the file, the line and the placeholders
+                raise exceptions.OptionsError(f"geoblock: {exc}") from exc
         self.layers.chooser.configure(updated)
         if "geoblock_gc_freeze" in updated and self.serving:  # switched while serving: apply it now
             self._settle_heap() if settings.gc_freeze else heap.release()
