@@ -72,6 +72,8 @@ class GeoBlock:
         self.http = HttpJudge(self.judging, self.layers.end_blocked_tunnel)
         self.dns = DnsJudge(self.judging)
         self.serving = False  # running() has run: the start-up heap is in place
+        self.configured = False  # configure() has run once (mitmproxy's first call is the script's load)
+        self.refused: str | None = None  # what the first configure refused (see _refuse): never serve
         self._watcher: asyncio.Task[None] | None = None
         self.endpoint: metrics.MetricsServer | None = None  # geoblock_metrics, while serving
 
@@ -110,7 +112,7 @@ class GeoBlock:
             try:
                 judging.page = enforce.PageSet.load(settings.block_pages, settings.block_page)
             except enforce.PageProblem as exc:  # names the file, the line and the placeholders
-                raise exceptions.OptionsError(f"geoblock: {exc}") from exc
+                self._refuse(f"geoblock: {exc}", exc)
         self.layers.chooser.configure(updated)
         if "geoblock_gc_freeze" in updated and self.serving:  # switched while serving: apply it now
             self._settle_heap() if settings.gc_freeze else heap.release()
@@ -118,6 +120,17 @@ class GeoBlock:
             self._serve_metrics(settings)
         judging.generation += 1
         keep_mitmproxy_options_geoblock_needs(opts, updated)
+        self.configured = True
+
+    def _refuse(self, message: str, cause: Exception) -> None:
+        """Refuse an option value. Changed while loaded: OptionsError (mitmproxy keeps the old value and
+        says why). In the first configure (loading the script at start-up), where mitmproxy would print an
+        OptionsError with a traceback, the message alone is logged as an error: mitmdump then exits
+        with status 1 ("Error logged during startup"), and `running` never serves."""
+        if self.configured:
+            raise exceptions.OptionsError(message) from cause
+        logger.error(message)
+        self.refused = message
 
     def _configure_engine(self, settings: Settings, updated: set[str]) -> None:
         """Load the rules (OptionsError with file and line when they do not load); make the engine on the
@@ -164,6 +177,10 @@ class GeoBlock:
     def running(self) -> None:
         if self.judging.engine is None:  # configure refused the rules: never serve without them
             logger.error("geoblock: no valid ruleset; shutting down")
+            ctx.master.shutdown()
+            return
+        if self.refused is not None:  # configure refused an option at start-up (_refuse)
+            logger.error(f"{self.refused}; shutting down")
             ctx.master.shutdown()
             return
         self.serving = True

@@ -124,7 +124,7 @@ class PageTemplate:
             name = match.group("named") or match.group("braced")
             where = self._where(start + match.start())
             if match.group("invalid") is not None:
-                after = piece[match.start():match.start() + 12].split("\n", 1)[0]
+                after = piece[match.start():].split("\n", 1)[0][:20]  # the `$` and what follows on its line
                 raise PageProblem(f"{where}: {after!r}: a '$' that starts no placeholder (write $$ for a dollar "
                                   f"sign); the placeholders are {_known()}")
             if name is not None and name not in PLACEHOLDERS:
