@@ -20,7 +20,9 @@ pytestmark = pytest.mark.e2e
 
 OPERATOR = "Example Securities Regulator & <IT>"
 CONTACT = "access-review@example.org"
-NOTICE = "https://regulator.example/notices/2026-17?lang=all&v=2"
+NOTICE = "https://regulator.example/notices/2026-17?lang=all&v=2"  # for rules without their own notice
+# the shipped rule's own notice (rules/crypto-exchanges.yaml)
+RULE_NOTICE = "Order of the financial regulator on offshore cryptocurrency trading platforms"
 
 EN_TITLE = "<title>Access restricted</title>"
 ZH_TITLE = "<title>访问受限</title>"
@@ -90,8 +92,8 @@ def test_the_page_is_in_the_readers_language(proxy, accept, lang):
         assert EN_TITLE in body
         assert ("<strong>www.binance.com</strong> is blocked on this network: access to it has been restricted by "
                 "<strong>Example Securities Regulator &amp; &lt;IT&gt;</strong>.") in body
-        assert ('<p id="basis">Basis: <a href="https://regulator.example/notices/2026-17?lang=all&amp;v=2">'
-                'https://regulator.example/notices/2026-17?lang=all&amp;v=2</a></p>') in body
+        assert f'<p id="basis">Basis: {RULE_NOTICE}</p>' in body
+        assert "<dt>Platform</dt><dd>Binance</dd>" in body
         assert (f'contact <a href="mailto:{CONTACT}">{CONTACT}</a> and quote the details below') in body
         assert "<dt>Rule</dt><dd><code>offshore-crypto-exchanges</code></dd>" in body
         assert re.search(r"<dt>Time \(UTC\)</dt><dd>20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ</dd>", body), body
@@ -99,7 +101,8 @@ def test_the_page_is_in_the_readers_language(proxy, accept, lang):
         assert ZH_TITLE in body
         assert ("<strong>Example Securities Regulator &amp; &lt;IT&gt;</strong>已限制从本网络访问 "
                 "<strong>www.binance.com</strong>。") in body
-        assert '<p id="basis">依据：<a href="https://regulator.example/notices/2026-17?lang=all&amp;v=2">' in body
+        assert f'<p id="basis">依据：{RULE_NOTICE}</p>' in body
+        assert "<dt>平台</dt><dd>Binance</dd>" in body
         assert f'请联系 <a href="mailto:{CONTACT}">{CONTACT}</a>，并附上以下详细信息。' in body
         assert "<dt>规则</dt><dd><code>offshore-crypto-exchanges</code></dd>" in body
         assert re.search(r"<dt>时间（UTC）</dt><dd>20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ</dd>", body), body
@@ -107,10 +110,23 @@ def test_the_page_is_in_the_readers_language(proxy, accept, lang):
     assert (rec["action"], rec["rule"], rec["enforced"]) == ("block", "offshore-crypto-exchanges", True)
 
 
+@pytest.mark.parametrize("accept, basis", [
+    ("en", '<p id="basis">Basis: <a href="{0}">{0}</a></p>'),
+    ("zh-CN", '<p id="basis">依据：<a href="{0}">{0}</a></p>'),
+])
+def test_a_rule_without_notice_shows_the_policy_notice(proxy, accept, basis):
+    # rule below-only (tests/rules/extra.yaml) has no notice: geoblock_notice, a URL, made a link
+    r = curl(proxy, "http://a.wild.test/", "-H", f"Accept-Language: {accept}")
+    head, body = head_and_body(r.stdout)
+    assert head["x-geoblock-rule"] == "below-only"
+    assert basis.format("https://regulator.example/notices/2026-17?lang=all&amp;v=2") in body
+    assert "<dt>Platform</dt>" not in body and "<dt>平台</dt>" not in body
+
+
 def test_without_operator_contact_or_notice_the_page_says_whom_to_ask(tmp_path, rules_dir, geo_dir):
     with Mitmdump(tmp_path / "conf", geoblock_options(rules_dir, geo_dir, tmp_path / "d.jsonl")) as m:
-        en = head_and_body(curl(m, "http://www.binance.com/").stdout)[1]
-        zh = head_and_body(curl(m, "http://www.binance.com/", "-H", "Accept-Language: zh-CN").stdout)[1]
+        en = head_and_body(curl(m, "http://a.wild.test/").stdout)[1]
+        zh = head_and_body(curl(m, "http://a.wild.test/", "-H", "Accept-Language: zh-CN").stdout)[1]
     assert "access to it has been restricted by the network's operator." in en
     assert "ask your network's administrator" in en
     assert 'id="basis"' not in en and "<dt>Platform</dt>" not in en
@@ -122,7 +138,7 @@ def test_links_only_for_http_https_and_mailto(tmp_path, rules_dir, geo_dir):
     options = geoblock_options(rules_dir, geo_dir, tmp_path / "d.jsonl", geoblock_contact="javascript:alert(1)",
                                geoblock_notice="Order 17 <b>(2026)</b>")
     with Mitmdump(tmp_path / "conf", options) as m:
-        body = head_and_body(curl(m, "http://www.binance.com/").stdout)[1]
+        body = head_and_body(curl(m, "http://a.wild.test/").stdout)[1]
     assert "contact javascript:alert(1) and quote" in body and "<a " not in body
     assert "Basis: Order 17 &lt;b&gt;(2026)&lt;/b&gt;</p>" in body
 

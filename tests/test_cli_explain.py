@@ -31,8 +31,10 @@ def rules(tmp_path_factory) -> Path:
         "  - id: exchanges\n"
         "    action: block\n"
         "    domains:\n"
-        "      - binance.com\n"
-        "      - okx.com\n")
+        "      - okx.com\n"
+        "    domains_from: [lists/exchanges.txt]\n")
+    (d / "lists").mkdir()
+    (d / "lists" / "exchanges.txt").write_text("# format: plain\nbybit.com  Bybit\nbinance.com  Binance\n")
     return d
 
 
@@ -57,14 +59,32 @@ def test_explain_exit_code_says_the_verdict(rules, geo_dir, name, code, action):
     assert "entry" in out and "platform" in out
 
 
-def test_explain_names_the_rule_and_the_matching_entry(rules, geo_dir):
+def test_explain_names_the_list_file_and_line_of_the_matching_entry(rules, geo_dir):
+    r = explain(rules, geo_dir, "api.binance.com")
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert r.stdout.splitlines()[1:] == [
+        f"rule exchanges is defined at {rules / 'rules.yaml'}:5",
+        f"matching entry at {rules / 'lists' / 'exchanges.txt'}:3",
+        "platform: Binance",
+    ]
+    out = json.loads(explain(rules, geo_dir, "api.binance.com", "--json").stdout)
+    assert (out["rule"], out["entry"], out["platform"]) == ("exchanges", f"{rules / 'lists' / 'exchanges.txt'}:3",
+                                                            "Binance")
+    assert out["list"] == "exchanges.txt" and len(out["list_version"]) == 12
+
+
+def test_explain_names_the_yaml_line_of_a_domain_entry(rules, geo_dir):
     r = explain(rules, geo_dir, "www.okx.com")
     assert r.returncode == 4
-    lines = r.stdout.splitlines()
-    assert lines[0] == "block: www.okx.com is under okx.com, listed in rule exchanges: block"
-    assert lines[1] == f"rule exchanges is defined at {rules / 'rules.yaml'}:5"
+    assert r.stdout.splitlines()[1:] == [f"rule exchanges is defined at {rules / 'rules.yaml'}:5",
+                                         f"matching entry at {rules / 'rules.yaml'}:8"]
     out = json.loads(explain(rules, geo_dir, "www.okx.com", "--json").stdout)
-    assert out["rule"] == "exchanges"
+    assert (out["entry"], out["platform"]) == (f"{rules / 'rules.yaml'}:8", None)
+
+
+def test_a_pattern_match_has_no_entry(rules, geo_dir):
+    out = json.loads(explain(rules, geo_dir, "coinswap.example", "--json").stdout)
+    assert (out["action"], out["rule"], out["entry"]) == ("log", "watch-swaps", None)
 
 
 @pytest.mark.parametrize("args", [["bad..name"], ["allowed.test", "--server", "300.1.2.3"],
@@ -103,4 +123,4 @@ def test_check_json_on_good_rules_says_ok(rules):
     r = geoblock("check", rules, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["ok"] is True and out["rules"] == 2
+    assert out["ok"] is True and out["rules"] == 2 and out["domains"] == 3

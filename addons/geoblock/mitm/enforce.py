@@ -49,7 +49,7 @@ def block_page(verdict: Verdict, host: str, pages: PageSet, blocked_by: str, ts:
     (the page's language, when known) and `Vary: Accept-Language` (when the page depends on it)."""
     page = pages.choose(accept_language)
     values = page_values(host=unicode_name(host) if host else "", rule=verdict.rule or "(none)",
-                         reason=verdict.reason, ts=ts, platform=getattr(verdict, "platform", None),
+                         reason=verdict.reason, ts=ts, platform=verdict.platform,
                          operator=operator, notice=notice, contact=contact, lang=page.lang or "")
     headers = _headers(verdict, blocked_by, "text/html; charset=utf-8")
     if page.lang:

@@ -121,7 +121,7 @@ class Judging:
         if engine is not None and verdict.rule:
             ruleset, notices = self._notices
             if ruleset is not engine.ruleset:  # a reload: index the new ruleset's notices once
-                notices = {rule.id: getattr(rule.spec, "notice", None) for rule in engine.ruleset.rules}
+                notices = {rule.id: rule.spec.notice for rule in engine.ruleset.rules}
                 self._notices = (engine.ruleset, notices)
             notice = notices.get(verdict.rule)
         return notice or (self.settings.notice if self.settings is not None else "") or None

@@ -94,11 +94,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
                "offshore": verdict.offshore, "country": facts.country, "country_source": facts.country_source,
                "asn": facts.asn, "ruleset": rs.version,
                # the matching domain entry ("file:line", in a list file or YAML) and its platform
-               "entry": getattr(verdict, "entry", None), "platform": getattr(verdict, "platform", None)}
+               "entry": verdict.entry, "platform": verdict.platform}
         # the fields a decision record adds for the server (record.make_record), when present
         record = engine.record_of(facts, verdict, True)
-        out.update({k: record[k] for k in ("server_ip", "server_ipv6", "server_ipv6_form", "geoip_code", "anycast")
-                    if k in record})
+        out.update({k: record[k] for k in ("server_ip", "server_ipv6", "server_ipv6_form", "geoip_code", "anycast",
+                                           "list", "list_version") if k in record})
         print(json.dumps(out))
     else:
         print(f"{verdict.action}: {verdict.reason}")
@@ -108,7 +108,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             spec = next((r.spec for r in rs.rules if r.id == verdict.rule), None)
             if spec is not None:  # else a policy key decided ("policy:ech", ...)
                 print(f"rule {spec.id} is defined at {spec.source}")
-        entry, platform = getattr(verdict, "entry", None), getattr(verdict, "platform", None)
+        entry, platform = verdict.entry, verdict.platform
         if entry:  # the domain entry that matched, in a list file or the YAML
             print(f"matching entry at {entry}")
         if platform:
