@@ -228,3 +228,10 @@ def test_chromium_shows_the_chinese_page(proxy, tmp_path):
     assert f'<a href="mailto:{CONTACT}">{CONTACT}</a>' in v.dom
     assert '<html lang="zh-CN">' in v.dom
 
+
+
+def test_a_missing_template_directory_stops_start_up(tmp_path):
+    code, out = run_mitmdump_until_exit(tmp_path, f"geoblock_block_pages={tmp_path / 'no-pages'}")
+    assert code == 1, out
+    assert f"geoblock: block page directory {tmp_path / 'no-pages'}: No such file or directory" in out, out
+    assert "Traceback" not in out, out

@@ -111,6 +111,7 @@ class GeoBlock:
         if updated & {"geoblock_block_page", "geoblock_block_pages"}:
             try:
                 judging.page = enforce.PageSet.load(settings.block_pages, settings.block_page)
+                self.refused = None
             except enforce.PageProblem as exc:  # names the file, the line and the placeholders
                 self._refuse(f"geoblock: {exc}", exc)
         self.layers.chooser.configure(updated)

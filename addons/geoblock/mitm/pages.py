@@ -58,7 +58,9 @@ PLACEHOLDERS: tuple[str, ...] = ("contact", "host", "lang", "notice", "operator"
 _TAG = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*")
 # RFC 9110 section 12.4.2: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
 _QVALUE = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)")
-_DIRECTIVE = re.compile(r"<!--\s*(?:(if)\s+\$\{?(\w*)\}?|(else)|(end))\s*-->")
+# `<!-- if $name -->`, `<!-- else -->`, `<!-- end -->`; one alone on its line takes the line with it
+_DIRECTIVE = re.compile(r"(?P<own>^[ \t]*)?<!--\s*(?:(if)\s+\$\{?(\w*)\}?|(else)|(end))\s*-->(?(own)[ \t]*\n)",
+                        re.MULTILINE)
 _SAFE_SCHEMES = ("http://", "https://", "mailto:")
 _EMAIL = re.compile(r"[^@\s/:<>\"']+@[^@\s/:<>\"']+\.[^@\s/:<>\"']+")
 
@@ -138,7 +140,7 @@ class PageTemplate:
         then: string.Template | None = None
         opened = 0  # offset of the open `if`
         for match in _DIRECTIVE.finditer(text):
-            is_if, name, is_else, _ = match.groups()
+            _, is_if, name, is_else, _ = match.groups()
             where = self._where(match.start())
             piece = self._template(at, match.start())
             if is_if:
