@@ -235,3 +235,22 @@ def test_a_missing_template_directory_stops_start_up(tmp_path):
     assert code == 1, out
     assert f"geoblock: block page directory {tmp_path / 'no-pages'}: No such file or directory" in out, out
     assert "Traceback" not in out, out
+
+
+def test_a_rules_own_notice_url_is_a_link_and_wins_over_the_option(tmp_path, geo_dir):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "policy.yaml").write_text("home_countries: [CN]\n")
+    (rules / "r.yaml").write_text(
+        "rules:\n"
+        "  - id: ordered\n    action: block\n    domains: [ordered.test]\n"
+        "    notice: https://regulator.example/orders/17\n"
+        "  - id: scripted\n    action: block\n    domains: [scripted.test]\n"
+        "    notice: \"javascript:alert('x')\"\n")
+    options = geoblock_options(rules, geo_dir, tmp_path / "d.jsonl", geoblock_notice="the general order")
+    with Mitmdump(tmp_path / "conf", options) as m:
+        ordered = head_and_body(curl(m, "http://ordered.test/").stdout)[1]
+        scripted = head_and_body(curl(m, "http://scripted.test/").stdout)[1]
+    assert ('<p id="basis">Basis: <a href="https://regulator.example/orders/17">'
+            'https://regulator.example/orders/17</a></p>') in ordered
+    assert "<p id=\"basis\">Basis: javascript:alert(&#x27;x&#x27;)</p>" in scripted and "<a " not in scripted
