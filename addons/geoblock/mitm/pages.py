@@ -111,7 +111,7 @@ class PageTemplate:
         except OSError as exc:
             raise PageProblem(f"block page template {path}: {exc.strerror or exc}") from exc
         except UnicodeDecodeError as exc:
-            line = _line(Path(path).read_bytes().decode("utf-8", "replace"), exc.start)
+            line = Path(path).read_bytes().count(b"\n", 0, exc.start) + 1  # exc.start: a byte offset
             raise PageProblem(f"block page template {path}:{line}: not UTF-8 ({exc.reason})") from exc
         return cls(text, origin=str(path), lang=lang)
 
