@@ -23,6 +23,7 @@ import pytest
 
 from geoblock.core.lists import read_list
 from geoblock.core.names import normalize_host
+from geoblock.tools.discover import brand_kind, brand_matches, registrable
 from support import browser
 from support.record_schema import REQUIRED, check
 
@@ -356,3 +357,41 @@ def test_a_log_without_connection_ids_counts_records_and_says_so(tmp_path, rules
     assert "note: The log has no connection ids" in done.stderr
     c = next(c for c in json.loads(done.stdout)["candidates"] if c["domain"] == "binancezh.shop")
     assert c["connections"] == c["records"] == 8
+
+
+@pytest.mark.parametrize(("brand", "kind"), [
+    ("binance", "anywhere"), ("bitfinex", "anywhere"), ("swanbitcoin", "anywhere"), ("bitkub", "anywhere"),
+    ("okx", "token"), ("gate", "token"), ("bit", "token"), ("bybit", "token"), ("coinw", "token"), ("bitso", "token"),
+    ("bitcoin", "label"), ("crypto", "label"), ("kraken", "label"), ("gemini", "label"),
+    ("xt", None), ("zb", None),
+])
+def test_how_each_brand_may_match(brand, kind) -> None:
+    assert brand_kind(brand) == kind
+
+
+@pytest.mark.parametrize(("brand", "name", "domain", "carried"), [
+    ("binance", "binancezh.shop", "binancezh.shop", True),
+    ("binance", "www.my-binance.example", "my-binance.example", True),
+    ("binance", "binance.example.co.uk", "example.co.uk", True),  # in a subdomain label
+    ("okx", "okx-app.top", "okx-app.top", True),
+    ("okx", "okxapp.top", "okxapp.top", False),  # 3 letters: a whole token only
+    ("bit", "habit-tracker.example", "habit-tracker.example", False),
+    ("bit", "bitcoin-news.example", "bitcoin-news.example", False),
+    ("bitcoin", "bitcoin-news.example", "bitcoin-news.example", False),  # an ordinary word...
+    ("bitcoin", "www.bitcoin.top", "bitcoin.top", True),  # ... only as the whole registrable label
+    ("kraken", "krakenrum.example", "krakenrum.example", False),
+    ("bybit", "bybitglobal.example", "bybitglobal.example", False),  # by + bit: a token only
+    ("bybit", "m.bybit-pro.example", "bybit-pro.example", True),
+    ("exchange", "binance.exchange", "binance.exchange", False),  # never in the public suffix
+])
+def test_brands_in_names(brand, name, domain, carried) -> None:
+    assert brand_matches(brand, name, domain) is carried
+
+
+@pytest.mark.parametrize(("name", "domain"), [
+    ("api.binance.com", "binance.com"), ("a.user.github.io", "user.github.io"), ("www.bitpoint.co.jp", "bitpoint.co.jp"),
+    ("co.uk", None), ("203.0.113.7", None), ("localhost", None), ("<b>x</b>.example", None), ("x..example", None),
+    ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+])
+def test_registrable_domains(name, domain) -> None:
+    assert registrable(name) == domain
