@@ -238,7 +238,9 @@ def test_the_page_holds_the_candidates_escaped(made) -> None:
     assert "&lt;b&gt;KY&lt;/b&gt;" in text and "<b>KY</b>" not in text and "binance</b>.example" not in text
     order = [text.index(f"<b>{c['domain']}</b>") for c in found["candidates"][:8]]
     assert order == sorted(order)
-    assert "Content-Security-Policy" in text and "src=" not in text and "href=" not in text and "<script" not in text
+    assert text.count("<svg") == 1  # the scores chart, inline
+    assert "Content-Security-Policy" in text and "src=" not in text and "<script" not in text
+    assert "href=" not in text.replace('xlink:href="#', "")  # only the SVG's own glyph references
 
 
 @pytest.mark.browser
@@ -256,6 +258,7 @@ def test_the_page_renders_in_chromium_offline(made, tmp_path) -> None:
     assert [line for line in shown.log.splitlines() if "CONSOLE" in line] == []
     assert browser.page_requests(listener.requests) == []
     assert shown.title.startswith("geoblock discover")
+    assert shown.dom.count("<svg") == 1 and shown.dom.count("<path") > 20  # the chart drawn: bars, ticks, axes
     assert "binancezh.shop" in shown.dom and "&lt;b&gt;KY&lt;/b&gt;" in shown.dom
     assert "<b>KY</b>" not in shown.dom  # escaped: the DOM holds no such element
     (tmp_path / "discover.png").write_bytes(shown.png)

@@ -485,6 +485,33 @@ def list_text(found: Discovery, date: str) -> str:
     return "\n".join(lines)
 
 
+# one colour per signal in the chart (the infrastructure signals in shades of one colour)
+SIGNAL_COLOURS = {"brand": "#c0392b", "address": "#1f4e79", "network": "#4a6fa5", "asn": "#8fb0d6",
+                  "review": "#e6a23c"}
+CHART_ROWS = 20  # candidates drawn in the chart (the table lists them all)
+
+
+def _score_chart(candidates: Sequence[Candidate]) -> str:
+    """The candidates' scores as horizontal bars, each split by the signals it counts (inline SVG drawn by
+    matplotlib, as the report draws its charts), or "" without candidates."""
+    if not candidates:
+        return ""
+
+    def draw(ax: Any) -> None:
+        ys = list(range(len(candidates)))[::-1]
+        left = [0.0] * len(candidates)
+        for signal in ("brand", "address", "network", "asn", "review"):
+            widths = [c.signals[signal] if signal in c.counted() else 0.0 for c in candidates]
+            if any(widths):
+                ax.barh(ys, widths, left=left, color=SIGNAL_COLOURS[signal], label=signal)
+                left = [a + b for a, b in zip(left, widths, strict=True)]
+        ax.set_yticks(ys, [c.domain if len(c.domain) <= 48 else c.domain[:47] + "…" for c in candidates])
+        ax.set_xlabel("score (the signals it counts)")
+        ax.legend(loc="lower right", frameon=False)
+        ax.spines[["top", "right"]].set_visible(False)
+    return report._svg(draw, 0.8 + 0.28 * len(candidates))
+
+
 def render_html(found: Discovery) -> str:
     """The candidates as one self-contained HTML page (no script, nothing fetched; every value escaped)."""
     s, e = found.summary, html.escape
@@ -516,6 +543,7 @@ def render_html(found: Discovery) -> str:
     table = (f'<table><thead><tr>{head}</tr></thead><tbody>\n{"".join(rows)}</tbody></table>' if rows
              else '<p class="muted">no candidate</p>')
     weights = ", ".join(f"{k} {v:g}" for k, v in WEIGHTS.items())
+    chart = _score_chart(found.candidates[:CHART_ROWS])
     period = f"{s['first']} – {s['last']}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -536,7 +564,7 @@ body {{ max-width: 80em; }}</style></head>
 registrable domains each serves in the log. A candidate is evidence for review, not a verdict: see
 docs/discover.md.</p>
 {notes}
-<section><h2>Candidates, best first</h2>{table}</section>
+<section><h2>Candidates, best first</h2>{f"<figure>{chart}</figure>" if chart else ""}{table}</section>
 </body></html>
 """
 
