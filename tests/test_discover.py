@@ -25,7 +25,7 @@ from geoblock.core.lists import read_list
 from geoblock.core.names import normalize_host
 from geoblock.tools.discover import brand_kind, brand_matches, registrable
 from support import browser
-from support.record_schema import REQUIRED, check
+from support.record_schema import check
 
 GEOBLOCK = Path(sys.executable).with_name("geoblock")
 START = datetime(2026, 11, 20, 8, tzinfo=UTC)
@@ -78,17 +78,17 @@ def record(at: datetime, name: str, client: str, conn: str, stage: str = "tls") 
         action, rule, reason = "allow", "exact-allow", f"{name} is listed in rule exact-allow: allow"
     else:
         action, rule, reason = "allow", None, f"{name}: no rule applies: allow"
+    platform = {"binance": "Binance", "okx": "OKX", "bitfinex": "Bitfinex", "bybit": "Bybit"}.get(name.split(".")[-2])
     r: dict[str, Any] = {
         "ts": at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z", "stage": stage,
         "connection_id": conn, "client": client, "client_port": 40000, "sni": name if stage == "tls" else None,
         "host": name if stage != "tls" else None, "name": name, "server_ip": ip, "server_port": 443,
         "country": country, "country_source": "geoip", "asn": asn, "offshore": True, "action": action,
-        "enforced": True, "rule": rule, "reason": reason, "ruleset": "0123456789ab", "geoip_build": "2026-11-17",
-        "asn_build": "2026-11-17", "observer_hostname": "gw1",
+        "enforced": True, "rule": rule, "reason": reason, "platform": platform if action == "block" else None,
+        "ruleset": "0123456789ab", "geoip_build": "2026-11-17", "asn_build": "2026-11-17", "observer_hostname": "gw1",
     }
-    if "platform" in REQUIRED:  # records carry the platform of the list entry that decided (issue 14)
-        r["platform"] = {"binance": "Binance", "okx": "OKX", "bitfinex": "Bitfinex", "bybit": "Bybit"}.get(
-            name.split(".")[-2]) if action == "block" else None
+    if action == "block":  # an entry of the shipped list file decided
+        r |= {"list": "exchanges.txt", "list_version": "5f0c3a9e1b2d"}
     return r
 
 
