@@ -179,7 +179,7 @@ def _lifts(rs: Ruleset, max_lifted: int) -> list[LintWarning]:
                 spec.source, "allow-lifts-blocks",
                 f"allow rule {spec.id} lifts {len(lifted)} block entries (more than {max_lifted}): {shown}"
                 f"{', ...' if len(lifted) > _EXAMPLES else ''}",
-                "narrow its domains to the names it should exempt (or raise --max-lifted if this is meant)"))
+                "narrow its domains to the names it should exempt, or raise --max-lifted if this is meant"))
     return out
 
 
@@ -331,16 +331,20 @@ def _lookalikes(rules: Iterable[RuleSpec]) -> list[LintWarning]:
 
 
 def _lookalike(name: str) -> tuple[str, str] | None:
-    """(what is wrong, the Latin look-alike) for a name whose labels mix scripts or are wholly confusable
-    with Latin letters; None for a name in one script that does not pass for Latin (пример.рф)."""
+    """(what is wrong, the Latin look-alike) for a name whose labels mix scripts or are written wholly in
+    letters that pass for ASCII ones (аррӏе.com); None for a name in one script that does not pass for
+    Latin (кошка.рф)."""
     labels = name.split(".")
     findings: list[str] = []
     skeleton: list[str] = []
     for label in labels:
         scripts = categories.unique_aliases(label) - {"COMMON", "INHERITED"}
         found = confusables.is_confusable(label, preferred_aliases=["latin"], greedy=True) or []
-        swaps = {f["character"]: f["homoglyphs"][0]["c"] for f in found
-                 if f["homoglyphs"] and f["alias"] not in ("COMMON", "INHERITED", "LATIN")}
+        swaps = {}  # a letter of another script -> the ASCII letter or digit it passes for
+        for f in found:
+            ascii_ = [h["c"] for h in f["homoglyphs"] if h["c"].isascii() and h["c"].isalnum()]
+            if ascii_ and f["alias"] not in ("COMMON", "INHERITED", "LATIN"):
+                swaps[f["character"]] = ascii_[0].lower()
         letters = [c for c in label if categories.alias(c) not in ("COMMON", "INHERITED")]
         mixed = len(scripts) > 1
         whole = bool(letters) and scripts and "LATIN" not in scripts and all(c in swaps for c in letters)
