@@ -95,6 +95,8 @@ def test_the_wheel_holds_every_package_and_the_shipped_rules(installed: Installe
     assert sorted(p.name for p in shipped.iterdir()) == sorted(p.name for p in (REPO / "rules").glob("*.yaml"))
     for rules_file in (REPO / "rules").glob("*.yaml"):
         assert (shipped / rules_file.name).read_bytes() == rules_file.read_bytes()
+    sample = REPO / "addons" / "geoblock" / "data" / "ordinary-names.txt"  # geoblock check's lint reads it
+    assert (package / "data" / sample.name).read_bytes() == sample.read_bytes()
 
 
 def test_check_without_argument_uses_the_shipped_rules(installed: Installed) -> None:

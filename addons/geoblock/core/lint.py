@@ -15,6 +15,7 @@ each kind. Kinds (`LintWarning.code`, docs/lint.md):
   under `binance.com`), that rule having no narrower conditions on server and client;
 - "broad-pattern": a name pattern matching more than `max_share` of the reference sample of ordinary
   names shipped in geoblock/data/ordinary-names.txt (scripts/make_ordinary_names.py says how it was made);
+- "no-sample": the shipped sample cannot be read (a broken install), so patterns were not checked;
 - "no-rules": a rules file with neither rules nor policy keys (an emptied file), when `texts` is given;
 - "lookalike": a domain entry whose labels mix scripts (Latin and Cyrillic) or are written wholly in
   letters that look like Latin ones (Unicode's confusables, from the `confusable-homoglyphs` package).
@@ -87,7 +88,13 @@ def lint(
     found += _public_suffixes(source.rules)
     found += _lifts(rs, max_lifted)
     found += _duplicates(source.rules)
-    found += _broad_patterns(source.rules, load_sample() if sample is None else sample, max_share)
+    if sample is None and any(r.patterns for r in source.rules):
+        try:
+            sample = load_sample()
+        except OSError as exc:  # a broken install: say so rather than fail the whole check
+            found.append(LintWarning(str(SAMPLE_PATH), "no-sample", f"the sample of ordinary names cannot be read "
+                                     f"({exc.strerror or exc}), so patterns were not checked", "reinstall geoblock"))
+    found += _broad_patterns(source.rules, sample or (), max_share)
     if texts is not None:
         found += _empty_files(texts)
     found += _lookalikes(source.rules)
