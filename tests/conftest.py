@@ -21,6 +21,7 @@ from geoblock.enrich.geo import Geo
 from support.geodb import write_asn_db, write_country_db
 from support.harness import geoblock_in_context
 from support.servers import TestServer, make_pki
+from support.shipped import copy_shipped_rules
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -53,9 +54,7 @@ def geo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def rules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped rules plus tests/rules/extra.yaml."""
-    d = tmp_path_factory.mktemp("rules")
-    for f in SHIPPED_RULES.glob("*.yaml"):
-        shutil.copy(f, d / f.name)
+    d = copy_shipped_rules(tmp_path_factory.mktemp("rules"))
     shutil.copy(TESTS / "rules" / "extra.yaml", d / "zz-extra.yaml")
     return d
 

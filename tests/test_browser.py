@@ -100,7 +100,9 @@ def test_blocked_https_site_is_refused_and_the_server_sees_nothing(proxy, server
     assert servers["https2"].connections == 0
     rec = records(proxy.decisions, stage="connect", host="binance.com")[-1]
     assert (rec["action"], rec["enforced"], rec["rule"]) == ("block", True, "offshore-crypto-exchanges")
-    assert rec["reason"] == "binance.com is listed in rule offshore-crypto-exchanges: block"
+    assert rec["reason"] == ("binance.com is listed in rule offshore-crypto-exchanges (list exchanges.txt, "
+                             "platform Binance): block")
+    assert (rec["platform"], rec["list"]) == ("Binance", "exchanges.txt") and len(rec["list_version"]) == 12
 
 
 def test_blocked_http_site_shows_the_451_page(proxy, servers, pki, tmp_path):

@@ -32,6 +32,7 @@ import pytest
 from support import tls_bytes as et
 from support.proc import Mitmdump, connect, curl, geoblock_options, tunnel
 from support.servers import TestServer
+from support.shipped import copy_shipped_rules
 
 pytestmark = pytest.mark.e2e
 
@@ -68,9 +69,7 @@ rules:
 
 def make_rules(d: Path, **policy: str) -> Path:
     """The shipped rules + tests/rules/extra.yaml + the lookalike rule; `policy` overrides policy keys."""
-    d.mkdir(parents=True)
-    for f in (REPO / "rules").glob("*.yaml"):
-        shutil.copy(f, d / f.name)
+    copy_shipped_rules(d)
     shutil.copy(TESTS / "rules" / "extra.yaml", d / "zz-extra.yaml")
     (d / "zz-evasion.yaml").write_text(EVASION_RULES, encoding="utf-8")
     text = (d / "policy.yaml").read_text()

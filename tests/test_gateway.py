@@ -39,6 +39,7 @@ import pytest
 from support.decisions import records
 from support import netns as ns
 from support.geodb import write_asn_db, write_country_db
+from support.shipped import copy_shipped_rules
 from support.netns import (BLOCKED4, BLOCKED6, CLIENT4, CLIENT6, GW_IN4, GW_IN_IFACE, HOME4, HOME6, OFFSHORE4,
                            OFFSHORE6, NsDnsStub, NsMitmdump, NsServer, Topology, UdpEcho, curl, gateway_sh,
                            gateway_topology, inside, ip_literal, tcp_connect, udp_exchange, unit_command)
@@ -92,9 +93,7 @@ def topology(servers: tuple[str, ...] = ("home", "off")):
 def write_test_data(d: Path) -> tuple[Path, Path, Path]:
     """The shipped rules plus tests/rules/gateway.yaml; a country and an ASN database for the ranges."""
     rules = d / "rules"
-    rules.mkdir()
-    for f in (REPO / "rules").glob("*.yaml"):
-        shutil.copy(f, rules / f.name)
+    copy_shipped_rules(rules)
     shutil.copy(TESTS / "rules" / "gateway.yaml", rules / "zz-gateway.yaml")
     country = write_country_db(d / "GeoLite2-Country.mmdb", ns.GEO_PLACES)
     asn = write_asn_db(d / "GeoLite2-ASN.mmdb", ns.GEO_PLACES)

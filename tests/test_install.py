@@ -92,9 +92,11 @@ def test_the_wheel_holds_every_package_and_the_shipped_rules(installed: Installe
     found = sorted(str(p.parent.relative_to(package)) for p in package.rglob("__init__.py"))
     assert found == wanted  # pyproject.toml lists the packages: a new one must be added there
     shipped = package / "data" / "rules"
-    assert sorted(p.name for p in shipped.iterdir()) == sorted(p.name for p in (REPO / "rules").glob("*.yaml"))
-    for rules_file in (REPO / "rules").glob("*.yaml"):
-        assert (shipped / rules_file.name).read_bytes() == rules_file.read_bytes()
+    ours = sorted(p.relative_to(REPO / "rules") for p in (REPO / "rules").rglob("*") if p.is_file())
+    assert sorted(p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file()
+                  and "__pycache__" not in p.parts) == ours  # the rule files and the list files they name
+    for name in ours:
+        assert (shipped / name).read_bytes() == (REPO / "rules" / name).read_bytes()
     sample = REPO / "addons" / "geoblock" / "data" / "ordinary-names.txt"  # geoblock check's lint reads it
     assert (package / "data" / sample.name).read_bytes() == sample.read_bytes()
 
@@ -106,7 +108,10 @@ def test_check_without_argument_uses_the_shipped_rules(installed: Installed) -> 
     assert done.stderr == (f"geoblock: using {shipped} (the rules shipped with geoblock: "
                            f"{paths.ETC_RULES} does not exist)\n")
     same = run([sys.executable, "-m", "geoblock.tools.cli", "check", str(REPO / "rules")], REPO)
-    assert done.stdout == same.stdout  # the same ruleset (version, rules, domains, files) as the checkout's
+    # the same ruleset (version, rules, domains, files) and lists (entries, platforms, sha256) as the checkout's
+    assert done.stdout.splitlines()[0] == same.stdout.splitlines()[0]
+    assert [line.split(": ", 1)[1].split(", modified")[0] for line in done.stdout.splitlines()[1:]] == \
+        [line.split(": ", 1)[1].split(", modified")[0] for line in same.stdout.splitlines()[1:]]
     assert done.stdout.startswith("ok: ruleset ")
 
 
@@ -116,7 +121,8 @@ def test_explain_without_rules_uses_the_shipped_rules(installed: Installed) -> N
     assert done.returncode == 0, done.stderr
     assert f"geoblock: using {shipped} (the rules shipped with geoblock" in done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "block: binance.com is listed in rule offshore-crypto-exchanges: block"
+    assert lines[0] == ("block: binance.com is listed in rule offshore-crypto-exchanges (list exchanges.txt, "
+                        "platform Binance): block")
     assert lines[1].startswith(f"rule offshore-crypto-exchanges is defined at {shipped}/crypto-exchanges.yaml:")
     # no GeoIP database under the FHS directory here: explain says so and still decides on the name
     assert f"note: {paths.VAR_GEOIP_DIR}/GeoLite2-Country.mmdb: no such file" in lines

@@ -6,7 +6,6 @@ running the tests) as a subprocess, and checks what it prints and its exit statu
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import subprocess
@@ -16,19 +15,16 @@ from pathlib import Path
 import pytest
 
 from geoblock.core.lint import SAMPLE_PATH, load_sample
-from geoblock.core.rules import DomainSpec
 
 REPO = Path(__file__).resolve().parents[1]
 GEOBLOCK = Path(sys.executable).parent / "geoblock"
 WORDS = Path("/usr/share/dict/american-english")  # Debian's wamerican
 POLICY = "home_countries: [CN]\n"
-# Domain entries name their own line once rules.DomainSpec carries `where` (issue 14 item 1); before that,
-# their rule's line.
-ENTRY_LINES = "where" in {f.name for f in dataclasses.fields(DomainSpec)}
 
 
 def at(entry: int, rule: int) -> int:
-    return entry if ENTRY_LINES else rule
+    """The line a warning names for a domain entry: the entry's own (`rule`: its rule's, for reading)."""
+    return entry
 
 
 def check(cwd: Path, files: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -150,3 +150,25 @@ def test_sighup_reloads_and_connections_in_flight_survive(tmp_path, web):
         sock.sendall(req)
         assert read_response(reader).startswith(b"HTTP/1.1 200")  # the old connection still works
         sock.close()
+
+
+def test_a_changed_list_file_is_reloaded_and_a_broken_one_keeps_the_last_good_list(setup, web):
+    """A rule's list file (domains_from) is watched like the rule files: a new entry is enforced, a bad
+    entry is refused naming the list's file and line, and the last good list stays in force."""
+    lists = setup.rules / "lists"
+    lists.mkdir()
+    (lists / "ex.txt").write_text("okx.com  OKX\n")
+    (setup.rules / "list.yaml").write_text("rules:\n  - {id: listed, action: block, domains_from: [lists/ex.txt]}\n")
+    wait_for(lambda: setup.http(web["cn"], "okx.com") == 451, what="the list in force")
+    rec = setup.last()
+    assert (rec["rule"], rec["platform"], rec["list"]) == ("listed", "OKX", "ex.txt")
+    version = rec["ruleset"]
+    replace_atomically(lists / "ex.txt", lambda p: p.write_text("okx.com  OKX\nbybit.com  Bybit\n"))
+    wait_for(lambda: setup.http(web["cn"], "bybit.com") == 451, what="the new list entry")
+    rec = setup.last()
+    assert rec["platform"] == "Bybit" and rec["ruleset"] != version and rec["list_version"] != ""
+    (lists / "ex.txt").write_text("okx.com  OKX\nbybit.com  Bybit\nhttps://kucoin.com/  KuCoin\n")
+    out = wait_for(lambda: "rules change refused" in setup.proxy.output() and setup.proxy.output(),
+                   what="the refusal")
+    assert f"{lists / 'ex.txt'}:3: 'https://kucoin.com/': must be a bare domain" in out
+    assert setup.http(web["cn"], "bybit.com") == 451 and setup.http(web["cn"], "kucoin.com") == 200

@@ -36,13 +36,19 @@ def test_shipped_rules_compile():
     assert {"binance.com", "okx.com", "bitfinex.com"} <= names
 
 
-def test_shipped_list_names_at_least_124_platforms_each_with_a_comment():
-    text = (REPO / "rules" / "crypto-exchanges.yaml").read_text()
-    lines = [l.strip() for l in text.splitlines() if l.strip().startswith("- ") and "." in l]
-    assert all("#" in l for l in lines), [l for l in lines if "#" not in l][:3]
-    platforms = {l.split("#", 1)[1].strip().lower() for l in lines}
+def test_shipped_list_names_at_least_124_platforms_each_with_its_domains():
+    rs = Ruleset.load(str(REPO / "rules"))
+    crypto = next(r for r in rs.rules if r.id == "offshore-crypto-exchanges")
+    assert [Path(lf.path).name for lf in crypto.spec.lists] == ["exchanges.txt"]
+    assert all(d.platform and d.listfile is not None for d in crypto.spec.domains)
+    platforms = {d.platform for d in crypto.spec.domains}
     assert len(platforms) >= 124
-    assert len(lines) == len({l.split()[1] for l in lines})  # no domain twice
+    assert len(crypto.spec.domains) == len({d.name for d in crypto.spec.domains})  # no domain twice
+    by = {p: {d.name for d in crypto.spec.domains if d.platform == p} for p in ("Binance", "OKX", "Bitfinex")}
+    assert {"binance.com", "bnbstatic.com", "binance.vision"} <= by["Binance"]  # official, static, data
+    assert by["OKX"] == {"okx.com", "okex.com"} and "ethfinex.com" in by["Bitfinex"]
+    lf = crypto.spec.lists[0]
+    assert lf.source and lf.retrieved == "2026-11-30" and lf.entry_count == len(crypto.spec.domains)
 
 
 def test_version_changes_with_content(tmp_path):

@@ -35,7 +35,7 @@ from geoblock.enrich.geo import Geo
 from geoblock.enrich.resolve import Resolver
 from geoblock.errors import GeoblockError
 from geoblock.record import DecisionRecord, RecordExtra
-from geoblock.watch import files_stamp, rules_stamp
+from geoblock.watch import files_stamp, rules_stamp, ruleset_stamp
 
 logger = logging.getLogger("geoblock")
 
@@ -92,7 +92,7 @@ class Engine:
         self.last_reload_ok = True  # whether the last reload() loaded everything it tried
         self.last_good_load = time.time()  # when (Unix time, seconds) everything last loaded: start-up or reload
         self.last_problem: str | None = None
-        self._rules_stamp: object = rules_stamp(rules_path) if rules_path else None
+        self._rules_stamp: object = _as_read(rules_path, ruleset) if rules_path else None
         self._geo_stamp: object = files_stamp(self.country_db or "", self.asn_db or "")
 
     @classmethod
@@ -159,7 +159,7 @@ class Engine:
         self.ruleset = ruleset
         if rules_path is not None:
             self.rules_path = rules_path
-            self._rules_stamp = rules_stamp(rules_path)
+            self._rules_stamp = _as_read(rules_path, ruleset)
         self._swapped()
 
     def set_databases(self, country_db: str | None, asn_db: str | None) -> None:
@@ -188,7 +188,10 @@ class Engine:
         aside in a worker thread and swapped in whole; one that does not load keeps the one in force."""
         said: list[str] = []
         swapped = refused = False
-        rules_now = rules_stamp(self.rules_path) if self.rules_path else None
+        rules_now = yaml_now = None
+        if self.rules_path:  # the rule files, and the list files the rules in force name
+            yaml_now = rules_stamp(self.rules_path)
+            rules_now = yaml_now + files_stamp(*(lf.path for lf in self.ruleset.source.lists))
         if self.rules_path and (force or rules_now != self._rules_stamp):
             self._rules_stamp = rules_now  # a broken edit is reported once, not at every check
             started = time.perf_counter()
@@ -203,6 +206,8 @@ class Engine:
                 self.reload_failures["rules"] += 1
             else:
                 self.ruleset = ruleset
+                # the rule files as before the load, its lists as they were read: a change during it shows
+                self._rules_stamp = (yaml_now or ()) + tuple(lf.stamp or ("", 0, 0, -1) for lf in ruleset.source.lists)
                 self._swapped()
                 self.reloads += 1
                 self.last_problem = None
@@ -300,3 +305,9 @@ class Engine:
             self.lookups.close()
         if self.geo is not None:
             self.geo.close()
+
+
+def _as_read(rules_path: str, ruleset: Ruleset) -> object:
+    """The stamp of `ruleset`'s files: its rule files now, its list files as they were read (so that a
+    list replaced while the ruleset was compiling is noticed at the next check)."""
+    return ruleset_stamp(rules_path, tuple(lf.stamp for lf in ruleset.source.lists))

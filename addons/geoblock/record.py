@@ -136,6 +136,8 @@ class DecisionRecord(RecordExtra):
     - `offshore`: the country is not a home country; None when the country is not known;
     - `action`: the verdict (model.Action); `enforced`: whether it was carried out (false in monitor mode
       and in replay); `rule`: the deciding rule's id, "policy:<key>", or None; `reason`: one sentence;
+    - `platform`: the platform the deciding entry belongs to (a list line's, or its rule's `platform`),
+      or None: how a regulator counts blocked attempts per platform;
     - `ruleset`: the version of the ruleset (a hash of its files), None when none is loaded;
     - `geoip_build`, `asn_build`: the build dates (YYYY-MM-DD) of the country and ASN databases, or None;
     - `observer_hostname`: the host name of the machine that decided (the gateway; for geoblock-replay
@@ -147,6 +149,8 @@ class DecisionRecord(RecordExtra):
       name with encrypted SNI; it carries a placeholder ECH extension that hides nothing;
     - `mismatch`: only when the flow's names differ: "SNI a ≠ Host b";
     - `lost_before`: only on the first record written after records were lost: how many were lost;
+    - `list`, `list_version`: only when an entry of a list file decided: the list file's name and its
+      version (the first 12 hex digits of its sha256; `geoblock check` prints it);
     - and the fields of RecordExtra.
     """
 
@@ -168,6 +172,7 @@ class DecisionRecord(RecordExtra):
     enforced: bool
     rule: str | None
     reason: str
+    platform: str | None
     ruleset: str | None
     geoip_build: str | None
     asn_build: str | None
@@ -180,6 +185,8 @@ class DecisionRecord(RecordExtra):
     ech_grease: NotRequired[bool]
     mismatch: NotRequired[str]
     lost_before: NotRequired[int]
+    list: NotRequired[str]
+    list_version: NotRequired[str]
 
 
 def make_record(
@@ -215,6 +222,7 @@ def make_record(
         "enforced": enforced,
         "rule": verdict.rule,
         "reason": verdict.reason,
+        "platform": verdict.platform,
         "ruleset": ruleset,
         "geoip_build": geoip_build,
         "asn_build": asn_build,
@@ -234,6 +242,9 @@ def make_record(
         record["ech_grease"] = True
     if facts.mismatch:
         record["mismatch"] = facts.mismatch
+    if verdict.list is not None:
+        record["list"] = verdict.list
+        record["list_version"] = verdict.list_version or ""
     if extra:
         record.update(extra)
     return record

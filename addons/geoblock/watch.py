@@ -24,13 +24,19 @@ def rules_stamp(source: str) -> Stamp:
     path = Path(source)
     if path.is_dir():
         try:
-            names = sorted(p.name for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+            names = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".yaml", ".yml"))
         except OSError:
             return (("<unreadable>", 0, 0, 0),)
         stamps = (_stat(str(path / n)) for n in names)
         return tuple(s for s in stamps if s is not None)
     found = _stat(source)
     return (found,) if found else ()
+
+
+def ruleset_stamp(source: str, lists: tuple[tuple[str, int, int, int] | None, ...]) -> Stamp:
+    """The rule files' stamp (rules_stamp) followed by the stamps of the list files the rules name:
+    `lists` as they were when read (core.lists.ListFile.stamp), or their current stamps (files_stamp)."""
+    return rules_stamp(source) + tuple(s or ("<unstamped>", 0, 0, -1) for s in lists)
 
 
 def files_stamp(*paths: str | None) -> Stamp:

@@ -41,6 +41,7 @@ from typing import Any, Callable, Sequence
 import idna
 import yaml
 
+from support.shipped import copy_shipped_rules, shipped_list_names
 from support.geodb import write_asn_db, write_country_db
 from support.tls_bytes import (alpn_ext, client_hello, client_hello_body, handshake_message, handshake_records,
                                sni_ext, tls_ext)
@@ -129,6 +130,8 @@ def _reference_lists() -> tuple[tuple[str, ...], tuple[ipaddress.IPv4Network | i
             keys = set(rule) - {"id", "action", "description"}
             if keys == {"domains"}:
                 domains += [d.lower() for d in rule["domains"] if not d.startswith(("=", "*."))]
+            elif keys == {"domains_from", "notice"} and f.parent == SHIPPED_RULES:
+                domains += shipped_list_names()
             elif keys == {"networks"}:
                 networks += [ipaddress.ip_network(n) for n in rule["networks"]]
     return tuple(domains), tuple(networks)
@@ -344,8 +347,8 @@ def workdir() -> Path:
         shm = Path("/dev/shm")
         _WORK = Path(tempfile.mkdtemp(prefix="geoblock-fuzz-", dir=shm if shm.is_dir() else None))
         rules = _WORK / "rules"
-        rules.mkdir()
-        for f in list(SHIPPED_RULES.glob("*.yaml")) + list(FUZZ_RULES.glob("*.yaml")):
+        copy_shipped_rules(rules)
+        for f in FUZZ_RULES.glob("*.yaml"):
             shutil.copy(f, rules / f.name)
         write_country_db(_WORK / "GeoLite2-Country.mmdb")
         write_asn_db(_WORK / "GeoLite2-ASN.mmdb")
@@ -735,6 +738,7 @@ class RulesTarget(Target):
         self.with_policy = work / "with-policy"
         self.with_policy.mkdir(exist_ok=True)
         shutil.copy(SHIPPED_RULES / "crypto-exchanges.yaml", self.with_policy / "crypto-exchanges.yaml")
+        shutil.copytree(SHIPPED_RULES / "lists", self.with_policy / "lists", dirs_exist_ok=True)
 
     def one(self, data: bytes) -> list[Finding]:
         as_policy = bool(data[:1]) and bool(data[0] & 1)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from geoblock.core.model import SEVERITY, STAGES, Action, Facts, Verdict
 from geoblock.core.names import EmbeddedIPv4, IPAddress, unicode_name
+from geoblock.core.rules import DomainSpec
 from geoblock.core.ruleset import CompiledRule, Ruleset
 
 # Facts and Verdict live in geoblock.core.model; they are importable from here too.
@@ -43,7 +44,7 @@ _STRICT_FIRST: tuple[Action, ...] = ("block", "log")  # without an allow, the st
 @dataclass(slots=True)
 class _Match:
     rule: CompiledRule
-    why: str
+    entry: DomainSpec | None  # the domain entry that matched the name; None: a pattern, or no name condition
     action: Action
     unknown: str | None  # what could not be found, when the verdict comes from unknown_country
 
@@ -99,7 +100,7 @@ def _decide_name(
     server_hits: frozenset[int] | None,
 ) -> Verdict:
     rules = rs.rules
-    candidates: list[tuple[int, str]] = [(i, "") for i in rs.nameless]
+    candidates: list[tuple[int, DomainSpec | None]] = [(i, None) for i in rs.nameless]
     if name is not None:
         candidates.extend(rs.name_hits(name))
     if not candidates:
@@ -109,7 +110,7 @@ def _decide_name(
     unknown_policy = rs.policy.unknown_country
     dns_stage = facts.stage == "dns"
     found: dict[Action, list[_Match]] = {}
-    for index, why in candidates:
+    for index, entry in candidates:
         rule = rules[index]
         spec = rule.spec
         if dns_stage and rule.needs_server_ip:
@@ -141,22 +142,32 @@ def _decide_name(
                 continue
             if SEVERITY[unknown_policy] < SEVERITY[action]:
                 action = unknown_policy
-        found.setdefault(action, []).append(_Match(rule, why, action, unknown))
+        found.setdefault(action, []).append(_Match(rule, entry, action, unknown))
     allows, blocks = found.get("allow"), found.get("block")
     if allows:
         standing = [b for b in blocks or () if not any(_overrides(a.rule, b.rule) for a in allows)]
         if not standing:
-            return Verdict(action="allow", rule=allows[0].rule.id, offshore=offshore, name=name,
-                           reason=_reason(name, facts, rs, offshore, allows[0], blocks))
-        return Verdict(action="block", rule=standing[0].rule.id, offshore=offshore, name=name,
-                       unknown=standing[0].unknown,
-                       reason=_reason(name, facts, rs, offshore, standing[0], None, allows[0]))
+            return _verdict(allows[0], "allow", name, offshore, _reason(name, facts, rs, offshore, allows[0], blocks))
+        return _verdict(standing[0], "block", name, offshore,
+                        _reason(name, facts, rs, offshore, standing[0], None, allows[0]))
     for action in _STRICT_FIRST:
         matches = found.get(action)
         if matches:
-            return Verdict(action=action, rule=matches[0].rule.id, offshore=offshore, name=name,
-                           unknown=matches[0].unknown, reason=_reason(name, facts, rs, offshore, matches[0], None))
+            return _verdict(matches[0], action, name, offshore, _reason(name, facts, rs, offshore, matches[0], None))
     return Verdict(action=rs.policy.default, reason=_default_reason(name, rs), offshore=offshore, name=name)
+
+
+def _verdict(match: _Match, action: Action, name: str | None, offshore: bool | None, reason: str) -> Verdict:
+    """The verdict a matching rule gives, with the entry that matched (its platform, file:line, list)."""
+    entry = match.entry
+    if entry is None:
+        return Verdict(action=action, rule=match.rule.id, offshore=offshore, name=name, unknown=match.unknown,
+                       reason=reason, platform=match.rule.spec.platform)
+    listed = entry.listfile
+    return Verdict(action=action, rule=match.rule.id, offshore=offshore, name=name, unknown=match.unknown,
+                   reason=reason, platform=entry.platform, entry=entry.where,
+                   list=None if listed is None else listed.name,
+                   list_version=None if listed is None else listed.version)
 
 
 def _overrides(allow: CompiledRule, block: CompiledRule) -> bool:
@@ -213,16 +224,23 @@ def _reason(
 ) -> str:
     spec = match.rule.spec
     parts: list[str] = []
-    if name is not None and match.why:
+    entry = match.entry
+    if name is not None and (entry is not None or spec.patterns):
         shown = unicode_name(name)
-        if match.why == "pattern":
+        notes = []
+        if entry is not None and entry.listfile is not None:
+            notes.append(f"list {entry.listfile.name}")
+        if entry is not None and entry.platform:
+            notes.append(f"platform {entry.platform}")
+        listed, owner = (f" ({', '.join(notes)})" if notes else ""), ""
+        if entry is None:
             parts.append(f"{shown} matches a name pattern of rule {spec.id}")
-        elif match.why.startswith("="):
-            parts.append(f"{shown} is listed exactly (={match.why[1:]}) in rule {spec.id}")
-        elif name == match.why or unicode_name(name) == match.why:
-            parts.append(f"{shown} is listed in rule {spec.id}")
+        elif entry.mode == "exact":
+            parts.append(f"{shown} is listed exactly (={entry.name}) in rule {spec.id}{listed}{owner}")
+        elif entry.mode == "tree" and name == entry.name:
+            parts.append(f"{shown} is listed in rule {spec.id}{listed}{owner}")
         else:
-            parts.append(f"{shown} is under {match.why.removeprefix('*.')}, listed in rule {spec.id}")
+            parts.append(f"{shown} is under {unicode_name(entry.name)}, listed in rule {spec.id}{listed}{owner}")
     else:
         parts.append(f"rule {spec.id} applies")
     if spec.clients and facts.client_ip is not None:

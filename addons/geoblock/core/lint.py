@@ -103,8 +103,7 @@ def lint(
 
 def _where(rule: RuleSpec, dom: DomainSpec) -> str:
     """The entry's "file:line" (DomainSpec.where, in a list file or YAML) or else its rule's."""
-    where = getattr(dom, "where", None)
-    return where if isinstance(where, str) and where else rule.source
+    return dom.where or rule.source
 
 
 def _shown(dom: DomainSpec) -> str:

@@ -92,7 +92,13 @@ class Verdict:
       country is not known;
     - `name`: the normalised name this verdict is about (the strictest of the flow's names), or None;
     - `unknown`: when the policy's `unknown_country` decided (the deciding rule needs the server's location,
-      which is not known): what was missing, "country", "ASN" or "address"; else None.
+      which is not known): what was missing, "country", "ASN" or "address"; else None;
+    - `platform`: the platform the deciding entry belongs to (a list line's, or its rule's `platform`),
+      or None;
+    - `entry`: "file:line" of the domain entry that decided (a list file's line, or the YAML line), or
+      None when no domain entry did (a pattern, a rule without names, a policy key);
+    - `list`, `list_version`: the list file the deciding entry came from (its name) and its version (the
+      first 12 hex digits of its sha256), or None.
     """
 
     action: Action
@@ -101,3 +107,7 @@ class Verdict:
     offshore: bool | None = None
     name: str | None = None
     unknown: str | None = None
+    platform: str | None = None
+    entry: str | None = None
+    list: str | None = None
+    list_version: str | None = None

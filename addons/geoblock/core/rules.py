@@ -8,6 +8,10 @@ back-ups are skipped; files are read in name order). Each file is a mapping that
   a key may be set in one file only;
 - `rules`: a list of rules.
 
+A rule may take domain entries from list files (`domains_from`, paths relative to the YAML file's
+directory; core/lists.py reads them), name the platform its entries belong to (`platform`, for entries
+that name none) and the basis of the block for the block page (`notice`: text or a URL).
+
 Every value is read from the text as written, not as YAML 1.1 types it (`NO` is Norway, not false;
 `010` is AS 10, not octal 8); `offshore` takes true or false only. Every problem raises `RuleError`
 naming the file and line: bad YAML, unknown or duplicate keys, a bad CIDR, country code, ASN, domain,
@@ -20,13 +24,14 @@ import hashlib
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 
 from geoblock.core.countries import ISO_3166_ALPHA2, suggest_country
+from geoblock.core.lists import ListFile, read_list
 from geoblock.core.model import ACTIONS, ON_ERROR, Action, OnError
 from geoblock.core.names import InvalidHost, normalize_host
 from geoblock.errors import GeoblockError
@@ -45,6 +50,9 @@ RULE_KEYS = (
     "action",
     "description",
     "domains",
+    "domains_from",
+    "platform",
+    "notice",
     "patterns",
     "offshore",
     "countries",
@@ -68,13 +76,17 @@ class RuleError(GeoblockError, ValueError):
         super().__init__(f"{where}: {message}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DomainSpec:
-    """One entry of `domains`: `name` (name and subdomains), `=name` (exact), `*.name` (subdomains)."""
+    """One domain entry, of `domains` or of a list file (`domains_from`): `name` (name and subdomains),
+    `=name` (exact), `*.name` (subdomains)."""
 
     name: str  # normalised (names.normalize_host)
     mode: DomainMode  # "tree": the name and its subdomains; "exact": the name only; "below": subdomains only
     text: str  # as written, for explanations
+    platform: str | None = None  # the platform the entry belongs to (its list line, else the rule's platform)
+    where: str = ""  # "file:line" of the entry (the YAML file's line, or the list file's)
+    listfile: ListFile | None = None  # the list file it came from (its name and version go into records)
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,9 @@ class RuleSpec:
     action: Action
     source: str  # "file:line"
     description: str = ""
+    platform: str | None = None  # the platform of entries that name none, and of the rule's other matches
+    notice: str | None = None  # the basis of the block for the block page: text or a URL
+    lists: tuple[ListFile, ...] = ()  # the list files of `domains_from` (without their entries)
     domains: tuple[DomainSpec, ...] = ()
     patterns: tuple[str, ...] = ()
     offshore: bool | None = None
@@ -132,8 +147,9 @@ class RuleSource:
     policy: Policy
     rules: tuple[RuleSpec, ...]
     files: tuple[str, ...]
-    version: str  # sha256 over file names and contents, shortened
+    version: str  # sha256 over file names and contents (rule files and lists), shortened
     warnings: tuple[str, ...] = field(default=())
+    lists: tuple[ListFile, ...] = ()  # every list file a rule names (provenance, without entries)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,7 +325,18 @@ def parse_domain(path: Path, node: yaml.Node, what: str) -> DomainSpec:
         raise RuleError(path, _line(node), f"{what}: {text!r} is an IP address; put it under networks")
     if ":" in name or "/" in name:
         raise RuleError(path, _line(node), f"{what}: {text!r} must be a bare domain (no port, scheme or path)")
-    return DomainSpec(host, mode, text)
+    return DomainSpec(host, mode, text, where=f"{path}:{_line(node)}")
+
+
+def _list_path(path: Path, node: yaml.Node, what: str) -> Path:
+    """A `domains_from` entry: a list file's path, relative to the directory of the YAML file naming it."""
+    text = _text(path, node, what)
+    target = Path(text)
+    if not target.is_absolute():
+        target = path.parent / target
+    if not target.is_file():
+        raise RuleError(path, _line(node), f"{what}: {text!r}: no such list file ({target})")
+    return target
 
 
 def parse_pattern(path: Path, node: yaml.Node, what: str) -> str:
@@ -350,10 +377,32 @@ def _parse_rule(path: Path, node: yaml.Node, index: int) -> RuleSpec:
     kwargs: dict[str, Any] = {}
     if "description" in fields:
         kwargs["description"] = _string(path, fields["description"][1], f"{where}: description")
+    platform = None
+    if "platform" in fields:
+        platform = kwargs["platform"] = _string(path, fields["platform"][1], f"{where}: platform")
+    if "notice" in fields:
+        kwargs["notice"] = _string(path, fields["notice"][1], f"{where}: notice")
+    domains: list[DomainSpec] = []
     if "domains" in fields:
-        kwargs["domains"] = tuple(
-            parse_domain(path, n, f"{where}: domains") for n in _list(path, fields["domains"][1], f"{where}: domains")
+        domains.extend(
+            replace(spec, platform=platform)
+            for spec in (parse_domain(path, n, f"{where}: domains")
+                         for n in _list(path, fields["domains"][1], f"{where}: domains"))
         )
+    if "domains_from" in fields:
+        lists = []
+        for n in _list(path, fields["domains_from"][1], f"{where}: domains_from"):
+            listed = read_list(_list_path(path, n, f"{where}: domains_from"), platform=platform)
+            if not listed.entries:
+                raise RuleError(listed.path, None, f"the list holds no entries ({where} at {path}:{_line(n)} "
+                                                   "takes its domains from it)")
+            info = replace(listed, entries=(), count=len(listed.entries))
+            lists.append(info)
+            domains.extend(DomainSpec(e.name, e.mode, e.text, e.platform, f"{listed.path}:{e.line}", info)
+                           for e in listed.entries)
+        kwargs["lists"] = tuple(lists)
+    if domains:
+        kwargs["domains"] = tuple(domains)
     if "patterns" in fields:
         kwargs["patterns"] = tuple(
             parse_pattern(path, n, f"{where}: patterns")
@@ -436,21 +485,56 @@ def read_file(path: Path, text: str) -> tuple[dict[str, tuple[Any, int]], list[R
 
 
 def rule_files(source: str | os.PathLike[str]) -> list[Path]:
-    """The files a rules source consists of, in the order they are read."""
+    """The files a rules source consists of, in the order they are read: a file, or a directory's
+    *.yaml and *.yml files (any case), hidden files and editor back-ups left out. Raises RuleError when
+    the source does not exist."""
     path = Path(source)
     if path.is_dir():
-        return sorted(
-            p
-            for p in path.iterdir()
-            if p.suffix in (".yaml", ".yml") and not p.name.startswith((".", "#", "~")) and p.is_file()
-        )
+        return sorted(p for p in path.iterdir() if _is_rule_file(p))
     if path.is_file():
         return [path]
     raise RuleError(path, None, "no such rules file or directory")
 
 
+def _is_rule_file(path: Path) -> bool:
+    return path.suffix.lower() in (".yaml", ".yml") and not _skipped(path) and path.is_file()
+
+
+def _skipped(path: Path) -> bool:
+    """Hidden files and editor back-ups (`.x`, `#x#`, `x~`, `x.swp`, `x.bak`, `x.orig`, `x.rej`)."""
+    name = path.name
+    return name.startswith((".", "#", "~")) or name.endswith(("~", ".swp", ".bak", ".orig", ".rej", ".dpkg-old",
+                                                               ".dpkg-dist", ".rpmnew", ".rpmsave"))
+
+
+def _unread(source: Path, lists: set[Path]) -> list[str]:
+    """Warnings for what a rules directory holds that geoblock does not read: a file that is no rule
+    file and no rule's list, and a subdirectory with rule files or lists no rule names."""
+    if not source.is_dir():
+        return []
+    out = []
+    for path in sorted(source.iterdir()):
+        if _skipped(path) or _is_rule_file(path):
+            continue
+        if path.is_file() and path.resolve() not in lists:
+            out.append(f"{path}: not read: rule files end in .yaml; a list file is read only where a rule "
+                       f"names it (domains_from: [{path.name}])")
+        elif path.is_dir():
+            unused = [p for p in sorted(path.rglob("*")) if p.is_file() and not _skipped(p)
+                      and p.resolve() not in lists]
+            yaml_files = [p for p in unused if p.suffix.lower() in (".yaml", ".yml")]
+            if yaml_files:
+                out.append(f"{yaml_files[0]}: not read: rules are read from {source} itself, not its "
+                           f"subdirectories ({len(yaml_files)} .yaml file(s) in {path})")
+            elif unused:
+                out.append(f"{unused[0]}: not read: no rule names it in domains_from "
+                           f"({len(unused)} unused file(s) in {path})")
+    return out
+
+
 def load_rules(source: str | os.PathLike[str]) -> RuleSource:
-    """Read and validate a rules file or directory. Raises RuleError."""
+    """Read and validate a rules file or directory, and the list files its rules name. Raises RuleError.
+    The version hashes every file read (rule files and lists); warnings name what is not read."""
     files = rule_files(source)
     if not files:
         raise RuleError(source, None, "no rule files (*.yaml) in this directory")
@@ -458,6 +542,7 @@ def load_rules(source: str | os.PathLike[str]) -> RuleSource:
     policy_values: dict[str, tuple[Any, str]] = {}
     all_rules: list[RuleSpec] = []
     seen: dict[str, str] = {}
+    lists: dict[Path, ListFile] = {}
     for path in files:
         try:
             data = path.read_bytes()
@@ -480,7 +565,10 @@ def load_rules(source: str | os.PathLike[str]) -> RuleSource:
                 raise RuleError(path, line, f"duplicate rule id {rule.id!r} (first at {seen[rule.id]})")
             seen[rule.id] = rule.source
             all_rules.append(rule)
-    warnings = []
+            for listed in rule.lists:
+                lists.setdefault(Path(listed.path).resolve(), listed)
+                digest.update(b"list\0" + listed.name.encode() + b"\0" + listed.sha256.encode() + b"\0")
+    warnings = _unread(Path(source), set(lists))
     if "home_countries" not in policy_values and any(r.offshore is not None for r in all_rules):
         warnings.append("home_countries is not set: every server with a known country counts as offshore")
     policy = Policy(**{k: v for k, (v, _) in policy_values.items()})
@@ -490,4 +578,5 @@ def load_rules(source: str | os.PathLike[str]) -> RuleSource:
         files=tuple(str(p) for p in files),
         version=digest.hexdigest()[:12],
         warnings=tuple(warnings),
+        lists=tuple(lists.values()),
     )

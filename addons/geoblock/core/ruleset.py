@@ -20,12 +20,15 @@ from dataclasses import dataclass
 
 from geoblock.core.model import SEVERITY, Action
 from geoblock.core.names import EmbeddedIPv4, IPAddress
-from geoblock.core.rules import Policy, RuleSource, RuleSpec, load_rules
+from geoblock.core.rules import DomainSpec, Policy, RuleSource, RuleSpec, load_rules
 
-__all__ = ["SEVERITY", "CompiledRule", "Network", "PrefixTable", "Ruleset"]
+__all__ = ["SEVERITY", "CompiledRule", "Hit", "Network", "PrefixTable", "Ruleset"]
 _HITS_MEMO = 16384  # names remembered per ruleset; the memo starts over when full
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Hit = tuple[int, DomainSpec | None]
+"""A rule a name matches: (the rule's index in Ruleset.rules, the domain entry that covers the name, or
+None when the rule's patterns matched)."""
 
 
 class PrefixTable:
@@ -95,13 +98,13 @@ class Ruleset:
             )
             for i, spec in enumerate(source.rules)
         )
-        self.tree: dict[str, list[tuple[int, str]]] = {}
-        self.exact: dict[str, list[tuple[int, str]]] = {}
-        self.below: dict[str, list[tuple[int, str]]] = {}
+        self.tree: dict[str, list[Hit]] = {}
+        self.exact: dict[str, list[Hit]] = {}
+        self.below: dict[str, list[Hit]] = {}
         maps = {"tree": self.tree, "exact": self.exact, "below": self.below}
         for rule in self.rules:
             for dom in rule.spec.domains:
-                maps[dom.mode].setdefault(dom.name, []).append((rule.index, dom.text))
+                maps[dom.mode].setdefault(dom.name, []).append((rule.index, dom))
         self.pattern_rules = tuple(r for r in self.rules if r.pattern is not None)
         self.nameless = tuple(r.index for r in self.rules if not r.spec.has_name_condition)
         self.nameless_need_server = any(self.rules[i].needs_server_ip for i in self.nameless)
@@ -114,15 +117,16 @@ class Ruleset:
         self.domain_count = sum(len(r.spec.domains) for r in self.rules)
         self.needs_country = any(r.spec.offshore is not None or r.spec.countries for r in self.rules)
         self.needs_asn = any(r.spec.asns for r in self.rules)
-        self._hits_memo: dict[str, tuple[tuple[int, str], ...]] = {}
+        self._hits_memo: dict[str, tuple[Hit, ...]] = {}
 
     @classmethod
     def load(cls, source: str) -> Ruleset:
         """Read, validate and compile a rules file or directory. Raises RuleError."""
         return cls(load_rules(source))
 
-    def name_hits(self, name: str) -> tuple[tuple[int, str], ...]:
-        """(rule index, why) for every rule whose name condition covers `name`.
+    def name_hits(self, name: str) -> tuple[Hit, ...]:
+        """(rule index, entry) for every rule whose name condition covers `name`: the domain entry that
+        covers it (its list file and line, platform, notation), or None where a pattern matched.
 
         Memoised per ruleset (bounded): a flow asks once to know whether it needs the server's address
         and again to decide, and the same names recur on every flow. A reload builds a new ruleset,
@@ -136,8 +140,8 @@ class Ruleset:
             memo[name] = found
         return found
 
-    def _name_hits(self, name: str) -> tuple[tuple[int, str], ...]:
-        hits: list[tuple[int, str]] = []
+    def _name_hits(self, name: str) -> tuple[Hit, ...]:
+        hits: list[Hit] = []
         found = self.exact.get(name)
         if found:
             hits.extend(found)
@@ -157,7 +161,7 @@ class Ruleset:
             dot = name.find(".", dot + 1)
         for rule in self.pattern_rules:
             if rule.pattern.match(name):  # type: ignore[union-attr]
-                hits.append((rule.index, "pattern"))
+                hits.append((rule.index, None))
         return tuple(hits)
 
     def needs_server_ip(self, names: Iterable[str]) -> bool:
@@ -181,6 +185,13 @@ class Ruleset:
             "domains": self.domain_count,
             "by_action": counts,
             "files": list(self.source.files),
+            "lists": [
+                {"path": lf.path, "entries": lf.entry_count, "platforms": len(lf.platforms), "sha256": lf.sha256,
+                 "version": lf.version, "mtime": lf.mtime, "source": lf.source, "retrieved": lf.retrieved}
+                for lf in self.source.lists
+            ],
+            "platforms": len({d.platform for r in self.rules for d in r.spec.domains if d.platform}
+                             | {r.spec.platform for r in self.rules if r.spec.platform}),
         }
 
 

@@ -62,6 +62,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         by = ", ".join(f"{n} {a}" for a, n in by_action.items())
         print(f"ok: ruleset {rs.version}: {summary['rules']} rules ({by}), {summary['domains']} domains, "
               f"{len(rs.source.files)} files")
+        for listed in rs.source.lists:
+            print(f"list {listed.describe()}")
         for warning in rs.source.warnings:
             print(f"warning: {warning}")
         for found in warnings:

@@ -1,0 +1,425 @@
+"""List files: the names a rule takes from outside its YAML (`domains_from: [lists/exchanges.txt]`).
+
+YAML stays the policy language; a list of thousands of names lives in a list file, one entry per line,
+in one of these formats (docs/lists.md):
+
+- "plain": `name [Platform name]`: a domain entry as in YAML (`name` = the name and its subdomains,
+  `=name` = the name only, `*.name` = its subdomains only; a leading `.` as in Squid's dstdomain means
+  the name and its subdomains), then optionally the platform it belongs to (the rest of the line);
+- "hosts": hosts-file lines, `0.0.0.0 name [name ...]` (any address; the names count as entries);
+  `localhost` and the other names hosts files carry for themselves are skipped;
+- "adblock": adblock network rules `||name^` (the name and its subdomains); `!` comments and the
+  `[Adblock Plus 2.0]` header are skipped; an exception (`@@`), a path or a `$modifier` is refused,
+  since geoblock judges names only;
+- "csv": RFC 4180 CSV with a header row naming a `domain` column (also `host`, `hostname`, `name`,
+  `url`, `website`) and optionally a `platform` column (also `brand`, `company`, `entity`, `operator`).
+
+`#` starts a comment (at the start of a line, or after whitespace). Header comments at the top of a
+file carry its provenance and may declare its format: `# source: URL`, `# retrieved: 2026-11-20`,
+`# format: hosts`, `# platform: Name` (the platform of entries that name none). Without a declared
+format a `.csv` file is CSV and any other file is read line by line, each line in whichever of plain,
+hosts or adblock it is written.
+
+`read_list` reads one file strictly (the first bad entry raises RuleError naming file:line: a list in
+force must mean what it says) or leniently (bad entries are collected as `Refused`, for `geoblock lists
+import`). Duplicates are kept once (the first) and reported. Nothing here imports mitmproxy.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import ipaddress
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal, get_args
+from urllib.parse import urlsplit
+
+from geoblock.core.names import InvalidHost, normalize_host
+from geoblock.errors import GeoblockError
+
+__all__ = ["FORMATS", "Entry", "ListFile", "ListFormat", "Refused", "parse_entry", "read_list", "read_list_text",
+           "write_list"]
+
+ListFormat = Literal["plain", "hosts", "adblock", "csv"]
+FORMATS: tuple[ListFormat, ...] = get_args(ListFormat)
+
+DomainMode = Literal["tree", "exact", "below"]
+
+# names a hosts file carries for the machine itself (/etc/hosts conventions), never a blocked service
+_HOSTS_SELF = frozenset({"localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost",
+                         "ip6-loopback", "ip6-localnet", "ip6-mcastprefix", "ip6-allnodes", "ip6-allrouters",
+                         "ip6-allhosts", "0.0.0.0"})
+_DOMAIN_COLUMNS = ("domain", "domains", "host", "hostname", "name", "url", "website")
+_PLATFORM_COLUMNS = ("platform", "brand", "company", "entity", "operator")
+_HEADER = re.compile(r"#\s*([A-Za-z_-]+)\s*:\s*(.*?)\s*\Z")
+_HEADER_KEYS = ("source", "retrieved", "format", "platform")
+_COMMENT = re.compile(r"(?:^|\s)#")
+_PLATFORM = re.compile(r"[^\x00-\x1f\x7f]{1,100}\Z")
+
+
+class ListError(GeoblockError, ValueError):
+    """Base of the list module's errors (a RuleError is raised for bad files: see read_list)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry of a list: `name` (normalised, names.normalize_host), `mode` ("tree": the name and its
+    subdomains; "exact": the name only; "below": its subdomains only), `text` as written, `platform`
+    (None: not named) and `line` (1-based) in its file."""
+
+    name: str
+    mode: DomainMode
+    text: str
+    platform: str | None
+    line: int
+
+    def written(self) -> str:
+        """The entry in the plain format's notation (`name`, `=name`, `*.name`)."""
+        return {"tree": "", "exact": "=", "below": "*."}[self.mode] + self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """An entry a lenient read left out: its line (1-based), the text, and why."""
+
+    line: int
+    text: str
+    why: str
+
+
+@dataclass(frozen=True)
+class ListFile:
+    """One list file as read: its entries (first occurrence of each name and mode, file order) and its
+    provenance.
+
+    - `path`: as given; `sha256`: of the file's bytes (hex); `version`: its first 12 hex digits, the
+      `list_version` of decision records; `mtime`: modification time (seconds since the epoch);
+      `size`: bytes;
+    - `source`, `retrieved`: the header comments `# source:` and `# retrieved:`, or None;
+    - `format`: the declared format, or None (detected per line); `platform`: the header's default;
+    - `duplicates`: (line, text, first line) of entries that repeat an earlier one (kept once);
+    - `refused`: entries a lenient read left out (always empty after a strict read);
+    - `platforms`: the platforms its entries name;
+    - `stamp`: the file's (path, inode, mtime in ns, size) as read, for noticing a change (watch.py);
+    - `count`: how many entries were read, where a rule keeps the file's provenance without its entries.
+    """
+
+    path: str
+    sha256: str
+    mtime: float
+    size: int
+    entries: tuple[Entry, ...]
+    source: str | None = None
+    retrieved: str | None = None
+    format: ListFormat | None = None
+    platform: str | None = None
+    duplicates: tuple[tuple[int, str, int], ...] = ()
+    refused: tuple[Refused, ...] = field(default=())
+    platforms: frozenset[str] = frozenset()  # the platforms its entries name
+    stamp: tuple[str, int, int, int] | None = None  # (path, inode, mtime ns, size) when read (watch.py)
+    count: int = -1  # entries read (kept when `entries` is dropped to save memory); -1: len(entries)
+
+    @property
+    def entry_count(self) -> int:
+        return len(self.entries) if self.count < 0 else self.count
+
+    @property
+    def version(self) -> str:
+        return self.sha256[:12]
+
+    @property
+    def name(self) -> str:
+        """The file's name without its directory (what decision records call the list)."""
+        return os.path.basename(self.path)
+
+
+    def describe(self) -> str:
+        """One line for `geoblock check`: entries, platforms, version, source, retrieved, mtime."""
+        import time
+
+        parts = [f"{self.entry_count} entries"]
+        if self.platforms:
+            parts.append(f"{len(self.platforms)} platforms")
+        parts.append(f"sha256 {self.version}")
+        parts.append("modified " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.mtime)))
+        if self.source:
+            parts.append(f"source {self.source}")
+        if self.retrieved:
+            parts.append(f"retrieved {self.retrieved}")
+        if self.duplicates:
+            parts.append(f"{len(self.duplicates)} duplicates")
+        return f"{self.path}: " + ", ".join(parts)
+
+
+class _Bad(ListError):
+    """An entry that cannot be used (internal: becomes a RuleError or a Refused)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def parse_entry(text: str) -> tuple[str, DomainMode]:
+    """A domain entry (`name`, `=name`, `*.name`, `.name`) as (normalised name, mode). Raises ListError
+    with the reason when it is not a domain (an IP address, a port, a path, a wildcard elsewhere)."""
+    try:
+        return _parse_entry(text)
+    except _Bad as exc:
+        raise ListError(f"{text!r}: {exc.why}") from None
+
+
+def _parse_entry(text: str) -> tuple[str, DomainMode]:
+    mode: DomainMode = "tree"
+    name = text
+    if name.startswith("="):
+        mode, name = "exact", name[1:]
+    elif name.startswith("*."):
+        mode, name = "below", name[2:]
+    elif name.startswith(".") and not name.startswith(".."):
+        name = name[1:]  # Squid's dstdomain `.example.com`: the name and its subdomains
+    if "://" in name or "/" in name or (":" in name and not _is_ip(name)):
+        raise _Bad("must be a bare domain (no scheme, port or path)")
+    if "*" in name or "?" in name:
+        raise _Bad("a wildcard is allowed only as a leading `*.`; put name patterns under a rule's patterns")
+    try:
+        host = normalize_host(name)
+    except InvalidHost as exc:
+        raise _Bad(f"not a valid domain ({exc.why})") from None
+    if not isinstance(host, str):
+        raise _Bad("an IP address; put it under a rule's networks")
+    return host, mode
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _host_of_url(text: str) -> str:
+    """The host of a URL-looking entry (`https://www.x.com/path` -> www.x.com), for lenient reads."""
+    parts = urlsplit(text if "://" in text else "//" + text)
+    return parts.hostname or text
+
+
+def _platform(text: str) -> str | None:
+    text = " ".join(text.split())
+    if not text:
+        return None
+    if not _PLATFORM.match(text):
+        raise _Bad(f"platform name {text[:40]!r}: at most 100 printable characters")
+    return text
+
+
+def _strip_comment(line: str) -> str:
+    match = _COMMENT.search(line)
+    return (line[: match.start()] if match else line).strip()
+
+
+def _line_items(raw: str, fmt: ListFormat | None, lenient: bool) -> Iterator[tuple[str, str | None]]:
+    """(entry text, platform or None) for each entry one line of a line-based list holds."""
+    stripped = raw.strip()
+    if not stripped or stripped.startswith("#"):
+        return
+    if fmt in (None, "adblock") and (stripped.startswith("!") or stripped.startswith("[Adblock")):
+        return  # adblock comment / header
+    body = _strip_comment(raw)
+    if not body:
+        return
+    if fmt == "adblock" or (fmt is None and (body.startswith("||") or body.startswith("@@"))):
+        yield _adblock(body), None
+        return
+    first, _, rest = body.partition(" ")
+    first, _, tab_rest = first.partition("\t")
+    rest = (tab_rest + " " + rest).strip()
+    if fmt == "hosts" or (fmt is None and _is_ip(first) and rest):
+        if not _is_ip(first):
+            raise _Bad(f"a hosts line starts with an address (0.0.0.0 name), not {first!r}")
+        for name in rest.split():
+            if name.lower() not in _HOSTS_SELF:
+                yield name, None
+        return
+    if fmt == "plain" or fmt is None:
+        if lenient and ("://" in first or "/" in first):
+            first = _host_of_url(first)
+        yield first, _platform(rest)
+        return
+    raise _Bad(f"format {fmt} is not line based")  # pragma: no cover - csv is read by _csv_items
+
+
+def _adblock(body: str) -> str:
+    if body.startswith("@@"):
+        raise _Bad("an adblock exception rule (@@); put the name in an allow rule instead")
+    if not body.startswith("||"):
+        raise _Bad("not an adblock network rule of the form ||name^")
+    rule, dollar, modifiers = body[2:].partition("$")
+    if dollar:
+        raise _Bad(f"adblock modifiers (${modifiers}) are not supported: geoblock blocks the whole name")
+    name = rule[:-1] if rule.endswith("^") else rule
+    if "^" in name or "/" in name or "|" in name:
+        raise _Bad("an adblock rule with a path or separator inside; geoblock judges names only")
+    return name
+
+
+def _csv_items(text: str, lenient: bool) -> Iterator[tuple[int, str, str | None]]:
+    """(line, entry text, platform) from CSV text with a header row."""
+    rows = csv.reader(io.StringIO(text))
+    header: list[str] | None = None
+    domain_col = platform_col = -1
+    for row in rows:
+        line = rows.line_num
+        if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
+            continue
+        if header is None:
+            header = [c.strip().lower() for c in row]
+            domain_col = next((header.index(c) for c in _DOMAIN_COLUMNS if c in header), -1)
+            platform_col = next((header.index(c) for c in _PLATFORM_COLUMNS if c in header), -1)
+            if domain_col < 0:
+                raise _HeaderError(line, f"no domain column in the header row {row!r} (one of "
+                                         f"{', '.join(_DOMAIN_COLUMNS)})")
+            continue
+        value = row[domain_col].strip() if domain_col < len(row) else ""
+        platform = row[platform_col] if 0 <= platform_col < len(row) else ""
+        if lenient and ("://" in value or "/" in value):
+            value = _host_of_url(value)
+        yield line, value, platform
+
+
+class _HeaderError(ListError):
+    def __init__(self, line: int, why: str) -> None:
+        super().__init__(why)
+        self.line, self.why = line, why
+
+
+def read_list(path: str | os.PathLike[str], *, fmt: ListFormat | None = None, lenient: bool = False,
+              platform: str | None = None) -> ListFile:
+    """Read the list file at `path` (see the module). `fmt` overrides the declared or detected format;
+    `platform` is the platform of entries that name none when the file's header does not set one (a
+    rule's `platform`). Strict (the default): raises RuleError naming file:line for the first bad entry,
+    and for a missing or unreadable file or text that is not UTF-8. Lenient: bad entries are returned in
+    `refused` instead (file-level problems still raise)."""
+    from geoblock.core.rules import RuleError  # rules imports this module
+
+    p = Path(path)
+    try:
+        stat = p.stat()  # before reading: a change after it makes the stamp stale, never the content
+        data = p.read_bytes()
+    except OSError as exc:
+        raise RuleError(p, None, f"cannot read list file: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise RuleError(p, data[: exc.start].count(b"\n") + 1, "not UTF-8 text") from None
+    listed = read_list_text(str(path), text, digest=hashlib.sha256(data).hexdigest(), mtime=stat.st_mtime,
+                            size=stat.st_size, fmt=fmt, lenient=lenient, platform=platform)
+    return replace(listed, stamp=(str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size))
+
+
+def read_list_text(path: str, text: str, *, digest: str | None = None, mtime: float = 0.0, size: int | None = None,
+                   fmt: ListFormat | None = None, lenient: bool = False, platform: str | None = None) -> ListFile:
+    """read_list on text already read (`path` names it in messages). Raises RuleError (strict)."""
+    from geoblock.core.rules import RuleError
+
+    headers: dict[str, str] = {}
+    lines = text.splitlines()
+    for number, raw in enumerate(lines, 1):
+        stripped = raw.strip()
+        if not stripped:
+            continue
+        if not stripped.startswith("#"):
+            break
+        match = _HEADER.match(stripped)
+        if match and match.group(1).lower() in _HEADER_KEYS:
+            key = match.group(1).lower()
+            if key == "format" and match.group(2) not in FORMATS:
+                raise RuleError(path, number, f"format {match.group(2)!r} is not one of {', '.join(FORMATS)}")
+            headers[key] = match.group(2)
+    declared = fmt or headers.get("format") or ("csv" if path.lower().endswith(".csv") else None)
+    try:
+        default_platform = _platform(headers["platform"]) if "platform" in headers else platform
+    except _Bad as exc:
+        raise RuleError(path, None, exc.why) from None
+    entries: list[Entry] = []
+    refused: list[Refused] = []
+    duplicates: list[tuple[int, str, int]] = []
+    first_line: dict[tuple[str, DomainMode], int] = {}
+
+    def add(line: int, written: str, named: str | None) -> None:
+        try:
+            name, mode = _parse_entry(written)
+            owner = _platform(named) if named else None
+        except _Bad as exc:
+            if not lenient:
+                raise RuleError(path, line, f"{written!r}: {exc.why}") from None
+            refused.append(Refused(line, written, exc.why))
+            return
+        key = (name, mode)
+        if key in first_line:
+            duplicates.append((line, written, first_line[key]))
+            return
+        first_line[key] = line
+        entries.append(Entry(name, mode, written, owner or default_platform, line))
+
+    if declared == "csv":
+        try:
+            for line, written, named in _csv_items(text, lenient):
+                if not written:
+                    if not lenient:
+                        raise RuleError(path, line, "the domain column is empty")
+                    refused.append(Refused(line, "", "the domain column is empty"))
+                    continue
+                add(line, written, named)
+        except _HeaderError as exc:
+            raise RuleError(path, exc.line, exc.why) from None
+        except csv.Error as exc:
+            raise RuleError(path, None, f"bad CSV: {exc}") from None
+    else:
+        line_fmt: ListFormat | None = declared  # type: ignore[assignment]
+        for number, raw in enumerate(lines, 1):
+            try:
+                items = list(_line_items(raw, line_fmt, lenient))
+            except _Bad as exc:
+                if not lenient:
+                    raise RuleError(path, number, f"{raw.strip()!r}: {exc.why}") from None
+                refused.append(Refused(number, raw.strip(), exc.why))
+                continue
+            for written, named in items:
+                add(number, written, named)
+    return ListFile(
+        path=path,
+        sha256=digest or hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        mtime=mtime,
+        size=len(text.encode("utf-8")) if size is None else size,
+        entries=tuple(entries),
+        source=headers.get("source") or None,
+        retrieved=headers.get("retrieved") or None,
+        format=declared,  # type: ignore[arg-type]
+        platform=default_platform,
+        duplicates=tuple(duplicates),
+        refused=tuple(refused),
+        platforms=frozenset(e.platform for e in entries if e.platform),
+    )
+
+
+def write_list(entries: list[Entry] | tuple[Entry, ...], *, source: str | None = None, retrieved: str | None = None,
+               title: str | None = None) -> str:
+    """The text of a plain list file holding `entries` (their notation and platform, one per line,
+    names aligned), with provenance header comments. Reading it back gives the same entries."""
+    head = []
+    if title:
+        head.append(f"# {title}")
+    if source:
+        head.append(f"# source: {source}")
+    if retrieved:
+        head.append(f"# retrieved: {retrieved}")
+    head.append("# format: plain")
+    width = min(max((len(e.written()) for e in entries), default=0) + 2, 48)
+    body = [f"{e.written():<{width}}{e.platform}".rstrip() if e.platform else e.written() for e in entries]
+    return "\n".join(head + body) + "\n"
