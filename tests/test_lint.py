@@ -22,11 +22,6 @@ WORDS = Path("/usr/share/dict/american-english")  # Debian's wamerican
 POLICY = "home_countries: [CN]\n"
 
 
-def at(entry: int, rule: int) -> int:
-    """The line a warning names for a domain entry: the entry's own (`rule`: its rule's, for reading)."""
-    return entry
-
-
 def check(cwd: Path, files: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """Write rules/ under cwd (policy.yaml included unless given) and run `geoblock check rules *args`."""
     rules = cwd / "rules"
@@ -65,13 +60,13 @@ def test_public_suffixes_in_block_and_allow_rules(tmp_path: Path) -> None:
     assert done.returncode == 0  # warnings alone do not fail without --strict
     found = [w for w in warnings(done) if "public suffix" in w]
     assert found == [
-        f"warning: rules/a.yaml:{at(6, 2)}: co.uk in block rule blocks is a public suffix (a registry, not one "
+        "warning: rules/a.yaml:6: co.uk in block rule blocks is a public suffix (a registry, not one "
         "party's domain): it blocks every name registered under it (list the registrable domains you mean, "
         "e.g. example.co.uk)",
-        f"warning: rules/a.yaml:{at(7, 2)}: github.io in block rule blocks is a public suffix (a registry, not one "
+        "warning: rules/a.yaml:7: github.io in block rule blocks is a public suffix (a registry, not one "
         "party's domain): it blocks every name registered under it (list the registrable domains you mean, "
         "e.g. example.github.io)",
-        f"warning: rules/a.yaml:{at(11, 9)}: com in allow rule lift is a public suffix (a registry, not one "
+        "warning: rules/a.yaml:11: com in allow rule lift is a public suffix (a registry, not one "
         "party's domain): it lifts every block on the names registered under it (list the registrable domains "
         "you mean, e.g. example.com)",
     ]
@@ -90,9 +85,9 @@ def test_an_allow_rule_that_lifts_many_blocks(tmp_path: Path) -> None:
     done = check(tmp_path, {"a.yaml": text})
     assert warnings(done) == [
         "warning: rules/a.yaml:17: allow rule lift-example lifts 12 block entries (more than 10): "
-        f"x0.example.com (rules/a.yaml:{at(5, 2)}), x1.example.com (rules/a.yaml:{at(6, 2)}), x2.example.com "
-        f"(rules/a.yaml:{at(7, 2)}), x3.example.com (rules/a.yaml:{at(8, 2)}), x4.example.com "
-        f"(rules/a.yaml:{at(9, 2)}), ... (narrow its domains to the names it should exempt, or raise "
+        "x0.example.com (rules/a.yaml:5), x1.example.com (rules/a.yaml:6), x2.example.com "
+        "(rules/a.yaml:7), x3.example.com (rules/a.yaml:8), x4.example.com "
+        "(rules/a.yaml:9), ... (narrow its domains to the names it should exempt, or raise "
         "--max-lifted if this is meant)"]
     assert warnings(check(tmp_path, {"a.yaml": text}, "--max-lifted", "12")) == []
 
@@ -118,18 +113,18 @@ def test_duplicate_and_shadowed_entries_name_the_first(tmp_path: Path) -> None:
             + block_rule("us-only", ["bybit.com", "www.binance.com"], "    countries: [US]\n")
             + "  - id: watch\n    action: log\n    domains: [binance.com, api.kraken.com]\n")
     done = check(tmp_path, {"a.yaml": text})
-    e, m = at(5, 2), at(6, 2)
+    e, m = 5, 6
     assert warnings(done) == [
-        f"warning: rules/a.yaml:{at(7, 2)}: binance.com is listed twice in block rule exchanges (first at "
+        f"warning: rules/a.yaml:7: binance.com is listed twice in block rule exchanges (first at "
         f"rules/a.yaml:{e}) (remove this entry)",
-        f"warning: rules/a.yaml:{at(12, 9)}: kraken.com is listed twice in block rules exchanges and more (first at "
+        f"warning: rules/a.yaml:12: kraken.com is listed twice in block rules exchanges and more (first at "
         f"rules/a.yaml:{m}) (remove this entry)",
-        f"warning: rules/a.yaml:{at(8, 2)}: api.binance.com in block rule exchanges is already covered by "
+        f"warning: rules/a.yaml:8: api.binance.com in block rule exchanges is already covered by "
         f"binance.com (rule exchanges, rules/a.yaml:{e}) (remove this entry: binance.com covers it)",
-        f"warning: rules/a.yaml:{at(13, 9)}: *.kraken.com in block rule more is already covered by kraken.com "
+        f"warning: rules/a.yaml:13: *.kraken.com in block rule more is already covered by kraken.com "
         f"(rule exchanges, rules/a.yaml:{m}) (remove this entry: kraken.com covers it)",
         # us-only's www.binance.com: binance.com (no condition) covers it wherever us-only applies
-        f"warning: rules/a.yaml:{at(20, 15)}: www.binance.com in block rule us-only is already covered by "
+        f"warning: rules/a.yaml:20: www.binance.com in block rule us-only is already covered by "
         f"binance.com (rule exchanges, rules/a.yaml:{e}) (remove this entry: binance.com covers it)",
     ]
     # not warned: =bybit.com beside bybit.com of a narrower rule (US only), and the log rule's entries
@@ -190,14 +185,14 @@ def test_lookalike_letters(tmp_path: Path) -> None:
     names = ["binаnce.com", "аррӏе.com", "кошка.рф", "bücher.example", "xn--80ak6aa92e.net"]  # Cyrillic а, р, ӏ, е
     done = check(tmp_path, {"a.yaml": "rules:\n" + block_rule("x", names)})
     assert warnings(done) == [
-        f"warning: rules/a.yaml:{at(5, 2)}: binаnce.com (xn--binnce-5nf.com) in block rule x mixes Cyrillic and Latin "
+        "warning: rules/a.yaml:5: binаnce.com (xn--binnce-5nf.com) in block rule x mixes Cyrillic and Latin "
         "letters: 'а' (Cyrillic) looks like 'a'; it reads as binance.com (write the name in one script: if you "
         "meant binance.com, type it in Latin letters)",
-        f"warning: rules/a.yaml:{at(6, 2)}: аррӏе.com (xn--80ak6aa92e.com) in block rule x is written in Cyrillic "
+        "warning: rules/a.yaml:6: аррӏе.com (xn--80ak6aa92e.com) in block rule x is written in Cyrillic "
         "letters that look like Latin ones: 'а' (Cyrillic) looks like 'a', 'р' (Cyrillic) looks like 'p', 'ӏ' "
         "(Cyrillic) looks like 'i', 'е' (Cyrillic) looks like 'e'; it reads as appie.com (write the name in one "
         "script: if you meant appie.com, type it in Latin letters)",
-        f"warning: rules/a.yaml:{at(9, 2)}: аррӏе.net (xn--80ak6aa92e.net) in block rule x is written in Cyrillic "
+        "warning: rules/a.yaml:9: аррӏе.net (xn--80ak6aa92e.net) in block rule x is written in Cyrillic "
         "letters that look like Latin ones: 'а' (Cyrillic) looks like 'a', 'р' (Cyrillic) looks like 'p', 'ӏ' "
         "(Cyrillic) looks like 'i', 'е' (Cyrillic) looks like 'e'; it reads as appie.net (write the name in one "
         "script: if you meant appie.net, type it in Latin letters)",
@@ -210,7 +205,7 @@ def test_json_lists_warnings_and_strict_sets_the_exit_status(tmp_path: Path) -> 
     report = json.loads(done.stdout)
     assert done.returncode == 0 and report["rules"] == 1
     assert report["warnings"] == [{
-        "where": f"rules/a.yaml:{at(5, 2)}", "code": "public-suffix",
+        "where": "rules/a.yaml:5", "code": "public-suffix",
         "message": "github.io in block rule x is a public suffix (a registry, not one party's domain): it blocks "
                    "every name registered under it",
         "fix": "list the registrable domains you mean, e.g. example.github.io"}]
@@ -235,3 +230,25 @@ def test_bad_limits_are_a_usage_error(tmp_path: Path, args: list[str]) -> None:
     done = check(tmp_path, {}, *args)
     assert done.returncode == 2
     assert "--max-lifted must be 0 or more and --max-share a percentage (0 to 100)" in done.stderr
+
+
+def test_entries_of_a_list_file_are_named_by_its_own_lines(tmp_path: Path) -> None:
+    (tmp_path / "rules" / "lists").mkdir(parents=True)
+    (tmp_path / "rules" / "lists" / "x.txt").write_text(
+        "# source: test\nbinance.com  Binance\napi.binance.com  Binance\nkraken.com\nbinance.com\nco.uk\n"
+        "binаnce.com\n", encoding="utf-8")
+    done = check(tmp_path, {"a.yaml": "rules:\n  - id: x\n    action: block\n    domains_from: [lists/x.txt]\n"},
+                 "--strict")
+    assert done.returncode == 1
+    assert warnings(done) == [
+        "warning: rules/lists/x.txt:6: co.uk in block rule x is a public suffix (a registry, not one party's "
+        "domain): it blocks every name registered under it (list the registrable domains you mean, e.g. "
+        "example.co.uk)",
+        "warning: rules/lists/x.txt:5: binance.com is listed twice in rules/lists/x.txt (first at "
+        "rules/lists/x.txt:2) (remove this entry)",
+        "warning: rules/lists/x.txt:3: api.binance.com in block rule x is already covered by binance.com (rule x, "
+        "rules/lists/x.txt:2) (remove this entry: binance.com covers it)",
+        "warning: rules/lists/x.txt:7: binаnce.com (xn--binnce-5nf.com) in block rule x mixes Cyrillic and Latin "
+        "letters: 'а' (Cyrillic) looks like 'a'; it reads as binance.com (write the name in one script: if you "
+        "meant binance.com, type it in Latin letters)",
+    ]

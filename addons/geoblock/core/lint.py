@@ -9,8 +9,8 @@ each kind. Kinds (`LintWarning.code`, docs/lint.md):
 - "allow-lifts-blocks": an allow rule whose domains or patterns cover more than `max_lifted` domain entries
   of block rules it overrides (decide._overrides says which), or an allow rule without a name condition
   that overrides block rules (it lifts them for every name);
-- "duplicate": the same name and mode twice in one rule, or in two rules of the same action and the same
-  conditions on server and client;
+- "duplicate": the same name and mode twice in one list file or rule, or in two rules of the same action
+  and the same conditions on server and client;
 - "shadowed": an entry that another entry of a rule of the same action already covers (`api.binance.com`
   under `binance.com`), that rule having no narrower conditions on server and client;
 - "broad-pattern": a name pattern matching more than `max_share` of the reference sample of ordinary
@@ -36,6 +36,7 @@ from confusable_homoglyphs import categories, confusables
 from publicsuffixlist import PublicSuffixList
 
 from geoblock.core.decide import _overrides
+from geoblock.core.lists import ListFile
 from geoblock.core.names import unicode_name
 from geoblock.core.rules import DomainSpec, RuleSource, RuleSpec, read_file
 from geoblock.core.ruleset import Ruleset
@@ -87,6 +88,7 @@ def lint(
     found: list[LintWarning] = []
     found += _public_suffixes(source.rules)
     found += _lifts(rs, max_lifted)
+    found += _list_duplicates(source.lists)
     found += _duplicates(source.rules)
     if sample is None and any(r.patterns for r in source.rules):
         try:
@@ -237,6 +239,14 @@ def _duplicates(rules: Sequence[RuleSpec]) -> list[LintWarning]:
                     f"(rule {cover[0].id}, {_where(*cover)})",
                     f"remove this entry: {_shown(cover[1])} covers it"))
     return out
+
+
+def _list_duplicates(lists: Iterable[ListFile]) -> list[LintWarning]:
+    """Entries a list file repeats (lists.read_list keeps the first and notes the others)."""
+    return [LintWarning(f"{listed.path}:{line}", "duplicate",
+                        f"{text} is listed twice in {listed.path} (first at {listed.path}:{first})",
+                        "remove this entry")
+            for listed in lists for line, text, first in listed.duplicates]
 
 
 def _shadow(rule: RuleSpec, dom: DomainSpec, covering: Mapping[tuple[str, str], list[_Entry]]) -> _Entry | None:
