@@ -77,14 +77,16 @@ def lint(
     max_share: float = DEFAULT_MAX_SHARE,
     sample: Sequence[str] | None = None,
     texts: Mapping[str, str] | None = None,
+    ruleset: Ruleset | None = None,
 ) -> list[LintWarning]:
     """The warnings for `source`, grouped by kind in the order of the module's docstring.
 
     max_lifted: block entries an allow rule may lift (an int >= 0); max_share: the share (0 to 1) of the
     sample a pattern may match; sample: ordinary names (default: the shipped sample, load_sample());
-    texts: file path -> text of the rules files as read (rules.load_rules read them), for "no-rules".
+    texts: file path -> text of the rules files as read (rules.load_rules read them), for "no-rules";
+    ruleset: `source` compiled, when the caller has it (else lint compiles it).
     """
-    rs = Ruleset(source)
+    rs = ruleset if ruleset is not None and ruleset.source is source else Ruleset(source)
     found: list[LintWarning] = []
     found += _public_suffixes(source.rules)
     found += _lifts(rs, max_lifted)
@@ -155,6 +157,11 @@ def _covers(outer: DomainSpec, inner: DomainSpec) -> bool:
     return inner.name == outer.name and inner.mode == "exact"
 
 
+def _suffixes(name: str) -> list[str]:
+    """The name and each of its parent names: api.binance.com, binance.com, com."""
+    return [name] + [name[i + 1:] for i, c in enumerate(name) if c == "."]
+
+
 def _lifts(rs: Ruleset, max_lifted: int) -> list[LintWarning]:
     out = []
     blocks = [r for r in rs.rules if r.action == "block"]
@@ -175,10 +182,13 @@ def _lifts(rs: Ruleset, max_lifted: int) -> list[LintWarning]:
                     "give it the domains it should exempt, or give it the same server or client conditions "
                     "as the block it is meant to lift"))
             continue
+        by_name: dict[str, list[DomainSpec]] = {}
+        for entry in spec.domains:
+            by_name.setdefault(entry.name, []).append(entry)
         lifted: list[_Entry] = []
         for block in lifted_rules:
             for dom in block.spec.domains:
-                if any(_covers(a, dom) for a in spec.domains) or (
+                if any(_covers(a, dom) for suffix in _suffixes(dom.name) for a in by_name.get(suffix, ())) or (
                         allow.pattern is not None and dom.mode != "below" and allow.pattern.match(dom.name)):
                     lifted.append((block.spec, dom))
         if len(lifted) > max_lifted:
@@ -251,9 +261,7 @@ def _list_duplicates(lists: Iterable[ListFile]) -> list[LintWarning]:
 
 def _shadow(rule: RuleSpec, dom: DomainSpec, covering: Mapping[tuple[str, str], list[_Entry]]) -> _Entry | None:
     """The first entry of a rule of the same action that covers `dom` (not `dom` itself, not its twin)."""
-    name = dom.name
-    suffixes = [name] + [name[i + 1:] for i, c in enumerate(name) if c == "."]
-    for suffix in suffixes:
+    for suffix in _suffixes(dom.name):
         for other, cover in covering.get((rule.action, suffix), ()):
             if cover is dom or (cover.name, cover.mode) == (dom.name, dom.mode):
                 continue

@@ -52,7 +52,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             texts[path] = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeError):
             continue
-    warnings = lint(rs.source, max_lifted=args.max_lifted, max_share=args.max_share / 100, texts=texts)
+    warnings = lint(rs.source, max_lifted=args.max_lifted, max_share=args.max_share / 100, texts=texts,
+                    ruleset=rs)
     if args.json:
         summary["warnings"] = [w.as_dict() for w in warnings]
         summary["load_warnings"] = list(rs.source.warnings)
