@@ -174,11 +174,11 @@ def _lifts(rs: Ruleset, max_lifted: int) -> list[LintWarning]:
             if lifted_rules:
                 ids = ", ".join(b.id for b in lifted_rules[:_EXAMPLES])
                 entries = sum(len(b.spec.domains) for b in lifted_rules)
+                counted = f" ({entries} domain entries)" if entries else ""
                 out.append(LintWarning(
                     spec.source, "allow-lifts-blocks",
                     f"allow rule {spec.id} has no domains or patterns, so it lifts block rule"
-                    f"{'s' if len(lifted_rules) > 1 else ''} {ids} ({entries} domain entries) for every name "
-                    "it applies to",
+                    f"{'s' if len(lifted_rules) > 1 else ''} {ids}{counted} for every name it applies to",
                     "give it the domains it should exempt, or give it the same server or client conditions "
                     "as the block it is meant to lift"))
             continue
@@ -221,6 +221,7 @@ def _no_narrower(outer: RuleSpec, inner: RuleSpec) -> bool:
 
 def _duplicates(rules: Sequence[RuleSpec]) -> list[LintWarning]:
     out = []
+    repeated: set[int] = set()  # id() of the entries reported as duplicates: not reported again as shadowed
     first: dict[tuple[str, str, str], list[_Entry]] = {}
     covering: dict[tuple[str, str], list[_Entry]] = {}  # (action, name): its tree and below entries
     for rule in rules:
@@ -235,13 +236,14 @@ def _duplicates(rules: Sequence[RuleSpec]) -> list[LintWarning]:
                     f"{'' if twin[0] is rule else 's'} {twin[0].id}"
                     f"{'' if twin[0] is rule else ' and ' + rule.id} (first at {_where(*twin)})",
                     "remove this entry"))
+                repeated.add(id(dom))
                 continue
             first.setdefault(key, []).append((rule, dom))
             if dom.mode != "exact":
                 covering.setdefault((rule.action, dom.name), []).append((rule, dom))
     for rule in rules:
         for dom in rule.domains:
-            cover = _shadow(rule, dom, covering)
+            cover = None if id(dom) in repeated else _shadow(rule, dom, covering)
             if cover is not None:
                 out.append(LintWarning(
                     _where(rule, dom), "shadowed",
