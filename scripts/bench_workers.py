@@ -149,6 +149,7 @@ def main() -> int:
 
     from support import netns as ns
     from support.geodb import write_asn_db, write_country_db
+    from support.shipped import copy_shipped_rules
     from support.servers import make_pki
 
     reason = ns.unavailable()
@@ -176,10 +177,7 @@ def main() -> int:
         (hosts_dir / "hosts").write_text(f"127.0.0.1 localhost\n{ns.HOME4} allowed.test\n")
 
         pki = make_pki(work / "pki")
-        rules = work / "rules"
-        rules.mkdir()
-        for f in (REPO / "rules").glob("*.yaml"):
-            shutil.copy(f, rules / f.name)
+        rules = copy_shipped_rules(work / "rules")
         write_country_db(work / "GeoLite2-Country.mmdb", ns.GEO_PLACES)
         write_asn_db(work / "GeoLite2-ASN.mmdb", ns.GEO_PLACES)
 

@@ -60,6 +60,7 @@ from bench_common import source_state
 from support.geodb import write_asn_db, write_country_db
 from support.proc import Mitmdump
 from support.servers import make_pki
+from support.shipped import copy_shipped_rules
 from support.servers import KeepAliveServer
 from support.soak import BLOCKED_AT, CERT_NAMES, DNS, HOME, NETBLOCKED, PROBE, SOAK_RULES, US, Load, upstream
 
@@ -142,10 +143,7 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             s = await upstream(addr, tls).start()
             servers[(addr, s.kind)] = s
 
-    rules = tmp / "rules"
-    rules.mkdir()
-    for f in (REPO / "rules").glob("*.yaml"):
-        shutil.copy(f, rules / f.name)
+    rules = copy_shipped_rules(tmp / "rules")
     (rules / "zz-soak.yaml").write_text(SOAK_RULES)
     (tmp / "dns.json").write_text(json.dumps(DNS))
     probe_file = tmp / "probe.json"

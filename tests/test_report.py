@@ -77,6 +77,9 @@ def test_the_json_report_gives_the_numbers_of_the_log(logs, as_json) -> None:
     assert {r["rule"]: r["records"] for r in t["top_rules"]} == dict(exp.by_rule)
     assert {r["name"]: r["records"] for r in t["top_blocked_names"]} == dict(exp.blocked_names)
     assert t["top_blocked_names"][0]["records"] == max(exp.blocked_names.values())
+    # platforms, as a regulator counts: blocked attempts (connections) per platform
+    assert {r["platform"]: r["attempts"] for r in t["top_blocked_platforms"]} == {
+        p: len(conns) for p, conns in exp.platform_connections.items()} and len(exp.platform_connections) == 5
     # clients: blocked attempts are connections, not records (an intercepted tunnel gives several records)
     clients = {r["client"]: (r["attempts"], r["records"]) for r in t["top_clients"]}
     want = {c: (len(conns), exp.client_blocked_records[c]) for c, conns in exp.client_blocked_connections.items()}
@@ -181,7 +184,7 @@ def test_the_html_page_holds_the_numbers_and_nothing_from_outside(logs, as_json,
         assert f"<td>{ruleset}</td><td>{geoip}</td><td>{asn}</td>" in text
     assert f"{exp.lost:,} record(s) lost in {exp.lost_gaps:,} gap(s)" in text
     assert f"{exp.on_error:,} ({exp.on_error / exp.records * 100:.2f} %) its <code>on_error</code>" in text
-    assert text.count("<svg") == 5  # over time, rules, names, clients, countries
+    assert text.count("<svg") == 6  # over time, rules, platforms, names, clients, countries
     # a client's name is text: escaped in tables and charts, never markup, never mathtext
     assert "<script" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;$x^2$.example" in text
     assert "Content-Security-Policy" in text and "<link" not in text and "src=" not in text
@@ -248,7 +251,7 @@ def test_the_page_renders_in_chromium_offline(page, tmp_path) -> None:
     assert [line for line in shown.log.splitlines() if "CONSOLE" in line] == []
     assert page_requests(listener.requests[seen_requests:]) == []
     assert shown.title.startswith("geoblock report")
-    assert shown.dom.count("<svg") == 5 and shown.dom.count("<path") > 300  # the charts drawn: bars, ticks, axes
+    assert shown.dom.count("<svg") == 6 and shown.dom.count("<path") > 300  # the charts drawn: bars, ticks, axes
     assert "Clients with the most blocked attempts" in shown.dom
     shot = tmp_path / "report.png"  # kept under the test's tmp dir (CI keeps it as an artifact)
     shot.write_bytes(shown.png)

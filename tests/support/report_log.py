@@ -29,6 +29,8 @@ START = datetime(2026, 11, 20, tzinfo=UTC)
 
 CLIENTS = [f"10.0.{i // 10}.{i % 10 + 2}" for i in range(40)]
 BLOCKED = ["binance.com", "api.binance.com", "okx.com", "www.okx.com", "bitfinex.com", "kucoin.com", "bybit.com"]
+PLATFORMS = {"binance.com": "Binance", "api.binance.com": "Binance", "okx.com": "OKX", "www.okx.com": "OKX",
+             "bitfinex.com": "Bitfinex", "kucoin.com": "KuCoin", "bybit.com": "Bybit"}
 LOGGED = ["coinswap.example", "tradefast.example", "cryptodesk.example"]
 ALLOWED = ["example.org", "news.example", "bank.example", "mail.example", "shop.example", "video.example"]
 # country, ASN, offshore
@@ -51,6 +53,7 @@ class Expected:
     by_day_action: Counter[tuple[str, str]] = field(default_factory=Counter)  # ("2026-11-20", "block")
     by_rule: Counter[str] = field(default_factory=Counter)  # every record with a rule
     blocked_names: Counter[str] = field(default_factory=Counter)
+    platform_connections: dict[str, set[str]] = field(default_factory=dict)  # blocked, by platform
     client_blocked_connections: dict[str, set[str]] = field(default_factory=dict)
     client_blocked_records: Counter[str] = field(default_factory=Counter)
     offshore_countries: Counter[str] = field(default_factory=Counter)  # offshore records by country
@@ -77,6 +80,8 @@ class Expected:
                 self.blocked_names[r["name"]] += 1
             self.client_blocked_connections.setdefault(r["client"], set()).add(r.get("connection_id", ""))
             self.client_blocked_records[r["client"]] += 1
+            if r.get("platform"):
+                self.platform_connections.setdefault(r["platform"], set()).add(r.get("connection_id", ""))
         if r["offshore"] is True:
             self.offshore_countries[r["country"]] += 1
             self.offshore_asns[r["asn"]] += 1
@@ -146,6 +151,7 @@ def generate(n: int, seed: int = 13, days: int = 5, connection_ids: bool = True,
                 "host": name if stage != "tls" else None, "name": name, "server_ip": server_ip,
                 "country": country, "country_source": "geoip" if country else None, "asn": asn,
                 "offshore": offshore, "action": action, "enforced": True, "rule": rule, "reason": reason,
+                "platform": PLATFORMS.get(name) if rule == BLOCK_RULE else None,
                 "ruleset": version[0], "geoip_build": version[1], "asn_build": version[2],
             }
             if connection_ids:

@@ -5,6 +5,7 @@
     geoblock explain NAME|IP [--server IP] ...   the verdict a flow would get, and why
     geoblock status [--url URL] [--json]         what a running gateway says at its /status endpoint
     geoblock report LOG... [-o report.html]      what the decision logs say happened (tools/report.py)
+    geoblock lists import|update ...             import lists; keep feeds current (tools/lists.py)
 
 Exit codes: 0 ok, 1 rules refused (check --strict: or any warning; status: the gateway is unhealthy),
 2 usage or input error (status: nothing answers at the URL).
@@ -27,7 +28,7 @@ from geoblock.core.ruleset import Ruleset
 from geoblock.engine import Engine
 from geoblock.enrich.geo import Geo
 from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES, DEFAULT_RULES_ORIGIN
-from geoblock.tools import report
+from geoblock.tools import lists, report
 
 DEFAULT_METRICS = "127.0.0.1:9464"  # the default of the proxy's geoblock_metrics option
 
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--json", action="store_true", help="print the /status JSON as it came")
     status.set_defaults(func=cmd_status, rules="")
     report.add_parser(sub)
+    lists.add_parser(sub)
     args = parser.parse_args(argv)
     # say which rules a bare command judges with (geoblock.paths: checkout, /etc, shipped)
     if getattr(args, "rules", "") is None:

@@ -58,6 +58,7 @@ COLUMNS = {
     "country": "VARCHAR", "asn": "BIGINT", "offshore": "BOOLEAN", "action": "VARCHAR", "enforced": "BOOLEAN",
     "rule": "VARCHAR", "reason": "VARCHAR", "ruleset": "VARCHAR", "geoip_build": "VARCHAR",
     "asn_build": "VARCHAR", "error": "VARCHAR", "lost_before": "BIGINT", "connection_id": "VARCHAR",
+    "platform": "VARCHAR",
 }
 
 # Time buckets for "decisions over time": the smallest giving at most MAX_BUCKETS bars.
@@ -320,6 +321,11 @@ def _tables(con: duckdb.DuckDBPyConnection, files: Sequence[str], size: int, lin
               _rows(con, f"""SELECT rule, count(*) AS n, count(*) FILTER (WHERE action = 'block'),
                                    count(*) FILTER (WHERE action = 'log'), count(*) FILTER (WHERE action = 'allow')
                             FROM d WHERE rule IS NOT NULL GROUP BY rule ORDER BY n DESC, rule LIMIT {TOP}""")),
+        Table("top_blocked_platforms", "Blocked attempts by platform",
+              ["platform", "attempts", "records", "clients", "names"],
+              _rows(con, f"""SELECT platform, {attempts} AS a, count(*), count(DISTINCT client), count(DISTINCT name)
+                            FROM d WHERE action = 'block' AND platform IS NOT NULL
+                            GROUP BY platform ORDER BY a DESC, platform LIMIT {TOP}""")),
         Table("top_blocked_names", "Top blocked names", ["name", "records", "attempts", "clients"],
               _rows(con, f"""SELECT name, count(*) AS n, {attempts}, count(DISTINCT client)
                             FROM d WHERE action = 'block' AND name IS NOT NULL
@@ -516,6 +522,9 @@ def render_html(report: Report) -> str:
         ("Decisions over time", _time_chart(report), ""),
         ("Top rules", _bar_chart(t["top_rules"], "rule", "records", "#4a6fa5", "records"),
          _table_html(t["top_rules"])),
+        ("Blocked attempts by platform",
+         _bar_chart(t["top_blocked_platforms"], "platform", "attempts", COLOURS["block"],
+                    "blocked attempts (connections)"), _table_html(t["top_blocked_platforms"])),
         ("Top blocked names", _bar_chart(t["top_blocked_names"], "name", "records", COLOURS["block"],
                                          "blocked records"), _table_html(t["top_blocked_names"])),
         ("Clients with the most blocked attempts",

@@ -1,0 +1,290 @@
+"""`geoblock lists`: bring lists from elsewhere into geoblock's list format, and keep feeds current.
+
+    geoblock lists import SRC [--format F] [--platform P] [-o OUT] [--source TEXT]
+    geoblock lists update FEEDS [--only NAME] [--force]
+
+`import` reads SRC (a file, `-` for stdin, or an http(s) URL) in one of the list formats (core/lists.py:
+plain, hosts, adblock, csv; detected when not given), normalises every entry, keeps each name once, says
+on stderr what it refused and why (line, text, reason), and writes a plain list file with the entries'
+platforms and a provenance header (`# source:`, `# retrieved:`) to OUT (stdout without -o). A URL in a
+plain or CSV entry gives its host. The file is written aside and renamed over OUT, so a rule that names
+OUT never reads half a list.
+
+`update` keeps the feeds of a feeds file (YAML, docs/lists.md) current, the way pfBlockerNG and AdGuard
+Home refresh their lists: each feed is downloaded (bounded in size and time), read as its format, and
+verified: at least `min_entries` entries, at most `max_refused` of its entries refused, and not shrunk by
+more than `max_shrink` against the list in place (a truncated or emptied download is the usual failure).
+A verified feed replaces its list file atomically, the previous one kept beside it as NAME.bak; a feed
+that fails keeps the list in place (the last good one) and is reported. A running proxy notices the
+replaced list and reloads it (its rules name it in `domains_from`). Run it from a timer
+(deploy/systemd/geoblock-lists.timer).
+
+Exit codes: 0 done (update: every feed current or unchanged), 1 a feed failed verification or could not
+be fetched (the others are still updated), 2 usage or input error (no such file, no entry at all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from geoblock import __version__ as _version
+from geoblock.core.lists import FORMATS, ListFile, ListFormat, read_list, read_list_text, write_list
+from geoblock.core.rules import RuleError
+from geoblock.errors import GeoblockError
+
+MAX_BYTES = 64 * 1024 * 1024  # the largest download accepted (bytes): a national list is a few MB
+TIMEOUT = 60.0  # seconds for a download to start and for each read
+FEED_KEYS = ("name", "url", "format", "output", "platform", "min_entries", "max_refused", "max_shrink")
+
+
+class FeedError(GeoblockError):
+    """A feed that cannot be used: not fetched, or not verified. `str()` says which feed and why."""
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One feed of a feeds file: where it comes from, how to read it, where it goes, and its checks.
+
+    `output` is the list file (relative paths are relative to the feeds file's directory);
+    `min_entries`: the fewest entries a good download has (default 1); `max_refused`: the largest share
+    (0-1) of refused entries (default 0.05); `max_shrink`: the largest share (0-1) of the list in place
+    the new one may lose (default 0.5)."""
+
+    name: str
+    url: str
+    output: Path
+    format: ListFormat | None = None
+    platform: str | None = None
+    min_entries: int = 1
+    max_refused: float = 0.05
+    max_shrink: float = 0.5
+
+
+def fetch(url: str, *, max_bytes: int = MAX_BYTES, timeout: float = TIMEOUT) -> bytes:
+    """The body of `url` (http, https or file). Raises FeedError naming the URL: an HTTP error status, no
+    answer, or a body larger than `max_bytes`. Never through $http_proxy: a gateway fetches directly."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, headers={"User-Agent": f"geoblock/{_version} (lists)"})
+    try:
+        with opener.open(request, timeout=timeout) as answer:
+            body = answer.read(max_bytes + 1)
+    except urllib.error.HTTPError as exc:
+        raise FeedError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise FeedError(f"{url}: {getattr(exc, 'reason', None) or exc}") from None
+    if len(body) > max_bytes:
+        raise FeedError(f"{url}: larger than {max_bytes} bytes")
+    return body
+
+
+def read_source(src: str, fmt: ListFormat | None, platform: str | None) -> ListFile:
+    """Read SRC (a path, `-`, or an http(s) URL) leniently. Raises RuleError (a file that cannot be read,
+    not UTF-8) or FeedError (a URL that cannot be fetched)."""
+    if src == "-":
+        return read_list_text("<stdin>", sys.stdin.read(), fmt=fmt, lenient=True, platform=platform)
+    if src.startswith(("http://", "https://")):
+        data = fetch(src)
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise RuleError(src, data[: exc.start].count(b"\n") + 1, "not UTF-8 text") from None
+        name = src.rsplit("?", 1)[0]
+        return read_list_text(name, text, fmt=fmt, lenient=True, platform=platform)
+    return read_list(src, fmt=fmt, lenient=True, platform=platform)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def write_atomically(path: Path, text: str, keep: bool = False) -> None:
+    """Write `text` to `path` through a file beside it, flushed to disk, then renamed over `path` (readers
+    see the old file or the new one, never a part). `keep`: the file replaced stays as `path`.bak."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        if keep and path.exists():
+            backup = path.with_name(path.name + ".bak")
+            os.replace(path, backup)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _report(listed: ListFile, out: Any) -> None:
+    for refused in listed.refused:
+        print(f"refused: {listed.path}:{refused.line}: {refused.text!r}: {refused.why}", file=out)
+    if listed.duplicates:
+        print(f"{len(listed.duplicates)} duplicate entries kept once (first: line {listed.duplicates[0][0]}, "
+              f"as on line {listed.duplicates[0][2]})", file=out)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    try:
+        listed = read_source(args.src, args.format, args.platform)
+    except (RuleError, FeedError) as exc:
+        print(f"geoblock: {exc}", file=sys.stderr)
+        return 2
+    _report(listed, sys.stderr)
+    if not listed.entries:
+        print(f"geoblock: {args.src}: no usable entry", file=sys.stderr)
+        return 2
+    text = write_list(listed.entries, source=args.source or listed.source or args.src,
+                      retrieved=listed.retrieved or _now(), title=args.title)
+    if args.output:
+        write_atomically(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    print(f"{len(listed.entries)} entries ({len(listed.platforms)} platforms), {len(listed.refused)} refused, "
+          f"{len(listed.duplicates)} duplicates" + (f": wrote {args.output}" if args.output else ""),
+          file=sys.stderr)
+    return 0
+
+
+def load_feeds(path: Path) -> list[Feed]:
+    """The feeds of a feeds file (`feeds:` a list of mappings with FEED_KEYS). Raises RuleError naming
+    the file and line of a bad one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuleError(path, None, f"cannot read feeds file: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise RuleError(path, mark.line + 1 if mark else None, f"bad YAML: {exc}") from None
+    if not isinstance(root, yaml.MappingNode) or [k.value for k, _ in root.value] != ["feeds"]:
+        raise RuleError(path, 1, "a feeds file holds one key, feeds: a list of feeds")
+    seq = root.value[0][1]
+    if not isinstance(seq, yaml.SequenceNode) or not seq.value:
+        raise RuleError(path, seq.start_mark.line + 1, "feeds must be a non-empty list")
+    feeds: list[Feed] = []
+    for node in seq.value:
+        line = node.start_mark.line + 1
+        if not isinstance(node, yaml.MappingNode):
+            raise RuleError(path, line, "a feed is a mapping (name, url, output, ...)")
+        raw = {k.value: v for k, v in node.value}
+        for key in raw:
+            if key not in FEED_KEYS:
+                raise RuleError(path, line, f"unknown feed key {key!r} (allowed: {', '.join(FEED_KEYS)})")
+        for key in ("name", "url", "output"):
+            if key not in raw:
+                raise RuleError(path, line, f"a feed needs {key}")
+        values = {k: v.value if isinstance(v, yaml.ScalarNode) else None for k, v in raw.items()}
+        if not str(values["url"]).startswith(("http://", "https://", "file:")):
+            raise RuleError(path, line, f"feed {values['name']!r}: url must be http(s) or file:, not {values['url']!r}")
+        fmt = values.get("format")
+        if fmt is not None and fmt not in FORMATS:
+            raise RuleError(path, line, f"feed {values['name']!r}: format must be one of {', '.join(FORMATS)}")
+        try:
+            kwargs: dict[str, Any] = {}
+            if "min_entries" in values:
+                kwargs["min_entries"] = int(str(values["min_entries"]))
+            for key in ("max_refused", "max_shrink"):
+                if key in values:
+                    kwargs[key] = float(str(values[key]))
+                    if not 0 <= kwargs[key] <= 1:
+                        raise ValueError(f"{key} is a share between 0 and 1")
+        except ValueError as exc:
+            raise RuleError(path, line, f"feed {values['name']!r}: {exc}") from None
+        output = Path(str(values["output"]))
+        feeds.append(Feed(name=str(values["name"]), url=str(values["url"]),
+                          output=output if output.is_absolute() else path.parent / output,
+                          format=fmt, platform=values.get("platform"), **kwargs))
+    return feeds
+
+
+def update_feed(feed: Feed, force: bool = False) -> str:
+    """Download, verify and install one feed (see the module). Returns what was done, for a person.
+    Raises FeedError (not fetched, not verified: the list in place stays) or RuleError (not UTF-8)."""
+    data = fetch(feed.url)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise FeedError(f"feed {feed.name}: {feed.url}: line {line}: not UTF-8 text; keeping the list in "
+                        "place") from None
+    new = read_list_text(feed.url, text, fmt=feed.format, lenient=True, platform=feed.platform)
+    count, refused = len(new.entries), len(new.refused)
+    keeping = f"; keeping {feed.output}"
+    if count < feed.min_entries:
+        raise FeedError(f"feed {feed.name}: {count} entries, fewer than min_entries {feed.min_entries}{keeping}")
+    if refused > feed.max_refused * (count + refused):
+        first = new.refused[0]
+        raise FeedError(f"feed {feed.name}: {refused} of {count + refused} entries refused (max_refused "
+                        f"{feed.max_refused:g}; line {first.line}: {first.text!r}: {first.why}){keeping}")
+    old: ListFile | None = None
+    if feed.output.exists():
+        try:
+            old = read_list(feed.output, lenient=True)
+        except RuleError:
+            old = None  # a list in place that is no longer readable is replaced by a verified one
+    if old is not None and not force:
+        before = len(old.entries)
+        if before and count < before * (1 - feed.max_shrink):
+            raise FeedError(f"feed {feed.name}: {count} entries against {before} in place: it shrank by more "
+                            f"than max_shrink {feed.max_shrink:g} (use --force if that is right){keeping}")
+        if [(e.name, e.mode, e.platform) for e in old.entries] == [(e.name, e.mode, e.platform) for e in new.entries]:
+            return f"feed {feed.name}: unchanged ({count} entries)"
+    write_atomically(feed.output, write_list(new.entries, source=feed.url, retrieved=_now(),
+                                             title=f"feed {feed.name}"), keep=True)
+    was = f", was {len(old.entries)}" if old is not None else ""
+    return f"feed {feed.name}: wrote {feed.output}: {count} entries{was}, {refused} refused"
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    try:
+        feeds = load_feeds(Path(args.feeds))
+    except RuleError as exc:
+        print(f"geoblock: {exc}", file=sys.stderr)
+        return 2
+    if args.only:
+        feeds = [f for f in feeds if f.name in args.only]
+        if not feeds:
+            print(f"geoblock: no feed named {', '.join(args.only)} in {args.feeds}", file=sys.stderr)
+            return 2
+    failed = 0
+    for feed in feeds:
+        try:
+            print(update_feed(feed, force=args.force))
+        except (FeedError, RuleError) as exc:
+            failed += 1
+            print(f"geoblock: {exc}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def add_parser(sub: Any) -> None:
+    """The `lists` subcommand (import, update) on the `geoblock` parser's subparsers `sub`."""
+    p = sub.add_parser("lists", help="import lists into geoblock's list format; keep feeds current",
+                       description="Import a list (plain, hosts, adblock, CSV) as a geoblock list file, or "
+                                   "update the feeds of a feeds file. docs/lists.md.")
+    lists = p.add_subparsers(dest="lists_command", required=True)
+    imp = lists.add_parser("import", help="normalise a list into a plain list file, saying what was refused")
+    imp.add_argument("src", help="a list file, - for stdin, or an http(s) URL")
+    imp.add_argument("--format", choices=FORMATS, help="the source's format (default: declared or detected)")
+    imp.add_argument("--platform", help="the platform of entries that name none")
+    imp.add_argument("--source", help="the provenance to record (default: SRC)")
+    imp.add_argument("--title", help="a first comment line for the list file")
+    imp.add_argument("-o", "--output", help="the list file to write (default: stdout)")
+    imp.set_defaults(func=cmd_import, rules="")
+    upd = lists.add_parser("update", help="download, verify and install the feeds of a feeds file")
+    upd.add_argument("feeds", help="the feeds file (YAML; docs/lists.md)")
+    upd.add_argument("--only", action="append", metavar="NAME", help="only this feed (repeatable)")
+    upd.add_argument("--force", action="store_true", help="install even a feed that shrank more than max_shrink")
+    upd.set_defaults(func=cmd_update, rules="")

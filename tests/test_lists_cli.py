@@ -1,0 +1,190 @@
+"""`geoblock lists import` and `geoblock lists update`, run as an operator runs them (the real CLI in a
+subprocess), with a local stand-in for a list feed's web server."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from geoblock.core.lists import read_list
+from geoblock.core.ruleset import Ruleset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def geoblock(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "geoblock.tools.cli", *args], capture_output=True, text=True,
+                          input=stdin, timeout=60, cwd=REPO)
+
+
+class Feeds:
+    """A local web server answering each path with the body (or status) the test sets."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[str, tuple[int, bytes]] = {}
+        feeds = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                status, body = feeds.bodies.get(self.path, (404, b"no such feed"))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def set(self, path: str, body: str | bytes, status: int = 200) -> str:
+        self.bodies[path] = (status, body.encode() if isinstance(body, str) else body)
+        return self.url + path
+
+
+@pytest.fixture
+def feeds() -> Iterator[Feeds]:
+    f = Feeds()
+    yield f
+    f.server.shutdown()
+    f.server.server_close()
+
+
+HOSTS = """# a hosts-format blocklist
+0.0.0.0 localhost
+0.0.0.0 binance.com
+0.0.0.0 www.binance.com
+0.0.0.0 BINANCE.com
+0.0.0.0 bad_name-.com
+0.0.0.0 okx.com
+"""
+
+
+def test_import_a_hosts_file_normalises_deduplicates_and_says_what_it_refused(tmp_path):
+    src = tmp_path / "blocklist.txt"
+    src.write_text(HOSTS)
+    out = tmp_path / "rules" / "lists" / "imported.txt"
+    done = geoblock("lists", "import", str(src), "--platform", "Imported", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"refused: {src}:6: 'bad_name-.com': not a valid domain" in done.stderr
+    assert "1 duplicate entries kept once (first: line 5, as on line 3)" in done.stderr
+    assert done.stderr.rstrip().endswith(f"3 entries (1 platforms), 1 refused, 1 duplicates: wrote {out}")
+    listed = read_list(out)  # strict: what was written is a valid list
+    assert [(e.name, e.platform) for e in listed.entries] == [
+        ("binance.com", "Imported"), ("www.binance.com", "Imported"), ("okx.com", "Imported")]
+    assert listed.source == str(src) and listed.retrieved and listed.format == "plain"
+
+
+@pytest.mark.parametrize("fmt, text, names", [
+    ("adblock", "[Adblock Plus 2.0]\n! comment\n||bybit.com^\n||kucoin.com^$important\n", ["bybit.com"]),
+    ("csv", "platform,url\nBinance,https://www.binance.com/en\nOKX,okx.com\n", ["www.binance.com", "okx.com"]),
+    ("plain", "binance.com Binance\nhttps://okx.com/path OKX\n", ["binance.com", "okx.com"]),
+])
+def test_import_each_format_from_stdin(fmt, text, names):
+    done = geoblock("lists", "import", "-", "--format", fmt, stdin=text)
+    assert done.returncode == 0, done.stderr
+    written = [line.split()[0] for line in done.stdout.splitlines() if line and not line.startswith("#")]
+    assert written == names
+    if fmt == "adblock":
+        assert "'||kucoin.com^$important': adblock modifiers ($important) are not supported" in done.stderr
+
+
+def test_import_from_a_url_and_nothing_usable_is_an_error(feeds):
+    url = feeds.set("/list.txt", "binance.com Binance\n")
+    done = geoblock("lists", "import", url)
+    assert done.returncode == 0 and f"# source: {url}" in done.stdout and "binance.com  Binance" in done.stdout
+    done = geoblock("lists", "import", feeds.set("/empty.txt", "# nothing\n"))
+    assert done.returncode == 2 and "no usable entry" in done.stderr
+    done = geoblock("lists", "import", feeds.url + "/missing.txt")
+    assert done.returncode == 2 and "HTTP 404" in done.stderr
+
+
+def write_feeds(tmp_path: Path, url: str, **extra: object) -> Path:
+    rules = tmp_path / "rules"
+    (rules / "lists").mkdir(parents=True, exist_ok=True)
+    (rules / "policy.yaml").write_text("default: allow\n")
+    (rules / "feed.yaml").write_text("rules:\n  - {id: feed, action: block, domains_from: [lists/feed.txt]}\n")
+    keys = "".join(f"    {k}: {v}\n" for k, v in extra.items())
+    conf = tmp_path / "feeds.yaml"
+    conf.write_text(f"feeds:\n  - name: regulator\n    url: {url}\n    output: rules/lists/feed.txt\n{keys}")
+    return conf
+
+
+def big(n: int, start: int = 0) -> str:
+    return "".join(f"site{i}.example  Platform {i % 7}\n" for i in range(start, start + n))
+
+
+def test_update_installs_a_verified_feed_and_keeps_the_last_good_one_on_every_failure(tmp_path, feeds):
+    url = feeds.set("/feed.txt", big(100))
+    conf = write_feeds(tmp_path, url, min_entries=50, max_shrink=0.2)
+    target = tmp_path / "rules" / "lists" / "feed.txt"
+    done = geoblock("lists", "update", str(conf))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"feed regulator: wrote {target}: 100 entries, 0 refused\n"
+    rs = Ruleset.load(str(tmp_path / "rules"))  # the rules that name it load it
+    assert rs.domain_count == 100 and rs.source.lists[0].source == url
+    good = target.read_bytes()
+
+    assert geoblock("lists", "update", str(conf)).stdout == "feed regulator: unchanged (100 entries)\n"
+    failures = [
+        (big(70), "70 entries against 100 in place: it shrank by more than max_shrink 0.2"),  # cut short
+        (big(40), "40 entries, fewer than min_entries 50"),
+        (big(80) + "".join(f"http://x/{i} bad\n" for i in range(0)) + "bad_-.com\n" * 10,
+         "10 of 90 entries refused (max_refused 0.05"),
+        (b"\xff\xfe" + b"binance.com\n" * 80, "not UTF-8 text; keeping the list in place"),
+    ]
+    for body, why in failures:
+        feeds.set("/feed.txt", body)
+        done = geoblock("lists", "update", str(conf))
+        assert done.returncode == 1 and why in done.stderr, (why, done.stderr)
+        assert target.read_bytes() == good  # the last good list stays, untouched
+    feeds.set("/feed.txt", "down", status=503)
+    done = geoblock("lists", "update", str(conf))
+    assert done.returncode == 1 and f"{url}: HTTP 503" in done.stderr and target.read_bytes() == good
+
+    feeds.set("/feed.txt", big(100) + big(5, start=100))
+    done = geoblock("lists", "update", str(conf))
+    assert done.returncode == 0 and "105 entries, was 100" in done.stdout
+    assert (target.parent / "feed.txt.bak").read_bytes() == good  # the previous list, kept beside it
+    assert not [p for p in target.parent.iterdir() if p.name.endswith(".new")]
+    feeds.set("/feed.txt", big(10))
+    assert geoblock("lists", "update", str(conf)).returncode == 1
+    done = geoblock("lists", "update", str(conf), "--force")
+    assert done.returncode == 1 and "fewer than min_entries" in done.stderr  # --force lifts max_shrink only
+
+
+@pytest.mark.parametrize("text, message", [
+    ("feeds:\n  - name: a\n    url: ftp://x/\n    output: l.txt\n", ":2: feed 'a': url must be http(s) or file:"),
+    ("feeds:\n  - name: a\n    url: http://x/\n", ":2: a feed needs output"),
+    ("feeds:\n  - name: a\n    url: http://x/\n    output: l.txt\n    shrink: 1\n", ":2: unknown feed key 'shrink'"),
+    ("feeds:\n  - name: a\n    url: http://x/\n    output: l.txt\n    max_shrink: 2\n",
+     ":2: feed 'a': max_shrink is a share between 0 and 1"),
+    ("lists: []\n", ":1: a feeds file holds one key, feeds"),
+])
+def test_a_bad_feeds_file_is_refused_naming_file_and_line(tmp_path, text, message):
+    conf = tmp_path / "feeds.yaml"
+    conf.write_text(text)
+    done = geoblock("lists", "update", str(conf))
+    assert done.returncode == 2 and f"geoblock: {conf}{message}" in done.stderr, done.stderr
+
+
+def test_the_feed_timer_units_run_the_update(tmp_path):
+    service = (REPO / "deploy" / "systemd" / "geoblock-lists.service").read_text()
+    timer = (REPO / "deploy" / "systemd" / "geoblock-lists.timer").read_text()
+    assert "ExecStart=/opt/geoblock/.venv-3.11/bin/geoblock lists update /etc/geoblock/feeds.yaml" in service
+    assert "OnCalendar=" in timer and "Unit=geoblock-lists.service" in timer
+    assert os.path.exists(REPO / "deploy" / "feeds.example.yaml")
+    conf = tmp_path / "feeds.yaml"
+    conf.write_text((REPO / "deploy" / "feeds.example.yaml").read_text())
+    from geoblock.tools.lists import load_feeds
+
+    assert [f.name for f in load_feeds(conf)]  # the example parses
