@@ -14,7 +14,8 @@ each kind. Kinds (`LintWarning.code`, docs/lint.md):
 - "shadowed": an entry that another entry of a rule of the same action already covers (`api.binance.com`
   under `binance.com`), that rule having no narrower conditions on server and client;
 - "broad-pattern": a name pattern matching more than `max_share` of the reference sample of ordinary
-  names shipped in geoblock/data/ordinary-names.txt (scripts/make_ordinary_names.py says how it was made);
+  names shipped in geoblock/data/ordinary-names.txt (scripts/make_ordinary_names.py says how it was made),
+  named by the pattern's own line when `texts` is given (else its rule's);
 - "no-sample": the shipped sample cannot be read (a broken install), so patterns were not checked;
 - "no-rules": a rules file with neither rules nor policy keys (an emptied file), when `texts` is given;
 - "lookalike": a domain entry whose labels mix scripts (Latin and Cyrillic) or are written wholly in
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import yaml
 from confusable_homoglyphs import categories, confusables
 from publicsuffixlist import PublicSuffixList
 
@@ -98,7 +100,7 @@ def lint(
         except OSError as exc:  # a broken install: say so rather than fail the whole check
             found.append(LintWarning(str(SAMPLE_PATH), "no-sample", f"the sample of ordinary names cannot be read "
                                      f"({exc.strerror or exc}), so patterns were not checked", "reinstall geoblock"))
-    found += _broad_patterns(source.rules, sample or (), max_share)
+    found += _broad_patterns(source.rules, sample or (), max_share, _pattern_lines(texts or {}))
     if texts is not None:
         found += _empty_files(texts)
     found += _lookalikes(source.rules)
@@ -283,7 +285,8 @@ def load_sample(path: Path = SAMPLE_PATH) -> tuple[str, ...]:
         return tuple(line.strip() for line in fp if line.strip() and not line.startswith("#"))
 
 
-def _broad_patterns(rules: Iterable[RuleSpec], sample: Sequence[str], max_share: float) -> list[LintWarning]:
+def _broad_patterns(rules: Iterable[RuleSpec], sample: Sequence[str], max_share: float,
+                    lines: Mapping[tuple[str, str], str]) -> list[LintWarning]:
     out: list[LintWarning] = []
     if not sample:
         return out
@@ -300,10 +303,37 @@ def _broad_patterns(rules: Iterable[RuleSpec], sample: Sequence[str], max_share:
                 else:
                     fix = "narrow it, or list the platforms' domains instead"
                 out.append(LintWarning(
-                    rule.source, "broad-pattern",
+                    lines.get((rule.source, pattern), rule.source), "broad-pattern",
                     f"pattern {pattern!r} of {rule.action} rule {rule.id} matches {len(hits):,} of {len(sample):,} "
                     f"ordinary names ({100 * share:.3g} %, more than {100 * max_share:.3g} %), e.g. {examples}",
                     fix))
+    return out
+
+
+def _pattern_lines(texts: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    """(rule's "file:line", pattern) -> the pattern's own "file:line", read from the files' YAML (RuleSpec
+    keeps patterns without their lines). A file that does not parse adds nothing."""
+    out: dict[tuple[str, str], str] = {}
+    for path, text in texts.items():
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            continue
+        if not isinstance(root, yaml.MappingNode):
+            continue
+        for key, value in root.value:
+            if key.value != "rules" or not isinstance(value, yaml.SequenceNode):
+                continue
+            for node in value.value:
+                if not isinstance(node, yaml.MappingNode):
+                    continue
+                source = f"{path}:{node.start_mark.line + 1}"
+                for field, items in node.value:
+                    if field.value == "patterns":
+                        for item in items.value if isinstance(items, yaml.SequenceNode) else [items]:
+                            if isinstance(item, yaml.ScalarNode):
+                                out.setdefault((source, item.value.strip().lower()),
+                                               f"{path}:{item.start_mark.line + 1}")
     return out
 
 
