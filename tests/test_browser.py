@@ -109,8 +109,8 @@ def test_blocked_http_site_shows_the_451_page(proxy, servers, pki, tmp_path):
     """Chromium first tries the site over HTTPS (its HTTPS upgrade: refused at CONNECT), then over HTTP:
     the user sees geoblock's page, rendered, naming the site and the rule."""
     v = browser.visit("http://www.okx.com/", proxy.url, tmp_path / "profile", trust=[pki.cert_pem])
-    assert v.title == "451 Unavailable For Legal Reasons", v.dom[:2000] + v.problems[-2000:]
-    assert "<strong>www.okx.com</strong> is blocked by this network's gateway" in v.dom
+    assert v.title == "Access restricted", v.dom[:2000] + v.problems[-2000:]
+    assert "<strong>www.okx.com</strong> is blocked on this network" in v.dom
     assert "<code>offshore-crypto-exchanges</code>" in v.dom
     shows_text(v)
     assert servers["http2"].connections == 0 and servers["https2"].connections == 0
@@ -123,8 +123,8 @@ def test_intercept_blocked_https_site_shows_the_451_page_over_tls(intercepting, 
     over TLS with mitmproxy's certificate for the name; the server is never dialled."""
     ca = intercepting.confdir / "mitmproxy-ca-cert.pem"
     v = browser.visit("https://binance.com/", intercepting.url, tmp_path / "profile", trust=[ca])
-    assert v.title == "451 Unavailable For Legal Reasons", v.dom[:2000] + v.problems[-3000:]
-    assert "<strong>binance.com</strong> is blocked by this network's gateway" in v.dom
+    assert v.title == "Access restricted", v.dom[:2000] + v.problems[-3000:]
+    assert "<strong>binance.com</strong> is blocked on this network" in v.dom
     assert "<code>offshore-crypto-exchanges</code>" in v.dom
     shows_text(v)
     assert servers["https2"].connections == 0

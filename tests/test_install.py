@@ -99,6 +99,11 @@ def test_the_wheel_holds_every_package_and_the_shipped_rules(installed: Installe
         assert (shipped / name).read_bytes() == (REPO / "rules" / name).read_bytes()
     sample = REPO / "addons" / "geoblock" / "data" / "ordinary-names.txt"  # geoblock check's lint reads it
     assert (package / "data" / sample.name).read_bytes() == sample.read_bytes()
+    # the block page's templates (geoblock/mitm/pages.py), one per language
+    pages = sorted((source / "data" / "pages").glob("*.html"))
+    assert [p.name for p in pages] == ["en.html", "zh-CN.html"]
+    for page in pages:
+        assert (package / "data" / "pages" / page.name).read_bytes() == page.read_bytes()
 
 
 def test_check_without_argument_uses_the_shipped_rules(installed: Installed) -> None:
@@ -118,7 +123,7 @@ def test_check_without_argument_uses_the_shipped_rules(installed: Installed) -> 
 def test_explain_without_rules_uses_the_shipped_rules(installed: Installed) -> None:
     shipped = installed.python("from geoblock import paths; print(paths.SHIPPED_RULES)")
     done = run([str(installed.bin / "geoblock"), "explain", "binance.com"], installed.elsewhere)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 4, done.stderr  # block (tools/cli.py EXPLAIN_EXIT)
     assert f"geoblock: using {shipped} (the rules shipped with geoblock" in done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == ("block: binance.com is listed in rule offshore-crypto-exchanges (list exchanges.txt, "

@@ -216,7 +216,7 @@ def test_explain_replay_and_the_proxy_agree_on_a_corpus_of_flows(name, live, eng
             argv += ["--server", live_record["server_ip"]]
         if live_record.get("client"):
             argv += ["--client", live_record["client"]]
-        assert geoblock_cli.main(argv) == 0
+        assert geoblock_cli.main(argv) == geoblock_cli.EXPLAIN_EXIT[live_record["action"]]
         explained = json.loads(capsys.readouterr().out)
         for key in ("action", "rule", "reason", "country", "country_source", "asn"):
             assert explained.get(key) == live_record.get(key), (key, exp, explained, live_record)
@@ -259,9 +259,10 @@ def test_replay_and_explain_place_a_server_as_the_proxy_does(live, rs, geo, engi
     (record,) = logged(live)
     facts, verdict = rp.judge(flow, engine)
     assert comparable(engine.record_of(facts, verdict, False)) == comparable(record)
+    code = geoblock_cli.EXPLAIN_EXIT[record["action"]]  # explain's exit code says the verdict
     assert geoblock_cli.main(["explain", "offshore-only.test", "--server", target.strip("[]"), "--stage", "http",
                               "--rules", str(rules_dir), "--country-db", str(geo_dir / "GeoLite2-Country.mmdb"),
-                              "--asn-db", str(geo_dir / "GeoLite2-ASN.mmdb"), "--json"]) == 0
+                              "--asn-db", str(geo_dir / "GeoLite2-ASN.mmdb"), "--json"]) == code
     explained = json.loads(capsys.readouterr().out)
     for key in ("action", "rule", "reason", "offshore", "country", "country_source", "asn", "server_ip",
                 "server_ipv6", "server_ipv6_form", "geoip_code", "anycast"):
@@ -269,7 +270,7 @@ def test_replay_and_explain_place_a_server_as_the_proxy_does(live, rs, geo, engi
     # the text form says the same about the server
     assert geoblock_cli.main(["explain", "offshore-only.test", "--server", target.strip("[]"), "--stage", "http",
                               "--rules", str(rules_dir), "--country-db", str(geo_dir / "GeoLite2-Country.mmdb"),
-                              "--asn-db", str(geo_dir / "GeoLite2-ASN.mmdb")]) == 0
+                              "--asn-db", str(geo_dir / "GeoLite2-ASN.mmdb")]) == code
     text = capsys.readouterr().out
     assert f"{record['action']}: {record['reason']}" in text
     server_line = next(line for line in text.splitlines() if line.startswith("server "))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from support import soak
 from support.geodb import write_country_db
 from support.proc import Mitmdump
 from support.servers import TestServer
+from support.shipped import copy_shipped_rules
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,10 +70,7 @@ def test_keepalive_requests_by_name_are_all_answered(tmp_path):
     client's Host header. (mitmproxy allows 5 connections per address and client connection: dialling
     each name's judged address on a new connection made the 6th request wait forever.)"""
     server = TestServer("127.0.0.1")
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    for f in (REPO / "rules").glob("*.yaml"):
-        shutil.copy(f, rules / f.name)
+    rules = copy_shipped_rules(tmp_path / "rules")
     (rules / "zz-soak.yaml").write_text(soak.SOAK_RULES)
     (tmp_path / "dns.json").write_text(json.dumps(soak.DNS))
     options = {"geoblock_rules": str(rules), "geoblock_country_db": str(write_country_db(tmp_path / "c.mmdb")),

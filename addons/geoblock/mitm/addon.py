@@ -72,6 +72,8 @@ class GeoBlock:
         self.http = HttpJudge(self.judging, self.layers.end_blocked_tunnel)
         self.dns = DnsJudge(self.judging)
         self.serving = False  # running() has run: the start-up heap is in place
+        self.configured = False  # configure() has run once (mitmproxy's first call is the script's load)
+        self.refused: str | None = None  # what the first configure refused (see _refuse): never serve
         self._watcher: asyncio.Task[None] | None = None
         self.endpoint: metrics.MetricsServer | None = None  # geoblock_metrics, while serving
 
@@ -106,12 +108,12 @@ class GeoBlock:
             engine.resolver.timeout = settings.dns_timeout
         if "geoblock_log" in updated:
             self._configure_log(settings)
-        if "geoblock_block_page" in updated:
+        if updated & {"geoblock_block_page", "geoblock_block_pages"}:
             try:
-                judging.page = (enforce.PageTemplate.from_file(settings.block_page) if settings.block_page
-                                else enforce.PageTemplate())
-            except (OSError, ValueError, KeyError) as exc:
-                raise exceptions.OptionsError(f"geoblock: block page template {settings.block_page}: {exc}") from exc
+                judging.page = enforce.PageSet.load(settings.block_pages, settings.block_page)
+                self.refused = None
+            except enforce.PageProblem as exc:  # names the file, the line and the placeholders
+                self._refuse(f"geoblock: {exc}", exc)
         self.layers.chooser.configure(updated)
         if "geoblock_gc_freeze" in updated and self.serving:  # switched while serving: apply it now
             self._settle_heap() if settings.gc_freeze else heap.release()
@@ -119,6 +121,17 @@ class GeoBlock:
             self._serve_metrics(settings)
         judging.generation += 1
         keep_mitmproxy_options_geoblock_needs(opts, updated)
+        self.configured = True
+
+    def _refuse(self, message: str, cause: Exception) -> None:
+        """Refuse an option value. Changed while loaded: OptionsError (mitmproxy keeps the old value and
+        says why). In the first configure (loading the script at start-up), where mitmproxy would print an
+        OptionsError with a traceback, the message alone is logged as an error: mitmdump then exits
+        with status 1 ("Error logged during startup"), and `running` never serves."""
+        if self.configured:
+            raise exceptions.OptionsError(message) from cause
+        logger.error(message)
+        self.refused = message
 
     def _configure_engine(self, settings: Settings, updated: set[str]) -> None:
         """Load the rules (OptionsError with file and line when they do not load); make the engine on the
@@ -165,6 +178,10 @@ class GeoBlock:
     def running(self) -> None:
         if self.judging.engine is None:  # configure refused the rules: never serve without them
             logger.error("geoblock: no valid ruleset; shutting down")
+            ctx.master.shutdown()
+            return
+        if self.refused is not None:  # configure refused an option at start-up (_refuse)
+            logger.error(f"{self.refused}; shutting down")
             ctx.master.shutdown()
             return
         self.serving = True

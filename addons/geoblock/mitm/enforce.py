@@ -4,64 +4,28 @@ responses and layers.
 - CONNECT to a blocked target: HTTP 451 answering the CONNECT, before any TLS;
 - TLS with a blocked SNI: a fatal `access_denied` alert, then close (`DenyTLS`);
 - HTTP with a blocked Host: 451 Unavailable For Legal Reasons, a `Link: <...>; rel="blocked-by"` header
-  (RFC 7725) and a short HTML page naming the rule (the template can be replaced);
+  (RFC 7725) and an HTML page in the reader's language (`Accept-Language`; templates in mitm/pages.py)
+  saying that access was restricted, by whom, on what basis, whom to ask, and the name, rule and time;
 - a stream that is neither HTTP nor TLS: closed without a byte (`DenyStream`).
 """
 
 from __future__ import annotations
-
-import html
-import string
-from pathlib import Path
 
 from mitmproxy import http
 from mitmproxy.proxy import commands, events, layer
 
 from geoblock.core.model import Verdict
 from geoblock.core.names import unicode_name
+from geoblock.mitm.pages import PageProblem, PageSet, PageTemplate, page_values
+
+__all__ = ["TLS_ACCESS_DENIED", "REASON_451", "PageProblem", "PageSet", "PageTemplate", "DenyStream", "DenyTLS",
+           "block_page", "blocked_text", "connect_refusal"]
 
 # TLS record: content type alert (21), TLS 1.2 record version, length 2, level fatal (2),
 # description access_denied (49).
 TLS_ACCESS_DENIED = bytes.fromhex("15030300020231")
 
 REASON_451 = "Unavailable For Legal Reasons"
-
-DEFAULT_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head><meta charset="utf-8"><title>451 Unavailable For Legal Reasons</title></head>
-<body>
-<h1>Unavailable For Legal Reasons</h1>
-<p>Access to <strong>$host</strong> is blocked by this network's gateway.</p>
-<p>Rule: <code>$rule</code></p>
-<p>Reason: $reason</p>
-<p><small>$ts</small></p>
-</body>
-</html>
-"""
-
-
-class PageTemplate:
-    """The HTML block page: a `string.Template` with $host, $rule, $reason and $ts (all HTML-escaped)."""
-
-    def __init__(self, text: str = DEFAULT_PAGE, origin: str = "built-in") -> None:
-        """`text`: the template; `origin`: where it came from, for messages. Raises KeyError (an unknown
-        placeholder) or ValueError (a malformed one) at once rather than on a blocked flow."""
-        self.template = string.Template(text)
-        self.origin = origin
-        # Refuse templates with unknown or malformed placeholders now rather than on a blocked flow.
-        self.render(host="h", rule="r", reason="x", ts="t")
-
-    @classmethod
-    def from_file(cls, path: str) -> PageTemplate:
-        """The template in the UTF-8 file `path`. Raises OSError (unreadable), UnicodeDecodeError, or
-        KeyError / ValueError (an unknown or malformed placeholder: see __init__)."""
-        text = Path(path).read_text(encoding="utf-8")
-        return cls(text, origin=path)
-
-    def render(self, host: str, rule: str, reason: str, ts: str) -> str:
-        """The page's HTML, every value HTML-escaped."""
-        values = {k: html.escape(v) for k, v in (("host", host), ("rule", rule), ("reason", reason), ("ts", ts))}
-        return self.template.substitute(values)
 
 
 def _headers(verdict: Verdict, blocked_by: str, content_type: str) -> dict[str, str]:
@@ -74,12 +38,25 @@ def _headers(verdict: Verdict, blocked_by: str, content_type: str) -> dict[str, 
     return headers
 
 
-def block_page(verdict: Verdict, host: str, page: PageTemplate, blocked_by: str, ts: str) -> http.Response:
-    """The 451 response to an HTTP request `verdict` blocks: the page names `host` (in Unicode), the rule
-    and the reason; `blocked_by` is the RFC 7725 `Link` target ("" for none); `ts` the decision's time."""
-    body = page.render(host=unicode_name(host) if host else "", rule=verdict.rule or "(none)", reason=verdict.reason,
-                       ts=ts)
-    response = http.Response.make(451, body, _headers(verdict, blocked_by, "text/html; charset=utf-8"))
+def block_page(verdict: Verdict, host: str, pages: PageSet, blocked_by: str, ts: str, *,
+               accept_language: str | None = None, operator: str = "", contact: str = "",
+               notice: str | None = None) -> http.Response:
+    """The 451 response to an HTTP request `verdict` blocks, in the language `accept_language` (the
+    request's Accept-Language value, None: none) asks for (PageSet.choose): the page names `host` (in
+    Unicode), the rule, the reason, the platform (Verdict.platform), `ts` (the decision's time), who
+    restricts access (`operator`), on what basis (`notice`: the rule's, else the policy's) and whom to ask
+    (`contact`). `blocked_by` is the RFC 7725 `Link` target ("" for none). Headers: `Content-Language`
+    (the page's language, when known) and `Vary: Accept-Language` (when the page depends on it)."""
+    page = pages.choose(accept_language)
+    values = page_values(host=unicode_name(host) if host else "", rule=verdict.rule or "(none)",
+                         reason=verdict.reason, ts=ts, platform=verdict.platform,
+                         operator=operator, notice=notice, contact=contact, lang=page.lang or "")
+    headers = _headers(verdict, blocked_by, "text/html; charset=utf-8")
+    if page.lang:
+        headers["content-language"] = page.lang
+    if pages.negotiated:
+        headers["vary"] = "Accept-Language"
+    response = http.Response.make(451, page.render(values), headers)
     response.reason = REASON_451
     return response
 

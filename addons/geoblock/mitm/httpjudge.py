@@ -17,7 +17,7 @@ from mitmproxy import connection, http
 from geoblock.core.model import Facts, Stage, Verdict
 from geoblock.core.names import InvalidHost, normalize_host
 from geoblock.mitm import dial, enforce
-from geoblock.mitm.judging import Judging, guarded, guarded_sync, now
+from geoblock.mitm.judging import Judging, guarded, guarded_sync
 from geoblock.mitm.observe import InvalidField, client_facts, http_target, uri_authority
 from geoblock.mitm.sessions import BlockedTunnel, ConnState, HttpMemo
 from geoblock.record import RecordExtra
@@ -115,15 +115,15 @@ class HttpJudge:
         facts = replace(tunnel.facts, stage="http", host=request.host_header, sni=flow.client_conn.sni,
                         ech=False, mismatch=None, server_port=request.port)
         self.judging.record(facts, verdict, RecordExtra(blocked_at=tunnel.stage))
-        flow.response = enforce.block_page(verdict, verdict.name or request.host_header or request.host,
-                                           self.judging.page, self.judging.blocked_by, now())
+        flow.response = self.judging.block_page(verdict, verdict.name or request.host_header or request.host,
+                                                request)
 
     def _enforce_request(self, flow: http.HTTPFlow, state: ConnState, facts: Facts, verdict: Verdict,
                          name: str | None) -> None:
         if self.judging.enforcing(verdict):
             request = flow.request
-            flow.response = enforce.block_page(verdict, verdict.name or request.host_header or request.host,
-                                               self.judging.page, self.judging.blocked_by, now())
+            flow.response = self.judging.block_page(verdict, verdict.name or request.host_header or request.host,
+                                                    request)
         elif name is not None and facts.server_ip is not None and state.resolved.get(name) == facts.server_ip:
             dial.send_to_judged_address(flow, facts.server_ip, state)
 
@@ -158,4 +158,4 @@ class HttpJudge:
         if request.method == "CONNECT":
             flow.response = enforce.connect_refusal(verdict, self.judging.blocked_by)
         else:  # a request that could not be judged: its target as mitmproxy read it
-            flow.response = enforce.block_page(verdict, request.host, self.judging.page, self.judging.blocked_by, now())
+            flow.response = self.judging.block_page(verdict, request.host, request)

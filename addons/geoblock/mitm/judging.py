@@ -22,6 +22,8 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from mitmproxy import http
+
 from geoblock.core.model import Facts, Stage, Verdict
 from geoblock.core.names import InvalidHost, IPAddress
 from geoblock.engine import CannotJudge, Engine
@@ -50,7 +52,8 @@ class Judging:
         self.engine: Engine | None = None
         self.settings: Settings | None = None
         self.log: DecisionLog | None = None
-        self.page = enforce.PageTemplate()
+        self.page = enforce.PageSet.load()  # the block page in every language (geoblock_block_page[s])
+        self._notices: tuple[object, dict[str, str | None]] = (None, {})  # (ruleset, rule id -> its notice)
         self.sessions = Sessions()
         self.ech_names = EchPublicNames()  # ECH public names seen in DNS answers geoblock served
         self.counts = {"allow": 0, "log": 0, "block": 0, "error": 0}
@@ -109,6 +112,29 @@ class Judging:
     def blocked_by(self) -> str:
         """The URI of the 451 answers' Link: rel="blocked-by" header (RFC 7725)."""
         return self.settings.blocked_by if self.settings else DEFAULT_BLOCKED_BY
+
+    def notice(self, verdict: Verdict) -> str | None:
+        """The basis of a block, for its page: the deciding rule's `notice`, else `geoblock_notice`;
+        None when neither says one."""
+        engine = self.engine
+        notice = None
+        if engine is not None and verdict.rule:
+            ruleset, notices = self._notices
+            if ruleset is not engine.ruleset:  # a reload: index the new ruleset's notices once
+                notices = {rule.id: rule.spec.notice for rule in engine.ruleset.rules}
+                self._notices = (engine.ruleset, notices)
+            notice = notices.get(verdict.rule)
+        return notice or (self.settings.notice if self.settings is not None else "") or None
+
+    def block_page(self, verdict: Verdict, host: str, request: http.Request) -> http.Response:
+        """The 451 page for a request `verdict` blocks (enforce.block_page): in the language of the
+        request's Accept-Language, naming `host`, with the operator, contact and notice in force, dated
+        now."""
+        settings = self.settings
+        return enforce.block_page(verdict, host, self.page, self.blocked_by, now(),
+                                  accept_language=request.headers.get("accept-language"),
+                                  operator=settings.operator if settings else "",
+                                  contact=settings.contact if settings else "", notice=self.notice(verdict))
 
     def enforcing(self, verdict: Verdict) -> bool:
         """Whether this verdict is enforced: a block, outside monitor mode."""

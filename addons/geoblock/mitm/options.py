@@ -45,7 +45,21 @@ OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
      "(CONNECT target or SNI) with the HTML page over TLS instead of refusing the tunnel (clients must "
      "trust mitmproxy's CA). Default: allowed TLS passes through undecrypted."),
     ("geoblock_block_page", str, "",
-     "geoblock: an HTML template for the 451 page ($host, $rule, $reason, $ts). Empty = built-in."),
+     "geoblock: an HTML template for the 451 page, used for every reader whose languages have no template "
+     "(placeholders: docs/block-page.md). Empty = the shipped English page."),
+    ("geoblock_block_pages", str, "",
+     "geoblock: a directory of 451 page templates named by language tag (fr.html, zh-TW.html, ...), added "
+     "to the shipped en.html and zh-CN.html (a same-named one replaces it); the page follows the "
+     "reader's Accept-Language. Empty = the shipped ones only."),
+    ("geoblock_operator", str, "",
+     "geoblock: who restricts access, as the 451 page names them (e.g. \"Example Corp IT\"). Empty = the page "
+     "says \"the network's operator\"."),
+    ("geoblock_contact", str, "",
+     "geoblock: whom a blocked person may ask, on the 451 page: an email address or an http(s) URL (made a "
+     "link), or text. Empty = the page says to ask the network's administrator."),
+    ("geoblock_notice", str, "",
+     "geoblock: the basis of the restriction on the 451 page for a rule without its own `notice`: text or "
+     "an http(s) URL (made a link). Empty = none shown."),
     ("geoblock_blocked_by", str, DEFAULT_BLOCKED_BY,
      'geoblock: the URI sent in the 451 answer\'s Link: <URI>; rel="blocked-by" header (RFC 7725).'),
     ("geoblock_reload_interval", str, "2",
@@ -145,6 +159,10 @@ class Settings:
     rdap_timeout: float
     gc_freeze: bool
     metrics: tuple[str, int] | None  # (host, port) of the endpoint (mitm/metrics.py), None: off
+    block_pages: str | None = None  # the directory of per-language page templates (mitm/pages.py)
+    operator: str = ""  # who restricts access, for the page
+    contact: str = ""  # whom to ask: an email address, a URL or text, for the page
+    notice: str = ""  # the basis of rules without their own notice: text or a URL, for the page
 
     @classmethod
     def parse(cls, options: Any) -> Settings:
@@ -178,6 +196,10 @@ class Settings:
             rdap_timeout=seconds(options.geoblock_rdap_timeout, "geoblock_rdap_timeout", 0.1, 60),
             gc_freeze=bool(options.geoblock_gc_freeze),
             metrics=metrics.parse_address(options.geoblock_metrics),
+            block_pages=options.geoblock_block_pages or None,
+            operator=options.geoblock_operator.strip(),
+            contact=options.geoblock_contact.strip(),
+            notice=options.geoblock_notice.strip(),
         )
 
     def rdap_lookups(self) -> RdapLocator | None:

@@ -7,8 +7,14 @@
     geoblock report LOG... [-o report.html]      what the decision logs say happened (tools/report.py)
     geoblock lists import|update ...             import lists; keep feeds current (tools/lists.py)
 
-Exit codes: 0 ok, 1 rules refused (check --strict: or any warning; status: the gateway is unhealthy),
-2 usage or input error (status: nothing answers at the URL).
+Exit codes: 0 ok, 1 rules refused (check --strict: or any warning, docs/lint.md; status: the gateway is
+unhealthy), 2 usage or input error (status: nothing answers at the URL). `explain` says its verdict in its exit code (`EXPLAIN_EXIT`):
+
+    0  allow        3  log          4  block
+    1  rules refused                2  usage or input error (a malformed name or address)
+
+`check --json` on rules that do not load prints {"ok": false, "error": ..., "file": ..., "line": ...}
+(line null when the problem is the whole file) and exits 1.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import cast
 
 from geoblock.core.decide import Facts, server_text
 from geoblock.core.lint import DEFAULT_MAX_LIFTED, DEFAULT_MAX_SHARE, lint
+from geoblock.core.model import Action
 from geoblock.core.names import InvalidHost, as_written, normalize_host, normalize_ip
 from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import Ruleset
@@ -33,11 +40,20 @@ from geoblock.tools import lists, report
 DEFAULT_METRICS = "127.0.0.1:9464"  # the default of the proxy's geoblock_metrics option
 
 
-def _load(rules: str) -> Ruleset:
+EXPLAIN_EXIT: dict[Action, int] = {"allow": 0, "log": 3, "block": 4}
+"""`geoblock explain`'s exit code for each verdict (1 and 2 are taken: rules refused, input error)."""
+
+
+def _load(rules: str, as_json: bool = False) -> Ruleset:
+    """The compiled rules; when they do not load, the error (on stderr, or with `as_json` as a JSON
+    object on stdout: {"ok": false, "error", "file", "line"}) and SystemExit(1)."""
     try:
         return Ruleset.load(rules)
     except RuleError as exc:
-        print(f"geoblock: rules refused: {exc}", file=sys.stderr)
+        if as_json:
+            print(json.dumps({"ok": False, "error": exc.message, "file": exc.path, "line": exc.line}))
+        else:
+            print(f"geoblock: rules refused: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
@@ -45,7 +61,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.max_lifted < 0 or not 0 <= args.max_share <= 100:
         print("geoblock: --max-lifted must be 0 or more and --max-share a percentage (0 to 100)", file=sys.stderr)
         return 2
-    rs = _load(args.rules)
+    rs = _load(args.rules, args.json)
     summary = rs.summary()
     texts = {}
     for path in rs.source.files:  # for lint's emptied-file check: the files load_rules just read
@@ -58,7 +74,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         summary["warnings"] = [w.as_dict() for w in warnings]
         summary["load_warnings"] = list(rs.source.warnings)
-        print(json.dumps(summary))
+        print(json.dumps({"ok": True, **summary}))
     else:
         by_action = cast("dict[str, int]", summary["by_action"])
         by = ", ".join(f"{n} {a}" for a, n in by_action.items())
@@ -74,7 +90,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    rs = _load(args.rules)
+    """The verdict a flow would get, and why; the exit code says it (EXPLAIN_EXIT)."""
+    rs = _load(args.rules, args.json)
     engine = Engine(rs, Geo(args.country_db or None, args.asn_db or None), rules_path=args.rules)
     try:
         names: list[str] = []
@@ -94,23 +111,31 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         out: dict[str, object] = {"action": verdict.action, "rule": verdict.rule, "reason": verdict.reason,
                "offshore": verdict.offshore, "country": facts.country, "country_source": facts.country_source,
-               "asn": facts.asn, "ruleset": rs.version}
+               "asn": facts.asn, "ruleset": rs.version,
+               # the matching domain entry ("file:line", in a list file or YAML) and its platform
+               "entry": verdict.entry, "platform": verdict.platform}
         # the fields a decision record adds for the server (record.make_record), when present
         record = engine.record_of(facts, verdict, True)
-        out.update({k: record[k] for k in ("server_ip", "server_ipv6", "server_ipv6_form", "geoip_code", "anycast")
-                    if k in record})
+        out.update({k: record[k] for k in ("server_ip", "server_ipv6", "server_ipv6_form", "geoip_code", "anycast",
+                                           "list", "list_version") if k in record})
         print(json.dumps(out))
     else:
         print(f"{verdict.action}: {verdict.reason}")
         if server is not None:
             print(f"server {server_text(server)}: {_place(facts)}")
         if verdict.rule:
-            spec = next(r.spec for r in rs.rules if r.id == verdict.rule)
-            print(f"rule {spec.id} is defined at {spec.source}")
+            spec = next((r.spec for r in rs.rules if r.id == verdict.rule), None)
+            if spec is not None:  # else a policy key decided ("policy:ech", ...)
+                print(f"rule {spec.id} is defined at {spec.source}")
+        entry, platform = verdict.entry, verdict.platform
+        if entry:  # the domain entry that matched, in a list file or the YAML
+            print(f"matching entry at {entry}")
+        if platform:
+            print(f"platform: {platform}")
         for problem in engine.geo.problems if engine.geo else ():
             print(f"note: {problem}")
     engine.close()
-    return 0
+    return EXPLAIN_EXIT[verdict.action]
 
 
 def cmd_status(args: argparse.Namespace) -> int:

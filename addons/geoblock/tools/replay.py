@@ -1,7 +1,15 @@
-"""Offline replay and explanation: judge recorded flows (mitmproxy .mitm files) under a ruleset.
+"""Offline replay and explanation: judge recorded flows (mitmproxy .mitm files) under a ruleset, or ask
+"what if" of decision logs.
 
     python -m geoblock.tools.replay FILE.mitm [--rules DIR] [--country-db X] [--asn-db Y] [--json]
     geoblock-replay FILE.mitm ...
+    geoblock-replay LOG.jsonl[.gz]|- --rules NEW [--baseline OLD] [--relocate] [--json]
+
+Decision logs (told from flow files by their content: tools/whatif.py `looks_like_log`; `-` is standard
+input) are re-judged under `--rules` and compared with the recorded verdicts (or `--baseline`'s): see
+`geoblock.tools.whatif` and docs/whatif.md. Exit codes there: 0 = no verdict changes, 3 = some action
+changes, 2 = unusable input (bad rules or databases, an unreadable log, a line that cannot be rebuilt
+beyond `--max-bad`).
 
 Each HTTP flow of the file is judged the way the addon's `requestheaders` hook judges it live (stage
 "http": the Host header, the request target and the client's SNI are the names) and printed with its
@@ -43,6 +51,7 @@ from geoblock.enrich.geo import Geo
 from geoblock.errors import GeoblockError
 from geoblock.mitm.observe import InvalidField, client_facts, http_target, uri_authority
 from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES
+from geoblock.tools import whatif
 
 
 class ReplayError(GeoblockError):
@@ -204,13 +213,27 @@ def format_line(index: int, flow: http.HTTPFlow, facts: Facts, verdict: Verdict)
     )
 
 
+def _count(text: str) -> int:
+    """A whole number from 0 up, for argparse (which names the option when it is not one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is below 0")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="geoblock-replay",
         description="Judge the flows of a recorded mitmproxy file (.mitm) offline with geoblock's rules "
-        "and explain each verdict.",
+        "and explain each verdict; or re-judge decision logs under other rules and say what would change "
+        "(exit 0: nothing, 3: some verdicts change, 2: unusable input).",
     )
-    p.add_argument("files", nargs="+", metavar="FILE.mitm", help="flow files written by mitmdump -w")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="flow files written by mitmdump -w, or decision logs (JSON lines, plain or .gz; "
+                        "'-' for standard input), told apart by their content")
     p.add_argument("--rules", default=DEFAULT_RULES, help="rules file or directory (default: %(default)s)")
     p.add_argument(
         "--country-db",
@@ -222,7 +245,19 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"GeoLite2-ASN database; '' for none (default: {DEFAULT_ASN_DB} if present)",
     )
-    p.add_argument("--json", action="store_true", help="print one decision record (JSON) per flow")
+    p.add_argument("--json", action="store_true",
+                   help="flows: one decision record (JSON) per flow; decision logs: one JSON object per changed "
+                        "record, then a summary object")
+    w = p.add_argument_group("decision logs (what if)")
+    w.add_argument("--baseline", metavar="OLD_RULES",
+                   help="compare with the verdicts of these rules on the same facts, not with the recorded ones "
+                        "(logs written under several rule versions)")
+    w.add_argument("--relocate", action="store_true",
+                   help="place servers again with the GeoIP databases (--country-db, --asn-db) instead of "
+                        "judging the recorded country and ASN")
+    w.add_argument("--examples", type=_count, default=5, metavar="N", help="example names per group (default: 5)")
+    w.add_argument("--max-bad", type=_count, default=0, metavar="N",
+                   help="lines that cannot be rebuilt before the exit status is 2 (default: 0); each is named")
     return p
 
 
@@ -259,6 +294,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     err = sys.stderr
+    try:
+        logs = [whatif.is_log_path(path) for path in args.files]
+    except whatif.LogError as exc:
+        print(f"geoblock-replay: {exc}", file=err)
+        return 2
+    if any(logs):
+        if not all(logs):
+            flows = [path for path, is_log in zip(args.files, logs, strict=True) if not is_log]
+            print(f"geoblock-replay: decision logs and flow files cannot be mixed in one run; flow files: "
+                  f"{', '.join(flows)}", file=err)
+            return 2
+        return _what_if(args)
+    if args.baseline or args.relocate:
+        print("geoblock-replay: --baseline and --relocate apply to decision logs only", file=err)
+        return 2
     try:
         ruleset = Ruleset.load(args.rules)
     except RuleError as exc:
@@ -300,6 +350,76 @@ def _main(args: argparse.Namespace) -> int:
             print(summary.line(path), file=err if args.json else out)
     finally:
         engine.close()
+    return status
+
+
+def _load(path: str, what: str) -> Ruleset | None:
+    try:
+        ruleset = Ruleset.load(path)
+    except RuleError as exc:
+        print(f"geoblock-replay: {what} refused: {exc}", file=sys.stderr)
+        return None
+    for warning in ruleset.source.warnings:
+        print(f"geoblock-replay: warning: {what}: {warning}", file=sys.stderr)
+    return ruleset
+
+
+def _what_if(args: argparse.Namespace) -> int:
+    """Decision logs re-judged under --rules (geoblock.tools.whatif): 0 no change, 3 changes, 2 unusable
+    input."""
+    err, out = sys.stderr, sys.stdout
+    ruleset = _load(args.rules, "rules")
+    baseline_rules = _load(args.baseline, "baseline rules") if args.baseline else None
+    if ruleset is None or (args.baseline and baseline_rules is None):
+        return 2
+    geo: Geo | None = None
+    if args.relocate:
+        try:
+            geo = _open_geo(args.country_db, args.asn_db)
+        except ValueError as exc:
+            print(f"geoblock-replay: GeoIP database refused: {exc}", file=err)
+            return 2
+        if geo.country_info is None and geo.asn_info is None:
+            geo.close()
+            print("geoblock-replay: --relocate needs a GeoIP database (--country-db, --asn-db)", file=err)
+            return 2
+        for problem in geo.problems:
+            print(f"geoblock-replay: warning: {problem}", file=err)
+    engine = Engine(ruleset, geo, rules_path=args.rules)
+    # The baseline shares the databases; Engine.close closes them once, with `engine`.
+    baseline = Engine(baseline_rules, geo, rules_path=args.baseline) if baseline_rules is not None else None
+    stdin = getattr(sys.stdin, "buffer", None)
+    try:
+        result = whatif.compare(whatif.read_logs(args.files, stdin), engine, baseline, args.relocate)
+    except whatif.LogError as exc:
+        print(f"geoblock-replay: {exc}", file=err)
+        return 2
+    finally:
+        if baseline is not None:
+            baseline.geo = None  # shared with `engine`, which closes it
+            baseline.close()
+        engine.close()
+    status = 2 if len(result.bad) > args.max_bad else 3 if result.action_changes else 0
+    against = (f"baseline ruleset {baseline_rules.version} ({args.baseline})" if baseline_rules
+               else "the recorded verdicts")
+    where = "servers placed again by GeoIP" if args.relocate else "servers where they were recorded"
+    if baseline_rules is None and len(result.versions) > 1:
+        versions = ", ".join(f"{v} ({n})" for v, n in result.versions.most_common())
+        print(f"geoblock-replay: warning: the records were judged under {len(result.versions)} ruleset versions "
+              f"({versions}): changes between those are counted too; --baseline compares two rulesets on the "
+              f"same facts", file=err)
+    if args.json:
+        for change in result.changes:
+            out.write(json.dumps(change.as_json(), ensure_ascii=False) + "\n")
+        summary = whatif.summary_json(result, args.examples, rules=ruleset.version,
+                                      baseline=baseline_rules.version if baseline_rules else None,
+                                      relocate=args.relocate, exit=status)
+        out.write(json.dumps(summary, ensure_ascii=False) + "\n")
+    else:
+        out.write(f"what if: ruleset {ruleset.version} ({args.rules}) against {against}; {where}\n")
+        for line in whatif.text_report(result, args.examples):
+            out.write(line + "\n")
+    out.flush()
     return status
 
 
