@@ -8,7 +8,8 @@
     geoblock lists import|update ...             import lists; keep feeds current (tools/lists.py)
 
 Exit codes: 0 ok, 1 rules refused (check --strict: or any warning, docs/lint.md; status: the gateway is
-unhealthy), 2 usage or input error (status: nothing answers at the URL). `explain` says its verdict in its exit code (`EXPLAIN_EXIT`):
+unhealthy), 2 usage or input error (status: nothing answers at the URL). `explain` says its verdict in
+its exit code (`EXPLAIN_EXIT`):
 
     0  allow        3  log          4  block
     1  rules refused                2  usage or input error (a malformed name or address)
