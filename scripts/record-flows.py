@@ -84,7 +84,7 @@ HTTP: list[Req] = [
         "(idn-block)", host="xn--bcher-kva.example"),
     Req("127.0.0.1", "block", "idn-block", "a raw UTF-8 Host bücher.example normalises to "
         "xn--bcher-kva.example (idn-block)", host="bücher.example"),
-    Req("127.0.0.2", "log", REVIEW, "coin-exchange.test matches *coin*/*exchange* and the SG server is "
+    Req("127.0.0.2", "log", REVIEW, "coin-exchange.test matches *exchange* and the SG server is "
         "offshore: review rule logs", host="coin-exchange.test"),
     Req("127.0.0.1", "allow", None, "coin-exchange.test on a CN server: not offshore, the review rule does "
         "not apply", host="coin-exchange.test"),

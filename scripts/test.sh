@@ -18,6 +18,11 @@ for tool in curl wrk chromium logrotate prometheus; do
     fi
   fi
 done
+# wamerican: the word list tests/test_lint.py remakes the lint's sample of ordinary names from
+if [ ! -e /usr/share/dict/american-english ] && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -qq --no-install-recommends wamerican >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends wamerican >/dev/null; }
+fi
 # As root nothing is missing that a test needs: a skipped test then fails the run (tests/conftest.py).
 if [ "$(id -u)" = 0 ]; then export GEOBLOCK_REQUIRE_ALL="${GEOBLOCK_REQUIRE_ALL:-1}"; fi
 status=0

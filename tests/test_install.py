@@ -97,6 +97,8 @@ def test_the_wheel_holds_every_package_and_the_shipped_rules(installed: Installe
                   and "__pycache__" not in p.parts) == ours  # the rule files and the list files they name
     for name in ours:
         assert (shipped / name).read_bytes() == (REPO / "rules" / name).read_bytes()
+    sample = REPO / "addons" / "geoblock" / "data" / "ordinary-names.txt"  # geoblock check's lint reads it
+    assert (package / "data" / sample.name).read_bytes() == sample.read_bytes()
     # the block page's templates (geoblock/mitm/pages.py), one per language
     pages = sorted((source / "data" / "pages").glob("*.html"))
     assert [p.name for p in pages] == ["en.html", "zh-CN.html"]

@@ -1,14 +1,16 @@
 """`geoblock`: a command line over the decision core, for operators.
 
-    geoblock check [RULES]                       validate and compile rules; print a summary
+    geoblock check [RULES] [--strict]            validate and compile rules; print a summary and lint
+                                                 warnings (docs/lint.md)
     geoblock explain NAME|IP [--server IP] ...   the verdict a flow would get, and why
     geoblock status [--url URL] [--json]         what a running gateway says at its /status endpoint
     geoblock report LOG... [-o report.html]      what the decision logs say happened (tools/report.py)
     geoblock lists import|update ...             import lists; keep feeds current (tools/lists.py)
     geoblock discover LOG... [--list-out F]      platforms the logs point at, not listed yet (tools/discover.py)
 
-Exit codes: 0 ok, 1 rules refused (status: the gateway is unhealthy), 2 usage or input error (status:
-nothing answers at the URL). `explain` says its verdict in its exit code (`EXPLAIN_EXIT`):
+Exit codes: 0 ok, 1 rules refused (check --strict: or any warning, docs/lint.md; status: the gateway is
+unhealthy), 2 usage or input error (status: nothing answers at the URL). `explain` says its verdict in
+its exit code (`EXPLAIN_EXIT`):
 
     0  allow        3  log          4  block
     1  rules refused                2  usage or input error (a malformed name or address)
@@ -23,9 +25,11 @@ import argparse
 import json
 import sys
 import urllib.request
+from pathlib import Path
 from typing import cast
 
 from geoblock.core.decide import Facts, server_text
+from geoblock.core.lint import DEFAULT_MAX_LIFTED, DEFAULT_MAX_SHARE, lint
 from geoblock.core.model import Action
 from geoblock.core.names import InvalidHost, as_written, normalize_host, normalize_ip
 from geoblock.core.rules import RuleError
@@ -56,9 +60,22 @@ def _load(rules: str, as_json: bool = False) -> Ruleset:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.max_lifted < 0 or not 0 <= args.max_share <= 100:
+        print("geoblock: --max-lifted must be 0 or more and --max-share a percentage (0 to 100)", file=sys.stderr)
+        return 2
     rs = _load(args.rules, args.json)
     summary = rs.summary()
+    texts = {}
+    for path in rs.source.files:  # for lint's emptied-file check: the files load_rules just read
+        try:
+            texts[path] = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeError):
+            continue
+    warnings = lint(rs.source, max_lifted=args.max_lifted, max_share=args.max_share / 100, texts=texts,
+                    ruleset=rs)
     if args.json:
+        summary["warnings"] = [w.as_dict() for w in warnings]
+        summary["load_warnings"] = list(rs.source.warnings)
         print(json.dumps({"ok": True, **summary}))
     else:
         by_action = cast("dict[str, int]", summary["by_action"])
@@ -69,7 +86,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"list {listed.describe()}")
         for warning in rs.source.warnings:
             print(f"warning: {warning}")
-    return 0
+        for found in warnings:
+            print(f"warning: {found}")
+    return 1 if args.strict and (warnings or rs.source.warnings) else 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -168,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate and compile rules")
     check.add_argument("rules", nargs="?", help=f"a rules file or directory (default: {DEFAULT_RULES})")
     check.add_argument("--json", action="store_true")
+    check.add_argument("--strict", action="store_true", help="exit 1 when there is any warning (docs/lint.md)")
+    check.add_argument("--max-lifted", type=int, default=DEFAULT_MAX_LIFTED, metavar="N",
+                       help="warn about an allow rule lifting more than N block entries "
+                            f"(default {DEFAULT_MAX_LIFTED})")
+    check.add_argument("--max-share", type=float, default=DEFAULT_MAX_SHARE * 100, metavar="PERCENT",
+                       help="warn about a pattern matching more than PERCENT of the sample of ordinary names "
+                            f"(default {DEFAULT_MAX_SHARE * 100:g})")
     check.set_defaults(func=cmd_check)
     explain = sub.add_parser("explain", help="the verdict a flow would get, and why")
     explain.add_argument("names", nargs="+", help="names (SNI, Host, CONNECT target) or an IP literal")
