@@ -70,7 +70,7 @@ def test_version_changes_with_content(tmp_path):
     ("rules:\n  - id: a\n    action: deny\n    domains: [x.test]\n", 3, "action must be one of allow, log, block, not 'deny'"),
     ("rules:\n  - id: a\n    action: block\n    asns: [AS-1]\n", 4, "is not an AS number"),
     ("rules:\n  - id: a\n    action: block\n    domains: [bad..name]\n", 4, "not a valid domain"),
-    ("rules:\n  - id: a\n    action: block\n    domains: [https://x.test/]\n", 4, "not a valid domain"),
+    ("rules:\n  - id: a\n    action: block\n    domains: [https://x.test/]\n", 4, "must be a bare domain"),
     ("rules:\n  - id: a\n    action: block\n", 2, "has no condition"),
     ("rules:\n  - action: block\n    domains: [x.test]\n", 2, "missing key 'id'"),
     ("rules:\n  - id: a\n    action: block\n    domains: [x.test]\n    domains: [y.test]\n", 5, "duplicate key 'domains'"),
@@ -103,7 +103,7 @@ def test_duplicate_id_across_files_names_both(tmp_path):
     ("doh_canary: block\n", 1, "doh_canary must be one of nxdomain, pass, not 'block'"),
     ("ech_public_names:\n  - cloudflare-ech.com\n  - =front.example\n", 3,
      "ech_public_names: '=front.example': give a plain domain"),
-    ("ech_public_names: [https://front.example/]\n", 1, "ech_public_names: 'https://front.example/' is not a valid"),
+    ("ech_public_names: [https://front.example/]\n", 1, "ech_public_names: 'https://front.example/': must be a bare domain"),
 ])
 def test_broken_policy_is_refused(tmp_path, policy, line, message):
     err = refused(tmp_path, {"policy.yaml": policy})
@@ -212,7 +212,7 @@ def test_a_number_looking_domain_is_refused_naming_it_as_written(tmp_path, yaml_
     """Each spells an IPv4 address (as inet_aton reads it): refused, with the text as written."""
     with pytest.raises(RuleError) as err:
         load_rules(rule_file(tmp_path, f"    domains: [{written}]\n"))
-    assert f"domains: {written!r} is an IP address; put it under networks" in str(err.value)
+    assert f"domains: {written!r}: an IP address; put it under a rule's networks" in str(err.value)
 
 
 @pytest.mark.parametrize("written", ["010", "yes", "12:30", "1_000", "NO"])

@@ -31,9 +31,8 @@ from typing import Any, Literal, TypeVar, get_args
 import yaml
 
 from geoblock.core.countries import ISO_3166_ALPHA2, suggest_country
-from geoblock.core.lists import ListFile, read_list
+from geoblock.core.lists import DomainMode, ListError, ListFile, parse_entry, read_list
 from geoblock.core.model import ACTIONS, ON_ERROR, Action, OnError
-from geoblock.core.names import InvalidHost, normalize_host
 from geoblock.errors import GeoblockError
 
 __all__ = ["ACTIONS", "DOH_CANARY", "ON_ERROR", "POLICY_KEYS", "RULE_KEYS", "DomainSpec", "Policy", "RuleError",
@@ -43,7 +42,6 @@ POLICY_KEYS = ("home_countries", "default", "unknown_country", "on_error", "ech"
                "ech_public_names", "doh_canary")
 DohCanary = Literal["nxdomain", "pass"]  # Firefox's canary name: answered NXDOMAIN, or passed on
 DOH_CANARY: tuple[DohCanary, ...] = get_args(DohCanary)
-DomainMode = Literal["tree", "exact", "below"]
 DEFAULT_ECH_PUBLIC_NAMES = frozenset({"cloudflare-ech.com"})  # the public name of Cloudflare's ECH service
 RULE_KEYS = (
     "id",
@@ -310,21 +308,13 @@ def parse_network(path: Path, node: yaml.Node, what: str) -> ipaddress.IPv4Netwo
 
 
 def parse_domain(path: Path, node: yaml.Node, what: str) -> DomainSpec:
+    """A domain entry of YAML (`name`, `=name`, `*.name`, `.name`), read as a list file's entry is
+    (lists.parse_entry). Raises RuleError naming the file, line and value."""
     text = _string(path, node, what)
-    mode: DomainMode = "tree"
-    name = text
-    if name.startswith("="):
-        mode, name = "exact", name[1:]
-    elif name.startswith("*."):
-        mode, name = "below", name[2:]
     try:
-        host = normalize_host(name)
-    except InvalidHost as exc:
-        raise RuleError(path, _line(node), f"{what}: {text!r} is not a valid domain ({exc.why})") from None
-    if not isinstance(host, str):
-        raise RuleError(path, _line(node), f"{what}: {text!r} is an IP address; put it under networks")
-    if ":" in name or "/" in name:
-        raise RuleError(path, _line(node), f"{what}: {text!r} must be a bare domain (no port, scheme or path)")
+        host, mode = parse_entry(text)
+    except ListError as exc:
+        raise RuleError(path, _line(node), f"{what}: {exc}") from None
     return DomainSpec(host, mode, text, where=f"{path}:{_line(node)}")
 
 
