@@ -174,11 +174,12 @@ def test_files_in_the_rules_directory_that_are_not_read_are_named(tmp_path):
     write(d / "lists" / "unused.txt", "c.example\n")
     write(d / "UPPER.YAML", "rules:\n  - {id: y, action: block, domains: [d.example]}\n")
     (d / "r.yaml~").write_text("editor back-up")
+    write(d / ".hidden.yaml", "rules:\n  - {id: z, action: block, domains: [e.example]}\n")
     source = load_rules(d)
     assert {r.id for r in source.rules} == {"x", "y"}  # .YAML is a rule file too
     assert [w.split(": not read")[0] for w in source.warnings] == [
-        f"{d}/blocklist.txt", f"{d}/lists/unused.txt", f"{d}/more/sub.yaml"]
-    assert "domains_from: [blocklist.txt]" in source.warnings[0]
+        f"{d}/.hidden.yaml", f"{d}/blocklist.txt", f"{d}/lists/unused.txt", f"{d}/more/sub.yaml"]
+    assert "domains_from: [blocklist.txt]" in source.warnings[1]
 
 
 @pytest.mark.parametrize("line, why", [

@@ -507,6 +507,9 @@ def _unread(source: Path, lists: set[Path]) -> list[str]:
         return []
     out = []
     for path in sorted(source.iterdir()):
+        if path.name.startswith(".") and path.suffix.lower() in (".yaml", ".yml") and path.is_file():
+            out.append(f"{path}: not read: a hidden file (its name starts with a dot)")
+            continue
         if _skipped(path) or _is_rule_file(path):
             continue
         if path.is_file() and path.resolve() not in lists:
