@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Coverage-guided fuzzing (atheris / libFuzzer) of geoblock's ClientHello path, Host/authority parser
-and rule loader, with fail-open oracles (tests/support/fuzz_targets.py).
+rule loader and list reader, with fail-open oracles (tests/support/fuzz_targets.py).
 
-    scripts/fuzz.py all --runs 100000          # the three targets in turn, then a summary
+    scripts/fuzz.py all --runs 100000          # the four targets in turn, then a summary
     scripts/fuzz.py clienthello --max-seconds 60
     scripts/fuzz.py host --runs 5000 --seed 1  # reproducible (libFuzzer's -seed)
     scripts/fuzz.py replay                     # seeds + saved findings through the oracles, no atheris
@@ -31,22 +31,23 @@ import _paths  # makes tests/support importable as `support`
 
 REPO = _paths.REPO
 FUZZ_DIR = REPO / "tests" / "fuzz"
-TARGETS = ("clienthello", "host", "rules")
+TARGETS = ("clienthello", "host", "rules", "lists")
 
 # Coverage feedback. atheris instruments whole top-level packages as they are imported (its `include`
 # matches "mitmproxy", never "mitmproxy.tls"): geoblock (and idna, yaml) that way; in mitmproxy only the
 # ClientHello parser's own modules, function by function after import.
-PACKAGES = {"clienthello": ["geoblock"], "host": ["geoblock", "idna"], "rules": ["geoblock", "yaml"]}
+PACKAGES = {"clienthello": ["geoblock"], "host": ["geoblock", "idna"], "rules": ["geoblock", "yaml"],
+            "lists": ["geoblock", "idna"]}
 MODULES = {
     "clienthello": ["mitmproxy.tls", "mitmproxy.proxy.layers.tls", "mitmproxy.net.check",
                     "mitmproxy.contrib.kaitaistruct.tls_client_hello", "kaitaistruct"],
-    "host": [], "rules": [],
+    "host": [], "rules": [], "lists": [],
 }
 # atheris 2.3.0 on CPython 3.11 miscompiles this generator: instrumented, it segfaults on some inputs
 # (a harness artefact: the same inputs run fine uninstrumented, and under atheris 3.1.0 on 3.12).
 SKIP = {"handshake_record_contents"} if sys.version_info < (3, 12) else set()
 KEEP_PER_CAUSE = 3  # inputs saved per kind of finding (all are counted)
-MAX_LEN = {"clienthello": 2048, "host": 256, "rules": 4096}
+MAX_LEN = {"clienthello": 2048, "host": 256, "rules": 4096, "lists": 4096}
 
 
 # ------------------------------------------------------------------------------------------ worker

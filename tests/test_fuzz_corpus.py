@@ -93,6 +93,16 @@ def test_the_rules_oracle_sees_a_listed_domain_that_is_not_blocked(targets, tmp_
     assert {f.kind for f in findings} == {"fail-open"} and "binance.com" in findings[0].detail
 
 
+def test_the_lists_oracle_sees_a_listed_name_that_is_not_blocked(targets, tmp_path):
+    from geoblock.core.ruleset import Ruleset
+
+    (tmp_path / "r.yaml").write_text("rules:\n  - id: a\n    action: log\n    domains: [binance.com]\n")
+    findings = targets["lists"].judge_loaded(Ruleset.load(str(tmp_path / "r.yaml")), b"0.0.0.0 binance.com\n")
+    assert [f.kind for f in findings] == ["fail-open", "fail-open"] and "binance.com" in findings[0].detail
+    assert ft.reference_list_names("||okx.com^\nbybit.com  Bybit # c\n0.0.0.0 localhost kucoin.com\n") == [
+        "okx.com", "bybit.com", "kucoin.com"]
+
+
 # ----------------------------------------------------------------------------------------------
 # What the inputs the fuzzers found show a user
 

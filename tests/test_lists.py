@@ -225,3 +225,19 @@ def test_a_directory_named_as_a_list_is_refused(tmp_path):
     d = rules_with_list(tmp_path, "rules:\n  - {id: x, action: block, domains_from: [lists]}\n", "a.example\n")
     with pytest.raises(RuleError, match=r"r\.yaml:2: rule 'x': domains_from: 'lists' is a directory"):
         load_rules(d)
+
+
+@pytest.mark.parametrize("line, why", [
+    ("0.0.0.0.0 binance.com", "'binance.com' after the entry is written like a second domain"),
+    ("0.0.0.0.0", "its last label is all digits"),  # a hosts line whose address is written wrong
+    ("800.0.0.1\tokx.com", "'okx.com' after the entry is written like a second domain"),
+    ("kucoin.com  KuCoin see kucoin.top", "'kucoin.top' after the entry is written like a second domain"),
+])
+def test_found_by_the_lists_fuzzer_a_name_hidden_in_the_platform_is_refused(tmp_path, line, why):
+    """The lists fuzzer (tests/support/fuzz_targets.py ListsTarget) found lines whose names were read as
+    a platform: a hosts line with a mistyped address became an entry `0.0.0.0.0` and its names its
+    platform, so they were never blocked."""
+    f = write(tmp_path / "l.txt", f"{line}\n")
+    with pytest.raises(RuleError) as err:
+        read_list(f)
+    assert str(err.value).startswith(f"{f}:1: ") and why in str(err.value)

@@ -53,7 +53,7 @@ CORPUS_DIR = FUZZ_DIR / "corpus"
 FUZZ_RULES = FUZZ_DIR / "rules"
 SHIPPED_RULES = REPO / "rules"
 
-TARGETS = ("clienthello", "host", "rules")
+TARGETS = ("clienthello", "host", "rules", "lists")
 
 
 # The errors geoblock raises on purpose in the ClientHello path, which its guard turns into on_error:
@@ -875,6 +875,112 @@ class RulesTarget(Target):
         return out
 
 
+# ----------------------------------------------------------------------------------------------
+# lists
+
+
+_HOSTS_SELF = {"localhost", "localhost.localdomain", "local", "broadcasthost", "0.0.0.0"}
+
+
+def reference_list_names(text: str) -> list[str] | None:
+    """The names a list file's lines put in force, read without geoblock's code: plain `name [...]`,
+    hosts `address name...`, adblock `||name^`; `#` after whitespace or at the start begins a comment.
+    Only names a simple reading is sure of (lower-case ASCII with a dot, no notation); None when the file
+    declares a format (then lines are read another way)."""
+    names: list[str] = []
+    for raw in re.split(r"\r\n|\r|\n", text):
+        if re.match(r"\s*#\s*format\s*:", raw):
+            return None
+        words: list[str] = []
+        for word in raw.split():
+            if word.startswith("#"):
+                break
+            words.append(word)
+        if not words:
+            continue
+        first = words[0]
+        if first.startswith("||") and first.endswith("^"):
+            candidates = [first[2:-1]]
+        elif re.fullmatch(r"[0-9.]+|[0-9a-f:]+", first) and len(words) > 1 and ("." in first or ":" in first):
+            candidates = [w for w in words[1:] if w not in _HOSTS_SELF]
+        else:
+            candidates = [first]
+        names += [c for c in candidates if _SIMPLE_NAME.match(c) and "." in c and len(c) < 200]
+    return names
+
+
+class ListsTarget(Target):
+    """The input is a list file named by a block rule (`domains_from`). It loads, or is refused with a
+    RuleError naming the list file (or the rule file) and a line within it; and once loaded, every name
+    a simple reading of its lines finds is blocked, with its subdomains."""
+
+    name = "lists"
+
+    def setup(self) -> None:
+        from geoblock.core.decide import Facts, decide
+        from geoblock.core.rules import RuleError
+        from geoblock.core.ruleset import Ruleset
+
+        self.Facts, self.decide, self.RuleError, self.Ruleset = Facts, decide, RuleError, Ruleset
+        self.rules = workdir() / "list-rules"
+        (self.rules / "lists").mkdir(parents=True, exist_ok=True)
+        (self.rules / "r.yaml").write_text("rules:\n  - {id: listed, action: block, domains_from: [lists/l.txt]}\n")
+        self.path = self.rules / "lists" / "l.txt"
+
+    def one(self, data: bytes) -> list[Finding]:
+        self.path.write_bytes(data)
+        try:
+            rs = self.Ruleset.load(str(self.rules))
+        except self.RuleError as exc:
+            if exc.path != str(self.path):
+                return [Finding("crash", f"RuleError names another file: {exc}")]
+            lines = len(re.split(rb"\r\n|\r|\n", data))
+            if exc.line is None and not exc.message.startswith(("the list holds no entries", "bad CSV")):
+                return [Finding("crash", f"RuleError without a line: {exc}")]
+            if exc.line is not None and not 1 <= exc.line <= lines:
+                return [Finding("crash", f"RuleError line {exc.line} outside the file's {lines} lines: {exc}")]
+            return []
+        except Exception as exc:  # noqa: BLE001
+            return [Finding("crash", f"loading a list raised {type(exc).__name__}: {exc}")]
+        return self.judge_loaded(rs, data)
+
+    def judge_loaded(self, rs: Any, data: bytes) -> list[Finding]:
+        """Fail-opens of a loaded ruleset against the reference reading of the list's bytes."""
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            return [Finding("crash", "a list that is not UTF-8 was loaded")]
+        names = reference_list_names(text)
+        out: list[Finding] = []
+        for name in names or ():
+            for asked in (name, "sub." + name):
+                verdict = self.decide(self.Facts("tls", names=(asked,)), rs)
+                if verdict.action != "block":
+                    out.append(Finding("fail-open", f"{asked} must be blocked (line of {name!r}) but gets "
+                                                    f"{verdict.action}"))
+        return out
+
+    def seeds(self) -> list[bytes]:
+        texts = [
+            (SHIPPED_RULES / "lists" / "exchanges.txt").read_text(),
+            "binance.com  Binance\n=www.okx.com OKX\n*.bitfinex.com\n.kraken.com Kraken # comment\n",
+            "0.0.0.0 localhost\n0.0.0.0 binance.com www.binance.com\n127.0.0.1\tokx.com\n",
+            "[Adblock Plus 2.0]\n! c\n||bybit.com^\n||kucoin.com^$important\n@@||x.example^\n",
+            "# format: hosts\n0.0.0.0 a.example\nb.example\n",
+            "# format: adblock\n||a.example^\n",
+            "# source: https://x.example/\n# retrieved: 2026-11-30\n# platform: P\na.example\n",
+            "binance.com okx.com\n", "Binance binance.com\n", "Service unavailable\n",
+            "bücher.example  Bücher\nＢＩＮＡＮＣＥ.com\nxn--bcher-kva.example\n",
+            "a.example\r\nb.example\r\n", "\ufeffa.example\n", "a.example\x00\n", "a.example#x\n",
+            "https://www.binance.com/en\n", "203.0.113.9\n", "bin*ance.com\n", "a..example\n",
+            "a.example\nA.EXAMPLE.\n", "x" * 300 + ".example\n", "\n\n# only comments\n",
+            "a.example " + "P" * 120 + "\n", "okx.com\u2028bybit.com\n", "okx.com\x85bybit.com\n",
+        ]
+        out = [t.encode("utf-8") for t in texts]
+        out.append(b"a.example\n\xff\xfe\n")
+        return out
+
+
 _YAML_BREAK = re.compile("\r\n|\r|\n|\x85|\u2028|\u2029")
 
 
@@ -909,6 +1015,7 @@ TARGET_CLASSES: dict[str, Callable[[], Target]] = {
     "clienthello": ClientHelloTarget,
     "host": HostTarget,
     "rules": RulesTarget,
+    "lists": ListsTarget,
 }
 
 

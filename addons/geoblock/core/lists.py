@@ -59,6 +59,7 @@ _HOSTS_SELF = frozenset({"localhost", "localhost.localdomain", "local", "broadca
 # the domain column: the first of these the header has (`name` last: in "Name,Website" it is the platform's)
 _DOMAIN_COLUMNS = ("domain", "domains", "hostname", "host", "url", "website", "site", "name")
 _PLATFORM_COLUMNS = ("platform", "brand", "company", "entity", "operator")
+_LINES = re.compile(r"\r\n|\r|\n")
 _HEADER = re.compile(r"#\s*([A-Za-z_-]+)\s*:\s*(.*?)\s*\Z")
 _HEADER_KEYS = ("source", "retrieved", "format", "platform")
 _COMMENT = re.compile(r"(?:^|\s)#")
@@ -198,6 +199,9 @@ def _parse_entry(text: str, single_label: bool = False) -> tuple[str, DomainMode
         raise _Bad(f"not a valid domain ({exc.why})") from None
     if not isinstance(host, str):
         raise _Bad("an IP address; put it under a rule's networks")
+    if host.rsplit(".", 1)[-1].isdigit():
+        raise _Bad("its last label is all digits, which no domain's is (RFC 3696 section 2): an address "
+                   "written wrong?")
     if single_label and "." not in host:
         raise _Bad("a single label, not a domain: an entry is a domain such as binance.com, and a platform's "
                    "name goes after it (`binance.com  Binance`); a top-level domain belongs in a rule's domains")
@@ -224,8 +228,9 @@ def _platform(text: str) -> str | None:
         return None
     if not _PLATFORM.match(text):
         raise _Bad(f"platform name {text[:40]!r}: at most 100 printable characters")
-    if _LOOKS_LIKE_ENTRY.match(text):
-        raise _Bad(f"{text!r} after the entry is written like a second domain, not a platform's name: one "
+    second = next((word for word in text.split() if _LOOKS_LIKE_ENTRY.match(word)), None)
+    if second is not None:
+        raise _Bad(f"{second!r} after the entry is written like a second domain, not a platform's name: one "
                    "entry per line (a hosts line takes several names after an address); a platform named "
                    "like its domain is written with its capitals (`Crypto.com`)")
     return text
@@ -344,7 +349,8 @@ def read_list_text(path: str, text: str, *, digest: str | None = None, mtime: fl
     from geoblock.core.rules import RuleError
 
     headers: dict[str, str] = {}
-    lines = text.splitlines()
+    header_lines: dict[str, int] = {}
+    lines = _LINES.split(text)  # CR, LF, CRLF: as editors count lines (not U+2028 and the like)
     for number, raw in enumerate(lines, 1):
         stripped = raw.strip()
         if not stripped:
@@ -357,11 +363,12 @@ def read_list_text(path: str, text: str, *, digest: str | None = None, mtime: fl
             if key == "format" and match.group(2) not in FORMATS:
                 raise RuleError(path, number, f"format {match.group(2)!r} is not one of {', '.join(FORMATS)}")
             headers[key] = match.group(2)
+            header_lines[key] = number
     declared = fmt or headers.get("format") or ("csv" if path.lower().endswith(".csv") else None)
     try:
         default_platform = _platform(headers["platform"]) if "platform" in headers else platform
     except _Bad as exc:
-        raise RuleError(path, None, exc.why) from None
+        raise RuleError(path, header_lines.get("platform"), exc.why) from None
     entries: list[Entry] = []
     refused: list[Refused] = []
     duplicates: list[tuple[int, str, int]] = []
