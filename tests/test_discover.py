@@ -12,7 +12,9 @@ short or common brand by chance (`habit-tracker.example` holds `bit`, `krakenrum
 
 from __future__ import annotations
 
+import gzip
 import json
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -364,6 +366,21 @@ def test_a_log_without_connection_ids_counts_records_and_says_so(tmp_path, rules
     assert "note: The log has no connection ids" in done.stderr
     c = next(c for c in json.loads(done.stdout)["candidates"] if c["domain"] == "binancezh.shop")
     assert c["connections"] == c["records"] == 8
+
+
+def test_a_damaged_gzip_log_is_named_with_what_is_wrong(tmp_path, rules_dir) -> None:
+    whole = gzip.compress("".join(json.dumps(r) + "\n" for r in build_log()).encode())
+    cut = tmp_path / "decisions.jsonl.2.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    done = run(cut, "--rules", rules_dir, "--json", "--min-score", "0")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert f"geoblock discover: {cut}" not in lines  # no bare name: the line says what is wrong with the file
+    said = [line for line in lines if line.startswith(f"geoblock discover: {cut}: ")]
+    assert len(said) == 1 and re.fullmatch(
+        rf"geoblock discover: {re.escape(str(cut))}: compressed data cut short or damaged: reading the "
+        r"[\d.,]+ (bytes|kB|MB) of text before the damage", said[0]), lines
+    assert f"geoblock discover: note: {cut} ends early (compressed data cut short or damaged)" in done.stderr
 
 
 @pytest.mark.parametrize(("brand", "kind"), [
