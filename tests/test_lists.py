@@ -174,8 +174,54 @@ def test_files_in_the_rules_directory_that_are_not_read_are_named(tmp_path):
     write(d / "lists" / "unused.txt", "c.example\n")
     write(d / "UPPER.YAML", "rules:\n  - {id: y, action: block, domains: [d.example]}\n")
     (d / "r.yaml~").write_text("editor back-up")
+    write(d / ".hidden.yaml", "rules:\n  - {id: z, action: block, domains: [e.example]}\n")
     source = load_rules(d)
     assert {r.id for r in source.rules} == {"x", "y"}  # .YAML is a rule file too
     assert [w.split(": not read")[0] for w in source.warnings] == [
-        f"{d}/blocklist.txt", f"{d}/lists/unused.txt", f"{d}/more/sub.yaml"]
-    assert "domains_from: [blocklist.txt]" in source.warnings[0]
+        f"{d}/.hidden.yaml", f"{d}/blocklist.txt", f"{d}/lists/unused.txt", f"{d}/more/sub.yaml"]
+    assert "domains_from: [blocklist.txt]" in source.warnings[1]
+
+
+@pytest.mark.parametrize("line, why", [
+    ("binance.com okx.com", "'okx.com' after the entry is written like a second domain"),
+    ("binance.com\tbinance.me", "'binance.me' after the entry is written like a second domain"),
+    ("binance.com =okx.com", "'=okx.com' after the entry is written like a second domain"),
+    ("Binance binance.com", "'binance.com' after the entry is written like a second domain"),
+    ("Binance", "a single label, not a domain"),
+    ("Service temporarily unavailable", "a single label, not a domain"),
+])
+def test_a_line_that_is_not_one_entry_and_its_platform_is_refused(tmp_path, line, why):
+    """Fail-open found in review: the second name of a line became the first one's platform, so it was
+    never blocked; a platform's name in the entry's place gave an entry that matches nothing."""
+    f = write(tmp_path / "l.txt", f"ok.example  Crypto.com\n{line}\n")
+    with pytest.raises(RuleError) as err:
+        read_list(f)
+    assert str(err.value).startswith(f"{f}:2: ") and why in str(err.value)
+    assert read_list(write(tmp_path / "ok.txt", "crypto.com  Crypto.com\nbit.com  Bit.com\n")).platforms == {
+        "Crypto.com", "Bit.com"}  # a platform named like its domain, written with its capitals
+
+
+def test_csv_takes_the_domain_column_before_a_name_column_and_reads_every_data_row(tmp_path):
+    """Fail-open found in review: with `Name,Website` the platform's name was taken as the domain, and a
+    data row whose first cell began with # was skipped as a comment."""
+    f = write(tmp_path / "r.csv", """
+        # source: https://regulator.example/r.csv
+        Name,Website
+        Binance,https://www.binance.com/
+        OKX,okx.com
+        #1 Exchange,htx.com
+        """)
+    assert [(e.name, e.platform) for e in read_list(f, lenient=True).entries] == [
+        ("www.binance.com", "Binance"), ("okx.com", "OKX"), ("htx.com", "#1 Exchange")]
+    assert read_list(f, lenient=True).source == "https://regulator.example/r.csv"
+    with pytest.raises(RuleError, match=r"r\.csv:3: 'https://www\.binance\.com/': must be a bare domain"):
+        read_list(f)  # strict, as a rule reads it: the URL is refused, never a silent nothing
+    extra = write(tmp_path / "x.csv", "platform,domain\nplatform,domain\nOKX,okx.com\n")
+    with pytest.raises(RuleError, match=r"x\.csv:2: 'domain': a single label"):
+        read_list(extra)  # a second header row is no entry
+
+
+def test_a_directory_named_as_a_list_is_refused(tmp_path):
+    d = rules_with_list(tmp_path, "rules:\n  - {id: x, action: block, domains_from: [lists]}\n", "a.example\n")
+    with pytest.raises(RuleError, match=r"r\.yaml:2: rule 'x': domains_from: 'lists' is a directory"):
+        load_rules(d)

@@ -3,6 +3,7 @@ subprocess), with a local stand-in for a list feed's web server."""
 
 from __future__ import annotations
 
+import gzip
 import http.server
 import os
 import subprocess
@@ -28,14 +29,14 @@ class Feeds:
     """A local web server answering each path with the body (or status) the test sets."""
 
     def __init__(self) -> None:
-        self.bodies: dict[str, tuple[int, bytes]] = {}
+        self.bodies: dict[str, tuple[int, bytes, int | None]] = {}
         feeds = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-                status, body = feeds.bodies.get(self.path, (404, b"no such feed"))
+                status, body, length = feeds.bodies.get(self.path, (404, b"no such feed", None))
                 self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(body) if length is None else length))
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -46,8 +47,9 @@ class Feeds:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def set(self, path: str, body: str | bytes, status: int = 200) -> str:
-        self.bodies[path] = (status, body.encode() if isinstance(body, str) else body)
+    def set(self, path: str, body: str | bytes, status: int = 200, length: int | None = None) -> str:
+        """Answer `path` with `body`; `length`: a Content-Length other than the body's (a body cut short)."""
+        self.bodies[path] = (status, body.encode() if isinstance(body, str) else body, length)
         return self.url + path
 
 
@@ -76,8 +78,8 @@ def test_import_a_hosts_file_normalises_deduplicates_and_says_what_it_refused(tm
     done = geoblock("lists", "import", str(src), "--platform", "Imported", "-o", str(out))
     assert done.returncode == 0, done.stderr
     assert f"refused: {src}:6: 'bad_name-.com': not a valid domain" in done.stderr
-    assert "1 duplicate entries kept once (first: line 5, as on line 3)" in done.stderr
-    assert done.stderr.rstrip().endswith(f"3 entries (1 platforms), 1 refused, 1 duplicates: wrote {out}")
+    assert "1 duplicate entry kept once (e.g. 'BINANCE.com' on line 5 repeats line 3)" in done.stderr
+    assert done.stderr.rstrip().endswith(f"3 entries, 1 platform(s), 1 refused, 1 duplicate(s): wrote {out}")
     listed = read_list(out)  # strict: what was written is a valid list
     assert [(e.name, e.platform) for e in listed.entries] == [
         ("binance.com", "Imported"), ("www.binance.com", "Imported"), ("okx.com", "Imported")]
@@ -135,18 +137,25 @@ def test_update_installs_a_verified_feed_and_keeps_the_last_good_one_on_every_fa
     good = target.read_bytes()
 
     assert geoblock("lists", "update", str(conf)).stdout == "feed regulator: unchanged (100 entries)\n"
+    whole = big(100).encode()
     failures = [
-        (big(70), "70 entries against 100 in place: it shrank by more than max_shrink 0.2"),  # cut short
-        (big(40), "40 entries, fewer than min_entries 50"),
-        (big(80) + "".join(f"http://x/{i} bad\n" for i in range(0)) + "bad_-.com\n" * 10,
-         "10 of 90 entries refused (max_refused 0.05"),
-        (b"\xff\xfe" + b"binance.com\n" * 80, "not UTF-8 text; keeping the list in place"),
+        (big(70), None, "it would remove 30 of the 100 entries in place (site70.example, site71.example, "),
+        (big(75) + big(25, start=500), None, "it would remove 25 of the 100 entries in place"),  # as many, others
+        (whole[:-5], len(whole), f"the download was cut short: {len(whole) - 5} of {len(whole)} bytes"),
+        (big(40), None, "40 entries, fewer than min_entries 50"),
+        (big(80) + "bad_-.com\n" * 10, None, "10 of 90 entries refused (max_refused 0.05"),
+        (b"\xff\xfe" + b"binance.com\n" * 80, None, "not UTF-8 text; keeping the list in place"),
+        ("Service temporarily unavailable\nPlease retry later\nError 503 upstream\n", None,
+         "0 entries, fewer than min_entries 50"),  # an error page served as the list: single words refused
+        (gzip.compress(b"garbage") [:-4], None, "a broken gzip body"),
     ]
-    for body, why in failures:
-        feeds.set("/feed.txt", body)
+    for body, length, why in failures:
+        feeds.set("/feed.txt", body, length=length)
         done = geoblock("lists", "update", str(conf))
         assert done.returncode == 1 and why in done.stderr, (why, done.stderr)
         assert target.read_bytes() == good  # the last good list stays, untouched
+    feeds.set("/feed.txt", gzip.compress(whole))  # a .gz feed: the same list
+    assert geoblock("lists", "update", str(conf)).stdout == "feed regulator: unchanged (100 entries)\n"
     feeds.set("/feed.txt", "down", status=503)
     done = geoblock("lists", "update", str(conf))
     assert done.returncode == 1 and f"{url}: HTTP 503" in done.stderr and target.read_bytes() == good
@@ -188,3 +197,19 @@ def test_the_feed_timer_units_run_the_update(tmp_path):
     from geoblock.tools.lists import load_feeds
 
     assert [f.name for f in load_feeds(conf)]  # the example parses
+
+
+def test_an_error_page_never_becomes_a_first_list_and_a_write_error_spares_the_other_feeds(tmp_path, feeds):
+    prose = feeds.set("/down.txt", "Service temporarily unavailable\nPlease retry later\n")
+    good = feeds.set("/good.txt", "binance.com  Binance\n")
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+    conf = tmp_path / "feeds.yaml"
+    conf.write_text(f"feeds:\n  - {{name: down, url: {prose}, output: lists/down.txt}}\n"
+                    f"  - {{name: unwritable, url: {good}, output: blocker/x.txt}}\n"
+                    f"  - {{name: good, url: {good}, output: lists/good.txt}}\n")
+    done = geoblock("lists", "update", str(conf))
+    assert done.returncode == 1, done.stderr
+    assert f"feed down: 0 entries, fewer than min_entries 1; {tmp_path}/lists/down.txt is not installed" in done.stderr
+    assert "feed unwritable: cannot write" in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout == f"feed good: wrote {tmp_path}/lists/good.txt: 1 entries, 0 refused\n"
+    assert not (tmp_path / "lists" / "down.txt").exists()

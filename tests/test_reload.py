@@ -172,3 +172,21 @@ def test_a_changed_list_file_is_reloaded_and_a_broken_one_keeps_the_last_good_li
                    what="the refusal")
     assert f"{lists / 'ex.txt'}:3: 'https://kucoin.com/': must be a bare domain" in out
     assert setup.http(web["cn"], "bybit.com") == 451 and setup.http(web["cn"], "kucoin.com") == 200
+
+
+def test_a_list_rewritten_in_place_with_its_old_size_and_mtime_is_still_reloaded(setup, web):
+    """Found in review: an edit that keeps the file's inode, size and mtime (`touch -d` back) went
+    unnoticed, and the old list stayed in force; the stamp now holds ctime, which no edit keeps."""
+    lists = setup.rules / "lists"
+    lists.mkdir()
+    target = lists / "ex.txt"
+    target.write_text("okx.com  OKX\n")
+    (setup.rules / "list.yaml").write_text("rules:\n  - {id: listed, action: block, domains_from: [lists/ex.txt]}\n")
+    wait_for(lambda: setup.http(web["cn"], "okx.com") == 451, what="the list in force")
+    before = target.stat()
+    with target.open("r+") as f:  # the same inode, the same size
+        f.write("oky.com  OKY\n")
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the old mtime
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    wait_for(lambda: setup.http(web["cn"], "oky.com") == 451, what="the rewritten list")
+    assert setup.http(web["cn"], "okx.com") == 200

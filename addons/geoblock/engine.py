@@ -207,7 +207,8 @@ class Engine:
             else:
                 self.ruleset = ruleset
                 # the rule files as before the load, its lists as they were read: a change during it shows
-                self._rules_stamp = (yaml_now or ()) + tuple(lf.stamp or ("", 0, 0, -1) for lf in ruleset.source.lists)
+                self._rules_stamp = (yaml_now or ()) + tuple(
+                    lf.stamp or ("", 0, 0, -1, 0) for lf in ruleset.source.lists)
                 self._swapped()
                 self.reloads += 1
                 self.last_problem = None

@@ -12,7 +12,8 @@ in one of these formats (docs/lists.md):
   `[Adblock Plus 2.0]` header are skipped; an exception (`@@`), a path or a `$modifier` is refused,
   since geoblock judges names only;
 - "csv": RFC 4180 CSV with a header row naming a `domain` column (also `host`, `hostname`, `name`,
-  `url`, `website`) and optionally a `platform` column (also `brand`, `company`, `entity`, `operator`).
+  `url`, `website`, `site`, and `name` when no other is there) and optionally a `platform` column (also
+  `brand`, `company`, `entity`, `operator`, or `name` when it is not the domain column).
 
 `#` starts a comment (at the start of a line, or after whitespace). Header comments at the top of a
 file carry its provenance and may declare its format: `# source: URL`, `# retrieved: 2026-11-20`,
@@ -41,6 +42,7 @@ from urllib.parse import urlsplit
 
 from geoblock.core.names import InvalidHost, normalize_host
 from geoblock.errors import GeoblockError
+from geoblock.watch import FileStamp, stamp_of
 
 __all__ = ["FORMATS", "Entry", "ListFile", "ListFormat", "Refused", "parse_entry", "read_list", "read_list_text",
            "write_list"]
@@ -54,12 +56,15 @@ DomainMode = Literal["tree", "exact", "below"]
 _HOSTS_SELF = frozenset({"localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost",
                          "ip6-loopback", "ip6-localnet", "ip6-mcastprefix", "ip6-allnodes", "ip6-allrouters",
                          "ip6-allhosts", "0.0.0.0"})
-_DOMAIN_COLUMNS = ("domain", "domains", "host", "hostname", "name", "url", "website")
+# the domain column: the first of these the header has (`name` last: in "Name,Website" it is the platform's)
+_DOMAIN_COLUMNS = ("domain", "domains", "hostname", "host", "url", "website", "site", "name")
 _PLATFORM_COLUMNS = ("platform", "brand", "company", "entity", "operator")
 _HEADER = re.compile(r"#\s*([A-Za-z_-]+)\s*:\s*(.*?)\s*\Z")
 _HEADER_KEYS = ("source", "retrieved", "format", "platform")
 _COMMENT = re.compile(r"(?:^|\s)#")
 _PLATFORM = re.compile(r"[^\x00-\x1f\x7f]{1,100}\Z")
+# a platform that is one lower-case token with a dot, or an entry's notation: a second entry, not a name
+_LOOKS_LIKE_ENTRY = re.compile(r"(?:[=.]|\*\.|\|\|)\S*\Z|[a-z0-9-]+(?:\.[a-z0-9-]+)+\.?\Z")
 
 
 class ListError(GeoblockError, ValueError):
@@ -105,7 +110,7 @@ class ListFile:
     - `duplicates`: (line, text, first line) of entries that repeat an earlier one (kept once);
     - `refused`: entries a lenient read left out (always empty after a strict read);
     - `platforms`: the platforms its entries name;
-    - `stamp`: the file's (path, inode, mtime in ns, size) as read, for noticing a change (watch.py);
+    - `stamp`: the file's (path, inode, mtime in ns, size, ctime in ns) as read, for noticing a change (watch.py);
     - `count`: how many entries were read, where a rule keeps the file's provenance without its entries.
     """
 
@@ -121,7 +126,7 @@ class ListFile:
     duplicates: tuple[tuple[int, str, int], ...] = ()
     refused: tuple[Refused, ...] = field(default=())
     platforms: frozenset[str] = frozenset()  # the platforms its entries name
-    stamp: tuple[str, int, int, int] | None = None  # (path, inode, mtime ns, size) when read (watch.py)
+    stamp: FileStamp | None = None  # (path, inode, mtime ns, size, ctime ns) when read (watch.py)
     count: int = -1  # entries read (kept when `entries` is dropped to save memory); -1: len(entries)
 
     @property
@@ -165,15 +170,16 @@ class _Bad(ListError):
 
 
 def parse_entry(text: str) -> tuple[str, DomainMode]:
-    """A domain entry (`name`, `=name`, `*.name`, `.name`) as (normalised name, mode). Raises ListError
-    with the reason when it is not a domain (an IP address, a port, a path, a wildcard elsewhere)."""
+    """A domain entry of YAML (`name`, `=name`, `*.name`, `.name`) as (normalised name, mode); a single
+    label (`no`: the .no top-level domain) is allowed there, not in a list file. Raises ListError with the
+    reason when it is not a domain (an IP address, a port, a path, a wildcard elsewhere)."""
     try:
         return _parse_entry(text)
     except _Bad as exc:
         raise ListError(f"{text!r}: {exc.why}") from None
 
 
-def _parse_entry(text: str) -> tuple[str, DomainMode]:
+def _parse_entry(text: str, single_label: bool = False) -> tuple[str, DomainMode]:
     mode: DomainMode = "tree"
     name = text
     if name.startswith("="):
@@ -192,6 +198,9 @@ def _parse_entry(text: str) -> tuple[str, DomainMode]:
         raise _Bad(f"not a valid domain ({exc.why})") from None
     if not isinstance(host, str):
         raise _Bad("an IP address; put it under a rule's networks")
+    if single_label and "." not in host:
+        raise _Bad("a single label, not a domain: an entry is a domain such as binance.com, and a platform's "
+                   "name goes after it (`binance.com  Binance`); a top-level domain belongs in a rule's domains")
     return host, mode
 
 
@@ -215,6 +224,10 @@ def _platform(text: str) -> str | None:
         return None
     if not _PLATFORM.match(text):
         raise _Bad(f"platform name {text[:40]!r}: at most 100 printable characters")
+    if _LOOKS_LIKE_ENTRY.match(text):
+        raise _Bad(f"{text!r} after the entry is written like a second domain, not a platform's name: one "
+                   "entry per line (a hosts line takes several names after an address); a platform named "
+                   "like its domain is written with its capitals (`Crypto.com`)")
     return text
 
 
@@ -275,12 +288,15 @@ def _csv_items(text: str, lenient: bool) -> Iterator[tuple[int, str, str | None]
     domain_col = platform_col = -1
     for row in rows:
         line = rows.line_num
-        if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
+        if not row or all(not c.strip() for c in row):
             continue
+        if header is None and row[0].lstrip().startswith("#"):
+            continue  # header comments (provenance) before the header row; after it every row is data
         if header is None:
             header = [c.strip().lower() for c in row]
             domain_col = next((header.index(c) for c in _DOMAIN_COLUMNS if c in header), -1)
-            platform_col = next((header.index(c) for c in _PLATFORM_COLUMNS if c in header), -1)
+            platform_col = next((header.index(c) for c in (*_PLATFORM_COLUMNS, "name")
+                                 if c in header and header.index(c) != domain_col), -1)
             if domain_col < 0:
                 raise _HeaderError(line, f"no domain column in the header row {row!r} (one of "
                                          f"{', '.join(_DOMAIN_COLUMNS)})")
@@ -319,7 +335,7 @@ def read_list(path: str | os.PathLike[str], *, fmt: ListFormat | None = None, le
         raise RuleError(p, data[: exc.start].count(b"\n") + 1, "not UTF-8 text") from None
     listed = read_list_text(str(path), text, digest=hashlib.sha256(data).hexdigest(), mtime=stat.st_mtime,
                             size=stat.st_size, fmt=fmt, lenient=lenient, platform=platform)
-    return replace(listed, stamp=(str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size))
+    return replace(listed, stamp=stamp_of(str(path), stat))
 
 
 def read_list_text(path: str, text: str, *, digest: str | None = None, mtime: float = 0.0, size: int | None = None,
@@ -353,7 +369,7 @@ def read_list_text(path: str, text: str, *, digest: str | None = None, mtime: fl
 
     def add(line: int, written: str, named: str | None) -> None:
         try:
-            name, mode = _parse_entry(written)
+            name, mode = _parse_entry(written, single_label=True)
             owner = _platform(named) if named else None
         except _Bad as exc:
             if not lenient:

@@ -324,8 +324,11 @@ def _list_path(path: Path, node: yaml.Node, what: str) -> Path:
     target = Path(text)
     if not target.is_absolute():
         target = path.parent / target
+    if target.is_dir():
+        raise RuleError(path, _line(node), f"{what}: {text!r} is a directory ({target}): name each list file")
     if not target.is_file():
-        raise RuleError(path, _line(node), f"{what}: {text!r}: no such list file ({target})")
+        what_it_is = "not a regular file" if target.exists() else "no such list file"
+        raise RuleError(path, _line(node), f"{what}: {text!r}: {what_it_is} ({target})")
     return target
 
 
@@ -504,11 +507,15 @@ def _unread(source: Path, lists: set[Path]) -> list[str]:
         return []
     out = []
     for path in sorted(source.iterdir()):
+        if path.name.startswith(".") and path.suffix.lower() in (".yaml", ".yml") and path.is_file():
+            out.append(f"{path}: not read: a hidden file (its name starts with a dot)")
+            continue
         if _skipped(path) or _is_rule_file(path):
             continue
         if path.is_file() and path.resolve() not in lists:
-            out.append(f"{path}: not read: rule files end in .yaml; a list file is read only where a rule "
-                       f"names it (domains_from: [{path.name}])")
+            out.append(f"{path}: not read: rule files end in .yaml or .yml (hidden files and editor back-ups "
+                       f"are skipped); a list file is read only where a rule names it (domains_from: "
+                       f"[{path.name}])")
         elif path.is_dir():
             unused = [p for p in sorted(path.rglob("*")) if p.is_file() and not _skipped(p)
                       and p.resolve() not in lists]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.request
 from pathlib import Path
@@ -219,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "rules", "") is None:
         args.rules = DEFAULT_RULES
         print(f"geoblock: using {DEFAULT_RULES} ({DEFAULT_RULES_ORIGIN})", file=sys.stderr)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:  # `geoblock check | head -1`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ OUT never reads half a list.
 
 `update` keeps the feeds of a feeds file (YAML, docs/lists.md) current, the way pfBlockerNG and AdGuard
 Home refresh their lists: each feed is downloaded (bounded in size and time), read as its format, and
-verified: at least `min_entries` entries, at most `max_refused` of its entries refused, and not shrunk by
-more than `max_shrink` against the list in place (a truncated or emptied download is the usual failure).
+verified: complete (its Content-Length), at least `min_entries` entries, at most `max_refused` of its
+entries refused, and removing at most `max_shrink` of the entries in place (a download cut short or
+emptied, or an error page served as the list, is the usual failure).
 A verified feed replaces its list file atomically, the previous one kept beside it as NAME.bak; a feed
 that fails keeps the list in place (the last good one) and is reported. A running proxy notices the
 replaced list and reloads it (its rules name it in `domains_from`). Run it from a timer
@@ -26,6 +27,9 @@ be fetched (the others are still updated), 2 usage or input error (no such file,
 from __future__ import annotations
 
 import argparse
+import gzip
+import http.client
+import io
 import os
 import sys
 import tempfile
@@ -58,8 +62,8 @@ class Feed:
 
     `output` is the list file (relative paths are relative to the feeds file's directory);
     `min_entries`: the fewest entries a good download has (default 1); `max_refused`: the largest share
-    (0-1) of refused entries (default 0.05); `max_shrink`: the largest share (0-1) of the list in place
-    the new one may lose (default 0.5)."""
+    (0-1) of refused entries (default 0.05); `max_shrink`: the largest share (0-1) of the entries in
+    place the new list may remove (default 0.1: a list cut short loses its tail)."""
 
     name: str
     url: str
@@ -68,23 +72,40 @@ class Feed:
     platform: str | None = None
     min_entries: int = 1
     max_refused: float = 0.05
-    max_shrink: float = 0.5
+    max_shrink: float = 0.1
 
 
 def fetch(url: str, *, max_bytes: int = MAX_BYTES, timeout: float = TIMEOUT) -> bytes:
-    """The body of `url` (http, https or file). Raises FeedError naming the URL: an HTTP error status, no
-    answer, or a body larger than `max_bytes`. Never through $http_proxy: a gateway fetches directly."""
+    """The body of `url` (http, https or file), gunzipped when it is gzip (by its magic bytes: a `.gz`
+    feed, or `Content-Encoding: gzip`). Raises FeedError naming the URL: an HTTP error status, no answer,
+    a body cut short (fewer bytes than its Content-Length: urllib does not raise on that, RFC 9112
+    section 6.3 says the message is incomplete), a broken gzip stream, or a body larger than
+    `max_bytes` (before or after gunzipping). Never through $http_proxy: a gateway fetches directly.
+    `timeout` is per socket operation (seconds), not for the whole download."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     request = urllib.request.Request(url, headers={"User-Agent": f"geoblock/{_version} (lists)"})
     try:
         with opener.open(request, timeout=timeout) as answer:
             body = answer.read(max_bytes + 1)
+            length = answer.headers.get("Content-Length") if answer.headers is not None else None
     except urllib.error.HTTPError as exc:
         raise FeedError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except http.client.IncompleteRead as exc:  # a chunked body cut short
+        raise FeedError(f"{url}: the download was cut short after {len(exc.partial)} bytes") from None
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         raise FeedError(f"{url}: {getattr(exc, 'reason', None) or exc}") from None
     if len(body) > max_bytes:
         raise FeedError(f"{url}: larger than {max_bytes} bytes")
+    if length is not None and length.isdigit() and len(body) != int(length):
+        raise FeedError(f"{url}: the download was cut short: {len(body)} of {int(length)} bytes (Content-Length)")
+    if body[:2] == b"\x1f\x8b":
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(body)) as unzipped:
+                body = unzipped.read(max_bytes + 1)
+        except (OSError, EOFError) as exc:
+            raise FeedError(f"{url}: a broken gzip body ({exc})") from None
+        if len(body) > max_bytes:
+            raise FeedError(f"{url}: larger than {max_bytes} bytes once gunzipped")
     return body
 
 
@@ -131,8 +152,9 @@ def _report(listed: ListFile, out: Any) -> None:
     for refused in listed.refused:
         print(f"refused: {listed.path}:{refused.line}: {refused.text!r}: {refused.why}", file=out)
     if listed.duplicates:
-        print(f"{len(listed.duplicates)} duplicate entries kept once (first: line {listed.duplicates[0][0]}, "
-              f"as on line {listed.duplicates[0][2]})", file=out)
+        line, text, first = listed.duplicates[0]
+        print(f"{len(listed.duplicates)} duplicate entr{'y' if len(listed.duplicates) == 1 else 'ies'} kept once "
+              f"(e.g. {text!r} on line {line} repeats line {first})", file=out)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -151,8 +173,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         write_atomically(Path(args.output), text)
     else:
         sys.stdout.write(text)
-    print(f"{len(listed.entries)} entries ({len(listed.platforms)} platforms), {len(listed.refused)} refused, "
-          f"{len(listed.duplicates)} duplicates" + (f": wrote {args.output}" if args.output else ""),
+    print(f"{len(listed.entries)} entries, {len(listed.platforms)} platform(s), {len(listed.refused)} refused, "
+          f"{len(listed.duplicates)} duplicate(s)" + (f": wrote {args.output}" if args.output else ""),
           file=sys.stderr)
     return 0
 
@@ -222,7 +244,7 @@ def update_feed(feed: Feed, force: bool = False) -> str:
                         "place") from None
     new = read_list_text(feed.url, text, fmt=feed.format, lenient=True, platform=feed.platform)
     count, refused = len(new.entries), len(new.refused)
-    keeping = f"; keeping {feed.output}"
+    keeping = f"; keeping {feed.output}" if feed.output.exists() else f"; {feed.output} is not installed"
     if count < feed.min_entries:
         raise FeedError(f"feed {feed.name}: {count} entries, fewer than min_entries {feed.min_entries}{keeping}")
     if refused > feed.max_refused * (count + refused):
@@ -237,9 +259,13 @@ def update_feed(feed: Feed, force: bool = False) -> str:
             old = None  # a list in place that is no longer readable is replaced by a verified one
     if old is not None and not force:
         before = len(old.entries)
-        if before and count < before * (1 - feed.max_shrink):
-            raise FeedError(f"feed {feed.name}: {count} entries against {before} in place: it shrank by more "
-                            f"than max_shrink {feed.max_shrink:g} (use --force if that is right){keeping}")
+        now = {(e.name, e.mode) for e in new.entries}
+        lost = [e.written() for e in old.entries if (e.name, e.mode) not in now]
+        if before and len(lost) > before * feed.max_shrink:
+            shown = ", ".join(lost[:5]) + (", ..." if len(lost) > 5 else "")
+            raise FeedError(f"feed {feed.name}: it would remove {len(lost)} of the {before} entries in place "
+                            f"({shown}), more than max_shrink {feed.max_shrink:g} allows (use --force if that "
+                            f"is right){keeping}")
         if [(e.name, e.mode, e.platform) for e in old.entries] == [(e.name, e.mode, e.platform) for e in new.entries]:
             return f"feed {feed.name}: unchanged ({count} entries)"
     write_atomically(feed.output, write_list(new.entries, source=feed.url, retrieved=_now(),
@@ -266,6 +292,10 @@ def cmd_update(args: argparse.Namespace) -> int:
         except (FeedError, RuleError) as exc:
             failed += 1
             print(f"geoblock: {exc}", file=sys.stderr)
+        except OSError as exc:  # writing the list: a full disk, a read-only or wrong path
+            failed += 1
+            print(f"geoblock: feed {feed.name}: cannot write {feed.output}: {exc.strerror or exc}; the list in "
+                  "place is kept", file=sys.stderr)
     return 1 if failed else 0
 
 
