@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from geoblock.core.lint import SAMPLE_PATH, load_sample
+from geoblock.core.lint import SAMPLE_PATH, _glob_matches_below, load_sample
 
 REPO = Path(__file__).resolve().parents[1]
 GEOBLOCK = Path(sys.executable).parent / "geoblock"
@@ -112,6 +112,16 @@ def test_allow_patterns_on_subdomains_lift_every_block_under_them(tmp_path: Path
     narrow = text.replace('[\"api.*\", \"www.*\", \"m.*\"]', '[\"api.partner.example\", \"*.partner.org\"]')
     assert [w for w in warnings(check(tmp_path, {"a.yaml": narrow}, "--max-lifted", "0"))
             if "allow-api" in w] == []
+
+
+@pytest.mark.parametrize(("pattern", "under"), [
+    ("api.*", True), ("*.binance.com", True), ("*binance.com", True), ("api.kraken.*", True),  # api.kraken.binance.com
+    ("*.com", True), ("??binance.com", True), ("a.b.binance.com", True), ("*coin*", True),
+    ("binance.com", False), ("?binance.com", False),  # binance.com itself, .binance.com: no name under it
+    ("*.org", False), ("*.binance.co", False), ("x.binance.com.evil", False), ("api.binance.*.org", False),
+])
+def test_whether_a_pattern_can_match_under_a_name(pattern, under) -> None:
+    assert _glob_matches_below(pattern, "binance.com") is under
 
 
 def test_allow_entries_under_a_block_entry_lift_part_of_it(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ Pure: no mitmproxy, no I/O but reading the shipped sample once (cached). Warning
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -200,50 +201,19 @@ def _glob_matches_below(pattern: str, name: str) -> bool:
     """Whether the name pattern `pattern` (rules' `patterns`: `*` any run of characters, dots included, `?`
     one character, the rest literal) matches at least one name strictly under `name` (`LABELS.name`).
 
-    Decided exactly, not by trying names: a walk over the pattern's positions paired with how much of
-    "." + name the characters read so far end with (a Knuth-Morris-Pratt automaton), and whether at least one
-    character came before it. `api.*` and `*.binance.com` match under binance.com; `api.kraken.*` does not.
+    Decided from the pattern, not by trying names. A matched text ends with what the pattern's tail (after
+    its last `*`, or the whole pattern without one) matches, and must end with "." + name: so the tail's
+    last characters must match the suffix's. With a `*`, that is enough: the `*` can supply the rest of the
+    suffix and the labels before it (`api.*`, `*.binance.com`, `api.kraken.*` all match under binance.com).
+    Without one, the pattern must also be longer than the suffix (`??binance.com` yes, `?binance.com` no).
     """
     suffix = "." + name
-    n = len(suffix)
-    fail = [0] * (n + 1)  # fail[k]: the longest proper border of suffix[:k]
-    for k in range(1, n):
-        j = fail[k]
-        while j and suffix[k] != suffix[j]:
-            j = fail[j]
-        fail[k + 1] = j + 1 if suffix[k] == suffix[j] else 0
-
-    def step(k: int, char: str) -> int:
-        if k == n:
-            k = fail[k]
-        while k and suffix[k] != char:
-            k = fail[k]
-        return k + 1 if suffix[k] == char else 0
-
-    alphabet = set(suffix) | {"\0"}  # "\0" stands for every character not in suffix (they all act alike)
-    # a state: (position in pattern, how many chars of suffix the text read so far ends with, how many chars
-    # were read, capped at n + 1: a name under `name` is longer than suffix)
-    start = (0, 0, 0)
-    seen = {start}
-    todo = [start]
-    while todo:
-        i, k, read = todo.pop()
-        if i == len(pattern):
-            if k == n and read > n:
-                return True
-            continue
-        token = pattern[i]
-        moves: list[tuple[int, int, int]] = []
-        if token == "*":
-            moves.append((i + 1, k, read))
-        chars = alphabet if token in "*?" else {token}
-        for char in chars:
-            moves.append((i if token == "*" else i + 1, step(k, char), min(read + 1, n + 1)))
-        for move in moves:
-            if move not in seen:
-                seen.add(move)
-                todo.append(move)
-    return False
+    star = pattern.rfind("*")
+    tail = pattern[star + 1:]
+    if star < 0 and len(tail) <= len(suffix):
+        return False
+    k = min(len(tail), len(suffix))
+    return all(p in ("?", c) for p, c in zip(tail[len(tail) - k:], suffix[len(suffix) - k:], strict=True))
 
 
 def _lifts(rs: Ruleset, max_lifted: int) -> list[LintWarning]:
@@ -427,15 +397,36 @@ _SUBDOMAINS = ("www", "api", "m", "app")
 
 
 def _hits(pattern: str, sample: Sequence[str]) -> list[tuple[str, str]]:
-    """(name, form) for each sample name the pattern matches: form is the first of its forms that matched,
-    the name itself, else one under it (`www.example.com`: _SUBDOMAINS)."""
-    match = re.compile(fnmatch.translate(pattern)).match
-    out = []
-    for name in sample:
-        form = next((f for f in (name, *(f"{label}.{name}" for label in _SUBDOMAINS)) if match(f)), None)
-        if form is not None:
-            out.append((name, form))
+    """(name, form) for each sample name the pattern matches, in sample order: form is the first of its
+    forms that matched, the name itself, else one under it (`www.example.com`: _SUBDOMAINS).
+
+    One regular-expression scan over every form, one a line (_forms), rather than a call per name: the
+    pattern's `*` and `?` never cross a line's end."""
+    text, starts = _forms(tuple(sample))
+    glob = "".join("[^\n]*" if c == "*" else "[^\n]" if c == "?" else re.escape(c) for c in pattern)
+    per_name = 1 + len(_SUBDOMAINS)
+    out: list[tuple[str, str]] = []
+    last = -1
+    for m in re.finditer(f"^(?:{glob})$", text, re.MULTILINE):
+        index = bisect.bisect_right(starts, m.start()) - 1
+        name = sample[index // per_name]
+        if index // per_name != last:  # the first form of a name that matched (forms come in order)
+            out.append((name, m.group()))
+            last = index // per_name
     return out
+
+
+@cache
+def _forms(sample: tuple[str, ...]) -> tuple[str, list[int]]:
+    """The forms of each sample name (the name, then www.name, api.name, ...), one a line, and where each
+    line starts."""
+    lines = [form for name in sample for form in (name, *(f"{label}.{name}" for label in _SUBDOMAINS))]
+    starts = []
+    at = 0
+    for line in lines:
+        starts.append(at)
+        at += len(line) + 1
+    return "\n".join(lines), starts
 
 
 def _examples(hits: Sequence[tuple[str, str]]) -> list[str]:
