@@ -78,6 +78,9 @@ def proxy(tmp_path_factory, rules_dir, geo_dir):
     ("fr;q=1, zh-CN;q=0.5", "zh-CN"),  # no French: the next language the reader accepts
     ("en;q=0.1, zh;q=0.9", "zh-CN"),  # q-values, not the header's order
     ("zh-CN;q=0, en;q=0.5", "en"),  # q=0: not acceptable
+    ("zh, zh-CN;q=0", "en"),  # zh would be served by zh-CN, which the reader excluded
+    ("zh-Hans-CN, zh-CN;q=0, en;q=0.5", "en"),
+    ("zh-CN, zh;q=0", "zh-CN"),  # the more specific range wins
     ("fr, zh-CN;q=abc", "en"),  # a malformed q-value: that member is ignored
 ])
 def test_the_page_is_in_the_readers_language(proxy, accept, lang):
@@ -160,6 +163,23 @@ def test_an_operator_adds_a_language_with_a_template_in_the_directory(tmp_path, 
                     'Contact : <a href="https://acme.example/help">https://acme.example/help</a></p></html>\n')
     assert head_and_body(zh.stdout)[0]["content-language"] == "zh-CN"  # the shipped ones stay
     assert head_and_body(de.stdout)[0]["content-language"] == "en"
+
+
+def test_an_excluded_language_falls_back_to_another_template_of_that_language(tmp_path, rules_dir, geo_dir):
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (pages / "zh-TW.html").write_text('<html lang="zh-TW"><p>$host 已被 $operator 封鎖</p></html>\n',
+                                      encoding="utf-8")
+    options = geoblock_options(rules_dir, geo_dir, tmp_path / "d.jsonl", geoblock_block_pages=pages,
+                               geoblock_operator="ACME")
+    with Mitmdump(tmp_path / "conf", options) as m:
+        seen = {accept: head_and_body(curl(m, "http://www.binance.com/", "-H", f"Accept-Language: {accept}").stdout)
+                for accept in ("zh", "zh, zh-CN;q=0", "zh, zh-CN;q=0, zh-TW;q=0, en;q=0.1")}
+    assert {a: head["content-language"] for a, (head, _) in seen.items()} == {
+        "zh": "zh-CN",  # the first template of the language
+        "zh, zh-CN;q=0": "zh-TW",  # zh-CN excluded: the next template of the language
+        "zh, zh-CN;q=0, zh-TW;q=0, en;q=0.1": "en"}  # both excluded: the next range
+    assert seen["zh, zh-CN;q=0"][1] == '<html lang="zh-TW"><p>www.binance.com 已被 ACME 封鎖</p></html>\n'
 
 
 def test_a_single_template_file_is_the_page_for_every_reader(tmp_path, rules_dir, geo_dir):

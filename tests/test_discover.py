@@ -12,7 +12,9 @@ short or common brand by chance (`habit-tracker.example` holds `bit`, `krakenrum
 
 from __future__ import annotations
 
+import gzip
 import json
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -55,6 +57,7 @@ SERVERS: dict[str, tuple[str, str, int]] = {
     "definitions-daily.example": ("198.18.1.2", "DE", 64701),  # logged (*defi*)
     "habit-tracker.example": ("198.18.1.3", "DE", 64702),  # holds bit
     "krakenrum.example": ("198.18.1.4", "DE", 64702),  # holds kraken, an ordinary word
+    "binance.wikipedia.org": ("198.18.1.5", "US", 64703),  # the brand in a label anyone can put before a domain
     "pay.binance.com": ("203.0.113.11", "SG", 64600),  # listed (block rule) though an allow rule lets it pass
 }
 SERVERS |= {f"site{i:02d}.example": CDN for i in range(20)}  # ordinary sites on the CDN
@@ -63,7 +66,7 @@ LOGGED = {"tradecraft-blog.example", "bitcoin-news.example", "definitions-daily.
 MIRRORS = ["binancezh.shop", "bnbfast.top", "okx-app.top", "binance-cn.example", "bybit-pro.example",
            "binance-promo.example"]
 DECOYS = ["tradecraft-blog.example", "bitcoin-news.example", "definitions-daily.example", "habit-tracker.example",
-          "krakenrum.example"] + [f"site{i:02d}.example" for i in range(20)]
+          "krakenrum.example", "wikipedia.org"] + [f"site{i:02d}.example" for i in range(20)]
 
 
 def record(at: datetime, name: str, client: str, conn: str, stage: str = "tls") -> dict[str, Any]:
@@ -105,6 +108,7 @@ VISITS: dict[str, list[tuple[str, int]]] = {
     "bitcoin-news.example": [(f"10.0.1.{i}", 3) for i in range(2, 30)],
     "definitions-daily.example": [(f"10.0.1.{i}", 1) for i in range(2, 9)],
     "habit-tracker.example": [("10.0.1.2", 1)], "krakenrum.example": [("10.0.1.3", 1)],
+    "binance.wikipedia.org": [("10.0.1.4", 1)],  # one request forged to get wikipedia.org proposed
 } | {f"site{i:02d}.example": [(f"10.0.2.{i + 2}", 2)] for i in range(20)}
 
 
@@ -156,6 +160,8 @@ def test_mirrors_rank_above_every_decoy(made) -> None:
     assert ranked[: len(MIRRORS)] == sorted(MIRRORS, key=lambda m: ranked.index(m))
     # names that hold a short or common brand by chance fire nothing
     assert "habit-tracker.example" not in scores and "krakenrum.example" not in scores
+    # nor does a brand in a subdomain label: the candidate is the registrable domain, judged on its own label
+    assert "wikipedia.org" not in scores
 
 
 def test_listed_names_are_never_candidates(made) -> None:
@@ -362,6 +368,21 @@ def test_a_log_without_connection_ids_counts_records_and_says_so(tmp_path, rules
     assert c["connections"] == c["records"] == 8
 
 
+def test_a_damaged_gzip_log_is_named_with_what_is_wrong(tmp_path, rules_dir) -> None:
+    whole = gzip.compress("".join(json.dumps(r) + "\n" for r in build_log()).encode())
+    cut = tmp_path / "decisions.jsonl.2.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    done = run(cut, "--rules", rules_dir, "--json", "--min-score", "0")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert f"geoblock discover: {cut}" not in lines  # no bare name: the line says what is wrong with the file
+    said = [line for line in lines if line.startswith(f"geoblock discover: {cut}: ")]
+    assert len(said) == 1 and re.fullmatch(
+        rf"geoblock discover: {re.escape(str(cut))}: compressed data cut short or damaged: reading the "
+        r"[\d.,]+ (bytes|kB|MB) of text before the damage", said[0]), lines
+    assert f"geoblock discover: note: {cut} ends early (compressed data cut short or damaged)" in done.stderr
+
+
 @pytest.mark.parametrize(("brand", "kind"), [
     ("binance", "anywhere"), ("bitfinex", "anywhere"), ("swanbitcoin", "anywhere"), ("bitkub", "anywhere"),
     ("okx", "token"), ("gate", "token"), ("bit", "token"), ("bybit", "token"), ("coinw", "token"), ("bitso", "token"),
@@ -372,23 +393,28 @@ def test_how_each_brand_may_match(brand, kind) -> None:
     assert brand_kind(brand) == kind
 
 
-@pytest.mark.parametrize(("brand", "name", "domain", "carried"), [
-    ("binance", "binancezh.shop", "binancezh.shop", True),
-    ("binance", "www.my-binance.example", "my-binance.example", True),
-    ("binance", "binance.example.co.uk", "example.co.uk", True),  # in a subdomain label
-    ("okx", "okx-app.top", "okx-app.top", True),
-    ("okx", "okxapp.top", "okxapp.top", False),  # 3 letters: a whole token only
-    ("bit", "habit-tracker.example", "habit-tracker.example", False),
-    ("bit", "bitcoin-news.example", "bitcoin-news.example", False),
-    ("bitcoin", "bitcoin-news.example", "bitcoin-news.example", False),  # an ordinary word...
-    ("bitcoin", "www.bitcoin.top", "bitcoin.top", True),  # ... only as the whole registrable label
-    ("kraken", "krakenrum.example", "krakenrum.example", False),
-    ("bybit", "bybitglobal.example", "bybitglobal.example", False),  # by + bit: a token only
-    ("bybit", "m.bybit-pro.example", "bybit-pro.example", True),
-    ("exchange", "binance.exchange", "binance.exchange", False),  # never in the public suffix
+@pytest.mark.parametrize(("brand", "name", "carried"), [
+    ("binance", "binancezh.shop", True),
+    ("binance", "www.my-binance.example", True),
+    ("binance", "binance.example.co.uk", False),  # only in a subdomain label: judged on example.co.uk
+    ("binance", "binance.wikipedia.org", False),
+    ("binance", "www.binance-login.github.io", True),  # github.io is a public suffix: binance-login is its own
+    ("okx", "okx-app.top", True),
+    ("okx", "okx.app-store.top", False),
+    ("okx", "okxapp.top", False),  # 3 letters: a whole token only
+    ("bit", "habit-tracker.example", False),
+    ("bit", "bitcoin-news.example", False),
+    ("bitcoin", "bitcoin-news.example", False),  # an ordinary word...
+    ("bitcoin", "www.bitcoin.top", True),  # ... only as the whole registrable label
+    ("kraken", "krakenrum.example", False),
+    ("bybit", "bybitglobal.example", False),  # by + bit: a token only
+    ("bybit", "m.bybit-pro.example", True),
+    ("exchange", "binance.exchange", False),  # never in the public suffix
 ])
-def test_brands_in_names(brand, name, domain, carried) -> None:
-    assert brand_matches(brand, name, domain) is carried
+def test_brands_in_names(brand, name, carried) -> None:
+    domain = registrable(name)
+    assert domain is not None
+    assert brand_matches(brand, domain) is carried
 
 
 @pytest.mark.parametrize(("name", "domain"), [

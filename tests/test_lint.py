@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from geoblock.core.lint import SAMPLE_PATH, load_sample
+from geoblock.core.lint import SAMPLE_PATH, _glob_matches_below, load_sample
 
 REPO = Path(__file__).resolve().parents[1]
 GEOBLOCK = Path(sys.executable).parent / "geoblock"
@@ -84,12 +84,56 @@ def test_an_allow_rule_that_lifts_many_blocks(tmp_path: Path) -> None:
         "  - id: lift-example\n    action: allow\n    domains: [example.com]\n")
     done = check(tmp_path, {"a.yaml": text})
     assert warnings(done) == [
-        "warning: rules/a.yaml:17: allow rule lift-example lifts 12 block entries (more than 10): "
+        "warning: rules/a.yaml:17: allow rule lift-example lifts 12 block entries, wholly or in part (more than "
+        "10): "
         "x0.example.com (rules/a.yaml:5), x1.example.com (rules/a.yaml:6), x2.example.com "
         "(rules/a.yaml:7), x3.example.com (rules/a.yaml:8), x4.example.com "
         "(rules/a.yaml:9), ... (narrow its domains to the names it should exempt, or raise "
         "--max-lifted if this is meant)"]
     assert warnings(check(tmp_path, {"a.yaml": text}, "--max-lifted", "12")) == []
+
+
+def test_allow_patterns_on_subdomains_lift_every_block_under_them(tmp_path: Path) -> None:
+    # api.* / www.* / m.* match no block entry's own name, but they lift api.binance.com, www.kraken.com, ...
+    text = "rules:\n" + block_rule("exchanges", ["binance.com", "kraken.com", "*.bybit.com", "=okx.com"]) + (
+        "  - id: allow-api\n    action: allow\n    patterns: [\"api.*\", \"www.*\", \"m.*\"]\n")
+    done = check(tmp_path, {"a.yaml": text}, "--strict", "--max-lifted", "0", "--max-share", "0")
+    lifts = [w for w in warnings(done) if "allow rule allow-api lifts" in w]
+    # =okx.com (that name alone) is not lifted: no pattern matches okx.com itself
+    assert lifts == [
+        "warning: rules/a.yaml:9: allow rule allow-api lifts 3 block entries, wholly or in part (more than 0): "
+        "binance.com (rules/a.yaml:5), kraken.com (rules/a.yaml:6), *.bybit.com (rules/a.yaml:7) (narrow its "
+        "domains to the names it should exempt, or raise --max-lifted if this is meant)"]
+    assert [w.split(" of ")[0] for w in warnings(done) if "ordinary names" in w] == [
+        "warning: rules/a.yaml:11: pattern 'api.*'", "warning: rules/a.yaml:11: pattern 'www.*'",
+        "warning: rules/a.yaml:11: pattern 'm.*'"]  # each matches www./api./m. of every ordinary name
+    assert done.returncode == 1
+    # a pattern that cannot match under a block entry lifts nothing
+    narrow = text.replace('[\"api.*\", \"www.*\", \"m.*\"]', '[\"api.partner.example\", \"*.partner.org\"]')
+    assert [w for w in warnings(check(tmp_path, {"a.yaml": narrow}, "--max-lifted", "0"))
+            if "allow-api" in w] == []
+
+
+@pytest.mark.parametrize(("pattern", "under"), [
+    ("api.*", True), ("*.binance.com", True), ("*binance.com", True), ("api.kraken.*", True),  # api.kraken.binance.com
+    ("*.com", True), ("??binance.com", True), ("a.b.binance.com", True), ("*coin*", True),
+    ("binance.com", False), ("?binance.com", False),  # binance.com itself, .binance.com: no name under it
+    ("*.org", False), ("*.binance.co", False), ("x.binance.com.evil", False), ("api.binance.*.org", False),
+])
+def test_whether_a_pattern_can_match_under_a_name(pattern, under) -> None:
+    assert _glob_matches_below(pattern, "binance.com") is under
+
+
+def test_allow_entries_under_a_block_entry_lift_part_of_it(tmp_path: Path) -> None:
+    text = "rules:\n" + block_rule("exchanges", ["binance.com", "*.kraken.com", "=okx.com", "bybit.com"]) + (
+        "  - id: exempt\n    action: allow\n    domains: [api.binance.com, \"*.kraken.com\", www.okx.com, "
+        "\"=bybit.com\"]\n")
+    done = check(tmp_path, {"a.yaml": text}, "--max-lifted", "0")
+    # www.okx.com lifts nothing of =okx.com (that name alone); =bybit.com lifts part of bybit.com
+    assert [w for w in warnings(done) if "allow rule exempt" in w] == [
+        "warning: rules/a.yaml:9: allow rule exempt lifts 3 block entries, wholly or in part (more than 0): "
+        "binance.com (rules/a.yaml:5), *.kraken.com (rules/a.yaml:6), bybit.com (rules/a.yaml:8) (narrow its "
+        "domains to the names it should exempt, or raise --max-lifted if this is meant)"]
 
 
 def test_an_allow_rule_without_names_that_overrides_blocks(tmp_path: Path) -> None:
@@ -161,6 +205,16 @@ def test_the_former_review_patterns_are_too_broad(tmp_path: Path) -> None:
     assert warnings(text_out)[0].startswith("warning: rules/review.yaml:10: pattern '*coin*' of log rule review "
                                             "matches ")
     assert warnings(check(tmp_path, {"review.yaml": text}, "--max-share", "0.1")) == []
+
+
+def test_patterns_on_subdomains_of_ordinary_names_are_too_broad(tmp_path: Path) -> None:
+    # the sample holds registrable names only: www.* matches none of them, but www. of every one
+    text = "rules:\n  - id: web\n    action: log\n    patterns:\n      - \"www.*\"\n      - \"*.binance.com\"\n"
+    found = warnings(check(tmp_path, {"log.yaml": text}))
+    assert len(found) == 1, found
+    assert re.fullmatch(r"warning: rules/log\.yaml:5: pattern 'www\.\*' of log rule web matches 50,012 of 50,012 "
+                        r"ordinary names \(100 %, more than 0\.01 %\), e\.g\. www\.[a-z]+\.com(, www\.[a-z.]+){4} "
+                        r"\(narrow it, or list the platforms' domains instead\)", found[0]), found[0]
 
 
 def test_the_sample_holds_ordinary_names_the_old_patterns_caught() -> None:

@@ -117,6 +117,41 @@ def test_csv_gives_the_same_tables(logs, as_json, tmp_path) -> None:
     assert summary["records"] == str(exp.records) and summary["malformed_lines"] == "5"
 
 
+FORGED = {  # column of the CSV -> a value a forged log gives it, which a spreadsheet would run as a formula
+    "name": '=HYPERLINK("http://evil.example/","open")', "rule": "@SUM(1+1)", "client": "+1+cmd|' /C calc'!A0",
+    "ruleset": "-2+3", "geoip_build": "\t=1+1"}
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_start_with_a_quote(tmp_path) -> None:
+    """OWASP's CSV injection: a text cell starting with =, +, -, @, a tab or a carriage return gets a `'`
+    before it; numbers (negative ones too) and ordinary text are written as they are."""
+    records = [{"ts": f"2026-11-20T08:0{i}:00.000Z", "stage": "tls", "action": "block", "reason": "forged",
+                "connection_id": f"c-{i}", "country": "KY", "asn": 64500, "offshore": True, "enforced": True,
+                "server_ip": "203.0.113.1", **values}
+               for i, values in enumerate([FORGED, {"name": "ok.example", "rule": "plain", "client": "10.0.0.2",
+                                                    "ruleset": "0123456789ab", "geoip_build": "2026-11-17"}])]
+    log = tmp_path / "decisions.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    done = run(log, "--format", "csv", "-o", tmp_path / "csv")
+    assert done.returncode == 0, done.stderr
+
+    def column(table: str, name: str) -> list[str]:
+        with (tmp_path / "csv" / f"{table}.csv").open(newline="", encoding="utf-8") as f:
+            return [row[name] for row in csv.DictReader(f)]
+
+    assert sorted(column("top_blocked_names", "name")) == ["'" + FORGED["name"], "ok.example"]
+    assert sorted(column("top_rules", "rule")) == ["'" + FORGED["rule"], "plain"]
+    assert sorted(column("top_clients", "client")) == ["'" + FORGED["client"], "10.0.0.2"]
+    assert sorted(column("versions", "ruleset")) == ["'" + FORGED["ruleset"], "0123456789ab"]
+    assert sorted(column("versions", "geoip_build")) == ["'" + FORGED["geoip_build"], "2026-11-17"]
+    assert column("top_rules", "records") == ["1", "1"]  # numbers untouched
+    # no cell of any file starts a formula
+    for path in (tmp_path / "csv").glob("*.csv"):
+        with path.open(newline="", encoding="utf-8") as f:
+            cells = [cell for row in csv.reader(f) for cell in row]
+        assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")], path
+
+
 def test_since_and_until_keep_the_period(logs, tmp_path) -> None:
     directory, exp, _ = logs
     out = tmp_path / "day.json"
@@ -235,6 +270,12 @@ def test_a_rotated_part_cut_short_is_read_as_far_as_it_goes(logs, tmp_path) -> N
     report = json.loads(out.read_text())
     s = report["summary"]
     assert "decisions.jsonl.2.gz ends early" in done.stderr and "decisions.jsonl.3.gz could not be read" in done.stderr
+    # the progress lines name each damaged file with what is wrong with it, never bare
+    lines = done.stderr.splitlines()
+    assert f"geoblock report: {tmp_path / 'decisions.jsonl.2.gz'}" not in lines
+    assert f"geoblock report: {tmp_path / 'decisions.jsonl.3.gz'}: cannot be read, left out (see the note below)" in lines
+    assert any(line.startswith(f"geoblock report: {tmp_path / 'decisions.jsonl.2.gz'}: compressed data cut short or "
+                               "damaged: reading the ") and line.endswith(" of text before the damage") for line in lines)
     assert any("ends early" in n for n in report["notes"]) and any("left out" in n for n in report["notes"])
     # the plain parts whole (records 1500 on, 2 malformed lines), and a part of the cut one's 1500 records
     assert exp.records - 1500 < s["records"] < exp.records

@@ -6,15 +6,17 @@ each kind. Kinds (`LintWarning.code`, docs/lint.md):
 - "public-suffix": a domain entry that is a public suffix (`com`, `co.uk`, `github.io`: a registry, not one
   party's domain), by the Public Suffix List that the `publicsuffixlist` package ships (ICANN and private
   sections; names the list does not know are not suffixes here). `=name` entries are left alone;
-- "allow-lifts-blocks": an allow rule whose domains or patterns cover more than `max_lifted` domain entries
-  of block rules it overrides (decide._overrides says which), or an allow rule without a name condition
-  that overrides block rules (it lifts them for every name);
+- "allow-lifts-blocks": an allow rule whose domains or patterns lift, wholly or in part, more than
+  `max_lifted` domain entries of block rules it overrides (decide._overrides says which): an entry counts
+  when an allow entry or pattern matches at least one name it blocks (`api.*` lifts part of `binance.com`),
+  or an allow rule without a name condition that overrides block rules (it lifts them for every name);
 - "duplicate": the same name and mode twice in one list file or rule, or in two rules of the same action
   and the same conditions on server and client;
 - "shadowed": an entry that another entry of a rule of the same action already covers (`api.binance.com`
   under `binance.com`), that rule having no narrower conditions on server and client;
 - "broad-pattern": a name pattern matching more than `max_share` of the reference sample of ordinary
   names shipped in geoblock/data/ordinary-names.txt (scripts/make_ordinary_names.py says how it was made),
+  a name counting when the pattern matches it or its www., api., m. or app. form,
   named by the pattern's own line when `texts` is given (else its rule's);
 - "no-sample": the shipped sample cannot be read (a broken install), so patterns were not checked;
 - "no-rules": a rules file with neither rules nor policy keys (an emptied file), when `texts` is given;
@@ -26,6 +28,7 @@ Pure: no mitmproxy, no I/O but reading the shipped sample once (cached). Warning
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -164,6 +167,55 @@ def _suffixes(name: str) -> list[str]:
     return [name] + [name[i + 1:] for i, c in enumerate(name) if c == "."]
 
 
+def _overlaps(a: DomainSpec, b: DomainSpec) -> bool:
+    """Whether some name is matched by both entries (`binance.com` and `api.binance.com`: yes; `=binance.com`
+    and `*.binance.com`: no)."""
+    if a.name == b.name:
+        return {a.mode, b.mode} != {"exact", "below"}
+    if a.name.endswith("." + b.name):  # a's names lie strictly under b's name
+        return b.mode != "exact"
+    if b.name.endswith("." + a.name):
+        return a.mode != "exact"
+    return False
+
+
+def _lifted(dom: DomainSpec, allow: RuleSpec, by_name: Mapping[str, list[DomainSpec]], above: set[str]) -> bool:
+    """Whether allow rule `allow` lifts the block entry `dom` for at least one name: an allow entry matching
+    one of dom's names (the same name, a parent, or a name under it: `api.binance.com` lifts part of
+    `binance.com`), or an allow pattern matching dom's name or a name under it (`api.*` matches
+    `api.binance.com`, so it lifts part of every tree or below entry). by_name: the allow rule's domain
+    entries by name; above: every name that has one of them strictly under it."""
+    if any(_overlaps(a, dom) for suffix in _suffixes(dom.name) for a in by_name.get(suffix, ())):
+        return True
+    if dom.mode != "exact" and dom.name in above:  # an allow entry's names all lie under dom's name
+        return True
+    for pattern in allow.patterns:
+        if dom.mode != "below" and fnmatch.fnmatchcase(dom.name, pattern):
+            return True
+        if dom.mode != "exact" and _glob_matches_below(pattern, dom.name):
+            return True
+    return False
+
+
+def _glob_matches_below(pattern: str, name: str) -> bool:
+    """Whether the name pattern `pattern` (rules' `patterns`: `*` any run of characters, dots included, `?`
+    one character, the rest literal) matches at least one name strictly under `name` (`LABELS.name`).
+
+    Decided from the pattern, not by trying names. A matched text ends with what the pattern's tail (after
+    its last `*`, or the whole pattern without one) matches, and must end with "." + name: so the tail's
+    last characters must match the suffix's. With a `*`, that is enough: the `*` can supply the rest of the
+    suffix and the labels before it (`api.*`, `*.binance.com`, `api.kraken.*` all match under binance.com).
+    Without one, the pattern must also be longer than the suffix (`??binance.com` yes, `?binance.com` no).
+    """
+    suffix = "." + name
+    star = pattern.rfind("*")
+    tail = pattern[star + 1:]
+    if star < 0 and len(tail) <= len(suffix):
+        return False
+    k = min(len(tail), len(suffix))
+    return all(p in ("?", c) for p, c in zip(tail[len(tail) - k:], suffix[len(suffix) - k:], strict=True))
+
+
 def _lifts(rs: Ruleset, max_lifted: int) -> list[LintWarning]:
     out = []
     blocks = [r for r in rs.rules if r.action == "block"]
@@ -185,19 +237,21 @@ def _lifts(rs: Ruleset, max_lifted: int) -> list[LintWarning]:
                     "as the block it is meant to lift"))
             continue
         by_name: dict[str, list[DomainSpec]] = {}
+        above: set[str] = set()
         for entry in spec.domains:
             by_name.setdefault(entry.name, []).append(entry)
+            above.update(_suffixes(entry.name)[1:])
         lifted: list[_Entry] = []
         for block in lifted_rules:
             for dom in block.spec.domains:
-                if any(_covers(a, dom) for suffix in _suffixes(dom.name) for a in by_name.get(suffix, ())) or (
-                        allow.pattern is not None and dom.mode != "below" and allow.pattern.match(dom.name)):
+                if _lifted(dom, spec, by_name, above):
                     lifted.append((block.spec, dom))
         if len(lifted) > max_lifted:
             shown = ", ".join(f"{_shown(d)} ({_where(b, d)})" for b, d in lifted[:_EXAMPLES])
             out.append(LintWarning(
                 spec.source, "allow-lifts-blocks",
-                f"allow rule {spec.id} lifts {len(lifted)} block entries (more than {max_lifted}): {shown}"
+                f"allow rule {spec.id} lifts {len(lifted)} block entries, wholly or in part (more than "
+                f"{max_lifted}): {shown}"
                 f"{', ...' if len(lifted) > _EXAMPLES else ''}",
                 "narrow its domains to the names it should exempt, or raise --max-lifted if this is meant"))
     return out
@@ -337,14 +391,48 @@ def _pattern_lines(texts: Mapping[str, str]) -> dict[tuple[str, str], str]:
     return out
 
 
-def _hits(pattern: str, sample: Sequence[str]) -> list[str]:
-    match = re.compile(fnmatch.translate(pattern)).match
-    return [name for name in sample if match(name)]
+# labels that commonly stand before a registrable name: a pattern is also tried on these forms of each sample
+# name (`www.*` matches none of the registrable names, but www. of nearly every one of them)
+_SUBDOMAINS = ("www", "api", "m", "app")
 
 
-def _examples(hits: Sequence[str]) -> list[str]:
-    """A few matched names: under com first, shortest first."""
-    return sorted(hits, key=lambda n: (n.count(".") > 1 or n.split(".")[-1] != "com", len(n), n))[:_EXAMPLES]
+def _hits(pattern: str, sample: Sequence[str]) -> list[tuple[str, str]]:
+    """(name, form) for each sample name the pattern matches, in sample order: form is the first of its
+    forms that matched, the name itself, else one under it (`www.example.com`: _SUBDOMAINS).
+
+    One regular-expression scan over every form, one a line (_forms), rather than a call per name: the
+    pattern's `*` and `?` never cross a line's end."""
+    text, starts = _forms(tuple(sample))
+    glob = "".join("[^\n]*" if c == "*" else "[^\n]" if c == "?" else re.escape(c) for c in pattern)
+    per_name = 1 + len(_SUBDOMAINS)
+    out: list[tuple[str, str]] = []
+    last = -1
+    for m in re.finditer(f"^(?:{glob})$", text, re.MULTILINE):
+        index = bisect.bisect_right(starts, m.start()) - 1
+        name = sample[index // per_name]
+        if index // per_name != last:  # the first form of a name that matched (forms come in order)
+            out.append((name, m.group()))
+            last = index // per_name
+    return out
+
+
+@cache
+def _forms(sample: tuple[str, ...]) -> tuple[str, list[int]]:
+    """The forms of each sample name (the name, then www.name, api.name, ...), one a line, and where each
+    line starts."""
+    lines = [form for name in sample for form in (name, *(f"{label}.{name}" for label in _SUBDOMAINS))]
+    starts = []
+    at = 0
+    for line in lines:
+        starts.append(at)
+        at += len(line) + 1
+    return "\n".join(lines), starts
+
+
+def _examples(hits: Sequence[tuple[str, str]]) -> list[str]:
+    """A few matched forms: of names under com first, shortest first."""
+    return [form for name, form in sorted(
+        hits, key=lambda h: (h[0].count(".") > 1 or h[0].split(".")[-1] != "com", len(h[1]), h[1]))[:_EXAMPLES]]
 
 
 # --------------------------------------------------------------------------------------------

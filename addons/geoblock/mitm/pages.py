@@ -27,7 +27,8 @@ Chinese), then those of the directory option `geoblock_block_pages` (files named
 chosen by RFC 4647 "lookup" (section 3.4) over the ranges of `Accept-Language` (RFC 9110 section 12.5.4)
 in order of their q-values: `zh-Hans-CN` tries `zh-Hans-CN`, then `zh-Hans`, then `zh`. A primary language
 with no template of its own (`zh`) is served by the first template of that language (`zh-CN`), so `zh`,
-`zh-Hans` and `zh-TW` get the Simplified Chinese page unless a closer template exists. Nothing matched,
+`zh-Hans` and `zh-TW` get the Simplified Chinese page unless a closer template exists. A language the
+reader excludes (q=0) is never chosen, however it would be reached (`excluded`). Nothing matched,
 or no header: English (or the single template of `geoblock_block_page`, which is then the page for every
 reader whose languages have no template in the directory, the shipped ones left out: see `PageSet.load`).
 """
@@ -38,7 +39,7 @@ import html
 import os
 import re
 import string
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,24 +243,40 @@ def language_ranges(header: str | None) -> list[tuple[str, float]]:
     return ranges
 
 
-def lookup(ranges: list[tuple[str, float]], tags: Mapping[str, str]) -> str | None:
+def lookup(ranges: list[tuple[str, float]], tags: Mapping[str, Sequence[str]]) -> str | None:
     """RFC 4647 section 3.4 lookup: the first range (best q first, q > 0) that, truncated from the end
-    subtag by subtag, matches one of `tags` (lower-case tag -> tag as named); a single-letter subtag is
-    dropped with the one after it (e.g. `-x-...`). `*` matches nothing here (the caller's default
-    applies). A language excluded with q=0 is never chosen. None: no match."""
-    excluded = {tag for tag, q in ranges if q == 0}
+    subtag by subtag, matches one of `tags` (lower-case tag -> the tags as named that may serve it, in order
+    of preference: the tag itself, or for a primary language without a template of its own the templates of
+    that language); a single-letter subtag is dropped with the one after it (e.g. `-x-...`). `*` matches
+    nothing here (the caller's default applies). A language excluded with q=0 is never chosen, neither
+    named (`zh-CN;q=0`) nor reached through a primary language (`zh` served by `zh-CN`): see `excluded`;
+    the next template that may serve the range, or the next range, is tried. None: no match."""
     for tag, q in ranges:
         if q == 0 or tag == "*":
             continue
         subtags = tag.split("-")
         while subtags:
             candidate = "-".join(subtags)
-            if candidate in tags and candidate not in excluded:
-                return tags[candidate]
+            if not excluded(ranges, candidate):
+                served = next((t for t in tags.get(candidate, ()) if not excluded(ranges, t.lower())), None)
+                if served is not None:
+                    return served
             subtags.pop()
             if subtags and len(subtags[-1]) == 1:
                 subtags.pop()
     return None
+
+
+def excluded(ranges: list[tuple[str, float]], tag: str) -> bool:
+    """Whether the reader's ranges (language_ranges) exclude the lower-case language tag `tag`: the most
+    specific range matching it (the tag itself or a prefix of it ending at a subtag: `zh` matches `zh-cn`;
+    `*` not counted) has q=0. `zh-CN;q=0` excludes zh-CN; `zh;q=0` excludes zh-CN too, unless `zh-CN` is
+    named with a q above 0."""
+    best: tuple[int, float] | None = None  # (length of the range, its q); the first of equal lengths wins
+    for rng, q in ranges:
+        if rng != "*" and (tag == rng or tag.startswith(rng + "-")) and (best is None or len(rng) > best[0]):
+            best = (len(rng), q)
+    return best is not None and best[1] == 0
 
 
 class PageSet:
@@ -275,9 +292,12 @@ class PageSet:
         self.single = single
         self.default = single if single is not None else self.pages[default]
         # a lower-case tag (and each primary language without a template of its own) -> a tag of `pages`
-        self.tags: dict[str, str] = {tag.lower(): tag for tag in self.pages}
+        self.tags: dict[str, list[str]] = {tag.lower(): [tag] for tag in self.pages}
+        family: dict[str, list[str]] = {}  # primary language -> its templates, sorted
         for tag in sorted(self.pages):
-            self.tags.setdefault(tag.split("-", 1)[0].lower(), tag)
+            family.setdefault(tag.split("-", 1)[0].lower(), []).append(tag)
+        for primary, members in family.items():
+            self.tags.setdefault(primary, members)
 
     @property
     def negotiated(self) -> bool:

@@ -14,8 +14,10 @@ left out. A registrable domain is a candidate when a signal fires (docs/discover
   network, or an autonomous system that also served a listed platform (a record blocked by a block
   rule's domain entry). Each is weighted by how many registrable domains that address, network or ASN
   serves in the log: a CDN serving hundreds counts little;
-- `brand`: one of its names carries a listed platform's brand (the first label of a listed registrable
-  domain: `binance` in `binance-cn.example` and `binancezh.top`), under the rules of `brand_kind`.
+- `brand`: its own registrable label carries a listed platform's brand (the first label of a listed
+  registrable domain: `binance` in `binance-cn.example` and `binancezh.top`), under the rules of
+  `brand_kind`. A brand in a subdomain label only (`binance.wikipedia.org`) fires nothing: whoever sends
+  one request can put any label before any domain, and the candidate is the registrable domain.
 
 Each candidate's score adds its signals' weights (`WEIGHTS`), counting only the strongest of address,
 network and ASN (`Candidate.score`); candidates are ranked by score, then clients. Outputs: an HTML page
@@ -135,13 +137,14 @@ def _own_letters(brand: str) -> int:
 
 
 def brand_kind(brand: str) -> str | None:
-    """How the brand `brand` may match a name (`Brands`): "anywhere", "token", "label", or None (never):
+    """How the brand `brand` may match a registrable domain's own label (`Brands`): "anywhere", "token",
+    "label", or None (never):
 
     - brands shorter than BRAND_SHORTEST letters never match;
     - a brand in COMMON_WORDS matches only when it is the whole registrable label (`kraken.top`): "label";
     - a brand of BRAND_ANYWHERE letters or more, BRAND_DISTINCT of them beyond a common crypto word,
-      matches anywhere in the name outside its public suffix (`binancezh.top`, `my-binance.example`);
-    - any other brand matches only as a whole token, the labels split at `.` and `-` (`okx-app.top`,
+      matches anywhere in the label (`binancezh.top`, `my-binance.example`);
+    - any other brand matches only as a whole token, the label split at `-` (`okx-app.top`,
       `bybit-pro.example`; not `habit.example` for `bit`, nor `bybitglobal.example`)."""
     if len(brand) < BRAND_SHORTEST:
         return None
@@ -166,25 +169,25 @@ class Brands:
         self.token = frozenset(b for b, k in kinds.items() if k == "token")
         self.label = frozenset(b for b, k in kinds.items() if k == "label")
 
-    def carried(self, name: str, domain: str) -> set[str]:
-        """The brands the name `name`, under its registrable domain `domain`, carries."""
+    def carried(self, domain: str) -> set[str]:
+        """The brands the registrable domain `domain` carries in its own label (`binance-cn` of
+        `binance-cn.example`; never in its public suffix, nor in labels of names under it)."""
         label = _label(domain)
-        inside = name[: len(name) - len(domain)] + label  # the name without its public suffix
         found: set[str] = set()
         anywhere, n = self.anywhere, BRAND_ANYWHERE
-        for i in range(len(inside) - n + 1):  # each place a brand could start: one dict probe
-            starting = anywhere.get(inside[i:i + n])
+        for i in range(len(label) - n + 1):  # each place a brand could start: one dict probe
+            starting = anywhere.get(label[i:i + n])
             if starting:
-                found.update(b for b in starting if inside.startswith(b, i))
-        found.update(self.token.intersection(re.split(r"[.-]", inside)))
+                found.update(b for b in starting if label.startswith(b, i))
+        found.update(self.token.intersection(label.split("-")))
         if label in self.label:
             found.add(label)
         return found
 
 
-def brand_matches(brand: str, name: str, domain: str) -> bool:
-    """Whether the name `name` (under the registrable domain `domain`) carries the brand `brand`."""
-    return brand in Brands({brand: []}).carried(name, domain)
+def brand_matches(brand: str, domain: str) -> bool:
+    """Whether the registrable domain `domain` carries the brand `brand` (Brands.carried)."""
+    return brand in Brands({brand: []}).carried(domain)
 
 
 @dataclass(frozen=True)
@@ -399,7 +402,7 @@ def _discover(con: duckdb.DuckDBPyConnection, logs: report.Logs, files: Sequence
                 if weight >= GUESS_SHARING * WEIGHTS[level]:  # only servers few others share tell the platform
                     for owner in sharers:
                         guesses[owner] = guesses.get(owner, 0.0) + weight / len(sharers)
-        carried = {b: brand_owners[b] for b in sorted(set().union(*(brands.carried(name, domain) for name in names)))}
+        carried = {b: brand_owners[b] for b in sorted(brands.carried(domain))}
         if carried:
             c.signals["brand"] = WEIGHTS["brand"]
             c.evidence["brand"] = [f"carries the brand {b} of {_few(ds)}" for b, ds in carried.items()]

@@ -16,7 +16,8 @@ and the ruleset and database versions in force over the period.
 
 `--format html` (default) writes one self-contained page: inline SVG charts drawn by matplotlib, inline
 CSS, no script, nothing fetched (its Content-Security-Policy forbids it), printable. `csv` writes a
-directory with one file per table; `json` one object with every table. Progress and the time taken go
+directory with one file per table (a text cell a spreadsheet would run as a formula gets a leading `'`:
+csv_cell); `json` one object with every table. Progress and the time taken go
 to stderr. Exit codes: 0 written, 2 usage or input error (no such file, no record in the period).
 """
 
@@ -193,6 +194,13 @@ def _salvage_gzip(path: str, into: str) -> int:
     return recovered
 
 
+def _amount(size: int) -> str:
+    """A size in bytes as a reader takes it in: `850 bytes`, `12.3 kB`, `4.5 MB`."""
+    if size < 1000:
+        return f"{size:,} bytes"
+    return f"{size / 1e3:,.1f} kB" if size < 1_000_000 else f"{size / 1e6:,.1f} MB"
+
+
 def _read_one_by_one(con: duckdb.DuckDBPyConnection, files: Sequence[str], notes: list[str],
                      progress: TextIO | None, columns: dict[str, str], prog: str) -> None:
     """Read `files` one at a time into the table `raw`: a file DuckDB cannot read (a .gz cut short) is
@@ -208,12 +216,19 @@ def _read_one_by_one(con: duckdb.DuckDBPyConnection, files: Sequence[str], notes
                 recovered = _salvage_gzip(path, plain) if path.endswith(".gz") else 0
                 if not recovered:
                     notes.append(f"{path} could not be read and was left out ({str(exc).splitlines()[0]}).")
+                    if progress is not None:
+                        print(f"{prog}: {path}: cannot be read, left out (see the note below)", file=progress,
+                              flush=True)
                     continue
                 notes.append(f"{path} ends early (compressed data cut short or damaged): the first "
-                             f"{recovered / 1e6:,.1f} MB of its text were read.")
+                             f"{_amount(recovered)} of its text were read.")
                 query = _select([plain], columns, shown_as=path)
-            if progress is not None:
-                print(f"{prog}: {path}", file=progress, flush=True)
+                if progress is not None:
+                    print(f"{prog}: {path}: compressed data cut short or damaged: reading the "
+                          f"{_amount(recovered)} of text before the damage", file=progress, flush=True)
+            else:
+                if progress is not None:
+                    print(f"{prog}: reading {path}", file=progress, flush=True)
             con.execute(("INSERT INTO raw BY NAME " if created else "CREATE TABLE raw AS ") + query)
             created = True
     if not created:
@@ -404,9 +419,24 @@ def write_json(report: Report, out: Path) -> list[Path]:
     return [out]
 
 
+# What a spreadsheet reads as a formula (or a formula's start) at the head of a cell: OWASP's "CSV
+# injection" list. A text cell starting so gets a `'` before it (shown as text by spreadsheets).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """`value` as written to a CSV cell: a text starting with one of FORMULA_STARTS (a name, rule or client
+    taken from a log anyone may have forged: `=HYPERLINK(...)`) gets a `'` before it; numbers and other
+    text are left as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_csv(report: Report, out: Path) -> list[Path]:
     """One CSV file per table (header row first) in the directory `out` (created), and summary.csv
-    (key, value; lists and objects as JSON)."""
+    (key, value; lists and objects as JSON). Text cells that a spreadsheet would run as a formula start
+    with `'` (csv_cell)."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     path = out / "summary.csv"
@@ -414,16 +444,16 @@ def write_csv(report: Report, out: Path) -> list[Path]:
         w = csv.writer(f)
         w.writerow(["key", "value"])
         for key, value in report.summary.items():
-            w.writerow([key, json.dumps(value) if isinstance(value, list | dict) else value])
+            w.writerow([key, csv_cell(json.dumps(value) if isinstance(value, list | dict) else value)])
         for note in report.notes:
-            w.writerow(["note", note])
+            w.writerow(["note", csv_cell(note)])
     written.append(path)
     for table in report.tables.values():
         path = out / f"{table.name}.csv"
         with path.open("w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(table.columns)
-            w.writerows(table.rows)
+            w.writerows([csv_cell(v) for v in row] for row in table.rows)
         written.append(path)
     return written
 
