@@ -30,6 +30,7 @@ import html
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -50,6 +51,7 @@ LOST_ROWS = 100  # rows of the lost-records table (the totals count them all)
 ACTIONS = ("block", "log", "allow")
 COLOURS = {"block": "#c0392b", "log": "#e6a23c", "allow": "#7fa87f"}
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 EARLIEST, LATEST = "1970-01-01", "2200-01-01"  # the times a decision record may carry (UTC)
 
 # Every field the report reads, with the type it is read as (read_json's `columns`): a value of another
@@ -518,7 +520,8 @@ def _bar_chart(table: Table, label: str, value: str, colour: str, xlabel: str) -
     rows = table.dicts()
     if not rows:
         return ""
-    labels = [str(r[label]) if r[label] is not None else "(none)" for r in rows]
+    # a label is text a client may have chosen: control characters (no glyph in any font) shown as U+FFFD
+    labels = [_CONTROL.sub("\ufffd", str(r[label])) if r[label] is not None else "(none)" for r in rows]
     return _svg(_bars(labels, [int(r[value]) for r in rows], colour, xlabel), 0.6 + 0.28 * len(rows))
 
 
