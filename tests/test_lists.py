@@ -183,22 +183,31 @@ def test_files_in_the_rules_directory_that_are_not_read_are_named(tmp_path):
 
 
 @pytest.mark.parametrize("line, why", [
-    ("binance.com okx.com", "'okx.com' after the entry is written like a second domain"),
-    ("binance.com\tbinance.me", "'binance.me' after the entry is written like a second domain"),
-    ("binance.com =okx.com", "'=okx.com' after the entry is written like a second domain"),
-    ("Binance binance.com", "'binance.com' after the entry is written like a second domain"),
+    ("binance.com okx.com", "holds the name okx.com, which this list does not list"),
+    ("binance.com\tbinance.me", "holds the name binance.me, which this list does not list"),
+    ("binance.com =okx.com", "holds the name okx.com, which this list does not list"),
+    ("Binance binance.com", "a single label, not a domain"),
+    ("binance.com https://www.okx.com/", "holds the name www.okx.com, which this list does not list"),
+    ("bybit.com bücher.de", "holds the name xn--bcher-kva.de, which this list does not list"),
+    ("kraken.com gate.io,", "holds the name gate.io, which this list does not list"),
+    ("htx.com kucoin。com", "holds the name kucoin.com, which this list does not list"),
+    ("htx.com ＯＫＸ.com", "holds the name okx.com, which this list does not list"),
+    ("htx.com ok\u200bx.com", "holds the name okx.com, which this list does not list"),
+    ("htx.com OKX.COM", "holds the name okx.com, which this list does not list"),
+    ("htx.com \"okx.com\"", "holds the name okx.com, which this list does not list"),
     ("Binance", "a single label, not a domain"),
     ("Service temporarily unavailable", "a single label, not a domain"),
 ])
 def test_a_line_that_is_not_one_entry_and_its_platform_is_refused(tmp_path, line, why):
     """Fail-open found in review: the second name of a line became the first one's platform, so it was
     never blocked; a platform's name in the entry's place gave an entry that matches nothing."""
-    f = write(tmp_path / "l.txt", f"ok.example  Crypto.com\n{line}\n")
+    f = write(tmp_path / "l.txt", f"ok.example  OK Exchange\n{line}\n")
     with pytest.raises(RuleError) as err:
         read_list(f)
     assert str(err.value).startswith(f"{f}:2: ") and why in str(err.value)
-    assert read_list(write(tmp_path / "ok.txt", "crypto.com  Crypto.com\nbit.com  Bit.com\n")).platforms == {
-        "Crypto.com", "Bit.com"}  # a platform named like its domain, written with its capitals
+    assert read_list(write(tmp_path / "ok.txt", "crypto.com  Crypto.com\nbit.com  Bit.com\ngate.com  Gate.io\n"
+                                                "gate.io  Gate.io\n")).platforms == {
+        "Crypto.com", "Bit.com", "Gate.io"}  # a platform named like a domain the list holds
 
 
 def test_csv_takes_the_domain_column_before_a_name_column_and_reads_every_data_row(tmp_path):
@@ -212,7 +221,7 @@ def test_csv_takes_the_domain_column_before_a_name_column_and_reads_every_data_r
         #1 Exchange,htx.com
         """)
     assert [(e.name, e.platform) for e in read_list(f, lenient=True).entries] == [
-        ("www.binance.com", "Binance"), ("okx.com", "OKX"), ("htx.com", "#1 Exchange")]
+        ("binance.com", "Binance"), ("okx.com", "OKX"), ("htx.com", "#1 Exchange")]  # a URL names its site
     assert read_list(f, lenient=True).source == "https://regulator.example/r.csv"
     with pytest.raises(RuleError, match=r"r\.csv:3: 'https://www\.binance\.com/': must be a bare domain"):
         read_list(f)  # strict, as a rule reads it: the URL is refused, never a silent nothing
@@ -228,10 +237,10 @@ def test_a_directory_named_as_a_list_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("line, why", [
-    ("0.0.0.0.0 binance.com", "'binance.com' after the entry is written like a second domain"),
+    ("0.0.0.0.0 binance.com", "its last label is all digits"),
     ("0.0.0.0.0", "its last label is all digits"),  # a hosts line whose address is written wrong
-    ("800.0.0.1\tokx.com", "'okx.com' after the entry is written like a second domain"),
-    ("kucoin.com  KuCoin see kucoin.top", "'kucoin.top' after the entry is written like a second domain"),
+    ("800.0.0.1\tokx.com", "its last label is all digits"),
+    ("kucoin.com  KuCoin (see kucoin.top)", "holds the name kucoin.top, which this list does not list"),
 ])
 def test_found_by_the_lists_fuzzer_a_name_hidden_in_the_platform_is_refused(tmp_path, line, why):
     """The lists fuzzer (tests/support/fuzz_targets.py ListsTarget) found lines whose names were read as
@@ -241,3 +250,27 @@ def test_found_by_the_lists_fuzzer_a_name_hidden_in_the_platform_is_refused(tmp_
     with pytest.raises(RuleError) as err:
         read_list(f)
     assert str(err.value).startswith(f"{f}:1: ") and why in str(err.value)
+
+
+def test_csv_rows_wider_than_the_header_and_two_domain_columns_are_refused(tmp_path):
+    """Found in the second review: a cell past the header's columns (`mexc.com,MEXC,bitget.com`) and a
+    second `domain` column were ignored, so those names were never blocked."""
+    wide = write(tmp_path / "w.csv", "domain,platform\nmexc.com,MEXC,bitget.com\n")
+    with pytest.raises(RuleError, match=r"w\.csv:2: a row of 3 cells under a header of 2"):
+        read_list(wide)
+    twice = write(tmp_path / "t.csv", "domain,domain\nbinance.com,okx.com\n")
+    with pytest.raises(RuleError, match=r"t\.csv:1: the header row names the domain column 'domain' twice"):
+        read_list(twice)
+
+
+def test_written_lists_read_back_the_same_entries_whatever_their_length(tmp_path):
+    """Found in the second review: a name of 48 characters or more was written glued to its platform
+    (`...amazonaws.comBinance`), so another name was in force."""
+    from geoblock.core.lists import Entry, write_list
+
+    long = "binance-static-assets.s3.ap-northeast-1.amazonaws.com"
+    entries = [Entry("binance.com", "tree", "binance.com", "Binance", 1), Entry(long, "tree", long, "Binance", 2),
+               Entry("x" * 60 + ".example", "exact", "=" + "x" * 60 + ".example", "P Q", 3)]
+    f = write(tmp_path / "w.txt", write_list(entries, source="s"))
+    assert [(e.name, e.mode, e.platform) for e in read_list(f).entries] == [(e.name, e.mode, e.platform)
+                                                                           for e in entries]

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,26 +31,41 @@ class Feeds:
 
     def __init__(self) -> None:
         self.bodies: dict[str, tuple[int, bytes, int | None]] = {}
+        self.extra: dict[str, dict[str, object]] = {}
         feeds = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
                 status, body, length = feeds.bodies.get(self.path, (404, b"no such feed", None))
+                extra = feeds.extra.get(self.path, {})
                 self.send_response(status)
-                self.send_header("Content-Length", str(len(body) if length is None else length))
+                if "location" in extra:
+                    self.send_header("Location", str(extra["location"]))
+                if length != -1:  # -1: no Content-Length, the body ends when the connection closes
+                    self.send_header("Content-Length", str(len(body) if length is None else length))
                 self.end_headers()
-                self.wfile.write(body)
+                if extra.get("drip"):
+                    for i in range(len(body)):
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                else:
+                    self.wfile.write(body)
 
             def log_message(self, *args: object) -> None:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.block_on_close = False  # a dripping answer the client gave up on does not hold the test
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def set(self, path: str, body: str | bytes, status: int = 200, length: int | None = None) -> str:
-        """Answer `path` with `body`; `length`: a Content-Length other than the body's (a body cut short)."""
+    def set(self, path: str, body: str | bytes, status: int = 200, length: int | None = None, **extra: object) -> str:
+        """Answer `path` with `body`; `length`: a Content-Length other than the body's (a body cut short),
+        -1 for none; `extra`: `location` (a Location header), `drip` (one byte every 0.1 s)."""
         self.bodies[path] = (status, body.encode() if isinstance(body, str) else body, length)
+        self.extra[path] = extra
         return self.url + path
 
 
@@ -88,7 +104,7 @@ def test_import_a_hosts_file_normalises_deduplicates_and_says_what_it_refused(tm
 
 @pytest.mark.parametrize("fmt, text, names", [
     ("adblock", "[Adblock Plus 2.0]\n! comment\n||bybit.com^\n||kucoin.com^$important\n", ["bybit.com"]),
-    ("csv", "platform,url\nBinance,https://www.binance.com/en\nOKX,okx.com\n", ["www.binance.com", "okx.com"]),
+    ("csv", "platform,url\nBinance,https://www.binance.com/en\nOKX,okx.com\n", ["binance.com", "okx.com"]),
     ("plain", "binance.com Binance\nhttps://okx.com/path OKX\n", ["binance.com", "okx.com"]),
 ])
 def test_import_each_format_from_stdin(fmt, text, names):
@@ -213,3 +229,42 @@ def test_an_error_page_never_becomes_a_first_list_and_a_write_error_spares_the_o
     assert "feed unwritable: cannot write" in done.stderr and "Traceback" not in done.stderr
     assert done.stdout == f"feed good: wrote {tmp_path}/lists/good.txt: 1 entries, 0 refused\n"
     assert not (tmp_path / "lists" / "down.txt").exists()
+
+
+def test_found_in_the_second_review_feeds_that_wear_a_list_down_or_end_early_are_refused(tmp_path, feeds):
+    """A feed losing just under max_shrink at every run drained the list (the limit compared with the
+    list in place only); a body ended by closing the connection, cut mid-line, put `binance.co` in
+    force; a dripping feed held up every feed after it; a redirect went to another scheme; a feed's
+    platform the proxy refuses was installed."""
+    url = feeds.set("/feed.txt", big(100))
+    conf = write_feeds(tmp_path, url)  # max_shrink 0.1 (the default)
+    target = tmp_path / "rules" / "lists" / "feed.txt"
+    assert geoblock("lists", "update", str(conf)).returncode == 0
+    feeds.set("/feed.txt", big(91))
+    assert geoblock("lists", "update", str(conf)).returncode == 0  # 9 % less: within max_shrink
+    feeds.set("/feed.txt", big(83))
+    done = geoblock("lists", "update", str(conf))  # 8.8 % less than the list in place, 17 % less than the baseline
+    assert done.returncode == 1 and "83 entries against a baseline of 100 verified before" in done.stderr
+    assert len(read_list(target).entries) == 91
+    assert geoblock("lists", "update", str(conf), "--force").returncode == 0  # the operator accepts it
+    assert "# baseline: 83" in target.read_text()
+
+    feeds.set("/feed.txt", big(83) + "binance.co", length=-1)
+    done = geoblock("lists", "update", str(conf))
+    assert done.returncode == 1 and "ends in the middle of a line and has no Content-Length" in done.stderr
+    feeds.set("/feed.txt", big(83) + "binance.com  Binance\n", length=-1)
+    assert geoblock("lists", "update", str(conf)).returncode == 0  # whole lines: fine without a length
+
+    from geoblock.tools.lists import FeedError, fetch
+
+    with pytest.raises(FeedError, match=r"not downloaded within 1 s"):
+        fetch(feeds.set("/drip.txt", "a.example\n" * 3, drip=True), total=1)
+    with pytest.raises(FeedError, match=r"redirected to 'ftp://127.0.0.1/list.txt', which is not http\(s\)"):
+        fetch(feeds.set("/moved.txt", "", status=302, location="ftp://127.0.0.1/list.txt"))
+
+    other = tmp_path / "f2.yaml"
+    bare = feeds.set("/bare.txt", "a.example\nb.example\n")  # entries that name no platform: the feed's
+    other.write_text(f"feeds:\n  - {{name: c, url: {bare}, output: rules/lists/c.txt, platform: community.list}}\n")
+    done = geoblock("lists", "update", str(other))
+    assert done.returncode == 1 and "the list would be refused where it goes" in done.stderr
+    assert not (tmp_path / "rules" / "lists" / "c.txt").exists()

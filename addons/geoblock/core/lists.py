@@ -64,8 +64,6 @@ _HEADER = re.compile(r"#\s*([A-Za-z_-]+)\s*:\s*(.*?)\s*\Z")
 _HEADER_KEYS = ("source", "retrieved", "format", "platform")
 _COMMENT = re.compile(r"(?:^|\s)#")
 _PLATFORM = re.compile(r"[^\x00-\x1f\x7f]{1,100}\Z")
-# a platform that is one lower-case token with a dot, or an entry's notation: a second entry, not a name
-_LOOKS_LIKE_ENTRY = re.compile(r"(?:[=.]|\*\.|\|\|)\S*\Z|[a-z0-9-]+(?:\.[a-z0-9-]+)+\.?\Z")
 
 
 class ListError(GeoblockError, ValueError):
@@ -217,9 +215,11 @@ def _is_ip(text: str) -> bool:
 
 
 def _host_of_url(text: str) -> str:
-    """The host of a URL-looking entry (`https://www.x.com/path` -> www.x.com), for lenient reads."""
+    """The site a URL-looking entry names, for lenient reads: its host without a leading `www.`
+    (`https://www.x.com/path` -> x.com, which covers www.x.com, the API and the rest of the site)."""
     parts = urlsplit(text if "://" in text else "//" + text)
-    return parts.hostname or text
+    host = parts.hostname or text
+    return host[4:] if host.startswith("www.") and host.count(".") >= 2 else host
 
 
 def _platform(text: str) -> str | None:
@@ -228,12 +228,29 @@ def _platform(text: str) -> str | None:
         return None
     if not _PLATFORM.match(text):
         raise _Bad(f"platform name {text[:40]!r}: at most 100 printable characters")
-    second = next((word for word in text.split() if _LOOKS_LIKE_ENTRY.match(word)), None)
-    if second is not None:
-        raise _Bad(f"{second!r} after the entry is written like a second domain, not a platform's name: one "
-                   "entry per line (a hosts line takes several names after an address); a platform named "
-                   "like its domain is written with its capitals (`Crypto.com`)")
     return text
+
+
+_WRAPPING = "\"'`()[]{}<>,;:!?|^=*"
+
+
+def _hidden_name(platform: str, listed: set[str]) -> str | None:
+    """A domain name one of the platform's words spells (`okx.com`, `https://okx.com/`, `OKX.COM`,
+    `ＯＫＸ.com`, `=okx.com`) that `listed` does not hold, or None. A platform named like its own
+    domain (`Crypto.com` beside `crypto.com`) holds a listed name."""
+    for word in platform.split():
+        if "://" in word:
+            word = urlsplit(word).hostname or word
+        word = word.split("/", 1)[0].strip(_WRAPPING).removeprefix("*.").removeprefix(".").strip(_WRAPPING)
+        if not word:
+            continue
+        try:
+            host = normalize_host(word)
+        except (InvalidHost, ValueError):
+            continue
+        if isinstance(host, str) and "." in host.strip(".") and host not in listed:
+            return host
+    return None
 
 
 def _strip_comment(line: str) -> str:
@@ -305,7 +322,13 @@ def _csv_items(text: str, lenient: bool) -> Iterator[tuple[int, str, str | None]
             if domain_col < 0:
                 raise _HeaderError(line, f"no domain column in the header row {row!r} (one of "
                                          f"{', '.join(_DOMAIN_COLUMNS)})")
+            if header.count(header[domain_col]) > 1:
+                raise _HeaderError(line, f"the header row names the domain column {header[domain_col]!r} twice: "
+                                         "one domain per row")
             continue
+        if len(row) > len(header) and any(cell.strip() for cell in row[len(header):]):
+            raise _HeaderError(line, f"a row of {len(row)} cells under a header of {len(header)}: a cell "
+                                     "past the header's columns would be ignored (one domain per row)")
         value = row[domain_col].strip() if domain_col < len(row) else ""
         platform = row[platform_col] if 0 <= platform_col < len(row) else ""
         if lenient and ("://" in value or "/" in value):
@@ -415,6 +438,20 @@ def read_list_text(path: str, text: str, *, digest: str | None = None, mtime: fl
                 continue
             for written, named in items:
                 add(number, written, named)
+    listed = {e.name for e in entries}
+    kept: list[Entry] = []
+    for entry in entries:
+        hidden = _hidden_name(entry.platform, listed) if entry.platform and entry.platform != default_platform else None
+        if hidden is None:
+            kept.append(entry)
+            continue
+        why = (f"platform {entry.platform!r} holds the name {hidden}, which this list does not list: a second "
+               "entry on the line? One entry per line (a hosts line takes several names after an address); a "
+               "platform named like a domain is accepted when that domain is listed too")
+        if not lenient:
+            raise RuleError(path, entry.line, f"{entry.text!r}: {why}")
+        refused.append(Refused(entry.line, f"{entry.text} {entry.platform}", why))
+    entries = kept
     return ListFile(
         path=path,
         sha256=digest or hashlib.sha256(text.encode("utf-8")).hexdigest(),
@@ -432,9 +469,11 @@ def read_list_text(path: str, text: str, *, digest: str | None = None, mtime: fl
 
 
 def write_list(entries: list[Entry] | tuple[Entry, ...], *, source: str | None = None, retrieved: str | None = None,
-               title: str | None = None) -> str:
+               title: str | None = None, baseline: int | None = None) -> str:
     """The text of a plain list file holding `entries` (their notation and platform, one per line,
-    names aligned), with provenance header comments. Reading it back gives the same entries."""
+    names aligned, at least two spaces before a platform), with provenance header comments (and
+    `# baseline: N`, the feed updater's high-water mark). Reading it back gives the same entries
+    (tools/lists.py checks that before it installs one)."""
     head = []
     if title:
         head.append(f"# {title}")
@@ -442,7 +481,9 @@ def write_list(entries: list[Entry] | tuple[Entry, ...], *, source: str | None =
         head.append(f"# source: {source}")
     if retrieved:
         head.append(f"# retrieved: {retrieved}")
+    if baseline is not None:
+        head.append(f"# baseline: {baseline}")
     head.append("# format: plain")
-    width = min(max((len(e.written()) for e in entries), default=0) + 2, 48)
-    body = [f"{e.written():<{width}}{e.platform}".rstrip() if e.platform else e.written() for e in entries]
+    width = min(max((len(e.written()) for e in entries), default=0), 46)
+    body = [f"{e.written():<{width}}  {e.platform}" if e.platform else e.written() for e in entries]
     return "\n".join(head + body) + "\n"

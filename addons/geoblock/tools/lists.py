@@ -31,6 +31,7 @@ import gzip
 import http.client
 import io
 import os
+import re
 import sys
 import tempfile
 import time
@@ -43,12 +44,13 @@ from typing import Any
 import yaml
 
 from geoblock import __version__ as _version
-from geoblock.core.lists import FORMATS, ListFile, ListFormat, read_list, read_list_text, write_list
+from geoblock.core.lists import FORMATS, Entry, ListFile, ListFormat, read_list, read_list_text, write_list
 from geoblock.core.rules import RuleError
 from geoblock.errors import GeoblockError
 
 MAX_BYTES = 64 * 1024 * 1024  # the largest download accepted (bytes): a national list is a few MB
 TIMEOUT = 60.0  # seconds for a download to start and for each read
+TOTAL = 300.0  # seconds for a whole download: a feed that drips is cut off, the next feeds still run
 FEED_KEYS = ("name", "url", "format", "output", "platform", "min_entries", "max_refused", "max_shrink")
 
 
@@ -75,18 +77,39 @@ class Feed:
     max_shrink: float = 0.1
 
 
-def fetch(url: str, *, max_bytes: int = MAX_BYTES, timeout: float = TIMEOUT) -> bytes:
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) only: a feed redirected to file: or ftp: is refused."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        if not newurl.lower().startswith(("http://", "https://")):
+            raise urllib.error.URLError(f"redirected to {newurl!r}, which is not http(s)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def fetch(url: str, *, max_bytes: int = MAX_BYTES, timeout: float = TIMEOUT, total: float = TOTAL) -> bytes:
     """The body of `url` (http, https or file), gunzipped when it is gzip (by its magic bytes: a `.gz`
     feed, or `Content-Encoding: gzip`). Raises FeedError naming the URL: an HTTP error status, no answer,
     a body cut short (fewer bytes than its Content-Length: urllib does not raise on that, RFC 9112
     section 6.3 says the message is incomplete), a broken gzip stream, or a body larger than
     `max_bytes` (before or after gunzipping). Never through $http_proxy: a gateway fetches directly.
-    `timeout` is per socket operation (seconds), not for the whole download."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    `timeout` is per socket operation (seconds); `total` bounds the whole download (seconds)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _HttpOnlyRedirects())
     request = urllib.request.Request(url, headers={"User-Agent": f"geoblock/{_version} (lists)"})
+    deadline = time.monotonic() + total
     try:
         with opener.open(request, timeout=timeout) as answer:
-            body = answer.read(max_bytes + 1)
+            chunks: list[bytes] = []
+            size = 0
+            while size <= max_bytes:
+                chunk = answer.read(min(65536, max_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if time.monotonic() > deadline:
+                    raise FeedError(f"{url}: not downloaded within {total:g} s ({size} bytes so far)")
+            body = b"".join(chunks)
             length = answer.headers.get("Content-Length") if answer.headers is not None else None
     except urllib.error.HTTPError as exc:
         raise FeedError(f"{url}: HTTP {exc.code} {exc.reason}") from None
@@ -98,6 +121,10 @@ def fetch(url: str, *, max_bytes: int = MAX_BYTES, timeout: float = TIMEOUT) -> 
         raise FeedError(f"{url}: larger than {max_bytes} bytes")
     if length is not None and length.isdigit() and len(body) != int(length):
         raise FeedError(f"{url}: the download was cut short: {len(body)} of {int(length)} bytes (Content-Length)")
+    if length is None and body and body[:2] != b"\x1f\x8b" and not body.endswith((b"\n", b"\r")):
+        # no length to check against (a body ended by closing the connection): a last line without its
+        # line break may be one cut short (binance.co for binance.com)
+        raise FeedError(f"{url}: the download ends in the middle of a line and has no Content-Length: cut short?")
     if body[:2] == b"\x1f\x8b":
         try:
             with gzip.GzipFile(fileobj=io.BytesIO(body)) as unzipped:
@@ -123,6 +150,21 @@ def read_source(src: str, fmt: ListFormat | None, platform: str | None) -> ListF
         name = src.rsplit("?", 1)[0]
         return read_list_text(name, text, fmt=fmt, lenient=True, platform=platform)
     return read_list(src, fmt=fmt, lenient=True, platform=platform)
+
+
+_BASELINE = re.compile(r"^# baseline: (\d+)\s*$", re.MULTILINE)
+
+
+def reads_back(path: str, text: str, entries: tuple[Entry, ...]) -> str | None:
+    """Why the list `text` (about to be written to `path`) would not put `entries` in force, or None:
+    it is read back as the proxy reads it (strictly) and compared entry by entry."""
+    try:
+        again = read_list_text(path, text)
+    except RuleError as exc:
+        return f"the list would be refused where it goes: {exc.message} (line {exc.line})"
+    if [(e.name, e.mode, e.platform) for e in again.entries] != [(e.name, e.mode, e.platform) for e in entries]:
+        return "the list does not read back as the entries it was written from"
+    return None
 
 
 def _now() -> str:
@@ -169,6 +211,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 2
     text = write_list(listed.entries, source=args.source or listed.source or args.src,
                       retrieved=listed.retrieved or _now(), title=args.title)
+    problem = reads_back(args.output or "<stdout>", text, listed.entries)
+    if problem:
+        print(f"geoblock: {args.src}: {problem}; nothing written", file=sys.stderr)
+        return 2
     if args.output:
         write_atomically(Path(args.output), text)
     else:
@@ -257,6 +303,7 @@ def update_feed(feed: Feed, force: bool = False) -> str:
             old = read_list(feed.output, lenient=True)
         except RuleError:
             old = None  # a list in place that is no longer readable is replaced by a verified one
+    baseline = count
     if old is not None and not force:
         before = len(old.entries)
         now = {(e.name, e.mode) for e in new.entries}
@@ -266,10 +313,20 @@ def update_feed(feed: Feed, force: bool = False) -> str:
             raise FeedError(f"feed {feed.name}: it would remove {len(lost)} of the {before} entries in place "
                             f"({shown}), more than max_shrink {feed.max_shrink:g} allows (use --force if that "
                             f"is right){keeping}")
+        marked = _BASELINE.search(feed.output.read_text(encoding="utf-8", errors="replace"))
+        highest = max(int(marked.group(1)) if marked else before, before)
+        if count < highest * (1 - feed.max_shrink):
+            raise FeedError(f"feed {feed.name}: {count} entries against a baseline of {highest} verified before: "
+                            f"it lost more than max_shrink {feed.max_shrink:g} since (a list worn down a step at "
+                            f"a time; use --force if that is right, which sets the baseline anew){keeping}")
+        baseline = max(highest, count)
         if [(e.name, e.mode, e.platform) for e in old.entries] == [(e.name, e.mode, e.platform) for e in new.entries]:
             return f"feed {feed.name}: unchanged ({count} entries)"
-    write_atomically(feed.output, write_list(new.entries, source=feed.url, retrieved=_now(),
-                                             title=f"feed {feed.name}"), keep=True)
+    text = write_list(new.entries, source=feed.url, retrieved=_now(), title=f"feed {feed.name}", baseline=baseline)
+    problem = reads_back(str(feed.output), text, new.entries)
+    if problem:
+        raise FeedError(f"feed {feed.name}: {problem}{keeping}")
+    write_atomically(feed.output, text, keep=True)
     was = f", was {len(old.entries)}" if old is not None else ""
     return f"feed {feed.name}: wrote {feed.output}: {count} entries{was}, {refused} refused"
 
