@@ -90,7 +90,25 @@ def test_an_allow_rule_that_lifts_many_blocks(tmp_path: Path) -> None:
         "(rules/a.yaml:7), x3.example.com (rules/a.yaml:8), x4.example.com "
         "(rules/a.yaml:9), ... (narrow its domains to the names it should exempt, or raise "
         "--max-lifted if this is meant)"]
-    assert warnings(check(tmp_path, {"a.yaml": text}, "--max-lifted", "12")) == []
+    # within --max-lifted, but the whole block rule: still said (found in review: an allow rule naming
+    # the block rule's own list lifted all of it without a word)
+    assert warnings(check(tmp_path, {"a.yaml": text}, "--max-lifted", "12")) == [
+        "warning: rules/a.yaml:17: allow rule lift-example lifts 12 of the 12 entries of block rule exchanges "
+        "(rules/a.yaml:2), wholly or in part (an allow rule exempts a few names from a block: narrow its domains, "
+        "or remove the block rule if it is meant to go)"]
+    few = "rules:\n" + block_rule("exchanges", exchanges) + (
+        "  - id: lift-one\n    action: allow\n    domains: [x3.example.com]\n")
+    assert warnings(check(tmp_path, {"a.yaml": few})) == []  # one name exempted: what allow rules are for
+
+
+def test_an_allow_rule_naming_the_block_rules_own_list_is_said(tmp_path: Path) -> None:
+    (tmp_path / "rules" / "lists").mkdir(parents=True)
+    (tmp_path / "rules" / "lists" / "x.txt").write_text("binance.com  Binance\nokx.com  OKX\nbybit.com  Bybit\n")
+    text = ("rules:\n  - {id: blk, action: block, domains_from: [lists/x.txt]}\n"
+            "  - {id: alw, action: allow, domains_from: [lists/x.txt]}\n")
+    done = check(tmp_path, {"a.yaml": text}, "--strict")
+    assert done.returncode == 1 and any("allow rule alw lifts 3 of the 3 entries of block rule blk" in w
+                                        for w in warnings(done))
 
 
 def test_allow_patterns_on_subdomains_lift_every_block_under_them(tmp_path: Path) -> None:
@@ -257,6 +275,13 @@ def test_lookalike_letters(tmp_path: Path) -> None:
         "(Cyrillic) looks like 'i', 'е' (Cyrillic) looks like 'e'; it reads as appie.net (write the name in one "
         "script: if you meant appie.net, type it in Latin letters)",
     ]
+
+
+def test_lookalikes_one_step_beyond_the_confusables_table(tmp_path: Path) -> None:
+    """Found in review: окх.com and һтх.com (Cyrillic, reading as okx.com and htx.com) passed, because
+    Unicode's confusables map к and т to ĸ and ᴛ, not to ASCII letters."""
+    done = check(tmp_path, {"a.yaml": "rules:\n" + block_rule("x", ["окх.com", "һтх.com"])})
+    assert [w.split("; it reads as ")[1].split(" ")[0] for w in warnings(done)] == ["okx.com", "htx.com"]
 
 
 def test_json_lists_warnings_and_strict_sets_the_exit_status(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -246,7 +247,20 @@ def _lifts(rs: Ruleset, max_lifted: int) -> list[LintWarning]:
             for dom in block.spec.domains:
                 if _lifted(dom, spec, by_name, above):
                     lifted.append((block.spec, dom))
-        if len(lifted) > max_lifted:
+        per_rule: dict[str, int] = {}
+        for block_spec, _ in lifted:
+            per_rule[block_spec.id] = per_rule.get(block_spec.id, 0) + 1
+        most = [(b.spec, per_rule[b.id]) for b in lifted_rules
+                if b.spec.domains and per_rule.get(b.id, 0) * 2 >= len(b.spec.domains)]
+        if most and len(lifted) <= max_lifted:  # few entries, but half a block rule or more: a list undone
+            block_spec, n = most[0]
+            out.append(LintWarning(
+                spec.source, "allow-lifts-blocks",
+                f"allow rule {spec.id} lifts {n} of the {len(block_spec.domains)} entries of block rule "
+                f"{block_spec.id} ({block_spec.source}), wholly or in part",
+                "an allow rule exempts a few names from a block: narrow its domains, or remove the block "
+                "rule if it is meant to go"))
+        elif len(lifted) > max_lifted:
             shown = ", ".join(f"{_shown(d)} ({_where(b, d)})" for b, d in lifted[:_EXAMPLES])
             out.append(LintWarning(
                 spec.source, "allow-lifts-blocks",
@@ -474,6 +488,21 @@ def _lookalikes(rules: Iterable[RuleSpec]) -> list[LintWarning]:
     return out
 
 
+def _latin_letter(char: str) -> str | None:
+    """The ASCII letter a non-ASCII Latin letter is a form of, one step beyond Unicode's confusables
+    (Cyrillic к is confusable with ĸ, LATIN SMALL LETTER KRA, т with ᴛ, LATIN LETTER SMALL CAPITAL T):
+    small capitals by their name, kra as k; None for anything else."""
+    if char == "\u0138":
+        return "k"
+    try:
+        name = unicodedata.name(char)
+    except (ValueError, TypeError):
+        return None
+    if name.startswith("LATIN LETTER SMALL CAPITAL ") and len(name.rsplit(" ", 1)[1]) == 1:
+        return name.rsplit(" ", 1)[1].lower()
+    return None
+
+
 def _lookalike(name: str) -> tuple[str, str] | None:
     """(what is wrong, the Latin look-alike) for a name whose labels mix scripts or are written wholly in
     letters that pass for ASCII ones (аррӏе.com); None for a name in one script that does not pass for
@@ -487,6 +516,7 @@ def _lookalike(name: str) -> tuple[str, str] | None:
         swaps = {}  # a letter of another script -> the ASCII letter or digit it passes for
         for f in found:
             ascii_ = [h["c"] for h in f["homoglyphs"] if h["c"].isascii() and h["c"].isalnum()]
+            ascii_ = ascii_ or [a for a in (_latin_letter(h["c"]) for h in f["homoglyphs"]) if a]
             if ascii_ and f["alias"] not in ("COMMON", "INHERITED", "LATIN"):
                 swaps[f["character"]] = ascii_[0].lower()
         letters = [c for c in label if categories.alias(c) not in ("COMMON", "INHERITED")]
