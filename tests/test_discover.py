@@ -98,8 +98,9 @@ def record(at: datetime, name: str, client: str, conn: str, stage: str = "tls") 
 # name -> [(client, connections)]: who visited what
 VISITS: dict[str, list[tuple[str, int]]] = {
     "binance.com": [("10.0.0.2", 3), ("10.0.0.3", 2)], "api.binance.com": [("10.0.0.2", 1)],
-    "okx.com": [("10.0.0.4", 2)], "www.okx.com": [("10.0.0.4", 1)], "bitfinex.com": [("10.0.0.5", 1)],
-    "bybit.com": [("10.0.0.6", 1)], "pay.binance.com": [("10.0.0.2", 1)],
+    "okx.com": [("10.0.0.4", 2), ("10.0.0.10", 1)], "www.okx.com": [("10.0.0.4", 1)],
+    "bitfinex.com": [("10.0.0.5", 1), ("10.0.0.11", 1)], "bybit.com": [("10.0.0.6", 1), ("10.0.0.12", 1)],
+    "pay.binance.com": [("10.0.0.2", 1)],
     "binancezh.shop": [("10.0.0.2", 2), ("10.0.0.7", 1)], "www.binancezh.shop": [("10.0.0.7", 1)],
     "bnbfast.top": [("10.0.0.3", 1)], "okx-app.top": [("10.0.0.4", 1)], "binance-cn.example": [("10.0.0.8", 1)],
     "m.bybit-pro.example": [("10.0.0.6", 1)],
@@ -328,7 +329,8 @@ def test_a_log_the_addon_wrote(gb, rules_dir, tmp_path) -> None:
     by_name = {r["name"]: r for r in records}
     assert by_name["binance.com"]["action"] == "block" and by_name["binance.com"]["server_ip"] == "127.0.0.2"
     assert by_name["coinswap.example"]["action"] == "log" and by_name["ordinary.example"]["action"] == "allow"
-    done = run(gb.log_path, "--rules", rules_dir, "--json", "--min-score", "0", "-q")
+    # one client here (the harness's): let one client's blocks make a server a listed platform's
+    done = run(gb.log_path, "--rules", rules_dir, "--json", "--min-score", "0", "--min-clients", "1", "-q")
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     ranked = [c["domain"] for c in found["candidates"]]
@@ -424,3 +426,20 @@ def test_brands_in_names(brand, name, carried) -> None:
 ])
 def test_registrable_domains(name, domain) -> None:
     assert registrable(name) == domain
+
+
+def test_one_client_cannot_make_an_address_a_listed_platforms_server(tmp_path, rules_dir) -> None:
+    """Found in review: on a transparent gateway `server_ip` is the destination the client chose, so one
+    client sending binance.com's SNI to a Wikipedia address made wikipedia.org a candidate (score 3)."""
+    at = START
+    forged = record(at, "binance.com", "10.0.0.66", "c-1") | {"server_ip": "198.35.26.96", "asn": 14907}
+    visits = [record(at + timedelta(minutes=i + 1), "site00.example", f"10.0.3.{i}", f"c-{i + 2}")
+              | {"name": "en.wikipedia.org", "sni": "en.wikipedia.org", "server_ip": "198.35.26.96", "asn": 14907}
+              for i in range(5)]
+    log = tmp_path / "d.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in [forged, *visits]))
+    done = run(log, "--rules", rules_dir, "--json", "-q")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["candidates"] == []
+    done = run(log, "--rules", rules_dir, "--json", "-q", "--min-clients", "1")  # what it did before
+    assert [c["domain"] for c in json.loads(done.stdout)["candidates"]] == ["wikipedia.org"]

@@ -1,7 +1,7 @@
 """`geoblock discover`: the platforms the decision logs point at that no block rule lists yet.
 
     geoblock discover LOG... [--rules RULES] [-o discover.html] [--list-out candidates.txt] [--json]
-                             [--since ISO] [--until ISO] [--min-score N]
+                             [--since ISO] [--until ISO] [--min-score N] [--min-clients N]
 
 LOG: decision log files, directories or glob patterns, read with DuckDB exactly as `geoblock report`
 reads them (tools/report.py: `read_logs`). RULES: the rules the list is judged against (the default
@@ -62,6 +62,7 @@ COLUMNS = report.COLUMNS
 WEIGHTS = {"review": 1.0, "address": 3.0, "network": 2.0, "asn": 1.5, "brand": 3.0}
 SIGNALS = tuple(WEIGHTS)
 INFRA = ("address", "network", "asn")
+MIN_CLIENTS = 2  # clients a listed platform's server address must be seen from to count as its server
 MIN_SCORE = 1.0  # default --min-score: leaves out candidates whose only evidence is a CDN or big host
 NAMES_SHOWN = 10  # names listed per candidate (the count says how many there are)
 GUESS_SHARING = 0.5  # sharing() at least this (4 domains or fewer there) to guess the platform from servers
@@ -296,21 +297,24 @@ _TS = "'%Y-%m-%dT%H:%M:%S.%gZ'"
 
 
 def discover(files: Sequence[str], rs: Ruleset, since: datetime | None = None, until: datetime | None = None,
-             progress: TextIO | None = None, min_score: float = MIN_SCORE) -> Discovery:
+             progress: TextIO | None = None, min_score: float = MIN_SCORE,
+             min_clients: int = MIN_CLIENTS) -> Discovery:
     """Read the decision logs `files` (records with `since <= ts < until`, naive UTC; None: unbounded) and
-    find the candidates (module docstring) scoring at least `min_score`, judged against the ruleset `rs`.
+    find the candidates (module docstring) scoring at least `min_score`, judged against the ruleset `rs`;
+    a listed platform's server address counts when `min_clients` distinct clients were blocked there.
     Raises DiscoverError (no file, no record), duckdb.Error."""
     started = time.monotonic()
     logs = report.read_logs(files, since, until, progress, columns=COLUMNS, prog=PROG)
     con = logs.con
     try:
-        return _discover(con, logs, files, rs, since, until, min_score, started)
+        return _discover(con, logs, files, rs, since, until, min_score, min_clients, started)
     finally:
         con.close()
 
 
 def _discover(con: duckdb.DuckDBPyConnection, logs: report.Logs, files: Sequence[str], rs: Ruleset,
-              since: datetime | None, until: datetime | None, min_score: float, started: float) -> Discovery:
+              since: datetime | None, until: datetime | None, min_score: float, min_clients: int,
+              started: float) -> Discovery:
     # fetchall, not fetchone: a result left unfinished keeps create_function from running
     row = con.execute(f"SELECT count(*), strftime(min(t), {_TS}), strftime(max(t), {_TS}) FROM d").fetchall()[0]
     records, first, last = int(row[0]), row[1], row[2]
@@ -335,9 +339,12 @@ def _discover(con: duckdb.DuckDBPyConnection, logs: report.Logs, files: Sequence
                    FROM d JOIN m USING (name) LEFT JOIN s USING (server_ip) WHERE m.domain IS NOT NULL""")
     blocks = report._sql_list(sorted(judge.block_rules)) if judge.block_rules else "['']"
     # the listed platforms' servers: records a block rule's domain entry blocked
-    con.execute(f"""CREATE TABLE li AS SELECT DISTINCT listed, server_ip, net, asn FROM r
+    # seen from MIN_CLIENTS clients at least: a transparent gateway records the destination a client chose,
+    # so one client sending a listed name to any address must not make that address a platform's server
+    con.execute(f"""CREATE TABLE li AS SELECT listed, server_ip, any_value(net) AS net, any_value(asn) AS asn FROM r
                     WHERE listed IS NOT NULL AND action = 'block' AND list_contains({blocks}, rule)
-                      AND server_ip IS NOT NULL""")
+                      AND server_ip IS NOT NULL
+                    GROUP BY listed, server_ip HAVING count(DISTINCT client) >= {int(min_clients)}""")
     infra: dict[str, dict[Any, set[str]]] = {"address": {}, "network": {}, "asn": {}}
     for owner, ip, net, asn in con.execute("SELECT listed, server_ip, net, asn FROM li").fetchall():
         infra["address"].setdefault(ip, set()).add(owner)
@@ -589,7 +596,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         files = report.log_files(args.logs)
         found = discover(files, rs, since, until, progress=None if args.quiet else sys.stderr,
-                         min_score=args.min_score)
+                         min_score=args.min_score, min_clients=args.min_clients)
         written = []
         if args.output or not args.json:
             out = Path(args.output or "discover.html")
@@ -628,6 +635,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the candidates as one JSON object on stdout")
     p.add_argument("--since", help="only records at or after this time (ISO 8601; UTC unless an offset is given)")
     p.add_argument("--until", help="only records before this time (ISO 8601)")
+    p.add_argument("--min-clients", type=int, default=MIN_CLIENTS,
+                   help=f"distinct clients blocked at a listed platform's server address before it counts as the "
+                        f"platform's server (default {MIN_CLIENTS}: one client choosing a destination cannot "
+                        "make it one)")
     p.add_argument("--min-score", type=float, default=MIN_SCORE,
                    help=f"leave out candidates scoring less (default {MIN_SCORE:g})")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr (the final line stays)")
