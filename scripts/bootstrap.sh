@@ -24,8 +24,14 @@ if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; the
   echo "$venv"; exit 0
 fi
 py="$(find_python)" || { echo "bootstrap: no Python $ver interpreter found (tried python$ver and pyenv)" >&2; exit 1; }
+if [ -d "$venv" ]; then
+  echo "bootstrap: pyproject.toml changed: rebuilding $venv with $py (about a minute) ..." >&2
+else
+  echo "bootstrap: creating $venv with $py and installing geoblock and its dependencies (about a minute) ..." >&2
+fi
 rm -rf "$venv"
 "$py" -m venv "$venv" >&2
 "$venv/bin/pip" install -q --disable-pip-version-check -e ".[test]" >&2 2> >(grep -v "^WARNING: Location" >&2)
 echo "$want" > "$stamp"
+echo "bootstrap: $venv ready" >&2
 echo "$venv"
