@@ -3,16 +3,17 @@
 #   1. scripts/bench_decide.py: one decision, observe to verdict, GeoIP cached (shipped rules; 100k domains)
 #   2. scripts/bench_proxy.py: keep-alive HTTP req/s through mitmdump with vs without geoblock (wrk)
 #   3. scripts/bench_report.py: `geoblock report` over 1M and 10M generated records (HTML and JSON)
+#   4. scripts/bench_biglist.py: a block rule taking 1,000,000 domains from a list file (load, memory, decide)
 # Results: the tables on stdout, and bench-results/{decide,proxy,report}.{json,md} (git-ignored).
 #   GEOBLOCK_PYTHON=3.12 scripts/bench.sh      other Python/mitmproxy pairing (results get a -3.12 suffix)
-#   scripts/bench.sh decide | proxy | report   one benchmark only
+#   scripts/bench.sh decide | proxy | report | biglist   one benchmark only
 #   BENCH_DECIDE_ARGS="--iterations 50000" BENCH_PROXY_ARGS="--rounds 3 --duration 10" scripts/bench.sh
 #   BENCH_REPORT_ARGS="--sizes 1000000 --rounds 1" scripts/bench.sh report
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ver="${GEOBLOCK_PYTHON:-3.11}"
 which="${1:-all}"
-case "$which" in all|decide|proxy|report) ;; *) echo "usage: scripts/bench.sh [all|decide|proxy|report]" >&2; exit 2;; esac
+case "$which" in all|decide|proxy|report|biglist) ;; *) echo "usage: scripts/bench.sh [all|decide|proxy|report|biglist]" >&2; exit 2;; esac
 venv="$(scripts/bootstrap.sh "$ver")"
 py="$venv/bin/python"
 suffix=""; [ "$ver" = "3.11" ] || suffix="-$ver"
@@ -43,5 +44,11 @@ if [ "$which" = all ] || [ "$which" = report ]; then
   # shellcheck disable=SC2086
   "$py" scripts/bench_report.py --out "bench-results/report$suffix.json" ${BENCH_REPORT_ARGS:-} \
     | tee "bench-results/report$suffix.md"
+fi
+if [ "$which" = all ] || [ "$which" = biglist ]; then
+  echo "=== biglist: $py scripts/bench_biglist.py ${BENCH_BIGLIST_ARGS:-}"
+  # shellcheck disable=SC2086
+  "$py" scripts/bench_biglist.py --out "bench-results/biglist$suffix.json" ${BENCH_BIGLIST_ARGS:-} \
+    | tee "bench-results/biglist$suffix.md"
 fi
 echo "=== results in bench-results/ (JSON and markdown)"

@@ -231,6 +231,7 @@ def _platform(text: str) -> str | None:
     return text
 
 
+_DOTS = re.compile("[.\u3002\uff0e\uff61]")  # the dots IDNA reads as label separators (UTS 46)
 _WRAPPING = "\"'`()[]{}<>,;:!?|^=*"
 
 
@@ -239,6 +240,8 @@ def _hidden_name(platform: str, listed: set[str]) -> str | None:
     `ＯＫＸ.com`, `=okx.com`) that `listed` does not hold, or None. A platform named like its own
     domain (`Crypto.com` beside `crypto.com`) holds a listed name."""
     for word in platform.split():
+        if not _DOTS.search(word):
+            continue  # no dot of any kind: no domain name (and no normalising, which costs)
         if "://" in word:
             word = urlsplit(word).hostname or word
         word = word.split("/", 1)[0].strip(_WRAPPING).removeprefix("*.").removeprefix(".").strip(_WRAPPING)
@@ -284,7 +287,7 @@ def _line_items(raw: str, fmt: ListFormat | None, lenient: bool) -> Iterator[tup
     if fmt == "plain" or fmt is None:
         if lenient and ("://" in first or "/" in first):
             first = _host_of_url(first)
-        yield first, _platform(rest)
+        yield first, rest or None  # the platform, checked by the caller (_platform)
         return
     raise _Bad(f"format {fmt} is not line based")  # pragma: no cover - csv is read by _csv_items
 
