@@ -100,6 +100,8 @@ class GeoBlock:
             self._refuse(str(exc), exc)
 
     def _configure(self, updated: set[str]) -> None:
+        """configure's work: `updated` is the set of changed option names. Stops at the first refused
+        value with exceptions.OptionsError (its message names the option, or the rule file and line)."""
         opts, judging = ctx.options, self.judging
         dnsanswers.resolver_after(self)
         try:
