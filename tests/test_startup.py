@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 
@@ -83,3 +84,102 @@ def test_a_malformed_option_stops_mitmdump_instead_of_dropping_geoblock(tmp_path
         proc.kill()
     assert proc.returncode != 0 and message in out, out
     assert not listening(port)
+
+
+# ---------------------------------------------------------------- what a refused start looks like
+
+STAMP = re.compile(r"^\[\d\d:\d\d:\d\d\.\d{3}\] ", re.M)
+EXITING = "Error logged during startup, exiting...\n"  # mitmproxy's start-up check, 11.0.2 and 12.x alike
+
+
+def refused_start(tmp_path, *sets: str, log: bool = True) -> tuple[list[str], str, int, int]:
+    """Start a real mitmdump with geoblock and `sets`, expecting it to exit by itself. Returns stdout's
+    lines without their [hh:mm:ss.mmm] stamps, stderr as it is, the exit status and the port."""
+    port = free_port()
+    args = [mitmdump_path(), "-s", str(BLOCK_PY), "--listen-host", "127.0.0.1", "-p", str(port),
+            "--set", f"confdir={tmp_path / 'conf'}", "--set", "geoblock_country_db=", "--set", "geoblock_asn_db="]
+    if log:
+        args += ["--set", f"geoblock_log={tmp_path / 'd.jsonl'}"]
+    for s in sets:
+        args += ["--set", s]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    return STAMP.sub("", out).splitlines(), err, proc.returncode, port
+
+
+def rules_dir(tmp_path, files: dict[str, str]):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name, text in {"policy.yaml": "home_countries: [CN]\n", **files}.items():
+        (rules / name).write_text(text)
+    return rules
+
+
+def bad_rule_file(tmp_path):
+    rules = rules_dir(tmp_path, {"broken.yaml": "rules:\n  - id: a\n    action: block\n    countries: [UK]\n"})
+    return [f"geoblock_rules={rules}"], (f"geoblock: rules refused: {rules}/broken.yaml:4: rule 'a': countries: "
+                                        f"'UK' is not an ISO 3166 alpha-2 country code (did you mean GB?)")
+
+
+def missing_rules(tmp_path):
+    return ([f"geoblock_rules={tmp_path / 'nowhere'}"],
+            f"geoblock: rules refused: {tmp_path / 'nowhere'}: no such rules file or directory")
+
+
+def bad_on_error(tmp_path):
+    rules = rules_dir(tmp_path, {"policy.yaml": "home_countries: [CN]\non_error: maybe\n"})
+    return ([f"geoblock_rules={rules}"],
+            f"geoblock: rules refused: {rules}/policy.yaml:2: on_error must be one of block, allow, not 'maybe'")
+
+
+def bad_metrics(tmp_path):
+    return (["geoblock_metrics=bogus"],
+            "geoblock: geoblock_metrics must be host:port (e.g. 127.0.0.1:9464) or empty, not 'bogus'")
+
+
+def bad_seconds(tmp_path):
+    return (["geoblock_dns_timeout=soon"],
+            "geoblock: geoblock_dns_timeout must be a number of seconds from 0.01 to 30, not 'soon'")
+
+
+def bad_bool(tmp_path):
+    return ["geoblock_monitor=maybe"], "geoblock: option geoblock_monitor must be true or false, not 'maybe'"
+
+
+@pytest.mark.parametrize("case", [bad_rule_file, missing_rules, bad_on_error, bad_metrics, bad_seconds, bad_bool])
+def test_a_refused_start_says_why_in_one_line_without_a_traceback(tmp_path, case):
+    # Before: mitmproxy printed "error in script", a Python traceback of two chained exceptions, then
+    # the proxy's listening line and "exiting".
+    sets, message = case(tmp_path)
+    lines, err, status, port = refused_start(tmp_path, *sets)
+    assert lines == [f"Loading script {BLOCK_PY}", message,
+                     f"HTTP(S) proxy listening at 127.0.0.1:{port}."], lines
+    assert err == EXITING and status == 1
+    assert not listening(port)
+
+
+def unreadable_page(tmp_path):
+    page = tmp_path / "page.html"
+    page.write_text("<p>\n$unknown</p>")
+    return [f"geoblock_block_page={page}"], (
+        f"geoblock: block page template {page}:2: unknown placeholder $unknown; the placeholders are $contact, "
+        "$host, $lang, $notice, $operator, $platform, $reason, $rule, $ts")
+
+
+def unwritable_log(tmp_path):
+    where = tmp_path / "logs"  # a directory, not a file
+    where.mkdir()
+    return [f"geoblock_log={where}"], f"geoblock: cannot open the decision log {where}: Is a directory"
+
+
+@pytest.mark.parametrize("case", [unreadable_page, unwritable_log])
+def test_a_refusal_after_the_rules_loaded_ends_the_start_the_same_way(tmp_path, case):
+    sets, message = case(tmp_path)
+    lines, err, status, port = refused_start(tmp_path, *sets, log=case is not unwritable_log)
+    assert lines[0] == f"Loading script {BLOCK_PY}" and lines[1].startswith("geoblock: ruleset ")
+    assert lines[-2:] == [message, f"HTTP(S) proxy listening at 127.0.0.1:{port}."], lines
+    assert not any("Traceback" in line or "error in script" in line for line in lines)
+    assert err == EXITING and status == 1

@@ -89,6 +89,19 @@ class GeoBlock:
             loader.add_option(name, typespec, default, text)
 
     def configure(self, updated: set[str]) -> None:
+        """Apply changed options. A refused value raises exceptions.OptionsError naming the option (or
+        the rule file and line) once geoblock is configured; in the first call (start-up) it is
+        refused through `_refuse` instead: one error line, no traceback, and mitmdump exits with 1."""
+        try:
+            self._configure(updated)
+        except exceptions.OptionsError as exc:
+            if self.configured:
+                raise
+            self._refuse(str(exc), exc)
+
+    def _configure(self, updated: set[str]) -> None:
+        """configure's work: `updated` is the set of changed option names. Stops at the first refused
+        value with exceptions.OptionsError (its message names the option, or the rule file and line)."""
         opts, judging = ctx.options, self.judging
         dnsanswers.resolver_after(self)
         try:
@@ -111,9 +124,8 @@ class GeoBlock:
         if updated & {"geoblock_block_page", "geoblock_block_pages"}:
             try:
                 judging.page = enforce.PageSet.load(settings.block_pages, settings.block_page)
-                self.refused = None
             except enforce.PageProblem as exc:  # names the file, the line and the placeholders
-                self._refuse(f"geoblock: {exc}", exc)
+                raise exceptions.OptionsError(f"geoblock: {exc}") from exc
         self.layers.chooser.configure(updated)
         if "geoblock_gc_freeze" in updated and self.serving:  # switched while serving: apply it now
             self._settle_heap() if settings.gc_freeze else heap.release()
@@ -124,10 +136,12 @@ class GeoBlock:
         self.configured = True
 
     def _refuse(self, message: str, cause: Exception) -> None:
-        """Refuse an option value. Changed while loaded: OptionsError (mitmproxy keeps the old value and
-        says why). In the first configure (loading the script at start-up), where mitmproxy would print an
-        OptionsError with a traceback, the message alone is logged as an error: mitmdump then exits
-        with status 1 ("Error logged during startup"), and `running` never serves."""
+        """Refuse a start-up value (bad rules, an option geoblock cannot use). Changed while loaded:
+        OptionsError (mitmproxy keeps the old value, or the last good ruleset, and says why). In the
+        first configure (loading the script at start-up), where mitmproxy would print the OptionsError
+        with a traceback, the message alone is logged as an error: mitmdump (11.0.2 and 12.x alike,
+        their errorcheck addon) then prints "Error logged during startup, exiting..." and exits with
+        status 1, and `running` never serves. A start-up refusal is final: `refused` stays set."""
         if self.configured:
             raise exceptions.OptionsError(message) from cause
         logger.error(message)

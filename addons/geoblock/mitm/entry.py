@@ -8,13 +8,14 @@ with the installed one (`script_path()`), so an operator who installed geoblock 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
 
 from mitmproxy import hooks
 
-from geoblock.mitm.addon import GeoBlock, preflight
+from geoblock.mitm.addon import GeoBlock, OptionProblem, preflight
 
 
 def register(namespace: dict[str, Any]) -> None:
@@ -25,11 +26,17 @@ def register(namespace: dict[str, Any]) -> None:
     every event of every flow: eight per HTTP request. On Python 3.11 a name a module lacks costs an
     AttributeError, about 2 µs each time; a name bound to None costs one dictionary lookup, and mitmproxy
     skips it. So every hook name is bound to None here, but `add_log` (mitmproxy warns about any addon
-    that still defines that removed hook). Raises options.OptionProblem."""
+    that still defines that removed hook). A malformed value is logged as one error line (no
+    traceback) and no addon is registered: mitmdump's start-up check then exits with status 1."""
     for hook in hooks.all_hooks:
         if hook != "add_log":
             namespace.setdefault(hook, None)
-    preflight()
+    try:
+        preflight()
+    except OptionProblem as exc:  # one error line, not a traceback: mitmdump then exits with status 1
+        logging.getLogger("geoblock").error(str(exc))
+        namespace["addons"] = []
+        return
     namespace["addons"] = [GeoBlock()]
 
 
