@@ -5,8 +5,8 @@ the GeoIP code, anycast) when it can, and leaves them as they are when it cannot
 locators in a list chosen when the databases, the RDAP settings or the rules change: the GeoIP databases
 first; then, when the rules need a country, the registries' delegation data (`enrich.rir`, offline) for
 a public address the databases could not place (or when there are none); then, when RDAP is on, RDAP for
-what none of them placed. Every caller (the proxy, `geoblock explain`, replay, the benchmarks) places servers through the
-same list, so they give the same verdict for the same facts.
+what none of them placed. Every caller (the proxy, `geoblock explain`, replay, the benchmarks) places
+servers through the same list, so they give the same verdict for the same facts.
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ class RirLocator:
 
 class RdapLocator:
     """The regional Internet registries' RDAP answers (`enrich.rdap.RdapLocator`), for a public address
-    no earlier locator (GeoIP, the registries' delegation data) gave a country. Never waits: a cached answer places the server now (source
-    "rdap"); otherwise a lookup starts in the background and this flow keeps no country (the policy's
-    `unknown_country` applies), while a later flow to the same network gets the answer."""
+    no earlier locator (GeoIP, the registries' delegation data) gave a country. Never waits: a cached
+    answer places the server now (source "rdap"); otherwise a lookup starts in the background and this
+    flow keeps no country (the policy's `unknown_country` applies), while a later flow to the same
+    network gets the answer."""
 
     def __init__(self, lookups: rdap.RdapLocator) -> None:
         self.lookups = lookups
