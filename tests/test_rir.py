@@ -128,3 +128,30 @@ def test_a_real_mitmdump_without_databases_records_country_source_rir(tmp_path):
         ("193.0.6.139", "NL", "rir", True, "block")
     assert rec["rir_build"] == rir.BUILD
     assert any(line.startswith(f"registries' delegation data ({rir.BUILD})") for line in status["summary"])
+
+
+def test_what_if_judges_a_record_without_a_country_as_recorded_and_relocate_places_it(rules, tmp_path):
+    """A record written before the registries' data (193.0.6.139 without a country, unknown_country: log),
+    re-judged under the same rules: unchanged, since no locator adds a country to a recorded location;
+    with --relocate (and an empty country database) the registries place it in NL and the offshore rule
+    now blocks it."""
+    from geoblock.core.model import Facts
+    from geoblock.core.names import normalize_ip
+    from geoblock.engine import Engine
+
+    engine = Engine.open(str(rules), None, None, registries=False)
+    facts = Facts("connect", names=("exchange.example",), server_ip=normalize_ip("193.0.6.139"))
+    verdict = engine.judge(facts)
+    log = tmp_path / "old.jsonl"
+    log.write_text(json.dumps(engine.record_of(facts, verdict, True)) + "\n")
+    same = subprocess.run([sys.executable, "-m", "geoblock.tools.replay", str(log), "--rules", str(rules),
+                           "--json"], capture_output=True, text=True, timeout=60)
+    summary = json.loads(same.stdout.splitlines()[-1])
+    assert (summary["records"], summary["unchanged"]) == (1, 1), same.stdout + same.stderr
+    empty_db = write_country_db(tmp_path / "c.mmdb", {}, odd={})
+    moved = subprocess.run([sys.executable, "-m", "geoblock.tools.replay", str(log), "--rules", str(rules),
+                            "--json", "--relocate", "--country-db", str(empty_db), "--asn-db", ""],
+                           capture_output=True, text=True, timeout=60)
+    changed = json.loads(moved.stdout.splitlines()[0])
+    assert (changed["country"], changed["before"]["action"], changed["after"]["action"]) == ("NL", "log", "block"), \
+        moved.stdout + moved.stderr
