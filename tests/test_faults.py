@@ -387,6 +387,7 @@ def test_rdap_hanging_stalls_no_flow_and_later_answers_are_used(tmp_path, geo_di
     log = tmp_path / "decisions.jsonl"
     m = Mitmdump(tmp_path / "conf", geoblock_options(
         rules, geo_dir, log, geoblock_rdap_url=rdap.bootstrap_url, geoblock_rdap_timeout="2",
+        geoblock_rir="false",  # these public addresses are left to RDAP (the registries' data places them)
     ), extra_args=["--mode", f"upstream:http://127.0.0.1:{upstream.port}"])
 
     def connect(target: str) -> tuple[str, float]:

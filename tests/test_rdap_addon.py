@@ -32,6 +32,7 @@ def setup(tmp_path, geo_dir):
     log = tmp_path / "decisions.jsonl"
     proxy = Mitmdump(tmp_path / "conf", geoblock_options(
         rules, geo_dir, log, geoblock_rdap_url=rdap.bootstrap_url, geoblock_rdap_timeout="2",
+        geoblock_rir="false",  # 8.8.8.8 and 9.9.9.9 are left to RDAP (the registries' data places them)
     ), extra_args=["--mode", f"upstream:http://127.0.0.1:{free_port()}"])
     with proxy:
         yield proxy, rdap, log

@@ -1,7 +1,8 @@
 """The engine: one object that judges facts, the same way for the proxy and for every offline tool.
 
 It owns what a verdict depends on besides the facts themselves: the compiled ruleset, the GeoIP
-databases, the locators that place a server (GeoIP, then RDAP: `enrich.locate.chain`), the resolver
+databases, the locators that place a server (GeoIP, then the registries' delegation data, then RDAP:
+`enrich.locate.chain`), the resolver
 for names whose server must be placed, and their reload. Its callers:
 - the mitmproxy adapter (`geoblock.mitm.addon`): every hook observes facts, awaits
   `engine.resolve(...)` where a rule needs the server's address, then calls `engine.judge(facts)`;
@@ -30,7 +31,7 @@ from geoblock.core.decide import Facts, Verdict, decide
 from geoblock.core.names import IPAddress
 from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import Ruleset
-from geoblock.enrich import locate, rdap
+from geoblock.enrich import locate, rdap, rir
 from geoblock.enrich.geo import Geo
 from geoblock.enrich.resolve import Resolver
 from geoblock.errors import GeoblockError
@@ -76,15 +77,17 @@ class Engine:
 
     def __init__(self, ruleset: Ruleset, geo: Geo | None = None, *, rules_path: str | None = None,
                  country_db: str | None = None, asn_db: str | None = None,
-                 lookups: rdap.RdapLocator | None = None, resolver: Resolver | None = None) -> None:
+                 lookups: rdap.RdapLocator | None = None, resolver: Resolver | None = None,
+                 registries: bool = True) -> None:
         self.ruleset = ruleset
         self.geo = geo
         self.rules_path = rules_path
         self.country_db = country_db or None
         self.asn_db = asn_db or None
         self.lookups = lookups  # RDAP, None when off
+        self.registries = registries  # whether the registries' delegation data (enrich.rir) places servers
         self.resolver = resolver if resolver is not None else Resolver()
-        self.locators = locate.chain(geo, lookups, ruleset.needs_country)
+        self.locators = locate.chain(geo, lookups, ruleset.needs_country, registries)
         self.generation = 0  # +1 with every swap of the ruleset, the databases or the locators
         self.reloads = 0  # rulesets swapped in by reload()
         self.database_reloads = 0  # database sets swapped in by reload()
@@ -97,13 +100,15 @@ class Engine:
 
     @classmethod
     def open(cls, rules: str, country_db: str | None = None, asn_db: str | None = None, *,
-             lookups: rdap.RdapLocator | None = None, resolver: Resolver | None = None) -> Engine:
-        """Load the rules at `rules` (a file or a directory of *.yaml) and open the databases.
+             lookups: rdap.RdapLocator | None = None, resolver: Resolver | None = None,
+             registries: bool = True) -> Engine:
+        """Load the rules at `rules` (a file or a directory of *.yaml) and open the databases;
+        `registries`: whether the registries' delegation data places what they do not.
         Raises core.rules.RuleError for rules that do not load."""
         ruleset = Ruleset.load(rules)
         geo = Geo(country_db or None, asn_db or None)
         return cls(ruleset, geo, rules_path=rules, country_db=country_db, asn_db=asn_db, lookups=lookups,
-                   resolver=resolver)
+                   resolver=resolver, registries=registries)
 
     # ------------------------------------------------------------------ judging
 
@@ -114,7 +119,8 @@ class Engine:
         return decide(facts, self.ruleset)
 
     def place(self, facts: Facts) -> None:
-        """Fill in where the server of `facts` is, with the locators in order (GeoIP, then RDAP), in place."""
+        """Fill in where the server of `facts` is, with the locators in order (GeoIP, then the registries'
+        delegation data, then RDAP), in place."""
         for locator in self.locators:
             locator.place(facts)
 
@@ -179,8 +185,14 @@ class Engine:
             old.close()
         self._swapped()
 
+    def set_registries(self, on: bool) -> None:
+        """Whether the registries' delegation data (`enrich.rir`) places what the databases do not."""
+        if on != self.registries:
+            self.registries = on
+            self._swapped()
+
     def _swapped(self) -> None:
-        self.locators = locate.chain(self.geo, self.lookups, self.ruleset.needs_country)
+        self.locators = locate.chain(self.geo, self.lookups, self.ruleset.needs_country, self.registries)
         self.generation += 1
 
     async def reload(self, force: bool = False) -> Reloaded:
@@ -276,6 +288,9 @@ class Engine:
                  f"{len(rs.source.files)} files, from {self.rules_path}"]
         if self.geo is not None:
             lines.extend(self.geo.describe())
+        if self.registries and self.ruleset.needs_country:
+            lines.append(f"registries' delegation data ({rir.BUILD}): places public servers the GeoIP "
+                         "databases do not (country source rir)")
         return lines
 
     def describe_rdap(self) -> str | None:

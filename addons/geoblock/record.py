@@ -25,6 +25,7 @@ import orjson
 
 from geoblock.core.model import Action, CountrySource, Facts, Stage, Verdict
 from geoblock.core.names import EmbeddedIPv4
+from geoblock.enrich import rir as _rir
 
 logger = logging.getLogger("geoblock")
 
@@ -140,6 +141,8 @@ class DecisionRecord(RecordExtra):
       or None: how a regulator counts blocked attempts per platform;
     - `ruleset`: the version of the ruleset (a hash of its files), None when none is loaded;
     - `geoip_build`, `asn_build`: the build dates (YYYY-MM-DD) of the country and ASN databases, or None;
+    - `rir_build`: only when the registries' delegation data placed the server (`country_source` "rir"):
+      which data, e.g. "iptocc 3.3.170, data of 2026-10-27" (enrich.rir.BUILD);
     - `observer_hostname`: the host name of the machine that decided (the gateway; for geoblock-replay
       and explain, the machine that ran them), read once at start;
     - `server_ipv6`, `server_ipv6_form`: only for a server reached through an IPv6 address that carries
@@ -179,6 +182,7 @@ class DecisionRecord(RecordExtra):
     observer_hostname: str
     server_ipv6: NotRequired[str]
     server_ipv6_form: NotRequired[str]
+    rir_build: NotRequired[str]
     geoip_code: NotRequired[str]
     anycast: NotRequired[bool]
     ech: NotRequired[bool]
@@ -232,6 +236,8 @@ def make_record(
     if isinstance(server_ip, EmbeddedIPv4):  # both forms: the IPv4 judged, the IPv6 address that carried it
         record["server_ipv6"] = _text(server_ip.ipv6)
         record["server_ipv6_form"] = server_ip.form
+    if facts.country_source == "rir" and facts.country is not None:  # which registries' data placed it
+        record["rir_build"] = _rir.BUILD
     if facts.geoip_code is not None:  # what the database said where it named no country
         record["geoip_code"] = facts.geoip_code
     if facts.anycast:

@@ -40,10 +40,12 @@ Stage = Literal["ip", "dns", "connect", "tls", "http", "stream"]
 
 STAGES: tuple[Stage, ...] = get_args(Stage)
 
-CountrySource = Literal["geoip", "geoip-registered", "rdap"]
+CountrySource = Literal["geoip", "geoip-registered", "rir", "rdap"]
 """Where a server's country came from: "geoip" (the GeoIP database's `country`, where the addresses
-are), "geoip-registered" (its `registered_country`, where the block is registered), "rdap" (the
-registry's country for the network, a fallback)."""
+are), "geoip-registered" (its `registered_country`, where the block is registered), "rir" (the regional
+registries' delegation data shipped with geoblock: where the block is registered; for an address the
+GeoIP databases did not place, or when there are none), "rdap" (the registry's country for the network,
+asked over the network: the last resort)."""
 
 
 @dataclass(slots=True)

@@ -118,6 +118,8 @@ class GeoBlock:
         if engine is not None:
             if updated & {"geoblock_rdap", "geoblock_rdap_url", "geoblock_rdap_timeout"}:
                 engine.set_rdap(settings.rdap_lookups())
+            if "geoblock_rir" in updated:
+                engine.set_registries(settings.rir)
             engine.resolver.timeout = settings.dns_timeout
         if "geoblock_log" in updated:
             self._configure_log(settings)

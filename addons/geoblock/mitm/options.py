@@ -74,9 +74,14 @@ OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
     ("geoblock_dns_sinkhole", str, "",
      "geoblock: where geoblock serves DNS, the address blocked names resolve to (A or AAAA by its "
      "family). Empty = answer NXDOMAIN."),
+    ("geoblock_rir", bool, True,
+     "geoblock: when the GeoIP database has no country for a public address (or there is none), take the "
+     "country its block is registered in from the regional Internet registries' delegation data shipped "
+     "with geoblock (offline; country source rir). false = leave such addresses to RDAP."),
     ("geoblock_rdap", bool, True,
-     "geoblock: when the GeoIP database has no country for a public address, look it up over RDAP in the "
-     "background (the flow in hand follows unknown_country; later flows use the answer)."),
+     "geoblock: when neither the GeoIP database nor the registries' delegation data has a country for a "
+     "public address, look it up over RDAP in the background (the flow in hand follows unknown_country; "
+     "later flows use the answer)."),
     ("geoblock_rdap_url", str, rdap.DEFAULT_BOOTSTRAP_URL,
      "geoblock: the RDAP bootstrap service (<url>/ip/<address>), e.g. an internal mirror."),
     ("geoblock_rdap_timeout", str, "5",
@@ -163,6 +168,7 @@ class Settings:
     operator: str = ""  # who restricts access, for the page
     contact: str = ""  # whom to ask: an email address, a URL or text, for the page
     notice: str = ""  # the basis of rules without their own notice: text or a URL, for the page
+    rir: bool = True  # whether the registries' delegation data places what GeoIP does not (enrich/rir.py)
 
     @classmethod
     def parse(cls, options: Any) -> Settings:
@@ -200,6 +206,7 @@ class Settings:
             operator=options.geoblock_operator.strip(),
             contact=options.geoblock_contact.strip(),
             notice=options.geoblock_notice.strip(),
+            rir=bool(options.geoblock_rir),
         )
 
     def rdap_lookups(self) -> RdapLocator | None:

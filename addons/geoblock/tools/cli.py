@@ -120,7 +120,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         # the fields a decision record adds for the server (record.make_record), when present
         record = engine.record_of(facts, verdict, True)
         out.update({k: record[k] for k in ("server_ip", "server_ipv6", "server_ipv6_form", "geoip_code", "anycast",
-                                           "list", "list_version") if k in record})
+                                           "rir_build", "list", "list_version") if k in record})
         print(json.dumps(out))
     else:
         print(f"{verdict.action}: {verdict.reason}")

@@ -324,8 +324,9 @@ def _main(args: argparse.Namespace) -> int:
     for warning in ruleset.source.warnings:
         print(f"geoblock-replay: warning: {warning}", file=err)
     if geo.country_info is None and ruleset.needs_country:
-        print("geoblock-replay: warning: no country database: rules that need a server's country give "
-              f"unknown_country={ruleset.policy.unknown_country}", file=err)
+        print("geoblock-replay: warning: no country database: public servers are placed by the registries' "
+              "delegation data (where their blocks are registered); rules that need the country of any other "
+              f"give unknown_country={ruleset.policy.unknown_country}", file=err)
     engine = Engine(ruleset, geo, rules_path=args.rules)
     out = sys.stdout
     status = 0
@@ -385,9 +386,12 @@ def _what_if(args: argparse.Namespace) -> int:
             return 2
         for problem in geo.problems:
             print(f"geoblock-replay: warning: {problem}", file=err)
-    engine = Engine(ruleset, geo, rules_path=args.rules)
+    # Without --relocate the recorded location is judged: no locator may add a country to a record that
+    # had none (the registries' data would); with it, the server is placed as the proxy would place it now.
+    engine = Engine(ruleset, geo, rules_path=args.rules, registries=args.relocate)
     # The baseline shares the databases; Engine.close closes them once, with `engine`.
-    baseline = Engine(baseline_rules, geo, rules_path=args.baseline) if baseline_rules is not None else None
+    baseline = (Engine(baseline_rules, geo, rules_path=args.baseline, registries=args.relocate)
+                if baseline_rules is not None else None)
     stdin = getattr(sys.stdin, "buffer", None)
     try:
         result = whatif.compare(whatif.read_logs(args.files, stdin), engine, baseline, args.relocate)
