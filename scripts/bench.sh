@@ -27,28 +27,16 @@ if { [ "$which" = all ] || [ "$which" = proxy ]; } && ! command -v wrk >/dev/nul
 fi
 mkdir -p bench-results
 echo "=== Python $ver, $("$py" -c 'import mitmproxy.version as v; print("mitmproxy", v.VERSION)'), $(nproc) CPUs"
-if [ "$which" = all ] || [ "$which" = decide ]; then
-  echo "=== decide: $py scripts/bench_decide.py ${BENCH_DECIDE_ARGS:-}"
-  # shellcheck disable=SC2086
-  "$py" scripts/bench_decide.py --out "bench-results/decide$suffix.json" ${BENCH_DECIDE_ARGS:-} \
-    | tee "bench-results/decide$suffix.md"
-fi
-if [ "$which" = all ] || [ "$which" = proxy ]; then
-  echo "=== proxy: $py scripts/bench_proxy.py ${BENCH_PROXY_ARGS:-}"
-  # shellcheck disable=SC2086
-  "$py" scripts/bench_proxy.py --out "bench-results/proxy$suffix.json" ${BENCH_PROXY_ARGS:-} \
-    | tee "bench-results/proxy$suffix.md"
-fi
-if [ "$which" = all ] || [ "$which" = report ]; then
-  echo "=== report: $py scripts/bench_report.py ${BENCH_REPORT_ARGS:-}"
-  # shellcheck disable=SC2086
-  "$py" scripts/bench_report.py --out "bench-results/report$suffix.json" ${BENCH_REPORT_ARGS:-} \
-    | tee "bench-results/report$suffix.md"
-fi
-if [ "$which" = all ] || [ "$which" = biglist ]; then
-  echo "=== biglist: $py scripts/bench_biglist.py ${BENCH_BIGLIST_ARGS:-}"
-  # shellcheck disable=SC2086
-  "$py" scripts/bench_biglist.py --out "bench-results/biglist$suffix.json" ${BENCH_BIGLIST_ARGS:-} \
-    | tee "bench-results/biglist$suffix.md"
-fi
+# run_bench NAME: scripts/bench_NAME.py with $BENCH_NAME_ARGS, its table teed to bench-results/NAME.md
+run_bench() {
+  local name="$1" var args
+  var="BENCH_$(echo "$1" | tr '[:lower:]' '[:upper:]')_ARGS"
+  args="${!var:-}"
+  if [ "$which" = all ] || [ "$which" = "$name" ]; then
+    echo "=== $name: $py scripts/bench_$name.py $args"
+    # shellcheck disable=SC2086
+    "$py" "scripts/bench_$name.py" --out "bench-results/$name$suffix.json" $args | tee "bench-results/$name$suffix.md"
+  fi
+}
+for name in decide proxy report biglist; do run_bench "$name"; done
 echo "=== results in bench-results/ (JSON and markdown)"

@@ -34,6 +34,7 @@ import io
 import ipaddress
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -144,8 +145,6 @@ class ListFile:
 
     def describe(self) -> str:
         """One line for `geoblock check`: entries, platforms, version, source, retrieved, mtime."""
-        import time
-
         parts = [f"{self.entry_count} entries"]
         if self.platforms:
             parts.append(f"{len(self.platforms)} platforms")

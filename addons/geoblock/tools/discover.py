@@ -593,7 +593,8 @@ def main(args: argparse.Namespace) -> int:
     except RuleError as exc:
         print(f"{PROG}: rules refused: {exc}", file=sys.stderr)
         return 1
-    try:
+
+    def work() -> tuple[Discovery, list[str]]:
         files = report.log_files(args.logs)
         found = discover(files, rs, since, until, progress=None if args.quiet else sys.stderr,
                          min_score=args.min_score, min_clients=args.min_clients)
@@ -605,12 +606,12 @@ def main(args: argparse.Namespace) -> int:
         if args.list_out:
             Path(args.list_out).write_text(list_text(found, found.summary["made"][:10]), encoding="utf-8")
             written.append(args.list_out)
-    except (ReportError, OSError) as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        return found, written
+
+    done = report.reading_logs(PROG, work)
+    if done is None:
         return 2
-    except duckdb.Error as exc:
-        print(f"{PROG}: the logs could not be read: {exc}", file=sys.stderr)
-        return 2
+    found, written = done
     if args.json:
         print(json.dumps(to_json(found), indent=1, ensure_ascii=False))
     for note in found.notes:

@@ -298,10 +298,12 @@ def update_feed(feed: Feed, force: bool = False) -> str:
         raise FeedError(f"feed {feed.name}: {refused} of {count + refused} entries refused (max_refused "
                         f"{feed.max_refused:g}; line {first.line}: {first.text!r}: {first.why}){keeping}")
     old: ListFile | None = None
+    old_text = ""
     if feed.output.exists():
         try:
-            old = read_list(feed.output, lenient=True)
-        except RuleError:
+            old_text = feed.output.read_text(encoding="utf-8-sig")
+            old = read_list_text(str(feed.output), old_text, lenient=True)
+        except (OSError, UnicodeDecodeError, RuleError):
             old = None  # a list in place that is no longer readable is replaced by a verified one
     baseline = count
     if old is not None and not force:
@@ -313,7 +315,7 @@ def update_feed(feed: Feed, force: bool = False) -> str:
             raise FeedError(f"feed {feed.name}: it would remove {len(lost)} of the {before} entries in place "
                             f"({shown}), more than max_shrink {feed.max_shrink:g} allows (use --force if that "
                             f"is right){keeping}")
-        marked = _BASELINE.search(feed.output.read_text(encoding="utf-8", errors="replace"))
+        marked = _BASELINE.search(old_text)
         highest = max(int(marked.group(1)) if marked else before, before)
         if count < highest * (1 - feed.max_shrink):
             raise FeedError(f"feed {feed.name}: {count} entries against a baseline of {highest} verified before: "

@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import duckdb
 
@@ -627,6 +627,22 @@ def render_html(report: Report) -> str:
 """
 
 
+_T = TypeVar("_T")
+
+
+def reading_logs(prog: str, work: Callable[[], _T]) -> _T | None:
+    """`work()` (read decision logs and write what they say), or None after telling stderr, as `prog`,
+    why it failed: a ReportError (no such file, no record in the period), an OSError (writing), or a
+    duckdb.Error (logs DuckDB cannot read). The commands over decision logs exit 2 on None."""
+    try:
+        return work()
+    except (ReportError, OSError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+    except duckdb.Error as exc:
+        print(f"{prog}: the logs could not be read: {exc}", file=sys.stderr)
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     """`geoblock report`: build the report of `args.logs` and write it (see the module's docstring)."""
     started = time.monotonic()
@@ -637,16 +653,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"geoblock report: --since/--until: {exc}", file=sys.stderr)
         return 2
     out = Path(args.output or DEFAULT_OUT[args.format])
-    try:
+
+    def work() -> tuple[list[str], Report, list[Path]]:
         files = log_files(args.logs)
         report = build(files, since, until, progress=None if args.quiet else sys.stderr)
-        written = WRITERS[args.format](report, out)
-    except (ReportError, OSError) as exc:
-        print(f"geoblock report: {exc}", file=sys.stderr)
+        return files, report, WRITERS[args.format](report, out)
+
+    done = reading_logs("geoblock report", work)
+    if done is None:
         return 2
-    except duckdb.Error as exc:
-        print(f"geoblock report: the logs could not be read: {exc}", file=sys.stderr)
-        return 2
+    files, report, written = done
     s = report.summary
     for note in report.notes:
         print(f"geoblock report: note: {note}", file=sys.stderr)
