@@ -87,6 +87,20 @@ def test_with_registries_off_the_server_stays_unplaced(rules, tmp_path):
     assert (engine.judge(facts).action, facts.country, facts.country_source) == ("block", "NL", "rir")
 
 
+def test_the_start_up_warning_says_the_registries_place_public_servers(rules):
+    """Found in review: without a country database the start-up warning said country rules "cannot place
+    servers", while the registries' data placed every public server."""
+    from geoblock.engine import Engine
+
+    engine = Engine.open(str(rules), None, None)
+    [said] = [w for w in engine.warnings() if "without a country database" in w]
+    assert "place public servers by the registries' delegation data (iptocc " in said
+    assert "for addresses it does not hold they cannot place servers and give unknown_country=" in said
+    engine.set_registries(False)
+    [said] = [w for w in engine.warnings() if "without a country database" in w]
+    assert "registries" not in said and ") cannot place servers and give unknown_country=" in said
+
+
 def test_a_geoip_answer_wins_over_the_registries(rules, tmp_path):
     """A test country database that places 193.0.6.139 in SG (the registries say NL): SG, from geoip."""
     country_db = write_country_db(tmp_path / "c.mmdb", {"193.0.6.139/32": ("SG", 64501)}, odd={})

@@ -71,6 +71,10 @@ def test_starts_without_geoip_and_says_what_that_means(tmp_path):
 
 @pytest.mark.parametrize("sets, message", [
     (["geoblock_monitor=maybe"], "option geoblock_monitor must be true or false, not 'maybe'"),
+    # found in review: mitmproxy reads an empty value and `toggle` as true here, so an unset variable in
+    # `--set geoblock_monitor=$X` turned enforcement off without a word
+    (["geoblock_monitor="], "option geoblock_monitor must be true or false, not ''"),
+    (["geoblock_monitor=toggle"], "option geoblock_monitor must be true or false, not 'toggle'"),
     (["geoblock_rule=/etc/rules"], "unknown option 'geoblock_rule'"),
     (["geoblock_log=/tmp/a.jsonl", "geoblock_log=/tmp/b.jsonl"], "option geoblock_log is given more than once"),
     (["geoblock_dns_timeout=soon"], "geoblock_dns_timeout must be a number of seconds"),

@@ -267,9 +267,13 @@ class Engine:
         out.extend(geo.problems)
         needy = [r.id for r in rs.rules if r.spec.offshore is not None or r.spec.countries]
         if geo.country_info is None and needy:
+            rules = f"the {len(needy)} rule(s) that need a server's country ({', '.join(needy[:5])}" \
+                    f"{', ...' if len(needy) > 5 else ''})"
+            fallback = (f"place public servers by the registries' delegation data ({rir.BUILD}; where an "
+                        f"address block is registered, country_source rir); for addresses it does not hold "
+                        f"they ") if self.registries else ""
             out.append(
-                f"without a country database, the {len(needy)} rule(s) that need a server's country "
-                f"({', '.join(needy[:5])}{', ...' if len(needy) > 5 else ''}) cannot place servers and give "
+                f"without a country database, {rules} {fallback}cannot place servers and give "
                 f"unknown_country={rs.policy.unknown_country}; domain rules are enforced as usual. "
                 f"Install one with geoblock-geoip-update (scripts/geoip-update in a source checkout) or set "
                 f"geoblock_country_db.")

@@ -123,7 +123,9 @@ def preflight() -> None:
             continue  # already typed (set from a config file or an API)
         if len(values) > 1:
             raise OptionProblem(f"geoblock: option {name} is given more than once: {values}")
-        if known[name] is bool and values and values[0] not in ("", "true", "false", "toggle"):
+        if known[name] is bool and values and values[0] not in ("true", "false"):
+            # mitmproxy reads "" and "toggle" as the opposite of the current value: an unset variable in
+            # `--set geoblock_monitor=$X` would turn enforcement off
             raise OptionProblem(f"geoblock: option {name} must be true or false, not {values[0]!r}")
         if known[name] is str and not values:
             raise OptionProblem(f"geoblock: option {name} needs a value ({name}=...)")
