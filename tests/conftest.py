@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,12 @@ SHIPPED_RULES = REPO / "rules"
 # Some tests need root (namespaces, nftables, mounts, port 53) and skip, saying why, where it is missing.
 # Where every test must run (CI, any run as root: scripts/test.sh sets this), a skip is a failure.
 REQUIRE_ALL = os.environ.get("GEOBLOCK_REQUIRE_ALL") == "1"
+
+# Compiled lists (core/listindex.py) go to a cache of this run, not the checkout's .cache/ (the proxies
+# and tools the tests start inherit it); tests of the cache itself set their own.
+_CACHE = tempfile.mkdtemp(prefix="geoblock-test-cache-")
+os.environ["GEOBLOCK_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 
 @pytest.hookimpl(hookwrapper=True)

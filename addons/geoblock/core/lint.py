@@ -33,7 +33,7 @@ import fnmatch
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -45,7 +45,7 @@ from geoblock.core.decide import _overrides
 from geoblock.core.lists import ListFile
 from geoblock.core.names import unicode_name
 from geoblock.core.rules import DomainSpec, RuleSource, RuleSpec, read_file
-from geoblock.core.ruleset import Ruleset
+from geoblock.core.ruleset import CompiledRule, Ruleset
 
 __all__ = ["DEFAULT_MAX_LIFTED", "DEFAULT_MAX_SHARE", "SAMPLE_PATH", "LintWarning", "lint", "load_sample"]
 
@@ -93,11 +93,15 @@ def lint(
     ruleset: `source` compiled, when the caller has it (else lint compiles it).
     """
     rs = ruleset if ruleset is not None and ruleset.source is source else Ruleset(source)
+    # every rule with its list files' entries among its domains (materialised once: list entries live
+    # in compiled indexes, and the checks below compare entries by identity)
+    rules = [replace(r, domains=tuple(r.all_domains())) if r.lists else r for r in source.rules]
+    expanded = {id(old): new for old, new in zip(source.rules, rules, strict=True)}
     found: list[LintWarning] = []
-    found += _public_suffixes(source.rules)
-    found += _lifts(rs, max_lifted)
+    found += _public_suffixes(rules)
+    found += _lifts(rs, max_lifted, expanded)
     found += _list_duplicates(source.lists)
-    found += _duplicates(source.rules)
+    found += _duplicates(rules)
     if sample is None and any(r.patterns for r in source.rules):
         try:
             sample = load_sample()
@@ -107,7 +111,7 @@ def lint(
     found += _broad_patterns(source.rules, sample or (), max_share, _pattern_lines(texts or {}))
     if texts is not None:
         found += _empty_files(texts)
-    found += _lookalikes(source.rules)
+    found += _lookalikes(rules)
     return found
 
 
@@ -217,18 +221,22 @@ def _glob_matches_below(pattern: str, name: str) -> bool:
     return all(p in ("?", c) for p, c in zip(tail[len(tail) - k:], suffix[len(suffix) - k:], strict=True))
 
 
-def _lifts(rs: Ruleset, max_lifted: int) -> list[LintWarning]:
+def _lifts(rs: Ruleset, max_lifted: int, expanded: Mapping[int, RuleSpec]) -> list[LintWarning]:
     out = []
+
+    def spec_of(rule: CompiledRule) -> RuleSpec:
+        return expanded.get(id(rule.spec), rule.spec)
+
     blocks = [r for r in rs.rules if r.action == "block"]
     for allow in rs.rules:
         if allow.action != "allow":
             continue
-        spec = allow.spec
+        spec = expanded.get(id(allow.spec), allow.spec)
         lifted_rules = [b for b in blocks if _overrides(allow, b)]
         if not spec.has_name_condition:
             if lifted_rules:
                 ids = ", ".join(b.id for b in lifted_rules[:_EXAMPLES])
-                entries = sum(len(b.spec.domains) for b in lifted_rules)
+                entries = sum(len(spec_of(b).domains) for b in lifted_rules)
                 counted = f" ({entries} domain entries)" if entries else ""
                 out.append(LintWarning(
                     spec.source, "allow-lifts-blocks",
@@ -244,14 +252,14 @@ def _lifts(rs: Ruleset, max_lifted: int) -> list[LintWarning]:
             above.update(_suffixes(entry.name)[1:])
         lifted: list[_Entry] = []
         for block in lifted_rules:
-            for dom in block.spec.domains:
+            for dom in spec_of(block).domains:
                 if _lifted(dom, spec, by_name, above):
-                    lifted.append((block.spec, dom))
+                    lifted.append((spec_of(block), dom))
         per_rule: dict[str, int] = {}
         for block_spec, _ in lifted:
             per_rule[block_spec.id] = per_rule.get(block_spec.id, 0) + 1
-        most = [(b.spec, per_rule[b.id]) for b in lifted_rules
-                if b.spec.domains and per_rule.get(b.id, 0) * 2 >= len(b.spec.domains)]
+        most = [(spec_of(b), per_rule[b.id]) for b in lifted_rules
+                if spec_of(b).domains and per_rule.get(b.id, 0) * 2 >= len(spec_of(b).domains)]
         if most and len(lifted) <= max_lifted:  # few entries, but half a block rule or more: a list undone
             block_spec, n = most[0]
             out.append(LintWarning(

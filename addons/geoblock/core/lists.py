@@ -37,16 +37,20 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 from urllib.parse import urlsplit
 
-from geoblock.core.names import InvalidHost, normalize_host
+from geoblock.core.names import MAX_NAME, InvalidHost, normalize_host
 from geoblock.errors import GeoblockError
 from geoblock.watch import FileStamp, stamp_of
 
-__all__ = ["FORMATS", "Entry", "ListFile", "ListFormat", "Refused", "parse_entry", "read_list", "read_list_text",
-           "write_list"]
+if TYPE_CHECKING:
+    from geoblock.core.listindex import ListIndex
+
+__all__ = ["FORMATS", "Columns", "Entry", "ListFile", "ListFormat", "Refused", "parse_entry", "read_columns",
+           "read_list", "read_list_text", "write_list"]
 
 ListFormat = Literal["plain", "hosts", "adblock", "csv"]
 FORMATS: tuple[ListFormat, ...] = get_args(ListFormat)
@@ -111,7 +115,8 @@ class ListFile:
     - `refused`: entries a lenient read left out (always empty after a strict read);
     - `platforms`: the platforms its entries name;
     - `stamp`: the file's (path, inode, mtime in ns, size, ctime in ns) as read, for noticing a change (watch.py);
-    - `count`: how many entries were read, where a rule keeps the file's provenance without its entries.
+    - `count`: how many entries were read, where a rule keeps the file's provenance without its entries;
+    - `index`: the compiled entries (core/listindex.py) of a list a rule uses, else None.
     """
 
     path: str
@@ -128,6 +133,7 @@ class ListFile:
     platforms: frozenset[str] = frozenset()  # the platforms its entries name
     stamp: FileStamp | None = None  # (path, inode, mtime ns, size, ctime ns) when read (watch.py)
     count: int = -1  # entries read (kept when `entries` is dropped to save memory); -1: len(entries)
+    index: ListIndex | None = field(default=None, compare=False, repr=False)  # compiled (core/listindex.py)
 
     @property
     def entry_count(self) -> int:
@@ -137,7 +143,7 @@ class ListFile:
     def version(self) -> str:
         return self.sha256[:12]
 
-    @property
+    @cached_property
     def name(self) -> str:
         """The file's name without its directory (what decision records call the list)."""
         return os.path.basename(self.path)
@@ -371,6 +377,42 @@ def read_list(path: str | os.PathLike[str], *, fmt: ListFormat | None = None, le
 def read_list_text(path: str, text: str, *, digest: str | None = None, mtime: float = 0.0, size: int | None = None,
                    fmt: ListFormat | None = None, lenient: bool = False, platform: str | None = None) -> ListFile:
     """read_list on text already read (`path` names it in messages). Raises RuleError (strict)."""
+    cols = read_columns(path, text, digest=digest, mtime=mtime, size=size, fmt=fmt, lenient=lenient,
+                        platform=platform)
+    return replace(cols.info, entries=tuple(cols.entries()), count=-1)
+
+
+@dataclass
+class Columns:
+    """The entries of a list file as parallel columns (what a national-scale list compiles from without
+    one object per entry): for entry i, `names[i]` (normalised), `modes[i]` ("tree", "exact", "below"),
+    `texts[i]` (as written), `platforms[i]` (or None) and `lines[i]` (1-based). `info` is the file's
+    ListFile without entries (provenance, duplicates, refused, platforms, count)."""
+
+    info: ListFile
+    names: list[str]
+    modes: list[DomainMode]
+    texts: list[str]
+    platforms: list[str | None]
+    lines: list[int]
+
+    def entries(self) -> Iterator[Entry]:
+        """The entries as `Entry` objects, in file order."""
+        return map(Entry, self.names, self.modes, self.texts, self.platforms, self.lines)
+
+
+# A plain line that is already in normal form: a lower-case ASCII name of two or more labels whose last
+# label starts with a letter (so no address form: names.normalize_host), optionally followed by blanks
+# and a platform without `#`. Such a line is read without the general parser, to the same result
+# (tests/test_lists.py compares the two); every other line takes the general path.
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_FAST_LINE = re.compile(rf"((?:{_LABEL}\.)+[a-z](?:[a-z0-9_-]{{0,61}}[a-z0-9_])?)(?:[ \t]+([^#]*))?\Z")
+FAST_PATH = True  # tests switch it off to compare with the general parser
+
+
+def read_columns(path: str, text: str, *, digest: str | None = None, mtime: float = 0.0, size: int | None = None,
+                 fmt: ListFormat | None = None, lenient: bool = False, platform: str | None = None) -> Columns:
+    """read_list_text's work, returning the entries as `Columns`. Raises RuleError (strict)."""
     from geoblock.core.rules import RuleError
 
     headers: dict[str, str] = {}
@@ -394,10 +436,15 @@ def read_list_text(path: str, text: str, *, digest: str | None = None, mtime: fl
         default_platform = _platform(headers["platform"]) if "platform" in headers else platform
     except _Bad as exc:
         raise RuleError(path, header_lines.get("platform"), exc.why) from None
-    entries: list[Entry] = []
+    names: list[str] = []
+    modes: list[DomainMode] = []
+    texts: list[str] = []
+    owners: list[str | None] = []
+    numbers: list[int] = []
     refused: list[Refused] = []
     duplicates: list[tuple[int, str, int]] = []
     first_line: dict[tuple[str, DomainMode], int] = {}
+    platform_of: dict[str, str | None] = {}  # platform text as written -> checked platform (the same few recur)
 
     def add(line: int, written: str, named: str | None) -> None:
         try:
@@ -413,7 +460,11 @@ def read_list_text(path: str, text: str, *, digest: str | None = None, mtime: fl
             duplicates.append((line, written, first_line[key]))
             return
         first_line[key] = line
-        entries.append(Entry(name, mode, written, owner or default_platform, line))
+        names.append(name)
+        modes.append(mode)
+        texts.append(written)
+        owners.append(owner or default_platform)
+        numbers.append(line)
 
     if declared == "csv":
         try:
@@ -430,7 +481,32 @@ def read_list_text(path: str, text: str, *, digest: str | None = None, mtime: fl
             raise RuleError(path, None, f"bad CSV: {exc}") from None
     else:
         line_fmt: ListFormat | None = declared  # type: ignore[assignment]
+        fast = _FAST_LINE.match if FAST_PATH and line_fmt in (None, "plain") else None
         for number, raw in enumerate(lines, 1):
+            found = fast(raw) if fast is not None else None
+            if found is not None and len(found.group(1)) <= MAX_NAME:
+                name, tail = found.group(1), found.group(2)
+                owner = None
+                if tail:
+                    if tail in platform_of:
+                        owner = platform_of[tail]
+                    else:
+                        try:
+                            owner = platform_of[tail] = _platform(tail)
+                        except _Bad:
+                            add(number, name, tail)  # the general path refuses it, naming why
+                            continue
+                fast_key: tuple[str, DomainMode] = (name, "tree")
+                if fast_key in first_line:
+                    duplicates.append((number, name, first_line[fast_key]))
+                    continue
+                first_line[fast_key] = number
+                names.append(name)
+                modes.append("tree")
+                texts.append(name)
+                owners.append(owner or default_platform)
+                numbers.append(number)
+                continue
             try:
                 items = list(_line_items(raw, line_fmt, lenient))
             except _Bad as exc:
@@ -440,34 +516,48 @@ def read_list_text(path: str, text: str, *, digest: str | None = None, mtime: fl
                 continue
             for written, named in items:
                 add(number, written, named)
-    listed = {e.name for e in entries}
-    kept: list[Entry] = []
-    for entry in entries:
-        hidden = _hidden_name(entry.platform, listed) if entry.platform and entry.platform != default_platform else None
-        if hidden is None:
-            kept.append(entry)
+    listed = {name for name, _ in first_line}
+    hidden_of: dict[str, str | None] = {}
+    bad: list[int] = []
+    for i, owner in enumerate(owners):
+        if not owner or owner == default_platform:
             continue
-        why = (f"platform {entry.platform!r} holds the name {hidden}, which this list does not list: a second "
+        if owner not in hidden_of:
+            hidden_of[owner] = _hidden_name(owner, listed)
+        hidden = hidden_of[owner]
+        if hidden is None:
+            continue
+        why = (f"platform {owner!r} holds the name {hidden}, which this list does not list: a second "
                "entry on the line? One entry per line (a hosts line takes several names after an address); a "
                "platform named like a domain is accepted when that domain is listed too")
         if not lenient:
-            raise RuleError(path, entry.line, f"{entry.text!r}: {why}")
-        refused.append(Refused(entry.line, f"{entry.text} {entry.platform}", why))
-    entries = kept
-    return ListFile(
+            raise RuleError(path, numbers[i], f"{texts[i]!r}: {why}")
+        refused.append(Refused(numbers[i], f"{texts[i]} {owner}", why))
+        bad.append(i)
+    if bad:
+        drop = set(bad)
+        keep = [i for i in range(len(names)) if i not in drop]
+        names = [names[i] for i in keep]
+        modes = [modes[i] for i in keep]
+        texts = [texts[i] for i in keep]
+        owners = [owners[i] for i in keep]
+        numbers = [numbers[i] for i in keep]
+    info = ListFile(
         path=path,
         sha256=digest or hashlib.sha256(text.encode("utf-8")).hexdigest(),
         mtime=mtime,
         size=len(text.encode("utf-8")) if size is None else size,
-        entries=tuple(entries),
+        entries=(),
         source=headers.get("source") or None,
         retrieved=headers.get("retrieved") or None,
         format=declared,  # type: ignore[arg-type]
         platform=default_platform,
         duplicates=tuple(duplicates),
         refused=tuple(refused),
-        platforms=frozenset(e.platform for e in entries if e.platform),
+        platforms=frozenset(p for p in owners if p),
+        count=len(names),
     )
+    return Columns(info, names, modes, texts, owners, numbers)
 
 
 def write_list(entries: list[Entry] | tuple[Entry, ...], *, source: str | None = None, retrieved: str | None = None,

@@ -24,6 +24,7 @@ import hashlib
 import ipaddress
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
@@ -31,7 +32,8 @@ from typing import Any, Literal, TypeVar, get_args
 import yaml
 
 from geoblock.core.countries import ISO_3166_ALPHA2, suggest_country
-from geoblock.core.lists import DomainMode, ListError, ListFile, parse_entry, read_list
+from geoblock.core.listindex import open_list
+from geoblock.core.lists import DomainMode, Entry, ListError, ListFile, parse_entry
 from geoblock.core.model import ACTIONS, ON_ERROR, Action, OnError
 from geoblock.errors import GeoblockError
 
@@ -87,6 +89,11 @@ class DomainSpec:
     listfile: ListFile | None = None  # the list file it came from (its name and version go into records)
 
 
+def listed_spec(entry: Entry, listfile: ListFile) -> DomainSpec:
+    """The DomainSpec of a list file's entry (its file:line, platform and list)."""
+    return DomainSpec(entry.name, entry.mode, entry.text, entry.platform, f"{listfile.path}:{entry.line}", listfile)
+
+
 @dataclass(frozen=True)
 class RuleSpec:
     """One rule as written and validated. It matches a flow when every condition it has holds (a list
@@ -99,8 +106,8 @@ class RuleSpec:
     description: str = ""
     platform: str | None = None  # the platform of entries that name none, and of the rule's other matches
     notice: str | None = None  # the basis of the block for the block page: text or a URL
-    lists: tuple[ListFile, ...] = ()  # the list files of `domains_from` (without their entries)
-    domains: tuple[DomainSpec, ...] = ()
+    lists: tuple[ListFile, ...] = ()  # the list files of `domains_from`, compiled (ListFile.index)
+    domains: tuple[DomainSpec, ...] = ()  # the entries of `domains` (YAML); list entries are in `lists`
     patterns: tuple[str, ...] = ()
     offshore: bool | None = None
     countries: frozenset[str] = frozenset()
@@ -110,7 +117,22 @@ class RuleSpec:
 
     @property
     def has_name_condition(self) -> bool:
-        return bool(self.domains or self.patterns)
+        return bool(self.domains or self.patterns or self.lists)
+
+    @property
+    def domain_count(self) -> int:
+        """Domain entries of `domains` and of every list file."""
+        return len(self.domains) + sum(lf.entry_count for lf in self.lists)
+
+    def all_domains(self) -> Iterator[DomainSpec]:
+        """Every domain entry: `domains`, then each list's entries in file order (materialised one by one
+        from the compiled lists: for lint, discover and check, not for the per-flow path)."""
+        yield from self.domains
+        for lf in self.lists:
+            if lf.index is None:
+                continue
+            for e in lf.index.entries():
+                yield listed_spec(e, lf)
 
     @property
     def needs_location(self) -> bool:
@@ -385,14 +407,11 @@ def _parse_rule(path: Path, node: yaml.Node, index: int) -> RuleSpec:
     if "domains_from" in fields:
         lists = []
         for n in _list(path, fields["domains_from"][1], f"{where}: domains_from"):
-            listed = read_list(_list_path(path, n, f"{where}: domains_from"), platform=platform)
-            if not listed.entries:
+            listed = open_list(_list_path(path, n, f"{where}: domains_from"), platform=platform)
+            if not listed.entry_count:
                 raise RuleError(listed.path, None, f"the list holds no entries ({where} at {path}:{_line(n)} "
                                                    "takes its domains from it)")
-            info = replace(listed, entries=(), count=len(listed.entries))
-            lists.append(info)
-            domains.extend(DomainSpec(e.name, e.mode, e.text, e.platform, f"{listed.path}:{e.line}", info)
-                           for e in listed.entries)
+            lists.append(listed)
         kwargs["lists"] = tuple(lists)
     if domains:
         kwargs["domains"] = tuple(domains)

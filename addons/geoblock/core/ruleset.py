@@ -18,9 +18,13 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from geoblock.core.listindex import ListIndex
+from geoblock.core.lists import ListFile
 from geoblock.core.model import SEVERITY, Action
 from geoblock.core.names import EmbeddedIPv4, IPAddress
-from geoblock.core.rules import DomainSpec, Policy, RuleSource, RuleSpec, load_rules
+from geoblock.core.rules import DomainSpec, Policy, RuleSource, RuleSpec, listed_spec, load_rules
+
+_RANK = {"exact": 0, "tree": 1, "below": 2}  # at one name: an exact entry, then name-and-subdomains, then subdomains
 
 __all__ = ["SEVERITY", "CompiledRule", "Hit", "Network", "PrefixTable", "Ruleset"]
 _HITS_MEMO = 16384  # names remembered per ruleset; the memo starts over when full
@@ -105,6 +109,9 @@ class Ruleset:
         for rule in self.rules:
             for dom in rule.spec.domains:
                 maps[dom.mode].setdefault(dom.name, []).append((rule.index, dom))
+        # list files: compiled indexes, asked per name (core/listindex.py), in rule order
+        self.indexed: tuple[tuple[int, ListFile, ListIndex], ...] = tuple(
+            (r.index, lf, lf.index) for r in self.rules for lf in r.spec.lists if lf.index is not None)
         self.pattern_rules = tuple(r for r in self.rules if r.pattern is not None)
         self.nameless = tuple(r.index for r in self.rules if not r.spec.has_name_condition)
         self.nameless_need_server = any(self.rules[i].needs_server_ip for i in self.nameless)
@@ -114,7 +121,7 @@ class Ruleset:
         self.name_allows_on_server = tuple(
             r for r in self.rules if r.action == "allow" and r.spec.has_name_condition and r.needs_server_ip
         )
-        self.domain_count = sum(len(r.spec.domains) for r in self.rules)
+        self.domain_count = sum(r.spec.domain_count for r in self.rules)
         self.needs_country = any(r.spec.offshore is not None or r.spec.countries for r in self.rules)
         self.needs_asn = any(r.spec.asns for r in self.rules)
         self._hits_memo: dict[str, tuple[Hit, ...]] = {}
@@ -159,6 +166,18 @@ class Ruleset:
             if found:
                 hits.extend(found)
             dot = name.find(".", dot + 1)
+        if self.indexed:
+            listed = [(rank, length, index, lf, ix, kid) for index, lf, ix in self.indexed
+                      for rank, length, kid in ix.hits(name)]
+            if listed:
+                if hits:  # most specific first across both, as the suffix walk orders them
+                    ranked = [(-len(d.name) if d else 0, _RANK[d.mode] if d else 0, h) for h in hits for d in (h[1],)]
+                    ranked += [(-length, rank, (index, listed_spec(ix.entry(kid), lf)))
+                               for rank, length, index, lf, ix, kid in listed]
+                    ranked.sort(key=lambda r: (r[0], r[1]))
+                    hits = [h for _, _, h in ranked]
+                else:
+                    hits = [(index, listed_spec(ix.entry(kid), lf)) for _, _, index, lf, ix, kid in listed]
         for rule in self.pattern_rules:
             if rule.pattern.match(name):  # type: ignore[union-attr]
                 hits.append((rule.index, None))
@@ -191,6 +210,7 @@ class Ruleset:
                 for lf in self.source.lists
             ],
             "platforms": len({d.platform for r in self.rules for d in r.spec.domains if d.platform}
+                             | {p for r in self.rules for lf in r.spec.lists for p in lf.platforms}
                              | {r.spec.platform for r in self.rules if r.spec.platform}),
         }
 

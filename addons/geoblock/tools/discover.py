@@ -212,7 +212,7 @@ def listed_platforms(rs: Ruleset) -> dict[str, Listed]:
     for rule in rs.rules:
         if rule.action != "block":
             continue
-        for spec in rule.spec.domains:
+        for spec in rule.spec.all_domains():
             domain = registrable(spec.name) or spec.name
             if domain not in found:
                 brand = _label(domain)

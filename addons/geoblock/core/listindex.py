@@ -1,0 +1,374 @@
+"""The compiled form of a list file: what a rule's `domains_from` becomes, at any list size.
+
+A list of a million names cannot be a million Python objects in the proxy (they cost hundreds of MB and
+seconds of a held interpreter lock to build). A list file compiles instead into an *index artifact*, a
+directory of four files, and the proxy maps it:
+
+- ``trie.marisa``: a marisa-trie (a static succinct trie, memory-mapped) over one key per entry: its mode
+  (``T`` name and subdomains, ``E`` the name only, ``B`` subdomains only) then the name reversed
+  character by character with a trailing dot (``binance.com`` -> ``Tmoc.ecnanib.``). A subdomain's key
+  has the entry's key as a prefix at a label boundary, so one ``iter_prefixes_with_ids`` call finds every
+  entry that covers a name. marisa-trie was chosen by measurement over a Python set and DAWG2
+  (scripts/bench_trie.py, docs/performance.md): it builds fastest, maps from disk and answers in about
+  a microsecond;
+- ``lines.u32``, ``platforms.u32``, ``notation.u8``: per trie key id, the entry's line in the file, its
+  platform (an index into the meta file's table, 0 for none) and how it was written (0 as in the plain
+  notation, 1 with Squid's leading dot, 2 otherwise: the text is in the meta file);
+- ``meta.json``: the list's provenance (the ListFile fields), the platform table, duplicates, and the
+  SHA-256 of the three other files, checked when the artifact is opened.
+
+Artifacts live in a cache directory (`cache_dir`), named by the list's SHA-256, the default platform
+and the artifact format, so that the proxy, its workers and the offline tools share one per list version
+and a restart maps it without compiling. A list larger than `CHILD_BYTES` compiles in a child process
+(``python -m geoblock.core.listindex``): the proxy waits for it without holding its interpreter, so a
+reload of a national list delays no request, and the memory the compile needs goes back to the system
+when the child exits. A bad list raises RuleError naming the file and line, as a small one does.
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import importlib.metadata
+import json
+import mmap
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import marisa_trie
+
+from geoblock.core.lists import Columns, DomainMode, Entry, ListFile, read_columns
+from geoblock.watch import stamp_of
+
+__all__ = ["CHILD_BYTES", "FORMAT", "ListIndex", "cache_dir", "compile_list", "open_list"]
+
+FORMAT = 1  # the artifact layout; a change makes new artifacts (old ones are pruned)
+CHILD_BYTES = 1 << 20  # list files larger than this (bytes) compile in a child process
+KEEP_DAYS = 7  # artifacts not opened for this long are removed when a new one is built
+ENV_CACHE = "GEOBLOCK_CACHE_DIR"
+_MODE_CHAR: dict[DomainMode, str] = {"tree": "T", "exact": "E", "below": "B"}
+_CHAR_MODE: dict[str, DomainMode] = {c: m for m, c in _MODE_CHAR.items()}
+_MARISA = importlib.metadata.version("marisa-trie")  # in the artifact's name: another build, another file
+_FILES = ("trie.marisa", "lines.u32", "platforms.u32", "notation.u8")
+
+
+def cache_dir() -> str:
+    """Where index artifacts are kept: $GEOBLOCK_CACHE_DIR, else systemd's $CACHE_DIRECTORY (the units'
+    `CacheDirectory=`), else `.cache/lists` of a source checkout, else $XDG_CACHE_HOME/geoblock/lists or
+    ~/.cache/geoblock/lists. Not created here."""
+    from geoblock.paths import checkout_root
+
+    for env in (ENV_CACHE, "CACHE_DIRECTORY"):
+        value = os.environ.get(env, "").split(":")[0]
+        if value:
+            return os.path.join(value, "lists") if env == "CACHE_DIRECTORY" else value
+    root = checkout_root()
+    if root is not None:
+        return os.path.join(root, ".cache", "lists")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "geoblock", "lists")
+
+
+class ListIndex:
+    """One compiled list, mapped from its artifact: `count` entries; `hits(name)` answers which cover a
+    name; `entry(key_id)` rebuilds one entry for an explanation. Immutable and safe to share between
+    threads (the trie and arrays are read-only maps)."""
+
+    __slots__ = ("_below", "_exact", "_lines", "_maps", "_meta", "_notation", "_platforms", "_texts", "_trie",
+                 "count", "path")
+
+    def __init__(self, directory: str) -> None:
+        """Map the artifact in `directory`. Raises OSError or ValueError when it is missing, truncated or
+        does not match its meta file's digests (the caller then compiles the list again)."""
+        with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"artifact format {meta.get('format')!r}, expected {FORMAT}")
+        for name in _FILES:
+            with open(os.path.join(directory, name), "rb") as f:
+                if hashlib.file_digest(f, "sha256").hexdigest() != meta["digests"][name]:
+                    raise ValueError(f"{name} does not match its digest")
+        self.path = directory
+        self._meta: dict[str, Any] = meta
+        self._trie = marisa_trie.Trie()
+        self._trie.mmap(os.path.join(directory, "trie.marisa"))
+        self._maps: list[mmap.mmap] = []
+        self._lines = self._map(directory, "lines.u32", "I")
+        self._platforms = self._map(directory, "platforms.u32", "I")
+        self._notation = self._map(directory, "notation.u8", "B")
+        self.count: int = meta["count"]
+        if len(self._trie) != self.count or len(self._lines) != self.count:
+            raise ValueError("artifact counts disagree")
+        self._exact = "exact" in meta["modes"]
+        self._below = "below" in meta["modes"]
+        self._texts: dict[str, str] = meta["texts"]
+
+    def _map(self, directory: str, name: str, code: Literal["I", "B"]) -> memoryview:
+        with open(os.path.join(directory, name), "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return memoryview(array.array(code))
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._maps.append(mapped)
+        return memoryview(mapped).cast(code)
+
+    def hits(self, name: str) -> list[tuple[int, int, int]]:
+        """The entries covering `name` (normalised), most specific first, as (rank, length, key id): rank 0
+        an exact entry of the name, 1 a name-and-subdomains entry, 2 a subdomains-only entry; length the
+        entry name's length (a longer one is more specific). The ruleset orders them among its other
+        hits by (-length, rank)."""
+        key = name[::-1] + "."
+        trie = self._trie
+        found: list[tuple[int, int, int]] = []
+        if self._exact:
+            kid = trie.get("E" + key)
+            if kid is not None:
+                found.append((0, len(name), kid))
+        tree = trie.iter_prefixes_with_ids("T" + key)
+        if self._below:
+            below = [(2, len(p) - 2, kid) for p, kid in trie.iter_prefixes_with_ids("B" + key)
+                     if len(p) - 2 < len(name)]
+            found.extend(sorted([(1, len(p) - 2, kid) for p, kid in tree] + below, key=lambda h: (-h[1], h[0])))
+        else:
+            found.extend((1, len(p) - 2, kid) for p, kid in reversed(list(tree)))
+        return found
+
+    def entry(self, kid: int) -> Entry:
+        """The entry of trie key id `kid`: name, mode, text as written, platform, line."""
+        key = self._trie.restore_key(kid)
+        mode, name = _CHAR_MODE[key[0]], key[-2:0:-1]
+        notation = self._notation[kid]
+        if notation == 0:
+            text = {"tree": "", "exact": "=", "below": "*."}[mode] + name
+        elif notation == 1:
+            text = "." + name
+        else:
+            text = self._texts[str(kid)]
+        owner = self._platforms[kid]
+        return Entry(name, mode, text, self._meta["platforms"][owner - 1] if owner else None, self._lines[kid])
+
+    def entries(self) -> Iterator[Entry]:
+        """Every entry, in file order (for lint, discover and check; not for the hot path)."""
+        lines = self._lines
+        for kid in sorted(range(self.count), key=lines.__getitem__):
+            yield self.entry(kid)
+
+    def touch(self) -> None:
+        """Mark the artifact used now (artifacts unused for KEEP_DAYS are pruned)."""
+        try:
+            os.utime(os.path.join(self.path, "meta.json"))
+        except OSError:
+            pass
+
+
+def _write_artifact(cols: Columns, directory: str) -> None:
+    """Write the artifact of `cols` into the existing, empty `directory`."""
+    keys = [_MODE_CHAR[m] + n[::-1] + "." for n, m in zip(cols.names, cols.modes, strict=True)]
+    trie = marisa_trie.Trie(keys, num_tries=1)  # num_tries=1: 2x faster to build (scripts/bench_trie.py)
+    count = len(keys)
+    lines = array.array("I", bytes(4 * count))
+    platforms = array.array("I", bytes(4 * count))
+    notation = array.array("B", bytes(count))
+    table: dict[str, int] = {}
+    texts: dict[str, str] = {}
+    for i, key in enumerate(keys):
+        kid = trie[key]
+        lines[kid] = cols.lines[i]
+        owner = cols.platforms[i]
+        if owner:
+            platforms[kid] = table.setdefault(owner, len(table) + 1)
+        text, name, mode = cols.texts[i], cols.names[i], cols.modes[i]
+        if mode == "tree" and text == name or mode == "exact" and text == "=" + name or \
+                mode == "below" and text == "*." + name:
+            continue
+        if text == "." + name and mode == "tree":
+            notation[kid] = 1
+        else:
+            notation[kid] = 2
+            texts[str(kid)] = text
+    trie.save(os.path.join(directory, "trie.marisa"))
+    for name, arr in (("lines.u32", lines), ("platforms.u32", platforms), ("notation.u8", notation)):
+        with open(os.path.join(directory, name), "wb") as f:
+            arr.tofile(f)
+    digests = {}
+    for name in _FILES:
+        with open(os.path.join(directory, name), "rb") as f:
+            digests[name] = hashlib.file_digest(f, "sha256").hexdigest()
+    info = cols.info
+    meta = {
+        "format": FORMAT, "count": count, "digests": digests, "platforms": list(table),
+        "modes": sorted(set(cols.modes)), "texts": texts,
+        "list": {"path": info.path, "sha256": info.sha256, "mtime": info.mtime, "size": info.size,
+                 "source": info.source, "retrieved": info.retrieved, "format": info.format,
+                 "platform": info.platform, "duplicates": [list(d) for d in info.duplicates]},
+    }
+    with open(os.path.join(directory, "meta.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f)
+
+
+def _artifact_name(sha256: str, platform: str | None) -> str:
+    salt = hashlib.sha256(f"{FORMAT}\0{_MARISA}\0{platform or ''}".encode()).hexdigest()[:12]
+    return f"{sha256}-{salt}"
+
+
+def compile_list(path: str, platform: str | None, directory: str) -> None:
+    """Read the list file at `path` strictly and write its artifact into the empty `directory`.
+    Raises RuleError naming file:line for a bad entry or an unreadable file (lists.read_list's rules)."""
+    from geoblock.core.rules import RuleError
+
+    p = Path(path)
+    try:
+        stat = p.stat()
+        data = p.read_bytes()
+    except OSError as exc:
+        raise RuleError(p, None, f"cannot read list file: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise RuleError(p, data[: exc.start].count(b"\n") + 1, "not UTF-8 text") from None
+    cols = read_columns(path, text, digest=hashlib.sha256(data).hexdigest(), mtime=stat.st_mtime,
+                        size=stat.st_size, platform=platform)
+    _write_artifact(cols, directory)
+
+
+def _compile_in_child(path: str, platform: str | None, directory: str) -> None:
+    """compile_list in a child process (same interpreter, this package on its path). Raises RuleError."""
+    from geoblock.core.rules import RuleError
+
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "geoblock.core.listindex", path, directory]
+    if platform is not None:
+        cmd += ["--platform", platform]
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuleError(path, None, f"compiling the list failed: {exc}") from None
+    if done.returncode == 0:
+        return
+    try:
+        err = json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuleError(err["file"], err["line"], err["message"])
+    except (ValueError, IndexError, KeyError, TypeError):
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuleError(path, None, f"compiling the list failed (exit {done.returncode}): {tail}") from None
+
+
+def _prune(cache: str, keep: str) -> None:
+    limit = time.time() - KEEP_DAYS * 86400
+    try:
+        names = os.listdir(cache)
+    except OSError:
+        return
+    for name in names:
+        if name == keep:
+            continue
+        full = os.path.join(cache, name)
+        try:
+            if name.startswith(".build-") or os.stat(os.path.join(full, "meta.json")).st_mtime < limit:
+                if name.startswith(".build-") and os.stat(full).st_mtime > time.time() - 3600:
+                    continue  # another process may be building it now
+                shutil.rmtree(full, ignore_errors=True)
+        except OSError:
+            shutil.rmtree(full, ignore_errors=True)
+
+
+def open_list(path: str | os.PathLike[str], platform: str | None = None, *, cache: str | None = None) -> ListFile:
+    """The list file at `path` compiled and mapped: a ListFile (provenance, no `entries`) whose `index` is
+    a ListIndex. `platform` is the platform of entries that name none (a rule's `platform`). The artifact
+    is reused from `cache` (default `cache_dir()`) when one exists for the file's content, else compiled
+    (in a child process for files over CHILD_BYTES) and kept there; where the cache cannot be written, it
+    is compiled into a temporary directory that is removed once mapped. Raises RuleError (read_list's)."""
+    from geoblock.core.rules import RuleError
+
+    p = Path(path)
+    try:
+        stat = p.stat()  # before reading: a change after it makes the stamp stale, never the content
+        with p.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as exc:
+        raise RuleError(p, None, f"cannot read list file: {exc.strerror}") from None
+    cache = cache or cache_dir()
+    name = _artifact_name(digest, platform)
+    final = os.path.join(cache, name)
+    index: ListIndex | None = None
+    try:
+        index = ListIndex(final)
+        index.touch()
+    except (OSError, ValueError, KeyError, TypeError):
+        index = None
+    if index is None:
+        try:
+            os.makedirs(cache, exist_ok=True)
+            build = tempfile.mkdtemp(prefix=".build-", dir=cache)
+            temporary = False
+        except OSError:
+            build = tempfile.mkdtemp(prefix="geoblock-list-")
+            temporary = True
+        try:
+            if stat.st_size > CHILD_BYTES:
+                _compile_in_child(str(path), platform, build)
+            else:
+                compile_list(str(path), platform, build)
+            with open(os.path.join(build, "meta.json"), encoding="utf-8") as f:
+                built_sha = json.load(f)["list"]["sha256"]
+            if not temporary:
+                final = os.path.join(cache, _artifact_name(built_sha, platform))  # what was read
+                try:
+                    os.rename(build, final)
+                except OSError:  # another process built the same one first: use theirs
+                    shutil.rmtree(build, ignore_errors=True)
+                build = final
+                _prune(cache, os.path.basename(final))
+            index = ListIndex(build)
+        except RuleError:
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            raise RuleError(p, None, f"cannot compile the list: {exc}") from None
+        finally:
+            if temporary:
+                shutil.rmtree(build, ignore_errors=True)  # mapped pages stay valid once the files are gone
+    return _as_listfile(str(path), index, stat)
+
+
+def _as_listfile(path: str, index: ListIndex, stat: os.stat_result) -> ListFile:
+    meta = index._meta["list"]
+    return replace(
+        ListFile(path=path, sha256=meta["sha256"], mtime=meta["mtime"], size=meta["size"], entries=(),
+                 source=meta["source"], retrieved=meta["retrieved"], format=meta["format"],
+                 platform=meta["platform"], duplicates=tuple(tuple(d) for d in meta["duplicates"]),
+                 platforms=frozenset(index._meta["platforms"]), count=index.count),
+        stamp=stamp_of(path, stat), index=index)
+
+
+def _main(argv: list[str]) -> int:
+    """The child process: `python -m geoblock.core.listindex LIST OUTDIR [--platform P]`. Exit 0 when
+    written; 2 with a JSON line {"file", "line", "message"} on stdout for a bad list."""
+    import argparse
+
+    from geoblock.core.rules import RuleError
+
+    parser = argparse.ArgumentParser(prog="python -m geoblock.core.listindex")
+    parser.add_argument("list")
+    parser.add_argument("out")
+    parser.add_argument("--platform", default=None)
+    args = parser.parse_args(argv)
+    try:
+        compile_list(args.list, args.platform, args.out)
+    except RuleError as exc:
+        print(json.dumps({"file": exc.path, "line": exc.line,
+                          "message": exc.message}))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
