@@ -20,7 +20,6 @@ import dns.message
 import dns.rcode
 import dns.rrset
 
-
 # --- DNS -------------------------------------------------------------------------------------------
 
 class DnsStub:
