@@ -35,7 +35,6 @@ from pathlib import Path
 
 import _paths  # makes tests/support importable as `support`
 from bench_common import calibrate, source_state
-
 from geoblock.core.decide import Facts, Verdict, decide
 from geoblock.core.names import normalize_ip
 from geoblock.core.ruleset import Ruleset

@@ -57,7 +57,6 @@ from pathlib import Path
 
 import _paths  # makes tests/support importable as `support`
 from bench_common import calibrate, source_state
-
 from support.geodb import write_asn_db, write_country_db
 from support.proc import Mitmdump
 from support.servers import KeepAliveServer
@@ -98,7 +97,7 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
 def start_wrk(url: str, duration: float, connections: int, threads: int,
-              script: Path | None) -> tuple[subprocess.Popen[str], list[str]]:
+              script: Path | None) -> "tuple[subprocess.Popen[str], list[str]]":
     seconds = max(1, math.ceil(duration))  # wrk takes whole seconds
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s", "--latency"]
     if script is not None:
@@ -111,7 +110,7 @@ def run_wrk(url: str, duration: float, connections: int, threads: int, script: P
     return finish_wrk(*start_wrk(url, duration, connections, threads, script), timeout=duration + 60)
 
 
-def finish_wrk(wrk: subprocess.Popen[str], cmd: list[str], timeout: float) -> dict:
+def finish_wrk(wrk: "subprocess.Popen[str]", cmd: list[str], timeout: float) -> dict:
     try:
         out, err = wrk.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

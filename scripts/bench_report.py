@@ -34,7 +34,6 @@ from pathlib import Path
 
 import _paths  # noqa: F401 - makes tests/support importable as `support`
 from bench_common import calibrate, source_state
-
 from support.report_log import START, generate, write_jsonl
 
 GEOBLOCK = Path(sys.executable).with_name("geoblock")

@@ -149,8 +149,8 @@ def main() -> int:
 
     from support import netns as ns
     from support.geodb import write_asn_db, write_country_db
-    from support.servers import make_pki
     from support.shipped import copy_shipped_rules
+    from support.servers import make_pki
 
     reason = ns.unavailable()
     if reason:

@@ -54,10 +54,10 @@ MAX_LEN = {"clienthello": 2048, "host": 256, "rules": 4096, "lists": 4096}
 
 
 def worker(args: argparse.Namespace, libfuzzer_args: list[str]) -> None:
+    import atheris
+
     import importlib
     import inspect
-
-    import atheris
 
     for name in MODULES[args.target]:
         importlib.import_module(name)  # before geoblock, so the hook below leaves mitmproxy alone

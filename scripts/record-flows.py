@@ -31,11 +31,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import _paths  # makes tests/support importable as `support`
-from mitmproxy import http
-from mitmproxy import io as mio
+from mitmproxy import http, io as mio
 from mitmproxy import version as mversion
 
+import _paths  # makes tests/support importable as `support`
 from support.proc import Mitmdump
 from support.servers import TestServer, make_pki
 

@@ -57,11 +57,11 @@ from typing import Any
 
 import _paths  # makes tests/support importable as `support`
 from bench_common import source_state
-
 from support.geodb import write_asn_db, write_country_db
 from support.proc import Mitmdump
-from support.servers import KeepAliveServer, make_pki
+from support.servers import make_pki
 from support.shipped import copy_shipped_rules
+from support.servers import KeepAliveServer
 from support.soak import BLOCKED_AT, CERT_NAMES, DNS, HOME, NETBLOCKED, PROBE, SOAK_RULES, US, Load, upstream
 
 REPO = _paths.REPO

@@ -13,16 +13,18 @@ import shutil
 import weakref
 
 import pytest
+from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.proxy import commands, context, events, layer
 from mitmproxy.proxy.layers import modes, tls
-from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow, tutils
 
 import geoblock.engine as engine_mod
-from geoblock.mitm import enforce, heap, hold
 from support import tls_bytes as et
 from support.harness import logged
 from support.tls_bytes import client_hello, client_hello_with
+from geoblock.mitm import enforce
+from geoblock.mitm import heap
+from geoblock.mitm import hold
 
 
 def run(coro):

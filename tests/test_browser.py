@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from support import browser
 from support.decisions import records
+from support import browser
 from support.proc import Mitmdump, geoblock_options, with_names
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
+from geoblock.engine import Engine
 from geoblock.core.decide import Facts, decide
+from geoblock.enrich.geo import location_of
 from geoblock.core.names import normalize_host, normalize_ip
+from geoblock.mitm.observe import client_ip
 from geoblock.core.rules import RuleError
 from geoblock.core.ruleset import Ruleset
-from geoblock.engine import Engine
-from geoblock.enrich.geo import location_of
-from geoblock.mitm.observe import client_ip
 
 
 def judge(rs, geo, *names, server=None, client="127.0.0.1", stage="tls"):

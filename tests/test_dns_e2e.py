@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import random
 import shutil
+import random
 import socket
 import threading
 import time
@@ -16,9 +16,9 @@ import dns.rcode
 import dns.rrset
 import pytest
 
+from support.tls_bytes import client_hello_with, ech_config_list, ech_outer_body
 from support.decisions import read
 from support.proc import Mitmdump, free_port, geoblock_options
-from support.tls_bytes import client_hello_with, ech_config_list, ech_outer_body
 
 pytestmark = pytest.mark.e2e
 

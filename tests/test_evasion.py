@@ -168,7 +168,7 @@ def read_all(sock: socket.socket, timeout: float = 5.0) -> tuple[bytes, bool]:
             if not chunk:
                 return out, True
             out += chunk
-    except TimeoutError:
+    except socket.timeout:
         return out, False
     except ConnectionResetError:
         return out, True
@@ -213,7 +213,7 @@ def tls_first_record(sock: socket.socket, chunks: list[bytes], timeout: float = 
             if not chunk:
                 return out, True
             out += chunk
-    except TimeoutError:
+    except socket.timeout:
         return out, False
     except ConnectionResetError:
         return out, True
@@ -245,7 +245,7 @@ def assert_server_hello(answer: tuple[bytes, bool]) -> None:
 # ============================================================== 1. spellings of one name
 
 @pytest.mark.parametrize("sni", [b"binance.com.", b"BiNaNcE.CoM", b"xn--bcher-kva.example",
-                                 "ｂｉｎａｎｃｅ.com".encode()],
+                                 "ｂｉｎａｎｃｅ.com".encode("utf-8")],
                          ids=["trailing-dot", "mixed-case", "punycode", "fullwidth-utf8"])
 def test_sni_spellings_of_a_blocked_name(proxy, servers, log, sni):
     """Exact SNI bytes; the fullwidth spelling is not a valid SNI at all (invalid input)."""
@@ -1388,8 +1388,7 @@ def gateway_with(d: Path, policy: dict[str, str] | None = None, extra_rules: str
     reason = ns.unavailable()
     if reason:
         pytest.skip(reason)
-    from test_gateway import proxy as gateway_proxy
-    from test_gateway import topology, write_test_data
+    from test_gateway import proxy as gateway_proxy, topology, write_test_data
 
     write_test_data(d)
     text = (d / "rules" / "policy.yaml").read_text()

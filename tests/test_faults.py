@@ -21,14 +21,15 @@ from pathlib import Path
 
 import pytest
 
+from support.faults import (DnsStub, RefusingPort, ResettingServer, Tmpfs, private_mounts_unavailable,
+                            with_resolv_conf)
 from support.decisions import read
-from support.faults import DnsStub, RefusingPort, ResettingServer, Tmpfs, private_mounts_unavailable, with_resolv_conf
 from support.geodb import PLACES, write_asn_db, write_country_db
 from support.proc import Mitmdump, geoblock_options
 from support.rdap_server import RdapServer, country, hang
-from support.servers import TestServer
 from support.tls_bytes import client_hello
 from support.waiting import wait_for
+from support.servers import TestServer
 
 POLICY = "home_countries: [CN]\ndefault: allow\nunknown_country: block\non_error: block\n"
 CRYPTO = "rules:\n  - {id: crypto, action: block, domains: [binance.com]}\n"
@@ -70,7 +71,7 @@ class Proxy:
             **options,
         }, extra_args=extra_args)
 
-    def __enter__(self) -> Proxy:
+    def __enter__(self) -> "Proxy":
         self.m.start(timeout=60)
         return self
 
@@ -471,7 +472,6 @@ def test_upstream_refusing_or_resetting(tmp_path, web, kind):
 
 # --- one guard for every hook: an injected failure in each stage --------------------------------------
 
-from mitmproxy import dns as mdns  # noqa: E402
 from mitmproxy.proxy import context, events, layer, mode_specs  # noqa: E402
 from mitmproxy.proxy.layers import modes, tls  # noqa: E402
 from mitmproxy.test import tflow, tutils  # noqa: E402
@@ -479,6 +479,9 @@ from mitmproxy.test import tflow, tutils  # noqa: E402
 import geoblock.engine as engine_mod  # noqa: E402
 from geoblock.mitm import enforce  # noqa: E402
 from support.harness import geoblock_in_context, logged  # noqa: E402
+
+
+from mitmproxy import dns as mdns  # noqa: E402
 
 DNSMessage = getattr(mdns, "DNSMessage", None) or mdns.Message  # mitmproxy 12 renamed Message
 

@@ -36,35 +36,13 @@ import dns.query
 import dns.rcode
 import pytest
 
-from support import netns as ns
 from support.decisions import records
+from support import netns as ns
 from support.geodb import write_asn_db, write_country_db
-from support.netns import (
-    BLOCKED4,
-    BLOCKED6,
-    CLIENT4,
-    CLIENT6,
-    GW_IN4,
-    GW_IN_IFACE,
-    HOME4,
-    HOME6,
-    OFFSHORE4,
-    OFFSHORE6,
-    NsDnsStub,
-    NsMitmdump,
-    NsServer,
-    Topology,
-    UdpEcho,
-    curl,
-    gateway_sh,
-    gateway_topology,
-    inside,
-    ip_literal,
-    tcp_connect,
-    udp_exchange,
-    unit_command,
-)
 from support.shipped import copy_shipped_rules
+from support.netns import (BLOCKED4, BLOCKED6, CLIENT4, CLIENT6, GW_IN4, GW_IN_IFACE, HOME4, HOME6, OFFSHORE4,
+                           OFFSHORE6, NsDnsStub, NsMitmdump, NsServer, Topology, UdpEcho, curl, gateway_sh,
+                           gateway_topology, inside, ip_literal, tcp_connect, udp_exchange, unit_command)
 
 pytestmark = pytest.mark.e2e
 

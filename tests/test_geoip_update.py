@@ -41,7 +41,7 @@ def md5(path: Path) -> str:
 
 
 def day(epoch: int) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d")
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -407,12 +407,12 @@ def test_directory_under_a_regular_file(server: UpdateServer, conf: Path, tmp_pa
 
 
 def months() -> tuple[str, str]:
-    return geoipupdate.dbip_months(dt.datetime.now(dt.UTC).date())
+    return geoipupdate.dbip_months(dt.datetime.now(dt.timezone.utc).date())
 
 
 def epoch_in(month: str) -> int:
     year, mon = map(int, month.split("-"))
-    return int(dt.datetime(year, mon, 2, tzinfo=dt.UTC).timestamp())
+    return int(dt.datetime(year, mon, 2, tzinfo=dt.timezone.utc).timestamp())
 
 
 def dbip(server: UpdateServer, db_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

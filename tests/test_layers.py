@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from mitmproxy.net.dns import response_codes
-from mitmproxy.net.dns import types as dns_types
+from mitmproxy.net.dns import response_codes, types as dns_types
 from mitmproxy.proxy import mode_specs
 from mitmproxy.test import tflow
 

@@ -2,15 +2,7 @@ import ipaddress
 
 import pytest
 
-from geoblock.core.names import (
-    EmbeddedIPv4,
-    InvalidHost,
-    as_written,
-    carried_ipv4,
-    normalize_host,
-    normalize_ip,
-    unicode_name,
-)
+from geoblock.core.names import EmbeddedIPv4, InvalidHost, as_written, carried_ipv4, normalize_host, normalize_ip, unicode_name
 
 
 @pytest.mark.parametrize("raw, expected", [

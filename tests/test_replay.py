@@ -22,10 +22,10 @@ from mitmproxy import http
 from mitmproxy import io as mio
 from mitmproxy.test import tflow, tutils
 
-from geoblock.core.decide import Facts
-from geoblock.engine import Engine
-from geoblock.enrich.resolve import Resolver
 from geoblock.tools import replay as rp
+from geoblock.core.decide import Facts
+from geoblock.enrich.resolve import Resolver
+from geoblock.engine import Engine
 from support.harness import geoblock_in_context, logged
 
 TESTS = Path(__file__).resolve().parent

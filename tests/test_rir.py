@@ -74,9 +74,9 @@ def test_without_databases_explain_places_the_server_by_the_registries_and_the_o
 
 
 def test_with_registries_off_the_server_stays_unplaced(rules, tmp_path):
+    from geoblock.engine import Engine
     from geoblock.core.model import Facts
     from geoblock.core.names import normalize_ip
-    from geoblock.engine import Engine
 
     engine = Engine.open(str(rules), None, None, registries=False)
     facts = Facts("connect", names=("exchange.example",), server_ip=normalize_ip("193.0.6.139"))

@@ -111,7 +111,7 @@ def visit(url: str, proxy_url: str, profile: Path, trust: Sequence[Path] = (), t
                  shot.read_bytes() if shot.exists() else b"", log_path.read_text(errors="replace"))
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _kill_group(proc: "subprocess.Popen[bytes]") -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -20,6 +20,7 @@ import dns.message
 import dns.rcode
 import dns.rrset
 
+
 # --- DNS -------------------------------------------------------------------------------------------
 
 class DnsStub:

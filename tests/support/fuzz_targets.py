@@ -34,25 +34,17 @@ import socket
 import struct
 import tempfile
 import unicodedata
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import idna
 import yaml
 
-from support.geodb import write_asn_db, write_country_db
 from support.shipped import copy_shipped_rules, shipped_list_names
-from support.tls_bytes import (
-    alpn_ext,
-    client_hello,
-    client_hello_body,
-    handshake_message,
-    handshake_records,
-    sni_ext,
-    tls_ext,
-)
+from support.geodb import write_asn_db, write_country_db
+from support.tls_bytes import (alpn_ext, client_hello, client_hello_body, handshake_message, handshake_records,
+                               sni_ext, tls_ext)
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ_DIR = REPO / "tests" / "fuzz"
@@ -401,13 +393,14 @@ class ClientHelloTarget(Target):
     name = "clienthello"
 
     def setup(self) -> None:
-        from mitmproxy.net.tls import starts_like_tls_record
         from mitmproxy.proxy import context, events, layer
         from mitmproxy.proxy.layers import modes
+        from mitmproxy.net.tls import starts_like_tls_record
         from mitmproxy.proxy.layers import tls as mtls
         from mitmproxy.test import tflow
 
-        from geoblock.mitm import enforce, hold
+        from geoblock.mitm import enforce
+        from geoblock.mitm import hold
         from support.harness import geoblock_in_context
 
         work = workdir()
@@ -595,11 +588,11 @@ class HostTarget(Target):
 
     def setup(self) -> None:
         from geoblock.core import decide as decide_mod
-        from geoblock.core.names import InvalidHost
-        from geoblock.core.ruleset import Ruleset
         from geoblock.engine import Engine
         from geoblock.enrich.geo import Geo
+        from geoblock.core.names import InvalidHost
         from geoblock.mitm.observe import InvalidField, http_target
+        from geoblock.core.ruleset import Ruleset
 
         work = workdir()
         self.rs = Ruleset.load(str(work / "rules"))

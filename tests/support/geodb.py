@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mmdb_writer import MmdbU32, MMDBWriter
+from mmdb_writer import MMDBWriter, MmdbU32
 from netaddr import IPSet
 
 PLACES: dict[str, tuple[str, int]] = {

@@ -27,9 +27,9 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import dns.message
 import dns.rdatatype
@@ -247,7 +247,7 @@ class _NsUdpServer:
         while not self._stop.is_set():
             try:
                 data, peer = self.sock.recvfrom(4096)
-            except TimeoutError:
+            except (TimeoutError, socket.timeout):
                 continue
             except OSError:
                 return
@@ -318,7 +318,7 @@ def udp_exchange(netns: str, host: str, port: int, payload: bytes = b"ping", tim
         sock.sendto(payload, (host, port))
         try:
             return sock.recv(2048)
-        except TimeoutError:
+        except (TimeoutError, socket.timeout):
             return None
 
 
@@ -415,7 +415,7 @@ class NsMitmdump(LoggedProcess):
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = None
 
-    def start(self, timeout: float = 30.0) -> NsMitmdump:
+    def start(self, timeout: float = 30.0) -> "NsMitmdump":
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})

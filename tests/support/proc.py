@@ -36,14 +36,14 @@ def geoblock_options(rules: Path, geo_dir: Path, log: Path, **extra: object) -> 
     }
 
 
-def curl(proxy: Mitmdump, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def curl(proxy: "Mitmdump", url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """curl `url` through `proxy` (10 s at most), with `args` before the URL; stdout holds the response
     head (-D -) then the body, stderr curl's own errors (e.g. "CONNECT tunnel failed, response 451")."""
     cmd = ["curl", "-sS", "--max-time", "10", "-x", proxy.url, "-D", "-", "-o", "-", *args, url]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
 
 
-def connect(proxy: Mitmdump, authority: bytes | str) -> tuple[socket.socket, bytes]:
+def connect(proxy: "Mitmdump", authority: bytes | str) -> tuple[socket.socket, bytes]:
     """A CONNECT to `proxy` with exactly this authority (sent as given, also as the Host header): the
     connected socket (TCP_NODELAY, 10 s timeouts) and the proxy's answer head, up to its blank line (what
     came before the proxy closed, if it did)."""
@@ -62,7 +62,7 @@ def connect(proxy: Mitmdump, authority: bytes | str) -> tuple[socket.socket, byt
     return sock, head
 
 
-def tunnel(proxy: Mitmdump, authority: str) -> socket.socket:
+def tunnel(proxy: "Mitmdump", authority: str) -> socket.socket:
     """A tunnel through `proxy` to `authority`: `connect`, asserting that the proxy answered 200."""
     sock, head = connect(proxy, authority)
     assert head.startswith(b"HTTP/1.1 200"), head
@@ -72,7 +72,7 @@ def tunnel(proxy: Mitmdump, authority: str) -> socket.socket:
 class LoggedProcess:
     """A child process whose output goes to `log_path`: read it, stop it (terminate, then kill)."""
 
-    proc: subprocess.Popen[bytes] | None = None
+    proc: "subprocess.Popen[bytes] | None" = None
     log_path: Path
     _log = None
 
@@ -123,7 +123,7 @@ class Mitmdump(LoggedProcess):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> Mitmdump:
+    def start(self, timeout: float = 20.0) -> "Mitmdump":
         self.confdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
@@ -148,7 +148,7 @@ class Mitmdump(LoggedProcess):
         raise RuntimeError(f"mitmdump did not listen on {self.port}:\n{self.output()}")
 
 
-    def __enter__(self) -> Mitmdump:
+    def __enter__(self) -> "Mitmdump":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -100,7 +100,7 @@ def network_document(addr: str, answer: Answer) -> dict:
 class _Handler(http.server.BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     protocol_version = "HTTP/1.1"
-    server: _Server
+    server: "_Server"
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         owner = self.server.owner
@@ -160,7 +160,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
-    owner: RdapServer
+    owner: "RdapServer"
 
     def handle_error(self, request, client_address):  # type: ignore[no-untyped-def]
         pass

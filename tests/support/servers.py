@@ -46,7 +46,7 @@ class TestPKI:
 def make_pki(directory: Path, names: list[str] = TEST_NAMES) -> TestPKI:
     """A test CA and one server certificate for `names` and the loopback addresses."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "geoblock test CA")])
     ca = (
@@ -86,7 +86,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        server: _HTTPServer = self.server  # type: ignore[assignment]
+        server: "_HTTPServer" = self.server  # type: ignore[assignment]
         server.owner.requests.append((self.headers.get("Host"), self.path))
         if self.headers.get("Upgrade"):
             return self._switch(server.owner, self.headers["Upgrade"])
@@ -104,7 +104,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self.do_GET
         raise AttributeError(name)
 
-    def _switch(self, owner: TestServer, protocol: str) -> None:
+    def _switch(self, owner: "TestServer", protocol: str) -> None:
         """Agree to any Upgrade (101 Switching Protocols, RFC 9110 15.2.2). For WebSocket (RFC 6455):
         the handshake, then one client frame echoed back. For anything else: every byte that follows is
         kept in `owner.switched`, and echoed back after "switched: " (after a greeting of the server's own)."""
@@ -146,7 +146,7 @@ _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
-    owner: TestServer
+    owner: "TestServer"
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind asks getfqdn(host), a reverse DNS lookup: not wanted in tests (and it
@@ -219,7 +219,7 @@ class _KeepAliveProtocol(asyncio.Protocol):
     """One client connection of a KeepAliveServer: answers each request head (GET, no body; pipelined
     requests too) with the server's fixed response."""
 
-    def __init__(self, server: KeepAliveServer) -> None:
+    def __init__(self, server: "KeepAliveServer") -> None:
         self.server = server
         self.buf = b""
         self.transport: Any = None  # an asyncio.Transport once connected
@@ -269,14 +269,14 @@ class KeepAliveServer:
         self.accepted += 1  # called on accept, before the TLS handshake
         return _KeepAliveProtocol(self)
 
-    async def start(self) -> KeepAliveServer:
+    async def start(self) -> "KeepAliveServer":
         """Listen in the running event loop."""
         loop = asyncio.get_running_loop()
         self._srv = await loop.create_server(self._factory, self.host, 0, ssl=self.tls, backlog=self.backlog)
         self.port = self._srv.sockets[0].getsockname()[1]
         return self
 
-    def start_in_thread(self, timeout: float = 10.0) -> KeepAliveServer:
+    def start_in_thread(self, timeout: float = 10.0) -> "KeepAliveServer":
         """Listen in a new event loop run by a daemon thread. RuntimeError when not listening within
         `timeout` seconds."""
         loop = asyncio.new_event_loop()

@@ -144,7 +144,7 @@ class Load:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", self.proxy_port, limit=1 << 16), self.args.op_timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             raise Unexpected(f"timeout: connecting to the proxy took over {self.args.op_timeout:g} s") from None
         self.open += 1
         self.connections += 1
@@ -155,14 +155,14 @@ class Load:
         writer.close()
         try:
             await asyncio.wait_for(writer.wait_closed(), 5)
-        except (TimeoutError, OSError, ssl.SSLError):
+        except (OSError, asyncio.TimeoutError, ssl.SSLError):
             pass
 
     async def think(self) -> None:
         mean = self.args.think
         try:
             await asyncio.wait_for(self.stop.wait(), self.rng.uniform(0.5 * mean, 1.5 * mean))
-        except TimeoutError:
+        except asyncio.TimeoutError:
             pass
 
     async def guarded(self, kind: str, op: Any) -> None:
@@ -223,7 +223,7 @@ class Load:
         t0 = time.monotonic()
         try:
             return await asyncio.wait_for(read_response(reader), self.args.op_timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             raise Unexpected(f"timeout: no answer to {what} within {self.args.op_timeout:g} s") from None
         except (OSError, asyncio.IncompleteReadError) as exc:
             raise Unexpected(f"{type(exc).__name__}: {what} after {time.monotonic() - t0:.1f} s: {exc}") from None
@@ -320,7 +320,7 @@ class Load:
                 try:
                     await asyncio.wait_for(self.stop.wait(), delay)
                     break
-                except TimeoutError:
+                except asyncio.TimeoutError:
                     pass
             if len(running) >= cap:
                 self.churn_skipped += 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from typing import Callable
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition",
