@@ -20,7 +20,7 @@ directory of four files, and the proxy maps it:
 Artifacts live in a cache directory (`cache_dir`), named by the list's SHA-256, the default platform
 and the artifact format, so that the proxy, its workers and the offline tools share one per list version
 and a restart maps it without compiling. A list larger than `CHILD_BYTES` compiles in a child process
-(``python -m geoblock.core.listindex``): the proxy waits for it without holding its interpreter, so a
+(`_main`): the proxy waits for it without holding its interpreter, so a
 reload of a national list delays no request, and the memory the compile needs goes back to the system
 when the child exits. A bad list raises RuleError naming the file and line, as a small one does.
 """
@@ -245,7 +245,8 @@ def _compile_in_child(path: str, platform: str | None, directory: str) -> None:
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "geoblock.core.listindex", path, directory]
+    cmd = [sys.executable, "-c", "import sys; from geoblock.core.listindex import _main; sys.exit(_main(sys.argv[1:]))",
+           path, directory]
     if platform is not None:
         cmd += ["--platform", platform]
     try:
@@ -256,10 +257,11 @@ def _compile_in_child(path: str, platform: str | None, directory: str) -> None:
         return
     try:
         err = json.loads(done.stdout.strip().splitlines()[-1])
-        raise RuleError(err["file"], err["line"], err["message"])
+        where, line, message = str(err["file"]), err["line"], str(err["message"])
     except (ValueError, IndexError, KeyError, TypeError):
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuleError(path, None, f"compiling the list failed (exit {done.returncode}): {tail}") from None
+    raise RuleError(where, line if isinstance(line, int) else None, message)
 
 
 def _prune(cache: str, keep: str) -> None:
@@ -322,6 +324,8 @@ def open_list(path: str | os.PathLike[str], platform: str | None = None, *, cach
                 built_sha = json.load(f)["list"]["sha256"]
             if not temporary:
                 final = os.path.join(cache, _artifact_name(built_sha, platform))  # what was read
+                if os.path.isdir(final) and not _opens(final):
+                    shutil.rmtree(final, ignore_errors=True)  # damaged (truncated, edited): replaced
                 try:
                     os.rename(build, final)
                 except OSError:  # another process built the same one first: use theirs
@@ -339,6 +343,14 @@ def open_list(path: str | os.PathLike[str], platform: str | None = None, *, cach
     return _as_listfile(str(path), index, stat)
 
 
+def _opens(directory: str) -> bool:
+    try:
+        ListIndex(directory)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
 def _as_listfile(path: str, index: ListIndex, stat: os.stat_result) -> ListFile:
     meta = index._meta["list"]
     return replace(
@@ -350,13 +362,13 @@ def _as_listfile(path: str, index: ListIndex, stat: os.stat_result) -> ListFile:
 
 
 def _main(argv: list[str]) -> int:
-    """The child process: `python -m geoblock.core.listindex LIST OUTDIR [--platform P]`. Exit 0 when
+    """The child process's work: arguments `LIST OUTDIR [--platform P]`. Exit 0 when
     written; 2 with a JSON line {"file", "line", "message"} on stdout for a bad list."""
     import argparse
 
     from geoblock.core.rules import RuleError
 
-    parser = argparse.ArgumentParser(prog="python -m geoblock.core.listindex")
+    parser = argparse.ArgumentParser(prog="geoblock list compiler")
     parser.add_argument("list")
     parser.add_argument("out")
     parser.add_argument("--platform", default=None)
@@ -369,6 +381,3 @@ def _main(argv: list[str]) -> int:
         return 2
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

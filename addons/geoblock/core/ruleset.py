@@ -170,11 +170,11 @@ class Ruleset:
             listed = [(rank, length, index, lf, ix, kid) for index, lf, ix in self.indexed
                       for rank, length, kid in ix.hits(name)]
             if listed:
-                if hits:  # most specific first across both, as the suffix walk orders them
+                if hits:  # most specific first across both, then by rule: the order the suffix walk gives
                     ranked = [(-len(d.name) if d else 0, _RANK[d.mode] if d else 0, h) for h in hits for d in (h[1],)]
                     ranked += [(-length, rank, (index, listed_spec(ix.entry(kid), lf)))
                                for rank, length, index, lf, ix, kid in listed]
-                    ranked.sort(key=lambda r: (r[0], r[1]))
+                    ranked.sort(key=lambda r: (r[0], r[1], r[2][0]))
                     hits = [h for _, _, h in ranked]
                 else:
                     hits = [(index, listed_spec(ix.entry(kid), lf)) for _, _, index, lf, ix, kid in listed]
