@@ -56,6 +56,7 @@ KEEP_DAYS = 7  # artifacts not opened for this long are removed when a new one i
 ENV_CACHE = "GEOBLOCK_CACHE_DIR"
 _MODE_CHAR: dict[DomainMode, str] = {"tree": "T", "exact": "E", "below": "B"}
 _CHAR_MODE: dict[str, DomainMode] = {c: m for m, c in _MODE_CHAR.items()}
+_WRITTEN: dict[DomainMode, str] = {"tree": "", "exact": "=", "below": "*."}  # the plain notation's prefixes
 _MARISA = importlib.metadata.version("marisa-trie")  # in the artifact's name: another build, another file
 _FILES = ("trie.marisa", "lines.u32", "platforms.u32", "notation.u8")
 
@@ -146,7 +147,7 @@ class ListIndex:
         mode, name = _CHAR_MODE[key[0]], key[-2:0:-1]
         notation = self._notation[kid]
         if notation == 0:
-            text = {"tree": "", "exact": "=", "below": "*."}[mode] + name
+            text = _WRITTEN[mode] + name
         elif notation == 1:
             text = "." + name
         else:
@@ -173,21 +174,21 @@ def _write_artifact(cols: Columns, directory: str) -> None:
     keys = [_MODE_CHAR[m] + n[::-1] + "." for n, m in zip(cols.names, cols.modes, strict=True)]
     trie = marisa_trie.Trie(keys, num_tries=1)  # num_tries=1: 2x faster to build (scripts/bench_trie.py)
     count = len(keys)
+    ids = list(map(trie.__getitem__, keys))  # entry i -> its key id (ids are the trie's, not file order)
+    del keys
     lines = array.array("I", bytes(4 * count))
-    platforms = array.array("I", bytes(4 * count))
-    notation = array.array("B", bytes(count))
+    for kid, line in zip(ids, cols.lines, strict=True):
+        lines[kid] = line
     table: dict[str, int] = {}
-    texts: dict[str, str] = {}
-    for i, key in enumerate(keys):
-        kid = trie[key]
-        lines[kid] = cols.lines[i]
-        owner = cols.platforms[i]
+    platforms = array.array("I", bytes(4 * count))
+    for kid, owner in zip(ids, cols.platforms, strict=True):
         if owner:
-            platforms[kid] = table.setdefault(owner, len(table) + 1)
-        text, name, mode = cols.texts[i], cols.names[i], cols.modes[i]
-        if mode == "tree" and text == name or mode == "exact" and text == "=" + name or \
-                mode == "below" and text == "*." + name:
-            continue
+            platforms[kid] = table.get(owner) or table.setdefault(owner, len(table) + 1)
+    notation = array.array("B", bytes(count))
+    texts: dict[str, str] = {}
+    for kid, text, name, mode in zip(ids, cols.texts, cols.names, cols.modes, strict=True):
+        if text is name or text == _WRITTEN[mode] + name:
+            continue  # as the plain notation writes it (the common case: nothing stored)
         if text == "." + name and mode == "tree":
             notation[kid] = 1
         else:

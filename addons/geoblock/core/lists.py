@@ -484,8 +484,8 @@ def read_columns(path: str, text: str, *, digest: str | None = None, mtime: floa
         fast = _FAST_LINE.match if FAST_PATH and line_fmt in (None, "plain") else None
         for number, raw in enumerate(lines, 1):
             found = fast(raw) if fast is not None else None
-            if found is not None and len(found.group(1)) <= MAX_NAME:
-                name, tail = found.group(1), found.group(2)
+            if found is not None and found.end(1) <= MAX_NAME:  # the name starts the line: end = length
+                name, tail = found.groups()
                 owner = None
                 if tail:
                     if tail in platform_of:
