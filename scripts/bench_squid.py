@@ -25,9 +25,10 @@ Figures (each proxy, from one run):
   conn_per_s       new TLS connections per second to an allowed name through it (`--clients` parallel
                    clients for `--duration` s), with cpu_ms_per_conn, the proxy's own CPU time per
                    connection (ms);
-  reload_s         from the reload's start (Squid: `squid -k reconfigure`; geoblock: the list file
-                   replaced, which it watches every geoblock_reload_interval seconds) until a name added to
-                   the list is refused;
+  reload_s         from the reload's start (Squid: `squid -k reconfigure`, which parses the whole
+                   configuration before it signals the running Squid; geoblock: the list file replaced,
+                   which it watches every geoblock_reload_interval seconds, 2 by default) until a name
+                   added to the list is refused; reload_command_s: how long the command itself took;
   reload_*         during the reload (its start until it is in force, plus `--after` s), what a client
                    looping CONNECT + TLS to an allowed name saw: attempts, failed (refused or broken),
                    longest_s (the longest attempt), failing_s (first to last failed attempt);
@@ -64,11 +65,13 @@ from pathlib import Path
 import _paths  # makes tests/support importable as `support`
 from bench_biglist import write_rules
 from bench_common import calibrate, source_state
+
 from support.proc import BLOCK_PY, free_port, mitmdump_path
 from support.servers import make_pki
 
 REPO = _paths.REPO
 ALLOWED = "allowed.example"  # the list's names all end in other TLDs (bench_biglist.TLDS)
+ADDED = "added.reload.example"  # the name each reload adds to the list
 SQUID = "/usr/sbin/squid"
 PACE_S = 0.02  # the reload's looping client starts an attempt at most every 20 ms
 
@@ -167,6 +170,7 @@ cache deny all
 cache_mem 8 MB
 coredump_dir {directory}
 shutdown_lifetime 0 seconds
+pinger_enable off
 acl step1 at_step SslBump1
 acl listed ssl::server_name "{names_file}"
 http_access allow localhost
@@ -176,6 +180,19 @@ ssl_bump terminate listed
 ssl_bump splice all
 """)
     return conf
+
+
+def squid_names(names: list[str]) -> list[str]:
+    """`names` for a Squid `ssl::server_name` file: each as `.name` (the name and its subdomains), without
+    those under another name of the list, which Squid 5 refuses to load ("is a subdomain of") and which
+    add nothing: the parent's entry covers them, in geoblock as in Squid."""
+    listed = set(names)
+    out = []
+    for name in names:
+        labels = name.split(".")
+        if not any(".".join(labels[i:]) in listed for i in range(1, len(labels))):
+            out.append(f".{name}")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -232,7 +249,7 @@ def until_ok(proxy_port: int, target_port: int, ctx: ssl.SSLContext, proc: subpr
 
 
 def _client_process(proxy_port: int | None, target_port: int, ctx: ssl.SSLContext, threads: int, duration: float,
-                    out: "multiprocessing.connection.Connection") -> None:
+                    out: multiprocessing.connection.Connection) -> None:
     """In a forked process: `threads` threads looping CONNECT + TLS to the allowed name (straight to the
     server when `proxy_port` is None) for `duration` s; sends (ok, other) on `out`."""
     counts = [0, 0]
@@ -288,9 +305,10 @@ def throughput(proxy_port: int | None, target_port: int, ctx: ssl.SSLContext, cl
 
 def reload_window(proxy_port: int, target_port: int, ctx: ssl.SSLContext, added: str,
                   start_reload: Callable[[], None], limit: float, after: float) -> dict:
-    """Start a reload (`start_reload()`, called at t = 0) and time it: a probe every 50 ms for `added`
-    (in force when it is refused) and, in a thread, a client looping CONNECT + TLS to the allowed name (an
-    attempt at most every PACE_S) until `after` seconds past in force. RuntimeError when not in force
+    """Start a reload (`start_reload()`, called at t = 0) and time it: from t = 0, a client in a thread
+    looping CONNECT + TLS to the allowed name (an attempt at most every PACE_S) until `after` seconds past
+    in force; once `start_reload()` returns, a probe every 50 ms for `added` (in force when it is
+    refused). RuntimeError when not in force
     within `limit` seconds."""
     attempts: list[tuple[float, float, str]] = []  # start, duration, outcome
     stop = threading.Event()
@@ -304,9 +322,10 @@ def reload_window(proxy_port: int, target_port: int, ctx: ssl.SSLContext, added:
             time.sleep(max(0.0, PACE_S - d))
 
     t0 = time.perf_counter()
-    start_reload()
     looping = threading.Thread(target=loop)
     looping.start()
+    start_reload()  # may take a while (`squid -k reconfigure` parses the configuration before it signals)
+    command_s = time.perf_counter() - t0
     in_force = None
     while time.perf_counter() - t0 < limit:
         if attempt(proxy_port, target_port, added, ctx, timeout=limit) == "refused":
@@ -320,7 +339,8 @@ def reload_window(proxy_port: int, target_port: int, ctx: ssl.SSLContext, added:
     if in_force is None:
         raise RuntimeError(f"the name added to the list was not refused within {limit:g} s")
     failed = [(s, d) for s, d, o in attempts if o != "ok"]
-    return {"reload_s": in_force, "reload_attempts": len(attempts), "reload_failed": len(failed),
+    return {"reload_s": in_force, "reload_command_s": command_s,
+            "reload_attempts": len(attempts), "reload_failed": len(failed),
             "reload_longest_s": max((d for _, d, _ in attempts), default=0.0),
             "reload_failing_s": (failed[-1][0] + failed[-1][1] - failed[0][0]) if failed else 0.0}
 
@@ -421,7 +441,7 @@ def main() -> int:
         rules = tmp / "rules"
         listed = write_rules(rules, args.domains, args.seed)
         listed_checks = [listed[len(listed) // 2], "www." + listed[len(listed) // 3]]
-        pki = make_pki(tmp / "pki", [ALLOWED, *listed_checks, "added.reload.example"])
+        pki = make_pki(tmp / "pki", [ALLOWED])
         server = subprocess.Popen([sys.executable, __file__, "_server", str(pki.cert_pem.parent)],
                                   stdout=subprocess.PIPE, text=True)
         try:
@@ -438,7 +458,9 @@ def main() -> int:
                 sq = tmp / "squid"
                 sq.mkdir()
                 names_file = sq / "listed.txt"
-                names_file.write_text("".join(f".{n}\n" for n in listed))
+                entries = squid_names(listed)
+                results["squid_entries"] = len(entries)  # the names under another listed name left out
+                names_file.write_text("".join(f"{n}\n" for n in entries))
                 port = free_port()
                 conf = squid_conf(sq, port, pki.cert_pem, pki.key_pem, names_file)
                 if os.geteuid() == 0:  # Squid drops to the user proxy: its directory must be that user's
@@ -448,7 +470,7 @@ def main() -> int:
 
                 def squid_reload(names_file: Path = names_file, conf: Path = conf) -> None:
                     with names_file.open("a") as f:
-                        f.write(".added.reload.example\n")
+                        f.write(f".{ADDED}\n")
                     subprocess.run([SQUID, "-f", str(conf), "-k", "reconfigure"], check=True, capture_output=True)
 
                 sides.append(Side("Squid", pin([squid, "-N", "-f", str(conf)]), port, sq / "stdout.log", squid_reload))
@@ -467,12 +489,12 @@ def main() -> int:
                     new = big.with_name("big.txt.new")
                     shutil.copyfile(big, new)
                     with new.open("a") as f:
-                        f.write("added.reload.example  Added\n")
+                        f.write(f"{ADDED}  Added\n")
                     os.replace(new, big)
 
                 sides.append(Side("geoblock", pin(cmd), port, gb / "mitmdump.log", geoblock_reload))
             for side in sides:
-                results["sides"][side.label] = measure(side, target_port, ctx, listed_checks, "added.reload.example", args)
+                results["sides"][side.label] = measure(side, target_port, ctx, listed_checks, ADDED, args)
         finally:
             server.terminate()
             server.wait()
@@ -525,6 +547,7 @@ def report(results: dict) -> None:
             ("memory when ready (VmRSS)", "rss_ready_mib", "{:.0f} MiB", True),
             ("memory after one reload", "rss_reload_mib", "{:.0f} MiB", True),
             ("reload: new list in force after", "reload_s", "{:.1f} s", True),
+            ("reload: of which the reload command itself", "reload_command_s", "{:.1f} s", False),
             ("during the reload: connections refused or failed", "reload_failed", "{}", False),
             ("during the reload: connections tried", "reload_attempts", "{}", False),
             ("during the reload: failing for (first to last failure)", "reload_failing_s", "{:.1f} s", False),
@@ -538,6 +561,10 @@ def report(results: dict) -> None:
             a, b = sides["geoblock"][key], sides["Squid"][key]
             ratio = f" {a / b:.2f} |" if b and ratio_means else " - |"
         print(f"| {title} | " + " | ".join(cells) + " |" + ratio)
+    if "squid_entries" in results:
+        left = results["domains"] - results["squid_entries"]
+        print(f"\nSquid's list: {results['squid_entries']:,} entries (the {left:,} "
+              "names under another listed name left out: Squid refuses them, the parent covers them).")
     print("\nChecked on each: the allowed name passes, listed names (one exact, one a subdomain) are refused: "
           + "; ".join(f"{label} {sides[label]['checks']}" for label in labels))
 
