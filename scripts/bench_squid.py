@@ -201,9 +201,10 @@ def squid_names(names: list[str]) -> list[str]:
 
 def attempt(proxy_port: int, target_port: int, name: str, ctx: ssl.SSLContext, timeout: float = 30.0) -> str:
     """One client: CONNECT 127.0.0.1:target_port through the proxy on 127.0.0.1:proxy_port, then a TLS
-    handshake with SNI `name`, then close. Returns "ok" (handshake done), "refused" (the proxy answered
-    the CONNECT, then refused: a status other than 200, or the handshake broken) or "failed" (no answer to
-    the CONNECT: TCP refused or reset, or `timeout` seconds passed)."""
+    handshake with SNI `name` (the local server's certificate verified for it), then close. Returns "ok"
+    (handshake done), "refused" (the proxy answered the CONNECT, then refused: a status other than 200, or
+    the handshake broken), "wrong certificate" (a handshake with some other certificate) or "failed" (no
+    answer to the CONNECT: TCP refused or reset, or `timeout` seconds passed)."""
     answered = False
     sock = None
     try:
@@ -223,6 +224,8 @@ def attempt(proxy_port: int, target_port: int, name: str, ctx: ssl.SSLContext, t
         tls = ctx.wrap_socket(sock, server_hostname=name)
         sock = tls
         return "ok"
+    except ssl.SSLCertVerificationError:
+        return "wrong certificate"  # a server answered, not the local one: neither passed nor refused
     except (OSError, ssl.SSLError):
         return "refused" if answered else "failed"
     finally:
@@ -385,11 +388,11 @@ def measure(side: Side, target_port: int, ctx: ssl.SSLContext, listed_checks: li
         pid = proc.pid
         res: dict = {"ready_s": ready, "rss_ready_mib": rss_mib(pid)}
         print(f"{side.label}: serving after {ready:.1f} s, {res['rss_ready_mib']:.0f} MiB", file=sys.stderr, flush=True)
-        checks = {name: attempt(side.port, target_port, name, ctx) for name in [ALLOWED, *listed_checks]}
+        checks = {name: attempt(side.port, target_port, name, ctx) for name in [ALLOWED, *listed_checks, added]}
         res["checks"] = checks
-        if checks[ALLOWED] != "ok" or any(checks[n] != "refused" for n in listed_checks):
-            raise RuntimeError(f"{side.label}: wrong verdicts {checks} (the allowed name must pass, listed ones "
-                               "be refused)")
+        if checks[ALLOWED] != "ok" or checks[added] != "ok" or any(checks[n] != "refused" for n in listed_checks):
+            raise RuntimeError(f"{side.label}: wrong verdicts {checks} (the allowed name and the name the reload "
+                               "will add must pass, listed ones be refused)")
         cpu0 = cpu_seconds(pid)
         tp = throughput(side.port, target_port, ctx, args.clients, args.duration)
         cpu = cpu_seconds(pid) - cpu0
@@ -441,7 +444,7 @@ def main() -> int:
         rules = tmp / "rules"
         listed = write_rules(rules, args.domains, args.seed)
         listed_checks = [listed[len(listed) // 2], "www." + listed[len(listed) // 3]]
-        pki = make_pki(tmp / "pki", [ALLOWED])
+        pki = make_pki(tmp / "pki", [ALLOWED, *listed_checks, ADDED])  # so none fails for its certificate
         server = subprocess.Popen([sys.executable, __file__, "_server", str(pki.cert_pem.parent)],
                                   stdout=subprocess.PIPE, text=True)
         try:
@@ -565,7 +568,8 @@ def report(results: dict) -> None:
         left = results["domains"] - results["squid_entries"]
         print(f"\nSquid's list: {results['squid_entries']:,} entries (the {left:,} "
               "names under another listed name left out: Squid refuses them, the parent covers them).")
-    print("\nChecked on each: the allowed name passes, listed names (one exact, one a subdomain) are refused: "
+    print("\nChecked on each: the allowed name and the name the reload adds pass, listed names (one exact, one a "
+          "subdomain) are refused: "
           + "; ".join(f"{label} {sides[label]['checks']}" for label in labels))
 
 
