@@ -13,7 +13,8 @@ through untouched, refuse listed ones (issue 15, item 1).
   lazy, flow_detail 0, termlog_verbosity warn) on a rules directory holding one block rule over the same
   names in a list file (scripts/bench_biglist.py's writer).
 
-Both proxies run pinned to one CPU (the last one), the clients and the local TLS server on the others.
+Both proxies run pinned to one CPU (the last one; with any process they start, such as a compiler of
+lists), the clients and the local TLS server on the others (`--no-pin`: all anywhere).
 A client: CONNECT 127.0.0.1:PORT (the local TLS server), then a TLS handshake with SNI = the name, then
 close. A listed name must be refused by both (the proxy answers the CONNECT, then refuses the handshake)
 and an allowed one must complete it; the run stops with an error when either is not so.
@@ -284,11 +285,11 @@ def _client_process(proxy_port: int | None, target_port: int, ctx: ssl.SSLContex
 
 def throughput(proxy_port: int | None, target_port: int, ctx: ssl.SSLContext, clients: int,
                duration: float) -> dict:
-    """`clients` parallel clients (blocking sockets: threads in as many forked processes as the CPUs not
-    given to the proxy), each looping CONNECT + TLS to the allowed name for `duration` seconds; straight to
-    the server when `proxy_port` is None (the clients' own ceiling). Returns ok, other (attempts that did
-    not succeed) and seconds."""
-    procs = max(1, min(clients, len(os.sched_getaffinity(0)) - 1))
+    """`clients` parallel clients (blocking sockets: threads in as many forked processes as this process
+    may use CPUs, the proxy's excluded when pinned), each looping CONNECT + TLS to the allowed name for
+    `duration` seconds; straight to the server when `proxy_port` is None (the clients' own ceiling).
+    Returns ok, other (attempts that did not succeed) and seconds."""
+    procs = max(1, min(clients, len(os.sched_getaffinity(0))))
     fork = multiprocessing.get_context("fork")
     running = []
     t0 = time.perf_counter()
@@ -327,18 +328,20 @@ def reload_window(proxy_port: int, target_port: int, ctx: ssl.SSLContext, added:
     t0 = time.perf_counter()
     looping = threading.Thread(target=loop)
     looping.start()
-    start_reload()  # may take a while (`squid -k reconfigure` parses the configuration before it signals)
-    command_s = time.perf_counter() - t0
     in_force = None
-    while time.perf_counter() - t0 < limit:
-        if attempt(proxy_port, target_port, added, ctx, timeout=limit) == "refused":
-            in_force = time.perf_counter() - t0
-            break
-        time.sleep(0.05)
-    if in_force is not None:
-        time.sleep(after)
-    stop.set()
-    looping.join()
+    try:
+        start_reload()  # may take a while (`squid -k reconfigure` parses the configuration before it signals)
+        command_s = time.perf_counter() - t0
+        while time.perf_counter() - t0 < limit:
+            if attempt(proxy_port, target_port, added, ctx, timeout=limit) == "refused":
+                in_force = time.perf_counter() - t0
+                break
+            time.sleep(0.05)
+        if in_force is not None:
+            time.sleep(after)
+    finally:
+        stop.set()
+        looping.join()
     if in_force is None:
         raise RuntimeError(f"the name added to the list was not refused within {limit:g} s")
     failed = [(s, d) for s, d, o in attempts if o != "ok"]
@@ -363,12 +366,19 @@ class Side:
     env: dict = field(default_factory=dict)
 
 
-def pin(cmd: list[str]) -> list[str]:
-    """`cmd` run on the last CPU (when there are two or more and taskset exists)."""
+def pin_proxy_cpu() -> int | None:
+    """Keep this process (and so the clients and the server it starts) off the last CPU, and return that
+    CPU for the proxies; None (nothing changed) with fewer than two CPUs or without taskset."""
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2 and shutil.which("taskset"):
-        return ["taskset", "-c", str(cpus[-1]), *cmd]
-    return cmd
+    if len(cpus) < 2 or not shutil.which("taskset"):
+        return None
+    os.sched_setaffinity(0, set(cpus[:-1]))
+    return cpus[-1]
+
+
+def pinned(cmd: list[str], cpu: int | None) -> list[str]:
+    """`cmd` run on CPU `cpu` (every thread and child process it starts), or as it is when `cpu` is None."""
+    return cmd if cpu is None else ["taskset", "-c", str(cpu), *cmd]
 
 
 def measure(side: Side, target_port: int, ctx: ssl.SSLContext, listed_checks: list[str], added: str,
@@ -430,10 +440,14 @@ def main() -> int:
     p.add_argument("--only", choices=("squid", "geoblock"), default=None, help="one side only")
     p.add_argument("--seed", type=int, default=15)
     p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                   help="the proxy on the last CPU, clients and server on the others (default: on)")
     args = p.parse_args()
+    proxy_cpu = pin_proxy_cpu() if args.pin else None
     squid = None if args.only == "geoblock" else ensure_squid()
     results: dict = {"machine": machine(), "source": source_state(), "speed_index_ms": calibrate(),
-                     "domains": args.domains, "clients": args.clients, "duration_s": args.duration, "sides": {}}
+                     "domains": args.domains, "clients": args.clients, "duration_s": args.duration,
+                     "proxy_cpu": proxy_cpu, "sides": {}}
     import mitmproxy.version
 
     results["mitmproxy"] = mitmproxy.version.VERSION
@@ -476,7 +490,8 @@ def main() -> int:
                         f.write(f".{ADDED}\n")
                     subprocess.run([SQUID, "-f", str(conf), "-k", "reconfigure"], check=True, capture_output=True)
 
-                sides.append(Side("Squid", pin([squid, "-N", "-f", str(conf)]), port, sq / "stdout.log", squid_reload))
+                squid_cmd = pinned([squid, "-N", "-f", str(conf)], proxy_cpu)
+                sides.append(Side("Squid", squid_cmd, port, sq / "stdout.log", squid_reload))
             if args.only != "squid":
                 gb = tmp / "geoblock"
                 gb.mkdir()
@@ -495,7 +510,7 @@ def main() -> int:
                         f.write(f"{ADDED}  Added\n")
                     os.replace(new, big)
 
-                sides.append(Side("geoblock", pin(cmd), port, gb / "mitmdump.log", geoblock_reload))
+                sides.append(Side("geoblock", pinned(cmd, proxy_cpu), port, gb / "mitmdump.log", geoblock_reload))
             for side in sides:
                 results["sides"][side.label] = measure(side, target_port, ctx, listed_checks, ADDED, args)
         finally:
