@@ -4,9 +4,12 @@ asserted: figures belong to `make bench` and the README, never to a test)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("with geoblock", "without geoblock", "no-op script addon", "frozen bare")
@@ -59,3 +62,28 @@ def test_report_benchmark_times_the_report_on_a_small_log(tmp_path: Path) -> Non
     assert all(run["records"] == 3000 for r in results if r["format"] == "json" for run in r["runs"])
     assert (tmp_path / "logs" / "3000-gz" / "decisions.jsonl.gz").is_file()
     assert "| 3,000 | 1 .gz |" in proc.stdout
+
+
+def test_squid_benchmark_checks_both_proxies_refuse_a_listed_name_and_pass_an_allowed_one(tmp_path: Path) -> None:
+    """scripts/bench_squid.py on a 1,000-name list: Squid (installed by the script when run as root) and
+    geoblock each serve the allowed name, refuse the listed ones and, after a reload, a name added to the
+    list; the table names both."""
+    if not Path("/usr/sbin/squid").is_file() and os.geteuid() != 0:
+        pytest.skip("Squid is not installed and this is not root (the benchmark installs squid-openssl as root; "
+                    ".ci/run does)")
+    out = tmp_path / "squid.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_squid.py"), "--domains", "1000", "--clients", "4",
+         "--duration", "1", "--after", "0.5", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())
+    assert set(results["sides"]) == {"Squid", "geoblock"}
+    for label, side in results["sides"].items():
+        # the allowed name, a listed name, a subdomain of one, the name the reload then adds
+        assert list(side["checks"].values()) == ["ok", "refused", "refused", "ok"], (label, side["checks"])
+        assert side["added_refused"], label
+        assert side["conn_ok"] > 0 and side["reload_attempts"] > 0, label
+    assert "| figure | Squid | geoblock | geoblock / Squid |" in proc.stdout
+    assert "| proxy CPU per connection |" in proc.stdout
