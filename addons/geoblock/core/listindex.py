@@ -83,7 +83,8 @@ class ListIndex:
     name; `entry(key_id)` rebuilds one entry for an explanation. Immutable and safe to share between
     threads (the trie and arrays are read-only maps)."""
 
-    __slots__ = ("_below", "_exact", "_lines", "_maps", "_meta", "_notation", "_platforms", "_texts", "_trie",
+    __slots__ = ("_below", "_exact", "_lines", "_maps", "_meta", "_notation", "_platform_names", "_platforms", "_texts",
+                 "_trie",
                  "count", "path")
 
     def __init__(self, directory: str) -> None:
@@ -111,6 +112,7 @@ class ListIndex:
         self._exact = "exact" in meta["modes"]
         self._below = "below" in meta["modes"]
         self._texts: dict[str, str] = meta["texts"]
+        self._platform_names: list[str] = meta["platforms"]
 
     def _map(self, directory: str, name: str, code: Literal["I", "B"]) -> memoryview:
         with open(os.path.join(directory, name), "rb") as f:
@@ -127,18 +129,16 @@ class ListIndex:
         hits by (-length, rank)."""
         key = name[::-1] + "."
         trie = self._trie
-        found: list[tuple[int, int, int]] = []
+        found = [(1, len(p) - 2, kid) for p, kid in trie.iter_prefixes_with_ids("T" + key)]
+        found.reverse()  # the trie gives shorter (less specific) prefixes first
+        if self._below:
+            found.extend((2, len(p) - 2, kid) for p, kid in trie.iter_prefixes_with_ids("B" + key)
+                         if len(p) - 2 < len(name))
+            found.sort(key=lambda h: (-h[1], h[0]))
         if self._exact:
             kid = trie.get("E" + key)
             if kid is not None:
-                found.append((0, len(name), kid))
-        tree = trie.iter_prefixes_with_ids("T" + key)
-        if self._below:
-            below = [(2, len(p) - 2, kid) for p, kid in trie.iter_prefixes_with_ids("B" + key)
-                     if len(p) - 2 < len(name)]
-            found.extend(sorted([(1, len(p) - 2, kid) for p, kid in tree] + below, key=lambda h: (-h[1], h[0])))
-        else:
-            found.extend((1, len(p) - 2, kid) for p, kid in reversed(list(tree)))
+                found.insert(0, (0, len(name), kid))
         return found
 
     def entry(self, kid: int) -> Entry:
@@ -153,7 +153,7 @@ class ListIndex:
         else:
             text = self._texts[str(kid)]
         owner = self._platforms[kid]
-        return Entry(name, mode, text, self._meta["platforms"][owner - 1] if owner else None, self._lines[kid])
+        return Entry(name, mode, text, self._platform_names[owner - 1] if owner else None, self._lines[kid])
 
     def entries(self) -> Iterator[Entry]:
         """Every entry, in file order (for lint, discover and check; not for the hot path)."""
