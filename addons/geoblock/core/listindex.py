@@ -145,6 +145,12 @@ class ListIndex:
         """The entry of trie key id `kid`: name, mode, text as written, platform, line."""
         key = self._trie.restore_key(kid)
         mode, name = _CHAR_MODE[key[0]], key[-2:0:-1]
+        return Entry(name, mode, *self.describe(kid, name, mode))
+
+    def describe(self, kid: int, name: str, mode: DomainMode) -> tuple[str, str | None, int]:
+        """(text as written, platform or None, line) of the entry of key id `kid`, whose name and mode
+        the caller knows (from `hits`: the entry's name is the last `length` characters of the name
+        asked about; rank 0/1/2 is mode exact/tree/below)."""
         notation = self._notation[kid]
         if notation == 0:
             text = _WRITTEN[mode] + name
@@ -153,7 +159,7 @@ class ListIndex:
         else:
             text = self._texts[str(kid)]
         owner = self._platforms[kid]
-        return Entry(name, mode, text, self._platform_names[owner - 1] if owner else None, self._lines[kid])
+        return text, self._platform_names[owner - 1] if owner else None, self._lines[kid]
 
     def entries(self) -> Iterator[Entry]:
         """Every entry, in file order (for lint, discover and check; not for the hot path)."""
@@ -323,6 +329,7 @@ def open_list(path: str | os.PathLike[str], platform: str | None = None, *, cach
                 compile_list(str(path), platform, build)
             with open(os.path.join(build, "meta.json"), encoding="utf-8") as f:
                 built_sha = json.load(f)["list"]["sha256"]
+            os.chmod(build, 0o755)  # readable by other users of a shared cache (mkdtemp makes it 0700)
             if not temporary:
                 final = os.path.join(cache, _artifact_name(built_sha, platform))  # what was read
                 if os.path.isdir(final) and not _opens(final):

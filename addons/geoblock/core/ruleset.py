@@ -19,12 +19,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from geoblock.core.listindex import ListIndex
-from geoblock.core.lists import ListFile
+from geoblock.core.lists import DomainMode, ListFile
 from geoblock.core.model import SEVERITY, Action
 from geoblock.core.names import EmbeddedIPv4, IPAddress
-from geoblock.core.rules import DomainSpec, Policy, RuleSource, RuleSpec, listed_spec, load_rules
+from geoblock.core.rules import DomainSpec, Policy, RuleSource, RuleSpec, load_rules
 
-_RANK = {"exact": 0, "tree": 1, "below": 2}  # at one name: an exact entry, then name-and-subdomains, then subdomains
+# at one name: an exact entry, then name-and-subdomains, then subdomains (ListIndex.hits's ranks)
+_RANK = {"exact": 0, "tree": 1, "below": 2}
+_MODES: tuple[DomainMode, ...] = ("exact", "tree", "below")
 
 __all__ = ["SEVERITY", "CompiledRule", "Hit", "Network", "PrefixTable", "Ruleset"]
 _HITS_MEMO = 16384  # names remembered per ruleset; the memo starts over when full
@@ -125,6 +127,7 @@ class Ruleset:
         self.needs_country = any(r.spec.offshore is not None or r.spec.countries for r in self.rules)
         self.needs_asn = any(r.spec.asns for r in self.rules)
         self._hits_memo: dict[str, tuple[Hit, ...]] = {}
+        self._specs_memo: dict[tuple[int, int], DomainSpec] = {}
 
     @classmethod
     def load(cls, source: str) -> Ruleset:
@@ -172,16 +175,31 @@ class Ruleset:
             if listed:
                 if hits:  # most specific first across both, then by rule: the order the suffix walk gives
                     ranked = [(-len(d.name) if d else 0, _RANK[d.mode] if d else 0, h) for h in hits for d in (h[1],)]
-                    ranked += [(-length, rank, (index, listed_spec(ix.entry(kid), lf)))
+                    ranked += [(-length, rank, (index, self._listed(name, rank, length, lf, ix, kid)))
                                for rank, length, index, lf, ix, kid in listed]
                     ranked.sort(key=lambda r: (r[0], r[1], r[2][0]))
                     hits = [h for _, _, h in ranked]
                 else:
-                    hits = [(index, listed_spec(ix.entry(kid), lf)) for _, _, index, lf, ix, kid in listed]
+                    hits = [(index, self._listed(name, rank, length, lf, ix, kid))
+                            for rank, length, index, lf, ix, kid in listed]
         for rule in self.pattern_rules:
             if rule.pattern.match(name):  # type: ignore[union-attr]
                 hits.append((rule.index, None))
         return tuple(hits)
+
+    def _listed(self, name: str, rank: int, length: int, lf: ListFile, ix: ListIndex, kid: int) -> DomainSpec:
+        """The DomainSpec of a list entry `ix.hits(name)` found (memoised per ruleset, bounded: the
+        names of one platform share their entries)."""
+        memo = self._specs_memo
+        found = memo.get((id(ix), kid))
+        if found is None:
+            entry_name, mode = name[len(name) - length:], _MODES[rank]
+            text, platform, line = ix.describe(kid, entry_name, mode)
+            found = DomainSpec(entry_name, mode, text, platform, f"{lf.path}:{line}", lf)
+            if len(memo) >= _HITS_MEMO:
+                memo.clear()
+            memo[(id(ix), kid)] = found
+        return found
 
     def needs_server_ip(self, names: Iterable[str]) -> bool:
         """Whether a verdict for these names could depend on the server's address or location."""
@@ -192,7 +210,7 @@ class Ruleset:
 
     def sizes(self) -> dict[str, tuple[int, int | None]]:
         """(entries, bound) of this ruleset's memo, for geoblock.status."""
-        return {"rule hits": (len(self._hits_memo), _HITS_MEMO)}
+        return {"rule hits": (len(self._hits_memo), _HITS_MEMO), "list entries": (len(self._specs_memo), _HITS_MEMO)}
 
     def summary(self) -> dict[str, object]:
         counts = {a: 0 for a in SEVERITY}
