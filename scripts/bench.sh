@@ -4,12 +4,14 @@
 #   2. scripts/bench_proxy.py: keep-alive HTTP req/s through mitmdump with vs without geoblock (wrk)
 #   3. scripts/bench_report.py: `geoblock report` over 1M and 10M generated records (HTML and JSON)
 #   4. scripts/bench_biglist.py: a block rule taking 1,000,000 domains from a list file (load, memory, decide)
+#   4b. scripts/bench_trie.py: the lookup structure for a 1,000,000-name list (a set, marisa-trie, DAWG2 when
+#      installed): build time, size, memory, one lookup
 #   5. scripts/bench_squid.py: geoblock beside Squid (Debian's squid-openssl, installed when missing and run
 #      as root, never as the system service) with the same 1,000,000-name list: ready time, memory,
 #      reload, new TLS connections per second
-# Results: the tables on stdout, and bench-results/{decide,proxy,report,biglist,squid}.{json,md} (git-ignored).
+# Results: the tables on stdout, and bench-results/{decide,proxy,report,biglist,trie,squid}.{json,md} (git-ignored).
 #   GEOBLOCK_PYTHON=3.12 scripts/bench.sh      other Python/mitmproxy pairing (results get a -3.12 suffix)
-#   scripts/bench.sh decide | proxy | report | biglist | squid   one benchmark only
+#   scripts/bench.sh decide | proxy | report | biglist | trie | squid   one benchmark only
 #   BENCH_DECIDE_ARGS="--iterations 50000" BENCH_PROXY_ARGS="--rounds 3 --duration 10" scripts/bench.sh
 #   BENCH_REPORT_ARGS="--sizes 1000000 --rounds 1" scripts/bench.sh report
 #   BENCH_SQUID_ARGS="--clients 32 --duration 20" scripts/bench.sh squid
@@ -17,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ver="${GEOBLOCK_PYTHON:-3.11}"
 which="${1:-all}"
-case "$which" in all|decide|proxy|report|biglist|squid) ;; *) echo "usage: scripts/bench.sh [all|decide|proxy|report|biglist|squid]" >&2; exit 2;; esac
+case "$which" in all|decide|proxy|report|biglist|trie|squid) ;; *) echo "usage: scripts/bench.sh [all|decide|proxy|report|biglist|trie|squid]" >&2; exit 2;; esac
 venv="$(scripts/bootstrap.sh "$ver")"
 py="$venv/bin/python"
 suffix=""; [ "$ver" = "3.11" ] || suffix="-$ver"
@@ -42,5 +44,5 @@ run_bench() {
     "$py" "scripts/bench_$name.py" --out "bench-results/$name$suffix.json" $args | tee "bench-results/$name$suffix.md"
   fi
 }
-for name in decide proxy report biglist squid; do run_bench "$name"; done
+for name in decide proxy report biglist trie squid; do run_bench "$name"; done
 echo "=== results in bench-results/ (JSON and markdown)"

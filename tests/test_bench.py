@@ -87,3 +87,21 @@ def test_squid_benchmark_checks_both_proxies_refuse_a_listed_name_and_pass_an_al
         assert side["conn_ok"] > 0 and side["reload_attempts"] > 0, label
     assert "| figure | Squid | geoblock | geoblock / Squid |" in proc.stdout
     assert "| proxy CPU per connection |" in proc.stdout
+
+
+def test_biglist_and_trie_benchmarks_run_and_check_their_verdicts(tmp_path: Path) -> None:
+    out = tmp_path / "biglist.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_biglist.py"), "--domains", "20000",
+                           "--rounds", "1", "--names", "2000", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # it exits non-zero on a wrong verdict
+    result = json.loads(out.read_text())
+    assert result["domains"] == 20000 and all(r["blocked"] == 1000 and r["domains"] == 20000 for r in result["rounds"])
+    assert "| 20,000 |" in proc.stdout and "load, artifact cached" in proc.stdout
+    out = tmp_path / "trie.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_trie.py"), "--domains", "5000",
+                           "--queries", "1000", "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())["results"]
+    assert {"set", "marisa", "marisa-1"} <= set(results)
+    assert all(r["found"] == 500 and r["queries"] == 1000 for r in results.values())  # half the names are listed
