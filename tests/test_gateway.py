@@ -42,7 +42,8 @@ from support.geodb import write_asn_db, write_country_db
 from support.shipped import copy_shipped_rules
 from support.netns import (BLOCKED4, BLOCKED6, CLIENT4, CLIENT6, GW_IN4, GW_IN_IFACE, HOME4, HOME6, OFFSHORE4,
                            OFFSHORE6, NsDnsStub, NsMitmdump, NsServer, Topology, UdpEcho, curl, gateway_sh,
-                           gateway_topology, inside, ip_literal, tcp_connect, udp_exchange, unit_command)
+                           gateway_topology, inside, ip_literal, tcp_connect, udp_exchange, unit_capabilities,
+                           unit_command)
 
 pytestmark = pytest.mark.e2e
 
@@ -111,7 +112,7 @@ def proxy(topo: Topology, d: Path, unit: str, port: int, **options: object) -> N
     argv = unit_command(unit, d, d / "rules", instance)
     m = NsMitmdump(topo, "gw", port, d, argv, {
         "geoblock_country_db": d / "GeoLite2-Country.mmdb", "geoblock_asn_db": d / "GeoLite2-ASN.mmdb",
-        "geoblock_rdap": False, **options})
+        "geoblock_rdap": False, **options}, caps=unit_capabilities(unit))
     m.decisions = d / "log" / ("decisions-%s.jsonl" % port if "@" in unit else "decisions.jsonl")
     assert str(m.decisions) in " ".join(argv)
     return m
@@ -321,23 +322,24 @@ class GatewayDns:
 @pytest.fixture(scope="module")
 def gw_dns(gw, tmp_path_factory):
     """geoblock's DNS layer on the gateway's client-facing address (port 53), beside the transparent
-    mitmdump of `gw`: the unit's command line with --mode dns@192.0.2.1:53 in place of the transparent
-    mode, forwarding to a stub resolver in the offshore namespace. Its own decision log."""
+    mitmdump of `gw`: the command line of the shipped geoblock-dns.service with its listen address set
+    to the gateway's (GEOBLOCK_DNS_LISTEN=192.0.2.1:53, as its comment says for a box with a local
+    resolver), forwarding to a stub resolver in the offshore namespace. Its own decision log."""
     d = tmp_path_factory.mktemp("gateway-dns")
     write_test_data(d)
-    argv = unit_command("geoblock.service", d, d / "rules")
+    argv = unit_command("geoblock-dns.service", d, d / "rules")
     i = argv.index("--mode")
-    assert argv[i + 1:i + 4] == ["transparent", "--listen-port", "8080"], argv
-    argv[i + 1:i + 4] = [f"dns@{GW_IN4}:53"]
+    assert argv[i + 1] == "dns@53", argv
+    argv[i + 1] = f"dns@{GW_IN4}:53"
     stub = NsDnsStub(gw.topo.ns("off"), OFFSHORE4, answer=HOME4)
     try:
         m = NsMitmdump(gw.topo, "gw", 53, d, argv, {
             "geoblock_country_db": d / "GeoLite2-Country.mmdb", "geoblock_asn_db": d / "GeoLite2-ASN.mmdb",
             "geoblock_rdap": False, "dns_name_servers": OFFSHORE4, "dns_use_hosts_file": False},
-            caps=("net_bind_service",))
+            caps=unit_capabilities("geoblock-dns.service"))
         try:
             m.start()
-            yield GatewayDns(m, stub, d / "log" / "decisions.jsonl")
+            yield GatewayDns(m, stub, d / "log" / "decisions-dns.jsonl")
         finally:
             m.stop()
     finally:

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import ipaddress
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -352,8 +353,8 @@ UNITS = REPO / "deploy" / "systemd"
 
 def unit_command(unit: str, workdir: Path, rules: Path, instance: str = "", key: str = "ExecStart") -> list[str]:
     """The command line of `key` in deploy/systemd/<unit>, with the unit's installed paths mapped into
-    this repository and `workdir` (state, logs), `%i` = `instance`, $GEOBLOCK_OPTS empty and ${VAR}
-    the value of the unit's own Environment=VAR=... line."""
+    this repository and `workdir` (state, logs), `%i` = `instance`, each bare $VAR (the operator's
+    $GEOBLOCK_OPTS) left out and ${VAR} the value of the unit's own Environment=VAR=... line."""
     text = (UNITS / unit).read_text().replace("\\\n", " ")
     lines = [line for line in text.splitlines() if line.startswith(f"{key}=")]
     assert len(lines) == 1, f"{unit}: expected one {key}= line"
@@ -369,7 +370,7 @@ def unit_command(unit: str, workdir: Path, rules: Path, instance: str = "", key:
     ]
     argv = []
     for arg in shlex.split(lines[0].split("=", 1)[1]):
-        if arg == "$GEOBLOCK_OPTS":
+        if re.fullmatch(r"\$[A-Z_]+", arg):  # $GEOBLOCK_OPTS, $GEOBLOCK_DNS_OPTS: the operator's, empty
             continue
         for old, new in mapping:
             arg = arg.replace(old, new)
@@ -377,6 +378,16 @@ def unit_command(unit: str, workdir: Path, rules: Path, instance: str = "", key:
     (workdir / "state").mkdir(parents=True, exist_ok=True)
     (workdir / "log").mkdir(parents=True, exist_ok=True)
     return argv
+
+
+def unit_capabilities(unit: str) -> tuple[str, ...]:
+    """The capabilities deploy/systemd/<unit> gives its process (AmbientCapabilities=), in setpriv's
+    spelling: ("net_bind_service",) for CAP_NET_BIND_SERVICE; () for none."""
+    caps: list[str] = []
+    for line in (UNITS / unit).read_text().splitlines():
+        if line.startswith("AmbientCapabilities="):
+            caps += [c.removeprefix("CAP_").lower() for c in line.split("=", 1)[1].split()]
+    return tuple(caps)
 
 
 class NsMitmdump(LoggedProcess):
