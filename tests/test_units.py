@@ -1,0 +1,89 @@
+"""The shipped systemd units (deploy/systemd/), checked by systemd's own tools in a subprocess:
+
+- `systemd-analyze security --offline=true UNIT`: each service's exposure score is at or under the score
+  docs/systemd.md gives it (the "exposure now" column), and every shipped service is in that table;
+- `systemd-analyze verify UNIT`: no unknown directive, every program it starts exists (the unit's
+  /opt/geoblock/ paths mapped into this repository, in a scratch copy).
+
+Neither needs systemd to be running. Without systemd-analyze (or one too old for --offline, before
+systemd 250) the tests skip, saying so; under GEOBLOCK_REQUIRE_ALL=1 (CI) a skip fails the run.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+UNITS = REPO / "deploy" / "systemd"
+DOC = REPO / "docs" / "systemd.md"
+SERVICES = sorted(p.name for p in UNITS.glob("*.service"))
+
+
+def analyze() -> str:
+    """The systemd-analyze program; skips the test when it is missing or has no --offline."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed (Debian: apt-get install systemd)")
+    version = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False).stdout
+    m = re.match(r"systemd (\d+)", version)
+    if not m or int(m.group(1)) < 250:
+        pytest.skip(f"systemd-analyze too old for security --offline (needs systemd 250): {version[:40]!r}")
+    return tool
+
+
+def documented_scores() -> dict[str, float]:
+    """docs/systemd.md's table: unit file name -> the exposure it is held to (the last column)."""
+    scores = {}
+    for line in DOC.read_text().splitlines():
+        m = re.match(r"\| `([\w@.-]+\.service)` \|.*\| (\d+\.\d) [A-Z]+ \|$", line)
+        if m:
+            scores[m.group(1)] = float(m.group(2))
+    return scores
+
+
+def exposure(tool: str, unit: Path) -> tuple[float, str]:
+    """(overall exposure 0.0-10.0, the whole report) of `systemd-analyze security --offline=true unit`."""
+    r = subprocess.run([tool, "security", "--offline=true", "--no-pager", str(unit)],
+                       capture_output=True, text=True, check=False, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d)", r.stdout + r.stderr)
+    assert m, f"no score for {unit.name} (exit {r.returncode}):\n{r.stdout}\n{r.stderr}"
+    return float(m.group(1)), r.stdout
+
+
+def test_every_service_is_in_the_documented_table() -> None:
+    assert sorted(documented_scores()) == SERVICES
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_exposure_is_no_higher_than_documented(name: str) -> None:
+    tool = analyze()
+    score, report = exposure(tool, UNITS / name)
+    limit = documented_scores()[name]
+    assert score <= limit, f"{name}: exposure {score}, documented {limit} (docs/systemd.md)\n{report}"
+
+
+def test_the_check_fails_a_unit_that_loses_its_sandbox(tmp_path: Path) -> None:
+    """The gateway unit with its hardening lines removed scores what it did before (9.6 UNSAFE): above
+    the documented limit, so the test above would fail."""
+    tool = analyze()
+    text = (UNITS / "geoblock-gateway.service").read_text()
+    bare = text[:text.index("# Hardening")]
+    (tmp_path / "geoblock-gateway.service").write_text(bare)
+    score, _ = exposure(tool, tmp_path / "geoblock-gateway.service")
+    assert score > documented_scores()["geoblock-gateway.service"] and score >= 9.0
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in UNITS.iterdir()))
+def test_unit_verifies(name: str, tmp_path: Path) -> None:
+    tool = analyze()
+    text = (UNITS / name).read_text().replace("/opt/geoblock/", f"{REPO}/")
+    copy = tmp_path / name.replace("@.", "@8080.")  # a template is verified as one of its instances
+    copy.write_text(text)
+    r = subprocess.run([tool, "verify", "--no-pager", copy.name], cwd=tmp_path, capture_output=True, text=True,
+                       check=False, timeout=60)
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "", (r.returncode, r.stdout, r.stderr)
