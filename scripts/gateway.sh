@@ -393,6 +393,7 @@ up)
 	fi
 	[ "$(id -u)" = 0 ] || die "up needs root"
 	command -v nft >/dev/null || die "nft is not installed (apt-get install nftables)"
+	check_ruleset "$tmp"
 	nft -f "$tmp" || die "nftables refused the ruleset; nothing changed (see: $PROG up --dry-run ...)"
 	apply_sysctls
 	echo "$PROG: up: table inet $TABLE redirects TCP $(join_by , "${TCP_LIST[@]}") from $IN_IFACES to port(s) $(join_by , $(proxy_ports | tr -d ,))${NETNS:+ (netns $NETNS)}"

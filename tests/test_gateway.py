@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import ssl
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -512,13 +513,110 @@ def test_gateway_script_dry_run_up_twice_down(tmp_path):
         r = gateway_sh(topo, "up", "--in-iface", "nosuch0", state=state, check=False)
         assert r.returncode == 1 and "no interface nosuch0" in r.stderr
         r = gateway_sh(topo, "up", "--in-iface", "eth1", "--exclude", "300.1.2.3/8", state=state, check=False)
-        assert r.returncode == 1 and "refused" in r.stderr
+        assert r.returncode == 2 and "bad network in --exclude: '300.1.2.3/8'" in r.stderr
         for bad in (["--port", "0"], ["--workers", "0"], ["--tcp-ports", "80,x"], ["--bogus"]):
             r = gateway_sh(topo, "up", "--in-iface", "eth1", *bad, state=state, check=False)
             assert r.returncode == 2, (bad, r.stderr)
         r = gateway_sh(topo, "up", state=state, check=False)
         assert r.returncode == 2 and "--in-iface" in r.stderr
         assert tables() == "table inet other\n" and sysctls() == original and not state.exists()
+    finally:
+        problems = topo.close()
+        assert not problems, problems
+
+
+DRY_RUN_REFUSALS = [  # (arguments of up, exit status, what the message names)
+    (["--in-iface", "nosuch0"], 1, "no interface nosuch0"),
+    (["--in-iface", "eth1,nosuch1"], 1, "no interface nosuch1"),
+    (["--in-iface", "eth1", "--exclude", "10.0.0.0/33"], 2, "bad network in --exclude: '10.0.0.0/33'"),
+    (["--in-iface", "eth1", "--exclude", "10.0.0.0/8,300.1.2.3/8"], 2, "bad network in --exclude: '300.1.2.3/8'"),
+    (["--in-iface", "eth1", "--exclude", "fd00::/129"], 2, "bad network in --exclude: 'fd00::/129'"),
+    # a form the script lets through and nftables refuses (nine groups): named all the same
+    (["--in-iface", "eth1", "--exclude", "fd00::/8,1:2:3:4:5:6:7:8:9/64"], 1,
+     "bad network in --exclude: '1:2:3:4:5:6:7:8:9/64'"),
+]
+
+
+def test_dry_run_refuses_what_up_refuses(tmp_path):
+    """`up --dry-run` checks what `up` would apply (the interfaces, the networks, the ruleset with
+    `nft -c`): each bad value gets the same exit status and message from both, names the value, prints
+    no ruleset and changes nothing."""
+    _skip_unless_possible()
+    topo = Topology()
+    _RUN_PREFIXES.append(topo.prefix)
+    try:
+        topo.add("gw")
+        topo.add("peer")
+        topo.link("gw", "eth1", "peer", "eth0")
+        original = topo.run("gw", "sysctl", *SYSCTLS, check=True).stdout
+        state = tmp_path / "state"
+        for args, status, message in DRY_RUN_REFUSALS:
+            dry = gateway_sh(topo, "up", *args, "--dry-run", state=state, check=False)
+            up = gateway_sh(topo, "up", *args, state=state, check=False)
+            for r in (dry, up):
+                assert (r.returncode, r.stdout) == (status, ""), (args, r.returncode, r.stdout, r.stderr)
+                assert message in r.stderr, (args, r.stderr)
+            assert dry.stderr == up.stderr, args
+            assert topo.run("gw", "nft", "list", "tables", check=True).stdout == ""
+            assert topo.run("gw", "sysctl", *SYSCTLS, check=True).stdout == original and not state.exists()
+        # the good values of the same runs pass the dry run, checked by nftables
+        r = gateway_sh(topo, "up", "--in-iface", "eth1", "--exclude", "10.0.0.0/8,fd00::/8", "--dry-run", state=state)
+        assert r.returncode == 0 and r.stderr == "" and "elements = { fd00::/8 }" in r.stdout
+    finally:
+        problems = topo.close()
+        assert not problems, problems
+
+
+def unit_bounding_set(unit: str) -> list[str]:
+    """The capabilities of the unit's CapabilityBoundingSet= (every line), in setpriv's spelling."""
+    caps: list[str] = []
+    for line in (REPO / "deploy" / "systemd" / unit).read_text().splitlines():
+        if line.startswith("CapabilityBoundingSet="):
+            caps += [c.removeprefix("CAP_").lower() for c in line.split("=", 1)[1].split()]
+    return caps
+
+
+def test_gateway_unit_needs_no_capability_but_net_admin(tmp_path):
+    """scripts/gateway.sh up and down as geoblock-gateway.service runs them: root with the unit's
+    capability bounding set (CAP_NET_ADMIN alone), no new privileges, a read-only file system but for
+    the state directory (ProtectSystem=strict, RuntimeDirectory=), inside a scratch namespace. With an
+    empty bounding set `up` fails, so the set is what makes it work."""
+    _skip_unless_possible()
+    caps = unit_bounding_set("geoblock-gateway.service")
+    assert caps == ["net_admin"], caps
+    topo = Topology()
+    _RUN_PREFIXES.append(topo.prefix)
+    run_dir = tmp_path / "run"
+    (run_dir / "geoblock-gateway").mkdir(parents=True)  # RuntimeDirectory=geoblock-gateway
+    script = REPO / "scripts" / "gateway.sh"
+
+    def as_unit(bounding: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+        keep = "".join(f",+{c}" for c in bounding)
+        # in a mount namespace of its own: `run_dir` as /run (the state directory survives between up
+        # and down, as RuntimeDirectoryPreserve= keeps it), the rest read-only, an empty private /tmp
+        sandbox = (f'mount --make-rprivate / && mount --bind {run_dir} /run && mount -o remount,bind,ro / && '
+                   'mount -t tmpfs tmpfs /tmp && exec "$@"')
+        return topo.run("gw", "unshare", "--mount", "sh", "-c", sandbox, "sh",
+                        "setpriv", "--no-new-privs", f"--bounding-set=-all{keep}", f"--inh-caps=-all{keep}", "--",
+                        "bash", str(script), *args, "--state", "/run/geoblock-gateway/host.state")
+
+    try:
+        topo.add("gw")
+        topo.add("peer")
+        topo.link("gw", "eth1", "peer", "eth0")
+        original = topo.run("gw", "sysctl", *SYSCTLS, check=True).stdout
+        r = as_unit([], "up", "--in-iface", "eth1")
+        assert r.returncode == 1 and "nftables refused" in r.stderr, (r.returncode, r.stderr)
+        r = as_unit(caps, "up", "--in-iface", "eth1", "--exclude", "10.0.0.0/8")
+        assert r.returncode == 0, r.stderr
+        assert "redirect to :8080" in topo.run("gw", "nft", "list", "table", "inet", "geoblock", check=True).stdout
+        assert topo.run("gw", "sysctl", *SYSCTLS, check=True).stdout.splitlines() == [
+            f"{k} = {v}" for k, v in zip(SYSCTLS, "1100", strict=True)]
+        assert (run_dir / "geoblock-gateway" / "host.state").exists()
+        r = as_unit(caps, "down")
+        assert r.returncode == 0, r.stderr
+        assert topo.run("gw", "nft", "list", "tables", check=True).stdout == ""
+        assert topo.run("gw", "sysctl", *SYSCTLS, check=True).stdout == original
     finally:
         problems = topo.close()
         assert not problems, problems
