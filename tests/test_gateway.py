@@ -39,6 +39,8 @@ import pytest
 
 from support.decisions import records
 from support import netns as ns
+from support import sandbox
+from support.sandbox import seccomp_prefix
 from support.geodb import write_asn_db, write_country_db
 from support.shipped import copy_shipped_rules
 from support.netns import (BLOCKED4, BLOCKED6, CLIENT4, CLIENT6, GW_IN4, GW_IN_IFACE, HOME4, HOME6, OFFSHORE4,
@@ -62,7 +64,9 @@ _RUN_PREFIXES: list[str] = []
 
 @functools.lru_cache(maxsize=1)
 def _unavailable() -> str | None:
-    return ns.unavailable()  # probes once, at the first gateway test (not at collection)
+    # probes once, at the first gateway test (not at collection); the units' system call filters are
+    # applied to what the tests run as the units (support.sandbox)
+    return ns.unavailable() or sandbox.unavailable()
 
 
 def _skip_unless_possible() -> None:
@@ -113,7 +117,7 @@ def proxy(topo: Topology, d: Path, unit: str, port: int, **options: object) -> N
     argv = unit_command(unit, d, d / "rules", instance)
     m = NsMitmdump(topo, "gw", port, d, argv, {
         "geoblock_country_db": d / "GeoLite2-Country.mmdb", "geoblock_asn_db": d / "GeoLite2-ASN.mmdb",
-        "geoblock_rdap": False, **options}, caps=unit_capabilities(unit))
+        "geoblock_rdap": False, **options}, caps=unit_capabilities(unit), seccomp=seccomp_prefix(unit))
     m.decisions = d / "log" / ("decisions-%s.jsonl" % port if "@" in unit else "decisions.jsonl")
     assert str(m.decisions) in " ".join(argv)
     return m
@@ -337,7 +341,7 @@ def gw_dns(gw, tmp_path_factory):
         m = NsMitmdump(gw.topo, "gw", 53, d, argv, {
             "geoblock_country_db": d / "GeoLite2-Country.mmdb", "geoblock_asn_db": d / "GeoLite2-ASN.mmdb",
             "geoblock_rdap": False, "dns_name_servers": OFFSHORE4, "dns_use_hosts_file": False},
-            caps=unit_capabilities("geoblock-dns.service"))
+            caps=unit_capabilities("geoblock-dns.service"), seccomp=seccomp_prefix("geoblock-dns.service"))
         try:
             m.start()
             yield GatewayDns(m, stub, d / "log" / "decisions-dns.jsonl")
@@ -374,6 +378,7 @@ def test_dns_mitmdump_keeps_only_the_capability_to_bind_port_53(gw_dns):
     caps = ns.capabilities(gw_dns.proxy.pid)
     net_bind_service = 1 << 10
     assert caps["CapEff"] == caps["CapPrm"] == caps["CapBnd"] == net_bind_service, caps
+    assert ns.seccomp_mode(gw_dns.proxy.pid) == 2  # under the unit's system call filter
 
 
 # --- what the gateway script set up --------------------------------------------------------------
@@ -422,6 +427,7 @@ def test_the_proxy_port_dialled_directly_is_refused(gw):
 def test_mitmdump_runs_without_any_capability(gw):
     caps = ns.capabilities(gw.proxy.pid)
     assert caps["CapEff"] == 0 and caps["CapPrm"] == 0 and caps["CapBnd"] == 0, caps
+    assert ns.seccomp_mode(gw.proxy.pid) == 2  # under the unit's system call filter
 
 
 def test_decision_log_has_a_record_per_stage_with_the_real_client(gw, pki):
@@ -578,9 +584,10 @@ def unit_bounding_set(unit: str) -> list[str]:
 
 def test_gateway_unit_needs_no_capability_but_net_admin(tmp_path):
     """scripts/gateway.sh up and down as geoblock-gateway.service runs them: root with the unit's
-    capability bounding set (CAP_NET_ADMIN alone), no new privileges, a read-only file system but for
-    the state directory (ProtectSystem=strict, RuntimeDirectory=), inside a scratch namespace. With an
-    empty bounding set `up` fails, so the set is what makes it work."""
+    capability bounding set (CAP_NET_ADMIN alone), no new privileges, its system call filter and socket
+    families, a read-only file system but for the state directory (ProtectSystem=strict,
+    RuntimeDirectory=) and a private /tmp, inside a scratch namespace. With an empty bounding set `up`
+    fails, so the set is what makes it work."""
     _skip_unless_possible()
     caps = unit_bounding_set("geoblock-gateway.service")
     assert caps == ["net_admin"], caps
@@ -588,17 +595,18 @@ def test_gateway_unit_needs_no_capability_but_net_admin(tmp_path):
     _RUN_PREFIXES.append(topo.prefix)
     run_dir = tmp_path / "run"
     (run_dir / "geoblock-gateway").mkdir(parents=True)  # RuntimeDirectory=geoblock-gateway
+    seccomp = seccomp_prefix("geoblock-gateway.service")  # SystemCallFilter=, RestrictAddressFamilies=
     script = REPO / "scripts" / "gateway.sh"
 
     def as_unit(bounding: list[str], *args: str) -> subprocess.CompletedProcess[str]:
         keep = "".join(f",+{c}" for c in bounding)
         # in a mount namespace of its own: `run_dir` as /run (the state directory survives between up
         # and down, as RuntimeDirectoryPreserve= keeps it), the rest read-only, an empty private /tmp
-        sandbox = (f'mount --make-rprivate / && mount --bind {run_dir} /run && mount -o remount,bind,ro / && '
-                   'mount -t tmpfs tmpfs /tmp && exec "$@"')
-        return topo.run("gw", "unshare", "--mount", "sh", "-c", sandbox, "sh",
+        mounts = (f'mount --make-rprivate / && mount --bind {run_dir} /run && mount -o remount,bind,ro / && '
+                  'mount -t tmpfs tmpfs /tmp && exec "$@"')
+        return topo.run("gw", "unshare", "--mount", "sh", "-c", mounts, "sh",
                         "setpriv", "--no-new-privs", f"--bounding-set=-all{keep}", f"--inh-caps=-all{keep}", "--",
-                        "bash", str(script), *args, "--state", "/run/geoblock-gateway/host.state")
+                        *seccomp, "bash", str(script), *args, "--state", "/run/geoblock-gateway/host.state")
 
     try:
         topo.add("gw")
@@ -607,6 +615,9 @@ def test_gateway_unit_needs_no_capability_but_net_admin(tmp_path):
         original = topo.run("gw", "sysctl", *SYSCTLS, check=True).stdout
         r = as_unit([], "up", "--in-iface", "eth1")
         assert r.returncode == 1 and "nftables refused" in r.stderr, (r.returncode, r.stderr)
+        # the filter is in force: an Internet socket (not in RestrictAddressFamilies=) is refused
+        r = topo.run("gw", *seccomp, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9")
+        assert r.returncode != 0 and "Address family not supported" in r.stderr, r.stderr
         r = as_unit(caps, "up", "--in-iface", "eth1", "--exclude", "10.0.0.0/8")
         assert r.returncode == 0, r.stderr
         assert "redirect to :8080" in topo.run("gw", "nft", "list", "table", "inet", "geoblock", check=True).stdout

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from geoblock.tools import geoipupdate
+from support import sandbox
 from support.geodb import write_asn_db, write_country_db
 from support.maxmind_server import UpdateServer
 
@@ -333,6 +334,27 @@ def test_licence_key_from_the_units_credential(server: UpdateServer, conf: Path,
     assert result.returncode == 2, result.stderr
     assert str(credentials / name) in result.stderr and "GEOIPUPDATE_LICENSE_KEY_FILE" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_update_under_the_units_system_call_filter(server: UpdateServer, conf: Path, installed: Path,
+                                                   builds: Builds, tmp_path: Path) -> None:
+    """A real update under geoblock-geoip-update.service's SystemCallFilter= and RestrictAddressFamilies=
+    (applied with libseccomp as systemd applies them: support.sandbox), the key from its credential."""
+    if reason := sandbox.unavailable():
+        pytest.skip(reason)
+    name, key_file = unit_credential()
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    (credentials / name).write_text(KEY)
+    env = clean_env(GEOIPUPDATE_HOST=server.url, GEOIPUPDATE_ACCOUNT_ID=str(ACCOUNT),
+                    GEOIPUPDATE_LICENSE_KEY_FILE=key_file.replace("%d", str(credentials)))
+    cmd = [*sandbox.seccomp_prefix("geoblock-geoip-update.service"), sys.executable, "-m",
+           "geoblock.tools.geoipupdate", "--config", str(conf), "--directory", str(installed)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+    assert result.returncode == 0, result.stderr
+    assert (installed / f"{COUNTRY}.mmdb").read_bytes() == builds.country_new
+    assert (installed / f"{ASN}.mmdb").read_bytes() == builds.asn_new
+    assert leftovers(installed) == []
 
 
 def test_sample_credentials_count_as_none(tmp_path: Path, installed: Path, builds: Builds) -> None:

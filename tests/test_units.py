@@ -5,18 +5,26 @@
 - `systemd-analyze verify UNIT`: no unknown directive, every program it starts exists (the unit's
   /opt/geoblock/ paths mapped into this repository, in a scratch copy).
 
+and `geoblock lists update` run under geoblock-lists.service's system call filter (support.sandbox; the
+other units' filters are applied in tests/test_gateway.py and tests/test_geoip_update.py).
+
 Neither needs systemd to be running. Without systemd-analyze (or one too old for --offline, before
 systemd 250) the tests skip, saying so; under GEOBLOCK_REQUIRE_ALL=1 (CI) a skip fails the run.
 """
 
 from __future__ import annotations
 
+import http.server
 import re
 import shutil
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
+
+from support import sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 UNITS = REPO / "deploy" / "systemd"
@@ -87,3 +95,39 @@ def test_unit_verifies(name: str, tmp_path: Path) -> None:
     r = subprocess.run([tool, "verify", "--no-pager", copy.name], cwd=tmp_path, capture_output=True, text=True,
                        check=False, timeout=60)
     assert r.returncode == 0 and r.stdout == "" and r.stderr == "", (r.returncode, r.stdout, r.stderr)
+
+
+def test_lists_update_under_the_units_system_call_filter(tmp_path: Path) -> None:
+    """`geoblock lists update` (geoblock-lists.service's job) under that unit's SystemCallFilter= and
+    RestrictAddressFamilies=: it downloads a feed from a local server and installs the list."""
+    if reason := sandbox.unavailable():
+        pytest.skip(reason)
+    body = b"binance.com  Binance\nokx.com  OKX\n"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "lists").mkdir()
+        conf = tmp_path / "feeds.yaml"
+        conf.write_text(f"feeds:\n  - name: regulator\n    url: http://127.0.0.1:{server.server_port}/list.txt\n"
+                        "    output: lists/feed.txt\n    min_entries: 1\n")
+        cmd = [*sandbox.seccomp_prefix("geoblock-lists.service"), sys.executable, "-m", "geoblock.tools.cli",
+               "lists", "update", str(conf)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "addons")})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert r.returncode == 0, r.stderr
+    assert [line.split()[0] for line in (tmp_path / "lists" / "feed.txt").read_text().splitlines()
+            if line and not line.startswith("#")] == ["binance.com", "okx.com"]

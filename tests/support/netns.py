@@ -348,6 +348,14 @@ def capabilities(pid: int) -> dict[str, int]:
     return caps
 
 
+def seccomp_mode(pid: int) -> int:
+    """The process's seccomp mode (/proc/PID/status): 0 none, 1 strict, 2 a filter."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Seccomp:"):
+            return int(line.split(":", 1)[1])
+    raise AssertionError(f"no Seccomp line for process {pid}")
+
+
 UNITS = REPO / "deploy" / "systemd"
 
 
@@ -394,11 +402,12 @@ class NsMitmdump(LoggedProcess):
     """`mitmdump --mode transparent` with geoblock inside a namespace, listening on every address of it,
     started with no capabilities at all (setpriv: empty bounding set, no new privileges), like the
     systemd unit's unprivileged service. `argv` is its command line (e.g. a unit's, see
-    `unit_command`); `options` are added as --set."""
+    `unit_command`); `options` are added as --set; `caps` are kept (setpriv's names); `seccomp` is a
+    prefix from support.sandbox.seccomp_prefix (the unit's system call filter) or None."""
 
     def __init__(self, topo: Topology, role: str, port: int, workdir: Path, argv: list[str],
                  options: dict[str, object] | None = None, quiet_until: Path | None = None,
-                 caps: tuple[str, ...] = ()) -> None:
+                 caps: tuple[str, ...] = (), seccomp: list[str] | None = None) -> None:
         self.topo = topo
         self.role = role
         self.port = port
@@ -422,7 +431,8 @@ class NsMitmdump(LoggedProcess):
         # AmbientCapabilities=; by default none
         keep = "".join(f",+{c}" for c in caps)
         drop = ["setpriv", "--no-new-privs", f"--inh-caps=-all{keep}", f"--bounding-set=-all{keep}", "--"]
-        self.args = topo.exec_args(role, *drop, *args)
+        # `seccomp`: a command prefix that applies a unit's system call filter (support.sandbox)
+        self.args = topo.exec_args(role, *drop, *(seccomp or []), *args)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = None
 
