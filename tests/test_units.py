@@ -131,3 +131,43 @@ def test_lists_update_under_the_units_system_call_filter(tmp_path: Path) -> None
     assert r.returncode == 0, r.stderr
     assert [line.split()[0] for line in (tmp_path / "lists" / "feed.txt").read_text().splitlines()
             if line and not line.startswith("#")] == ["binance.com", "okx.com"]
+
+
+HTTPS_CLIENTS = """
+import asyncio, http.server, ssl, sys, threading, urllib.request
+import aiohttp
+cert, key, ca = sys.argv[1:4]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+url = f"https://localhost:{server.server_port}/"
+client = ssl.create_default_context(cafile=ca)
+print("urllib", urllib.request.urlopen(url, context=client, timeout=10).read().decode())
+async def fetch():
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, ssl=client) as response:
+            return await response.text()
+print("aiohttp", asyncio.run(fetch()))
+"""
+
+
+@pytest.mark.parametrize("unit", ["geoblock-geoip-update.service", "geoblock-lists.service"])
+def test_https_downloads_work_under_the_update_units_filter(unit: str, pki) -> None:  # noqa: ANN001 (fixture)
+    """The download units' filters (MemoryDenyWriteExecute= among them) leave HTTPS working: Python's ssl
+    with urllib (the list feeds, DB-IP) and aiohttp (pygeoipupdate, MaxMind), against a local TLS server
+    in the same filtered process. (The mitmdump units cannot have MemoryDenyWriteExecute=: pyOpenSSL's
+    callbacks need writable and executable memory, which the gateway tests showed.)"""
+    if reason := sandbox.unavailable():
+        pytest.skip(reason)
+    assert sandbox.unit_filter(unit)["mdwe"] is True
+    cmd = [*sandbox.seccomp_prefix(unit), sys.executable, "-c", HTTPS_CLIENTS,
+           str(pki.cert_pem), str(pki.key_pem), str(pki.ca_pem)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert (r.returncode, r.stdout) == (0, "urllib ok\naiohttp ok\n"), r.stderr

@@ -1,8 +1,8 @@
 """A shipped systemd unit's system call filter, applied to a test's process without systemd.
 
 `seccomp_prefix(unit)` returns the command prefix that runs a program under the unit's
-SystemCallFilter= (with systemd's always-allowed @default set), SystemCallErrorNumber= and
-RestrictAddressFamilies=, through tests/support/seccomp_exec.py and libseccomp (Debian's
+SystemCallFilter= (with systemd's always-allowed @default set), SystemCallErrorNumber=,
+RestrictAddressFamilies= and MemoryDenyWriteExecute=, through tests/support/seccomp_exec.py and libseccomp (Debian's
 python3-seccomp, in the system's python3). The groups (@system-service ...) are expanded by the
 installed `systemd-analyze syscall-filter`, so the lists are systemd's own. `unavailable()` says why
 this cannot run here (None when it can).
@@ -67,7 +67,7 @@ def _values(unit: str, key: str) -> list[str]:
 
 def unit_filter(unit: str) -> dict[str, object]:
     """The unit's filter as seccomp_exec.py reads it: {"allow": sorted names, "errno": n, "families":
-    socket family numbers or None}. Raises AssertionError for a unit without an allow list."""
+    socket family numbers or None, "mdwe": MemoryDenyWriteExecute=}. Raises AssertionError for a unit without an allow list."""
     lines = _values(unit, "SystemCallFilter")
     assert lines and not lines[0].startswith("~"), f"{unit}: no SystemCallFilter= allow list"
     allow = _expand(["@default"])
@@ -81,7 +81,8 @@ def unit_filter(unit: str) -> dict[str, object]:
     restrict = _values(unit, "RestrictAddressFamilies")
     if restrict:
         families = sorted(int(getattr(socket, name)) for name in " ".join(restrict).split())
-    return {"allow": sorted(allow), "errno": int(getattr(errno, number)), "families": families}
+    mdwe = (_values(unit, "MemoryDenyWriteExecute") or ["no"])[-1] in ("yes", "true", "1", "on")
+    return {"allow": sorted(allow), "errno": int(getattr(errno, number)), "families": families, "mdwe": mdwe}
 
 
 def seccomp_prefix(unit: str) -> list[str]:

@@ -4,15 +4,18 @@ has Debian's python3-seccomp (libseccomp's own binding):
 
     python3 seccomp_exec.py SPEC -- COMMAND [ARG...]
 
-SPEC, JSON text: {"allow": [system call names], "errno": 1, "families": [socket families as numbers] or null}.
-Every system call not allowed fails with `errno`; with "families", socket() succeeds only for those
-families (others fail with EAFNOSUPPORT, as under systemd). Names this kernel or libseccomp does not
+SPEC, JSON text: {"allow": [system call names], "errno": 1, "families": [socket families as numbers] or null,
+"mdwe": true or false}. Every system call not allowed fails with `errno`; with "families", socket()
+succeeds only for those families (others fail with EAFNOSUPPORT, as under systemd); with "mdwe"
+(MemoryDenyWriteExecute=), as systemd does it: mmap() of memory both writable and executable, and
+mprotect()/pkey_mprotect() adding execute, fail with EPERM. Names this kernel or libseccomp does not
 know are left out. The filter is loaded just before exec: the command runs under it from its first
 instruction. Exit 127 when the command cannot be run.
 """
 
 import errno
 import json
+import mmap
 import os
 import sys
 
@@ -25,8 +28,20 @@ def main(argv: list) -> None:
     spec = json.loads(text)
     flt = seccomp.SyscallFilter(defaction=seccomp.ERRNO(spec["errno"]))
     families = spec.get("families")
+    mdwe = spec.get("mdwe", False)
+    write_exec = mmap.PROT_WRITE | mmap.PROT_EXEC
     for name in spec["allow"]:
         if families is not None and name == "socket":
+            continue
+        if mdwe and name in ("mmap", "mmap2"):
+            for allowed in (0, mmap.PROT_WRITE, mmap.PROT_EXEC):  # not both
+                flt.add_rule(seccomp.ALLOW, name, seccomp.Arg(2, seccomp.MASKED_EQ, write_exec, allowed))
+            continue
+        if mdwe and name in ("mprotect", "pkey_mprotect"):
+            flt.add_rule(seccomp.ALLOW, name, seccomp.Arg(2, seccomp.MASKED_EQ, mmap.PROT_EXEC, 0))
+            continue
+        if mdwe and name == "shmat":
+            flt.add_rule(seccomp.ALLOW, name, seccomp.Arg(2, seccomp.MASKED_EQ, 0o100000, 0))  # not SHM_EXEC
             continue
         try:
             flt.add_rule(seccomp.ALLOW, name)
