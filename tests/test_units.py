@@ -3,13 +3,14 @@
 - `systemd-analyze security --offline=true UNIT`: each service's exposure score is at or under the score
   docs/systemd.md gives it (the "exposure now" column), and every shipped service is in that table;
 - `systemd-analyze verify UNIT`: no unknown directive, every program it starts exists (the unit's
-  /opt/geoblock/ paths mapped into this repository, in a scratch copy).
+  /opt/geoblock/ paths mapped into this repository, in a scratch copy);
 
-and `geoblock lists update` run under geoblock-lists.service's system call filter (support.sandbox; the
-other units' filters are applied in tests/test_gateway.py and tests/test_geoip_update.py).
+and the download units' jobs under their own system call filters (support.sandbox): `geoblock lists
+update` under geoblock-lists.service's, HTTPS with urllib and aiohttp under both update units'. The other
+units' filters are applied in tests/test_gateway.py and tests/test_geoip_update.py.
 
-Neither needs systemd to be running. Without systemd-analyze (or one too old for --offline, before
-systemd 250) the tests skip, saying so; under GEOBLOCK_REQUIRE_ALL=1 (CI) a skip fails the run.
+None needs systemd to be running. Without systemd-analyze (or one too old for --offline, before systemd
+250) or python3-seccomp the tests skip, saying so; under GEOBLOCK_REQUIRE_ALL=1 (CI) a skip fails the run.
 """
 
 from __future__ import annotations
