@@ -61,6 +61,8 @@ What `up` does:
     Before changing one, its old value is saved in the state file (only the first time: a second
     `up` keeps the original values), and `down` writes them back.
 
+up and down need root or the capability CAP_NET_ADMIN (the systemd unit gives it an unprivileged user).
+
 Exit status: 0 ok, 2 bad usage (a malformed value, e.g. --exclude 10.0.0.0/33), 1 anything else (no
 such interface, a ruleset nftables refuses; nothing is changed then), for `up` and `up --dry-run` alike.
 EOF
@@ -343,6 +345,16 @@ restore_sysctls() {
 
 table_exists() { nft list table inet "$TABLE" >/dev/null 2>&1; }
 
+# can_admin_net: this script may change the network: it runs as root, or holds CAP_NET_ADMIN (bit 12
+# of its effective set), as under geoblock-gateway.service (an unprivileged user with that capability
+# alone, which is enough for nft and for writing the net.* sysctls).
+can_admin_net() {
+	[ "$(id -u)" = 0 ] && return 0
+	local eff
+	eff=$(awk '$1 == "CapEff:" { print $2 }' "/proc/$$/status")
+	[ -n "$eff" ] && (( (16#$eff >> 12) & 1 ))
+}
+
 # check_interfaces: every --in-iface exists (in this namespace); dies naming the first that does not.
 check_interfaces() {
 	local i
@@ -379,8 +391,8 @@ up)
 	if [ "$DRY_RUN" = 1 ]; then
 		# The same checks as `up`, without applying anything. `nft -c` talks to the kernel and needs
 		# root (CAP_NET_ADMIN): without it the ruleset is printed unchecked, and the note says so.
-		if [ "$(id -u)" != 0 ]; then
-			echo "$PROG: note: not root: the ruleset below was not checked by nftables (nft -c needs root)" >&2
+		if ! can_admin_net; then
+			echo "$PROG: note: neither root nor CAP_NET_ADMIN: the ruleset below was not checked by nftables (nft -c)" >&2
 		elif ! command -v nft >/dev/null; then
 			echo "$PROG: note: nft is not installed: the ruleset below was not checked" >&2
 		else
@@ -391,7 +403,7 @@ up)
 		wanted_sysctls | sed 's|^/proc/sys/||; s|/|.|g; s| |=|; s|^|#   |'
 		exit 0
 	fi
-	[ "$(id -u)" = 0 ] || die "up needs root"
+	can_admin_net || die "up needs root or CAP_NET_ADMIN"
 	command -v nft >/dev/null || die "nft is not installed (apt-get install nftables)"
 	check_ruleset "$tmp"
 	nft -f "$tmp" || die "nftables refused the ruleset; nothing changed (see: $PROG up --dry-run ...)"
@@ -399,7 +411,7 @@ up)
 	echo "$PROG: up: table inet $TABLE redirects TCP $(join_by , "${TCP_LIST[@]}") from $IN_IFACES to port(s) $(join_by , $(proxy_ports | tr -d ,))${NETNS:+ (netns $NETNS)}"
 	;;
 down)
-	[ "$(id -u)" = 0 ] || die "down needs root"
+	can_admin_net || die "down needs root or CAP_NET_ADMIN"
 	if [ -f "$STATE" ]; then
 		saved=$(awk '$1 == "table" { print $3 }' "$STATE")
 		[ -z "$saved" ] || TABLE=$saved

@@ -582,30 +582,37 @@ def unit_bounding_set(unit: str) -> list[str]:
     return caps
 
 
+NOBODY = 65534  # the unprivileged user standing in for the unit's DynamicUser=
+
+
 def test_gateway_unit_needs_no_capability_but_net_admin(tmp_path):
-    """scripts/gateway.sh up and down as geoblock-gateway.service runs them: root with the unit's
-    capability bounding set (CAP_NET_ADMIN alone), no new privileges, its system call filter and socket
-    families, a read-only file system but for the state directory (ProtectSystem=strict,
-    RuntimeDirectory=) and a private /tmp, inside a scratch namespace. With an empty bounding set `up`
-    fails, so the set is what makes it work."""
+    """scripts/gateway.sh up and down as geoblock-gateway.service runs them: an unprivileged user (its
+    DynamicUser=) holding the unit's one capability, CAP_NET_ADMIN (AmbientCapabilities=, and nothing
+    else in the bounding set), no new privileges, its system call filter and socket families, a
+    read-only file system but for the state directory (ProtectSystem=strict, RuntimeDirectory=, owned by
+    that user) and a private /tmp, inside a scratch namespace. Without the capability `up` refuses."""
     _skip_unless_possible()
+    text = (REPO / "deploy" / "systemd" / "geoblock-gateway.service").read_text()
+    assert "\nDynamicUser=yes\n" in text
     caps = unit_bounding_set("geoblock-gateway.service")
-    assert caps == ["net_admin"], caps
+    assert caps == ["net_admin"] == list(unit_capabilities("geoblock-gateway.service")), caps
     topo = Topology()
     _RUN_PREFIXES.append(topo.prefix)
     run_dir = tmp_path / "run"
-    (run_dir / "geoblock-gateway").mkdir(parents=True)  # RuntimeDirectory=geoblock-gateway
-    seccomp = seccomp_prefix("geoblock-gateway.service")  # SystemCallFilter=, RestrictAddressFamilies=
+    (run_dir / "geoblock-gateway").mkdir(parents=True)  # RuntimeDirectory=geoblock-gateway, the user's
+    os.chown(run_dir / "geoblock-gateway", NOBODY, NOBODY)
+    seccomp = seccomp_prefix("geoblock-gateway.service")  # SystemCallFilter=, RestrictAddressFamilies= ...
     script = REPO / "scripts" / "gateway.sh"
 
-    def as_unit(bounding: list[str], *args: str) -> subprocess.CompletedProcess[str]:
-        keep = "".join(f",+{c}" for c in bounding)
+    def as_unit(capabilities: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+        keep = "".join(f",+{c}" for c in capabilities)
         # in a mount namespace of its own: `run_dir` as /run (the state directory survives between up
         # and down, as RuntimeDirectoryPreserve= keeps it), the rest read-only, an empty private /tmp
         mounts = (f'mount --make-rprivate / && mount --bind {run_dir} /run && mount -o remount,bind,ro / && '
                   'mount -t tmpfs tmpfs /tmp && exec "$@"')
         return topo.run("gw", "unshare", "--mount", "sh", "-c", mounts, "sh",
-                        "setpriv", "--no-new-privs", f"--bounding-set=-all{keep}", f"--inh-caps=-all{keep}", "--",
+                        "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs",
+                        f"--bounding-set=-all{keep}", f"--inh-caps=-all{keep}", f"--ambient-caps=-all{keep}", "--",
                         *seccomp, "bash", str(script), *args, "--state", "/run/geoblock-gateway/host.state")
 
     try:
@@ -614,7 +621,7 @@ def test_gateway_unit_needs_no_capability_but_net_admin(tmp_path):
         topo.link("gw", "eth1", "peer", "eth0")
         original = topo.run("gw", "sysctl", *SYSCTLS, check=True).stdout
         r = as_unit([], "up", "--in-iface", "eth1")
-        assert r.returncode == 1 and "nftables refused" in r.stderr, (r.returncode, r.stderr)
+        assert r.returncode == 1 and "up needs root or CAP_NET_ADMIN" in r.stderr, (r.returncode, r.stderr)
         # the filter is in force: an Internet socket (not in RestrictAddressFamilies=) is refused
         r = topo.run("gw", *seccomp, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9")
         assert r.returncode != 0 and "Address family not supported" in r.stderr, r.stderr
@@ -623,11 +630,14 @@ def test_gateway_unit_needs_no_capability_but_net_admin(tmp_path):
         assert "redirect to :8080" in topo.run("gw", "nft", "list", "table", "inet", "geoblock", check=True).stdout
         assert topo.run("gw", "sysctl", *SYSCTLS, check=True).stdout.splitlines() == [
             f"{k} = {v}" for k, v in zip(SYSCTLS, "1100", strict=True)]
-        assert (run_dir / "geoblock-gateway" / "host.state").exists()
+        state = run_dir / "geoblock-gateway" / "host.state"
+        assert state.exists() and state.stat().st_uid == NOBODY
+        r = as_unit(caps, "up", "--in-iface", "eth1", "--dry-run")  # nft -c works with the capability too
+        assert r.returncode == 0 and r.stderr == "", r.stderr
         r = as_unit(caps, "down")
         assert r.returncode == 0, r.stderr
         assert topo.run("gw", "nft", "list", "tables", check=True).stdout == ""
-        assert topo.run("gw", "sysctl", *SYSCTLS, check=True).stdout == original
+        assert topo.run("gw", "sysctl", *SYSCTLS, check=True).stdout == original and not state.exists()
     finally:
         problems = topo.close()
         assert not problems, problems
