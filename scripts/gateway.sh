@@ -38,8 +38,8 @@ Options for up:
                           clients with private addresses when no other router does it; the proxied
                           connections need none (mitmdump dials from the gateway's own address)
   --dry-run               check everything `up` would check (the interfaces exist, nftables accepts
-                          the ruleset: `nft -c`, which needs root), print the ruleset and the sysctls,
-                          change nothing; exits as `up` would when something is refused
+                          the ruleset: `nft -c`, which needs root or CAP_NET_ADMIN), print the ruleset
+                          and the sysctls, change nothing; exits as `up` would when something is refused
 
 Options for every command:
   --table NAME            the nftables table (family inet)                           (default geoblock)
