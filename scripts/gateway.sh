@@ -37,7 +37,9 @@ Options for up:
   --masquerade IF[,IF...] also source-NAT what is forwarded from --in-iface out of IF (the uplink), for
                           clients with private addresses when no other router does it; the proxied
                           connections need none (mitmdump dials from the gateway's own address)
-  --dry-run               print the nftables ruleset and the sysctls, change nothing
+  --dry-run               check everything `up` would check (the interfaces exist, nftables accepts
+                          the ruleset: `nft -c`, which needs root or CAP_NET_ADMIN), print the ruleset
+                          and the sysctls, change nothing; exits as `up` would when something is refused
 
 Options for every command:
   --table NAME            the nftables table (family inet)                           (default geoblock)
@@ -59,7 +61,10 @@ What `up` does:
     Before changing one, its old value is saved in the state file (only the first time: a second
     `up` keeps the original values), and `down` writes them back.
 
-Exit status: 0 ok, 2 bad usage, 1 anything else (nothing is changed when the ruleset does not load).
+up and down need root or the capability CAP_NET_ADMIN (the systemd unit gives it an unprivileged user).
+
+Exit status: 0 ok, 2 bad usage (a malformed value, e.g. --exclude 10.0.0.0/33), 1 anything else (no
+such interface, a ruleset nftables refuses; nothing is changed then), for `up` and `up --dry-run` alike.
 EOF
 }
 
@@ -116,6 +121,19 @@ done
 
 is_port() { [[ $1 =~ ^[0-9]{1,5}$ ]] && [ "$((10#$1))" -ge 1 ] && [ "$((10#$1))" -le 65535 ]; }
 
+# is_net4 CIDR: an IPv4 address with an optional prefix length, every octet 0-255, the prefix 0-32.
+is_net4() {
+	[[ $1 =~ ^([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})(/([0-9]{1,2}))?$ ]] || return 1
+	local n
+	for n in 1 2 3 4; do [ "$((10#${BASH_REMATCH[$n]}))" -le 255 ] || return 1; done
+	[ -z "${BASH_REMATCH[6]}" ] || [ "$((10#${BASH_REMATCH[6]}))" -le 32 ]
+}
+# is_net6 CIDR: an IPv6 address form with an optional prefix length 0-128 (nft checks the address itself).
+is_net6() {
+	[[ $1 =~ ^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(/([0-9]{1,3}))?$ ]] || return 1
+	[ -z "${BASH_REMATCH[2]}" ] || [ "$((10#${BASH_REMATCH[2]}))" -le 128 ]
+}
+
 [[ $TABLE =~ ^[A-Za-z_][A-Za-z0-9_]{0,63}$ ]] || bad_usage "bad --table name: $TABLE"
 if [ -n "$NETNS" ]; then
 	[[ $NETNS =~ ^[A-Za-z0-9_.-]{1,64}$ ]] || bad_usage "bad --netns name: $NETNS"
@@ -151,12 +169,12 @@ if [ "$COMMAND" = up ]; then
 		for net in "${EX_LIST[@]}"; do
 			net=${net// /}
 			[ -n "$net" ] || continue
-			if [[ $net =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}(/[0-9]{1,2})?$ ]]; then
+			if is_net4 "$net"; then
 				EX4+=("$net")
-			elif [[ $net =~ ^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(/[0-9]{1,3})?$ ]]; then
+			elif is_net6 "$net"; then
 				EX6+=("$net")
 			else
-				bad_usage "bad network in --exclude: '$net' (IPv4 or IPv6 address or CIDR)"
+				bad_usage "bad network in --exclude: '$net' (an IPv4 or IPv6 address or CIDR: octets 0-255, prefix up to /32 or /128)"
 			fi
 		done
 	fi
@@ -327,30 +345,73 @@ restore_sysctls() {
 
 table_exists() { nft list table inet "$TABLE" >/dev/null 2>&1; }
 
+# can_admin_net: this script may change the network: it runs as root, or holds CAP_NET_ADMIN (bit 12
+# of its effective set), as under geoblock-gateway.service (an unprivileged user with that capability
+# alone, which is enough for nft and for writing the net.* sysctls).
+can_admin_net() {
+	[ "$(id -u)" = 0 ] && return 0
+	local eff
+	eff=$(awk '$1 == "CapEff:" { print $2 }' "/proc/$$/status")
+	[ -n "$eff" ] && (( (16#$eff >> 12) & 1 ))
+}
+
+# check_interfaces: every --in-iface exists (in this namespace); dies naming the first that does not.
+check_interfaces() {
+	local i
+	for i in "${IFACE_LIST[@]}"; do
+		[ -e "/sys/class/net/$i" ] || [ -e "/proc/sys/net/ipv4/conf/$i" ] || die "no interface $i"
+	done
+}
+
+# check_ruleset FILE: nftables accepts FILE (`nft -c`: parsed and checked by the kernel, nothing
+# applied). When it does not, dies naming the --exclude value nftables refuses on its own (each is
+# tried alone), else with nft's message and the line it points at.
+check_ruleset() {
+	local out net type
+	out=$(nft -c -f "$1" 2>&1) && return 0
+	for net in "${EX4[@]}" "${EX6[@]}"; do
+		type=ipv4_addr
+		[[ $net == *:* ]] && type=ipv6_addr
+		nft -c -f - >/dev/null 2>&1 <<EOF || die "bad network in --exclude: '$net' (nftables refuses it as an $type); nothing changed"
+table inet geoblock_check { set s { type $type; flags interval; elements = { $net }; }; }
+EOF
+	done
+	printf '%s\n' "$out" | sed "s|$1|ruleset|" >&2
+	die "nftables refused the ruleset; nothing changed"
+}
+
 # ---------------------------------------------------------------------------------------- commands
 
 case "$COMMAND" in
 up)
+	check_interfaces
+	tmp=$(mktemp "${TMPDIR:-/tmp}/geoblock-gateway.XXXXXX.nft")
+	trap 'rm -f -- "$tmp"' EXIT
+	ruleset >"$tmp"
 	if [ "$DRY_RUN" = 1 ]; then
-		ruleset
+		# The same checks as `up`, without applying anything. `nft -c` talks to the kernel and needs
+		# root (CAP_NET_ADMIN): without it the ruleset is printed unchecked, and the note says so.
+		if ! can_admin_net; then
+			echo "$PROG: note: neither root nor CAP_NET_ADMIN: the ruleset below was not checked by nftables (nft -c)" >&2
+		elif ! command -v nft >/dev/null; then
+			echo "$PROG: note: nft is not installed: the ruleset below was not checked" >&2
+		else
+			check_ruleset "$tmp"
+		fi
+		cat -- "$tmp"
 		echo "# sysctls:"
 		wanted_sysctls | sed 's|^/proc/sys/||; s|/|.|g; s| |=|; s|^|#   |'
 		exit 0
 	fi
-	[ "$(id -u)" = 0 ] || die "up needs root"
+	can_admin_net || die "up needs root or CAP_NET_ADMIN"
 	command -v nft >/dev/null || die "nft is not installed (apt-get install nftables)"
-	for i in "${IFACE_LIST[@]}"; do
-		[ -e "/sys/class/net/$i" ] || [ -e "/proc/sys/net/ipv4/conf/$i" ] || die "no interface $i"
-	done
-	tmp=$(mktemp "${TMPDIR:-/tmp}/geoblock-gateway.XXXXXX.nft")
-	trap 'rm -f -- "$tmp"' EXIT
-	ruleset >"$tmp"
+	check_ruleset "$tmp"
 	nft -f "$tmp" || die "nftables refused the ruleset; nothing changed (see: $PROG up --dry-run ...)"
 	apply_sysctls
 	echo "$PROG: up: table inet $TABLE redirects TCP $(join_by , "${TCP_LIST[@]}") from $IN_IFACES to port(s) $(join_by , $(proxy_ports | tr -d ,))${NETNS:+ (netns $NETNS)}"
 	;;
 down)
-	[ "$(id -u)" = 0 ] || die "down needs root"
+	can_admin_net || die "down needs root or CAP_NET_ADMIN"
 	if [ -f "$STATE" ]; then
 		saved=$(awk '$1 == "table" { print $3 }' "$STATE")
 		[ -z "$saved" ] || TABLE=$saved

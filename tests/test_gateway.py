@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import ssl
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,11 +39,14 @@ import pytest
 
 from support.decisions import records
 from support import netns as ns
+from support import sandbox
+from support.sandbox import seccomp_prefix
 from support.geodb import write_asn_db, write_country_db
 from support.shipped import copy_shipped_rules
 from support.netns import (BLOCKED4, BLOCKED6, CLIENT4, CLIENT6, GW_IN4, GW_IN_IFACE, HOME4, HOME6, OFFSHORE4,
                            OFFSHORE6, NsDnsStub, NsMitmdump, NsServer, Topology, UdpEcho, curl, gateway_sh,
-                           gateway_topology, inside, ip_literal, tcp_connect, udp_exchange, unit_command)
+                           gateway_topology, inside, ip_literal, tcp_connect, udp_exchange, unit_capabilities,
+                           unit_command)
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +64,9 @@ _RUN_PREFIXES: list[str] = []
 
 @functools.lru_cache(maxsize=1)
 def _unavailable() -> str | None:
-    return ns.unavailable()  # probes once, at the first gateway test (not at collection)
+    # probes once, at the first gateway test (not at collection); the units' system call filters are
+    # applied to what the tests run as the units (support.sandbox)
+    return ns.unavailable() or sandbox.unavailable()
 
 
 def _skip_unless_possible() -> None:
@@ -111,7 +117,7 @@ def proxy(topo: Topology, d: Path, unit: str, port: int, **options: object) -> N
     argv = unit_command(unit, d, d / "rules", instance)
     m = NsMitmdump(topo, "gw", port, d, argv, {
         "geoblock_country_db": d / "GeoLite2-Country.mmdb", "geoblock_asn_db": d / "GeoLite2-ASN.mmdb",
-        "geoblock_rdap": False, **options})
+        "geoblock_rdap": False, **options}, caps=unit_capabilities(unit), seccomp=seccomp_prefix(unit))
     m.decisions = d / "log" / ("decisions-%s.jsonl" % port if "@" in unit else "decisions.jsonl")
     assert str(m.decisions) in " ".join(argv)
     return m
@@ -321,23 +327,24 @@ class GatewayDns:
 @pytest.fixture(scope="module")
 def gw_dns(gw, tmp_path_factory):
     """geoblock's DNS layer on the gateway's client-facing address (port 53), beside the transparent
-    mitmdump of `gw`: the unit's command line with --mode dns@192.0.2.1:53 in place of the transparent
-    mode, forwarding to a stub resolver in the offshore namespace. Its own decision log."""
+    mitmdump of `gw`: the command line of the shipped geoblock-dns.service with its listen address set
+    to the gateway's (GEOBLOCK_DNS_LISTEN=192.0.2.1:53, as its comment says for a box with a local
+    resolver), forwarding to a stub resolver in the offshore namespace. Its own decision log."""
     d = tmp_path_factory.mktemp("gateway-dns")
     write_test_data(d)
-    argv = unit_command("geoblock.service", d, d / "rules")
+    argv = unit_command("geoblock-dns.service", d, d / "rules")
     i = argv.index("--mode")
-    assert argv[i + 1:i + 4] == ["transparent", "--listen-port", "8080"], argv
-    argv[i + 1:i + 4] = [f"dns@{GW_IN4}:53"]
+    assert argv[i + 1] == "dns@53", argv
+    argv[i + 1] = f"dns@{GW_IN4}:53"
     stub = NsDnsStub(gw.topo.ns("off"), OFFSHORE4, answer=HOME4)
     try:
         m = NsMitmdump(gw.topo, "gw", 53, d, argv, {
             "geoblock_country_db": d / "GeoLite2-Country.mmdb", "geoblock_asn_db": d / "GeoLite2-ASN.mmdb",
             "geoblock_rdap": False, "dns_name_servers": OFFSHORE4, "dns_use_hosts_file": False},
-            caps=("net_bind_service",))
+            caps=unit_capabilities("geoblock-dns.service"), seccomp=seccomp_prefix("geoblock-dns.service"))
         try:
             m.start()
-            yield GatewayDns(m, stub, d / "log" / "decisions.jsonl")
+            yield GatewayDns(m, stub, d / "log" / "decisions-dns.jsonl")
         finally:
             m.stop()
     finally:
@@ -371,6 +378,7 @@ def test_dns_mitmdump_keeps_only_the_capability_to_bind_port_53(gw_dns):
     caps = ns.capabilities(gw_dns.proxy.pid)
     net_bind_service = 1 << 10
     assert caps["CapEff"] == caps["CapPrm"] == caps["CapBnd"] == net_bind_service, caps
+    assert ns.seccomp_mode(gw_dns.proxy.pid) == 2  # under the unit's system call filter
 
 
 # --- what the gateway script set up --------------------------------------------------------------
@@ -419,6 +427,7 @@ def test_the_proxy_port_dialled_directly_is_refused(gw):
 def test_mitmdump_runs_without_any_capability(gw):
     caps = ns.capabilities(gw.proxy.pid)
     assert caps["CapEff"] == 0 and caps["CapPrm"] == 0 and caps["CapBnd"] == 0, caps
+    assert ns.seccomp_mode(gw.proxy.pid) == 2  # under the unit's system call filter
 
 
 def test_decision_log_has_a_record_per_stage_with_the_real_client(gw, pki):
@@ -510,13 +519,125 @@ def test_gateway_script_dry_run_up_twice_down(tmp_path):
         r = gateway_sh(topo, "up", "--in-iface", "nosuch0", state=state, check=False)
         assert r.returncode == 1 and "no interface nosuch0" in r.stderr
         r = gateway_sh(topo, "up", "--in-iface", "eth1", "--exclude", "300.1.2.3/8", state=state, check=False)
-        assert r.returncode == 1 and "refused" in r.stderr
+        assert r.returncode == 2 and "bad network in --exclude: '300.1.2.3/8'" in r.stderr
         for bad in (["--port", "0"], ["--workers", "0"], ["--tcp-ports", "80,x"], ["--bogus"]):
             r = gateway_sh(topo, "up", "--in-iface", "eth1", *bad, state=state, check=False)
             assert r.returncode == 2, (bad, r.stderr)
         r = gateway_sh(topo, "up", state=state, check=False)
         assert r.returncode == 2 and "--in-iface" in r.stderr
         assert tables() == "table inet other\n" and sysctls() == original and not state.exists()
+    finally:
+        problems = topo.close()
+        assert not problems, problems
+
+
+DRY_RUN_REFUSALS = [  # (arguments of up, exit status, what the message names)
+    (["--in-iface", "nosuch0"], 1, "no interface nosuch0"),
+    (["--in-iface", "eth1,nosuch1"], 1, "no interface nosuch1"),
+    (["--in-iface", "eth1", "--exclude", "10.0.0.0/33"], 2, "bad network in --exclude: '10.0.0.0/33'"),
+    (["--in-iface", "eth1", "--exclude", "10.0.0.0/8,300.1.2.3/8"], 2, "bad network in --exclude: '300.1.2.3/8'"),
+    (["--in-iface", "eth1", "--exclude", "fd00::/129"], 2, "bad network in --exclude: 'fd00::/129'"),
+    # a form the script lets through and nftables refuses (nine groups): named all the same
+    (["--in-iface", "eth1", "--exclude", "fd00::/8,1:2:3:4:5:6:7:8:9/64"], 1,
+     "bad network in --exclude: '1:2:3:4:5:6:7:8:9/64'"),
+]
+
+
+def test_dry_run_refuses_what_up_refuses(tmp_path):
+    """`up --dry-run` checks what `up` would apply (the interfaces, the networks, the ruleset with
+    `nft -c`): each bad value gets the same exit status and message from both, names the value, prints
+    no ruleset and changes nothing."""
+    _skip_unless_possible()
+    topo = Topology()
+    _RUN_PREFIXES.append(topo.prefix)
+    try:
+        topo.add("gw")
+        topo.add("peer")
+        topo.link("gw", "eth1", "peer", "eth0")
+        original = topo.run("gw", "sysctl", *SYSCTLS, check=True).stdout
+        state = tmp_path / "state"
+        for args, status, message in DRY_RUN_REFUSALS:
+            dry = gateway_sh(topo, "up", *args, "--dry-run", state=state, check=False)
+            up = gateway_sh(topo, "up", *args, state=state, check=False)
+            for r in (dry, up):
+                assert (r.returncode, r.stdout) == (status, ""), (args, r.returncode, r.stdout, r.stderr)
+                assert message in r.stderr, (args, r.stderr)
+            assert dry.stderr == up.stderr, args
+            assert topo.run("gw", "nft", "list", "tables", check=True).stdout == ""
+            assert topo.run("gw", "sysctl", *SYSCTLS, check=True).stdout == original and not state.exists()
+        # the good values of the same runs pass the dry run, checked by nftables
+        r = gateway_sh(topo, "up", "--in-iface", "eth1", "--exclude", "10.0.0.0/8,fd00::/8", "--dry-run", state=state)
+        assert r.returncode == 0 and r.stderr == "" and "elements = { fd00::/8 }" in r.stdout
+    finally:
+        problems = topo.close()
+        assert not problems, problems
+
+
+def unit_bounding_set(unit: str) -> list[str]:
+    """The capabilities of the unit's CapabilityBoundingSet= (every line), in setpriv's spelling."""
+    caps: list[str] = []
+    for line in (REPO / "deploy" / "systemd" / unit).read_text().splitlines():
+        if line.startswith("CapabilityBoundingSet="):
+            caps += [c.removeprefix("CAP_").lower() for c in line.split("=", 1)[1].split()]
+    return caps
+
+
+NOBODY = 65534  # the unprivileged user standing in for the unit's DynamicUser=
+
+
+def test_gateway_unit_needs_no_capability_but_net_admin(tmp_path):
+    """scripts/gateway.sh up and down as geoblock-gateway.service runs them: an unprivileged user (its
+    DynamicUser=) holding the unit's one capability, CAP_NET_ADMIN (AmbientCapabilities=, and nothing
+    else in the bounding set), no new privileges, its system call filter and socket families, a
+    read-only file system but for the state directory (ProtectSystem=strict, RuntimeDirectory=, owned by
+    that user) and a private /tmp, inside a scratch namespace. Without the capability `up` refuses."""
+    _skip_unless_possible()
+    text = (REPO / "deploy" / "systemd" / "geoblock-gateway.service").read_text()
+    assert "\nDynamicUser=yes\n" in text
+    caps = unit_bounding_set("geoblock-gateway.service")
+    assert caps == ["net_admin"] == list(unit_capabilities("geoblock-gateway.service")), caps
+    topo = Topology()
+    _RUN_PREFIXES.append(topo.prefix)
+    run_dir = tmp_path / "run"
+    (run_dir / "geoblock-gateway").mkdir(parents=True)  # RuntimeDirectory=geoblock-gateway, the user's
+    os.chown(run_dir / "geoblock-gateway", NOBODY, NOBODY)
+    seccomp = seccomp_prefix("geoblock-gateway.service")  # SystemCallFilter=, RestrictAddressFamilies= ...
+    script = REPO / "scripts" / "gateway.sh"
+
+    def as_unit(capabilities: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+        keep = "".join(f",+{c}" for c in capabilities)
+        # in a mount namespace of its own: `run_dir` as /run (the state directory survives between up
+        # and down, as RuntimeDirectoryPreserve= keeps it), the rest read-only, an empty private /tmp
+        mounts = (f'mount --make-rprivate / && mount --bind {run_dir} /run && mount -o remount,bind,ro / && '
+                  'mount -t tmpfs tmpfs /tmp && exec "$@"')
+        return topo.run("gw", "unshare", "--mount", "sh", "-c", mounts, "sh",
+                        "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs",
+                        f"--bounding-set=-all{keep}", f"--inh-caps=-all{keep}", f"--ambient-caps=-all{keep}", "--",
+                        *seccomp, "bash", str(script), *args, "--state", "/run/geoblock-gateway/host.state")
+
+    try:
+        topo.add("gw")
+        topo.add("peer")
+        topo.link("gw", "eth1", "peer", "eth0")
+        original = topo.run("gw", "sysctl", *SYSCTLS, check=True).stdout
+        r = as_unit([], "up", "--in-iface", "eth1")
+        assert r.returncode == 1 and "up needs root or CAP_NET_ADMIN" in r.stderr, (r.returncode, r.stderr)
+        # the filter is in force: an Internet socket (not in RestrictAddressFamilies=) is refused
+        r = topo.run("gw", *seccomp, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9")
+        assert r.returncode != 0 and "Address family not supported" in r.stderr, r.stderr
+        r = as_unit(caps, "up", "--in-iface", "eth1", "--exclude", "10.0.0.0/8")
+        assert r.returncode == 0, r.stderr
+        assert "redirect to :8080" in topo.run("gw", "nft", "list", "table", "inet", "geoblock", check=True).stdout
+        assert topo.run("gw", "sysctl", *SYSCTLS, check=True).stdout.splitlines() == [
+            f"{k} = {v}" for k, v in zip(SYSCTLS, "1100", strict=True)]
+        state = run_dir / "geoblock-gateway" / "host.state"
+        assert state.exists() and state.stat().st_uid == NOBODY
+        r = as_unit(caps, "up", "--in-iface", "eth1", "--dry-run")  # nft -c works with the capability too
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        r = as_unit(caps, "down")
+        assert r.returncode == 0, r.stderr
+        assert topo.run("gw", "nft", "list", "tables", check=True).stdout == ""
+        assert topo.run("gw", "sysctl", *SYSCTLS, check=True).stdout == original and not state.exists()
     finally:
         problems = topo.close()
         assert not problems, problems

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from geoblock.tools import geoipupdate
+from support import sandbox
 from support.geodb import write_asn_db, write_country_db
 from support.maxmind_server import UpdateServer
 
@@ -291,6 +292,69 @@ def test_no_credentials(conf: Path, installed: Path, builds: Builds, env: dict[s
     assert words in result.stderr and "--source dbip" in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert_unchanged(installed, builds)
+
+
+def unit_credential() -> tuple[str, str]:
+    """deploy/systemd/geoblock-geoip-update.service's licence key: the credential's name (LoadCredential=)
+    and the GEOIPUPDATE_LICENSE_KEY_FILE value it sets, with %d (systemd's $CREDENTIALS_DIRECTORY) in it."""
+    text = (REPO / "deploy" / "systemd" / "geoblock-geoip-update.service").read_text().splitlines()
+    loads = [line.split("=", 1)[1].split(":", 1)[0] for line in text if line.startswith("LoadCredential=")]
+    files = [line.split("=", 2)[2] for line in text if line.startswith("Environment=GEOIPUPDATE_LICENSE_KEY_FILE=")]
+    assert len(loads) == 1 and len(files) == 1, (loads, files)
+    return loads[0], files[0]
+
+
+def test_licence_key_from_the_units_credential(server: UpdateServer, conf: Path, installed: Path, builds: Builds,
+                                               tmp_path: Path) -> None:
+    """The unit's way: the key in a file in $CREDENTIALS_DIRECTORY (as systemd's LoadCredential= leaves
+    it, with a final newline), none in the environment."""
+    name, key_file = unit_credential()
+    assert key_file == f"%d/{name}"
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    (credentials / name).write_text(KEY + "\n")
+    env = clean_env(GEOIPUPDATE_HOST=server.url, GEOIPUPDATE_ACCOUNT_ID=str(ACCOUNT),
+                    CREDENTIALS_DIRECTORY=str(credentials),
+                    GEOIPUPDATE_LICENSE_KEY_FILE=key_file.replace("%d", str(credentials)))
+    result = run("--config", str(conf), "--directory", str(installed), env=env)
+    assert result.returncode == 0, result.stderr
+    assert (installed / f"{COUNTRY}.mmdb").read_bytes() == builds.country_new
+    assert KEY not in result.stdout + result.stderr
+    # an empty credential file: no credentials, named
+    (credentials / name).write_text("")
+    installed_again = tmp_path / "again"
+    installed_again.mkdir()
+    result = run("--config", str(conf), "--directory", str(installed_again), env=env)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.strip() == (f"geoblock-geoip-update: no MaxMind licence key: {credentials / name} "
+                                     "(GEOIPUPDATE_LICENSE_KEY_FILE) is empty (databases unchanged)")
+    # no credential file at all (LoadCredential= not set up): a configuration error naming the file
+    (credentials / name).unlink()
+    result = run("--config", str(conf), "--directory", str(installed), env=env)
+    assert result.returncode == 2, result.stderr
+    assert str(credentials / name) in result.stderr and "GEOIPUPDATE_LICENSE_KEY_FILE" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_update_under_the_units_system_call_filter(server: UpdateServer, conf: Path, installed: Path,
+                                                   builds: Builds, tmp_path: Path) -> None:
+    """A real update under geoblock-geoip-update.service's SystemCallFilter= and RestrictAddressFamilies=
+    (applied with libseccomp as systemd applies them: support.sandbox), the key from its credential."""
+    if reason := sandbox.unavailable():
+        pytest.skip(reason)
+    name, key_file = unit_credential()
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    (credentials / name).write_text(KEY)
+    env = clean_env(GEOIPUPDATE_HOST=server.url, GEOIPUPDATE_ACCOUNT_ID=str(ACCOUNT),
+                    GEOIPUPDATE_LICENSE_KEY_FILE=key_file.replace("%d", str(credentials)))
+    cmd = [*sandbox.seccomp_prefix("geoblock-geoip-update.service"), sys.executable, "-m",
+           "geoblock.tools.geoipupdate", "--config", str(conf), "--directory", str(installed)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+    assert result.returncode == 0, result.stderr
+    assert (installed / f"{COUNTRY}.mmdb").read_bytes() == builds.country_new
+    assert (installed / f"{ASN}.mmdb").read_bytes() == builds.asn_new
+    assert leftovers(installed) == []
 
 
 def test_sample_credentials_count_as_none(tmp_path: Path, installed: Path, builds: Builds) -> None:

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import ipaddress
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -347,13 +348,21 @@ def capabilities(pid: int) -> dict[str, int]:
     return caps
 
 
+def seccomp_mode(pid: int) -> int:
+    """The process's seccomp mode (/proc/PID/status): 0 none, 1 strict, 2 a filter."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Seccomp:"):
+            return int(line.split(":", 1)[1])
+    raise AssertionError(f"no Seccomp line for process {pid}")
+
+
 UNITS = REPO / "deploy" / "systemd"
 
 
 def unit_command(unit: str, workdir: Path, rules: Path, instance: str = "", key: str = "ExecStart") -> list[str]:
     """The command line of `key` in deploy/systemd/<unit>, with the unit's installed paths mapped into
-    this repository and `workdir` (state, logs), `%i` = `instance`, $GEOBLOCK_OPTS empty and ${VAR}
-    the value of the unit's own Environment=VAR=... line."""
+    this repository and `workdir` (state, logs), `%i` = `instance`, each bare $VAR (the operator's
+    $GEOBLOCK_OPTS) left out and ${VAR} the value of the unit's own Environment=VAR=... line."""
     text = (UNITS / unit).read_text().replace("\\\n", " ")
     lines = [line for line in text.splitlines() if line.startswith(f"{key}=")]
     assert len(lines) == 1, f"{unit}: expected one {key}= line"
@@ -369,7 +378,7 @@ def unit_command(unit: str, workdir: Path, rules: Path, instance: str = "", key:
     ]
     argv = []
     for arg in shlex.split(lines[0].split("=", 1)[1]):
-        if arg == "$GEOBLOCK_OPTS":
+        if re.fullmatch(r"\$[A-Z_]+", arg):  # $GEOBLOCK_OPTS, $GEOBLOCK_DNS_OPTS: the operator's, empty
             continue
         for old, new in mapping:
             arg = arg.replace(old, new)
@@ -379,15 +388,26 @@ def unit_command(unit: str, workdir: Path, rules: Path, instance: str = "", key:
     return argv
 
 
+def unit_capabilities(unit: str) -> tuple[str, ...]:
+    """The capabilities deploy/systemd/<unit> gives its process (AmbientCapabilities=), in setpriv's
+    spelling: ("net_bind_service",) for CAP_NET_BIND_SERVICE; () for none."""
+    caps: list[str] = []
+    for line in (UNITS / unit).read_text().splitlines():
+        if line.startswith("AmbientCapabilities="):
+            caps += [c.removeprefix("CAP_").lower() for c in line.split("=", 1)[1].split()]
+    return tuple(caps)
+
+
 class NsMitmdump(LoggedProcess):
     """`mitmdump --mode transparent` with geoblock inside a namespace, listening on every address of it,
     started with no capabilities at all (setpriv: empty bounding set, no new privileges), like the
     systemd unit's unprivileged service. `argv` is its command line (e.g. a unit's, see
-    `unit_command`); `options` are added as --set."""
+    `unit_command`); `options` are added as --set; `caps` are kept (setpriv's names); `seccomp` is a
+    prefix from support.sandbox.seccomp_prefix (the unit's system call filter) or None."""
 
     def __init__(self, topo: Topology, role: str, port: int, workdir: Path, argv: list[str],
                  options: dict[str, object] | None = None, quiet_until: Path | None = None,
-                 caps: tuple[str, ...] = ()) -> None:
+                 caps: tuple[str, ...] = (), seccomp: list[str] | None = None) -> None:
         self.topo = topo
         self.role = role
         self.port = port
@@ -411,7 +431,8 @@ class NsMitmdump(LoggedProcess):
         # AmbientCapabilities=; by default none
         keep = "".join(f",+{c}" for c in caps)
         drop = ["setpriv", "--no-new-privs", f"--inh-caps=-all{keep}", f"--bounding-set=-all{keep}", "--"]
-        self.args = topo.exec_args(role, *drop, *args)
+        # `seccomp`: a command prefix that applies a unit's system call filter (support.sandbox)
+        self.args = topo.exec_args(role, *drop, *(seccomp or []), *args)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = None
 

@@ -129,17 +129,21 @@ def _environ(values: Mapping[str, str]) -> Iterator[None]:
 
 def maxmind_config(settings: Settings) -> Config:
     """pygeoipupdate's Config for these settings. Raises NoCredentials (AccountID or LicenseKey missing,
-    or the sample pair) or ConfigProblem.
+    the file GEOIPUPDATE_LICENSE_KEY_FILE names empty, or the sample pair) or ConfigProblem (that file
+    unreadable, a value that cannot be parsed).
 
     geoblock's defaults (editions, no retries) reach pygeoipupdate as GEOIPUPDATE_* variables set for the
     duration of the call, only where neither the file nor the environment has a value."""
     raw = settings.raw
     account, key = raw.get("account_id"), raw.get("license_key")
+    key_file = os.environ.get("GEOIPUPDATE_LICENSE_KEY_FILE")
+    if key_file and not key:  # the file was read (an unreadable one is a ConfigProblem) and held nothing
+        raise NoCredentials(f"no MaxMind licence key: {key_file} (GEOIPUPDATE_LICENSE_KEY_FILE) is empty")
     if not account or not key:
         missing = " and ".join(n for n, v in (("AccountID", account), ("LicenseKey", key)) if not v)
         raise NoCredentials(
             f"no MaxMind credentials: {missing} not set (GeoIP.conf via --config, or GEOIPUPDATE_ACCOUNT_ID "
-            f"and GEOIPUPDATE_LICENSE_KEY); --source dbip needs no account"
+            f"and GEOIPUPDATE_LICENSE_KEY or GEOIPUPDATE_LICENSE_KEY_FILE); --source dbip needs no account"
         )
     if (account, key) == SAMPLE_CREDENTIALS:
         where = settings.config_file or "the environment"
