@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up, lint (ruff, mypy: scripts/lint.sh) and run the whole test suite under every supported pairing:
+# Set up (scripts/bootstrap.sh: .venv-3.X from the runtime and test locks, docs/install.md), lint (ruff,
+# mypy: scripts/lint.sh) and run the whole test suite under every supported pairing:
 # Python 3.11 + mitmproxy 11.0.2 and Python 3.12 + mitmproxy 12.x.
 # GEOBLOCK_PYTHONS="3.12" limits the run; extra arguments go to pytest.
 set -euo pipefail

@@ -205,7 +205,7 @@ def test_a_bad_feeds_file_is_refused_naming_file_and_line(tmp_path, text, messag
 def test_the_feed_timer_units_run_the_update(tmp_path):
     service = (REPO / "deploy" / "systemd" / "geoblock-lists.service").read_text()
     timer = (REPO / "deploy" / "systemd" / "geoblock-lists.timer").read_text()
-    assert "ExecStart=/opt/geoblock/.venv-3.11/bin/geoblock lists update /etc/geoblock/feeds.yaml" in service
+    assert "ExecStart=/opt/geoblock/.venv-run-3.11/bin/geoblock lists update /etc/geoblock/feeds.yaml" in service
     assert "OnCalendar=" in timer and "Unit=geoblock-lists.service" in timer
     assert os.path.exists(REPO / "deploy" / "feeds.example.yaml")
     conf = tmp_path / "feeds.yaml"

@@ -369,7 +369,7 @@ def unit_command(unit: str, workdir: Path, rules: Path, instance: str = "", key:
     env = [line.removeprefix("Environment=").split("=", 1) for line in text.splitlines()
            if line.startswith("Environment=") and "=" in line.removeprefix("Environment=")]
     mapping = [(f"${{{name}}}", value) for name, value in env] + [
-        ("/opt/geoblock/.venv-3.11/bin/", str(Path(mitmdump_path()).parent) + "/"),
+        ("/opt/geoblock/.venv-run-3.11/bin/", str(Path(mitmdump_path()).parent) + "/"),
         ("/opt/geoblock/", f"{REPO}/"),
         ("/var/lib/geoblock", str(workdir / "state")),
         ("/var/log/geoblock", str(workdir / "log")),
