@@ -7,7 +7,7 @@ dict probes whatever the number of rules:
   looked up by walking its suffixes (api.binance.com, binance.com, com);
 - networks (server side) and clients live in a `PrefixTable`: one dict per prefix length in use;
 - rules without a name condition are candidates for every flow;
-- patterns (globs such as `*exchange*`) compile into one regular expression per rule.
+- patterns (globs such as `*exchange*`) go into one PatternSet (core/patterns.py): one automaton pass per name.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from geoblock.core.model import SEVERITY, Action
 from geoblock.core.names import EmbeddedIPv4, IPAddress
+from geoblock.core.patterns import PatternSet
 from geoblock.core.rules import DomainSpec, Policy, RuleSource, RuleSpec, load_rules
 
 __all__ = ["SEVERITY", "CompiledRule", "Hit", "Network", "PrefixTable", "Ruleset"]
@@ -106,6 +107,7 @@ class Ruleset:
             for dom in rule.spec.domains:
                 maps[dom.mode].setdefault(dom.name, []).append((rule.index, dom))
         self.pattern_rules = tuple(r for r in self.rules if r.pattern is not None)
+        self.patterns = PatternSet((p, r.index) for r in self.rules for p in r.spec.patterns)  # core/patterns.py
         self.nameless = tuple(r.index for r in self.rules if not r.spec.has_name_condition)
         self.nameless_need_server = any(self.rules[i].needs_server_ip for i in self.nameless)
         self.networks = PrefixTable((net, r.index) for r in self.rules for net in r.spec.networks)
@@ -159,9 +161,7 @@ class Ruleset:
             if found:
                 hits.extend(found)
             dot = name.find(".", dot + 1)
-        for rule in self.pattern_rules:
-            if rule.pattern.match(name):  # type: ignore[union-attr]
-                hits.append((rule.index, None))
+        hits.extend((i, None) for i in self.patterns.matches(name))
         return tuple(hits)
 
     def needs_server_ip(self, names: Iterable[str]) -> bool:
