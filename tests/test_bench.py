@@ -59,3 +59,26 @@ def test_report_benchmark_times_the_report_on_a_small_log(tmp_path: Path) -> Non
     assert all(run["records"] == 3000 for r in results if r["format"] == "json" for run in r["runs"])
     assert (tmp_path / "logs" / "3000-gz" / "decisions.jsonl.gz").is_file()
     assert "| 3,000 | 1 .gz |" in proc.stdout
+
+
+def test_geoip_benchmark_times_both_readers_cold_and_warm(tmp_path: Path) -> None:
+    out = tmp_path / "geoip.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_geoip.py"), "--networks", "300",
+                           "--iterations", "500", "--out", str(out)],
+                          capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # it also checks both readers agree
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {f"{reader}, {cache}" for reader in ("maxminddb", "geoip2") for cache in ("cold", "warm")}
+    assert "| geoip2, cold |" in proc.stdout
+
+
+def test_patterns_benchmark_times_before_and_after(tmp_path: Path) -> None:
+    out = tmp_path / "patterns.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_patterns.py"), "--patterns", "50", "300",
+                           "--iterations", "300", "--out", str(out)],
+                          capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # it also checks both ways match the same rules
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["patterns"] for r in rows] == [50, 300]
+    assert all(f"{kind} {way}" in r for r in rows for kind in ("unlisted", "listed") for way in ("before", "after"))
+    assert "| 300 | unlisted |" in proc.stdout
