@@ -9,8 +9,10 @@ regex match per rule: with 10,000 pattern rules that is 10,000 matches for every
 `PatternSet` instead puts the longest literal run of each glob (`exchange` in `*exchange*`) into one
 Aho-Corasick automaton (pyahocorasick): a single pass over the name finds every literal it contains,
 and only the globs whose literal occurs are checked with their own expression (fnmatch.translate, as
-before). A glob without any literal (`*`, `?*`, `???`) or with a character class (`[...]`, which rule
-files do not allow, kept exact anyway) is checked for every name: that list is small in practice.
+before, compiled the first time the glob is a candidate, so that building a set of 10,000 globs does not
+compile 10,000 expressions). A glob without any literal (`*`, `?*`, `???`) or with a character class
+(`[...]`, which rule files do not allow, kept exact anyway) is checked for every name: that list is small
+in practice.
 """
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ class PatternSet:
     """
 
     def __init__(self, entries: Iterable[tuple[str, int]]) -> None:
-        self._regex: list[re.Pattern[str]] = []  # per glob id
+        self._globs: list[str] = []  # per glob id
+        self._regex: list[re.Pattern[str] | None] = []  # per glob id, compiled when first a candidate
         self._rule: list[int] = []  # per glob id
         self._always: list[int] = []  # glob ids without a usable literal: checked for every name
         by_literal: dict[str, list[int]] = {}
         for glob, rule in entries:
-            gid = len(self._regex)
-            self._regex.append(re.compile(fnmatch.translate(glob)))
+            gid = len(self._globs)
+            self._globs.append(glob)
+            self._regex.append(None)
             self._rule.append(rule)
             literal = longest_literal(glob)
             if literal:
@@ -62,7 +66,7 @@ class PatternSet:
                 automaton.add_word(literal, tuple(gids))
             automaton.make_automaton()
             self._automaton = automaton
-        self.count = len(self._regex)
+        self.count = len(self._globs)
         """How many globs the set holds."""
 
     def __len__(self) -> int:
@@ -82,6 +86,11 @@ class PatternSet:
         regex, rule_of = self._regex, self._rule
         for gid in candidates:
             rule = rule_of[gid]
-            if rule not in rules and regex[gid].match(name):
+            if rule in rules:
+                continue
+            pattern = regex[gid]
+            if pattern is None:  # compiled on first use: most globs of a large set are never candidates
+                pattern = regex[gid] = re.compile(fnmatch.translate(self._globs[gid]))
+            if pattern.match(name):
                 rules.add(rule)
         return sorted(rules)
