@@ -51,8 +51,8 @@ class DatabaseInfo:
 
 PROBE_ADDRESS = "1.1.1.1"
 """The address a database must answer a lookup for when opened (any answer, found or not, but no error)."""
+_PROBE = ipaddress.ip_address(PROBE_ADDRESS)
 
-CountryModel = geoip2.models.Country  # geoip2.models.City is a Country too
 Answer = Callable[[IPAddress | str], geoip2.models.Country | geoip2.models.ASN]
 """One lookup of a geoip2 Reader (its `country`, `city` or `asn`): a model, or AddressNotFoundError."""
 
@@ -113,9 +113,6 @@ def open_database(path: str, want: str) -> tuple[geoip2.database.Reader, Databas
         raise GeoError(f"{path}: database is corrupt ({exc})") from None
     build = _dt.datetime.fromtimestamp(meta.build_epoch, _dt.UTC)
     return reader, DatabaseInfo(path, edition, build)
-
-
-_PROBE = ipaddress.ip_address(PROBE_ADDRESS)
 
 
 def _snapshot(path: str) -> str:
