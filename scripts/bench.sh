@@ -9,9 +9,13 @@
 #   5. scripts/bench_squid.py: geoblock beside Squid (Debian's squid-openssl, installed when missing and run
 #      as root, never as the system service) with the same 1,000,000-name list: ready time, memory,
 #      reload, new TLS connections per second
-# Results: the tables on stdout, and bench-results/{decide,proxy,report,biglist,trie,squid}.{json,md} (git-ignored).
+#   6. scripts/bench_geoip.py: one GeoIP lookup, geoip2's reader and models vs the raw maxminddb reader,
+#      cache cold and warm (docs/geoip.md)
+#   7. scripts/bench_patterns.py: one name against 100 to 10,000 pattern rules, per-rule regexes vs
+#      PatternSet (core/patterns.py)
+# Results: the tables on stdout, and bench-results/{decide,proxy,report,...}.{json,md} (git-ignored).
 #   GEOBLOCK_PYTHON=3.12 scripts/bench.sh      other Python/mitmproxy pairing (results get a -3.12 suffix)
-#   scripts/bench.sh decide | proxy | report | biglist | trie | squid   one benchmark only
+#   scripts/bench.sh decide | proxy | report | biglist | trie | squid | geoip | patterns   one benchmark only
 #   BENCH_DECIDE_ARGS="--iterations 50000" BENCH_PROXY_ARGS="--rounds 3 --duration 10" scripts/bench.sh
 #   BENCH_REPORT_ARGS="--sizes 1000000 --rounds 1" scripts/bench.sh report
 #   BENCH_SQUID_ARGS="--clients 32 --duration 20" scripts/bench.sh squid
@@ -19,7 +23,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ver="${GEOBLOCK_PYTHON:-3.11}"
 which="${1:-all}"
-case "$which" in all|decide|proxy|report|biglist|trie|squid) ;; *) echo "usage: scripts/bench.sh [all|decide|proxy|report|biglist|trie|squid]" >&2; exit 2;; esac
+case "$which" in all|decide|proxy|report|biglist|trie|squid|geoip|patterns) ;;
+  *) echo "usage: scripts/bench.sh [all|decide|proxy|report|biglist|trie|squid|geoip|patterns]" >&2; exit 2;; esac
 venv="$(scripts/bootstrap.sh "$ver")"
 py="$venv/bin/python"
 suffix=""; [ "$ver" = "3.11" ] || suffix="-$ver"
@@ -44,5 +49,5 @@ run_bench() {
     "$py" "scripts/bench_$name.py" --out "bench-results/$name$suffix.json" $args | tee "bench-results/$name$suffix.md"
   fi
 }
-for name in decide proxy report biglist trie squid; do run_bench "$name"; done
+for name in decide proxy report biglist trie geoip patterns squid; do run_bench "$name"; done
 echo "=== results in bench-results/ (JSON and markdown)"

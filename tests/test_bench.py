@@ -105,3 +105,26 @@ def test_biglist_and_trie_benchmarks_run_and_check_their_verdicts(tmp_path: Path
     results = json.loads(out.read_text())["results"]
     assert {"set", "marisa", "marisa-1"} <= set(results)
     assert all(r["found"] == 500 and r["queries"] == 1000 for r in results.values())  # half the names are listed
+
+
+def test_geoip_benchmark_times_both_readers_cold_and_warm(tmp_path: Path) -> None:
+    out = tmp_path / "geoip.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_geoip.py"), "--networks", "300",
+                           "--iterations", "500", "--out", str(out)],
+                          capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # it also checks both readers agree
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {f"{reader}, {cache}" for reader in ("maxminddb", "geoip2") for cache in ("cold", "warm")}
+    assert "| geoip2, cold |" in proc.stdout
+
+
+def test_patterns_benchmark_times_before_and_after(tmp_path: Path) -> None:
+    out = tmp_path / "patterns.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_patterns.py"), "--patterns", "50", "300",
+                           "--iterations", "300", "--out", str(out)],
+                          capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # it also checks both ways match the same rules
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["patterns"] for r in rows] == [50, 300]
+    assert all(f"{kind} {way}" in r for r in rows for kind in ("unlisted", "listed") for way in ("before", "after"))
+    assert "| 300 | unlisted |" in proc.stdout

@@ -3,6 +3,7 @@ real GeoIP test database (127.0.0.1 = CN home, .2 = SG, .3 = US AS64502, .4 = no
 
 from pathlib import Path
 
+import geoip2.models
 import pytest
 
 from geoblock.engine import Engine
@@ -153,10 +154,11 @@ def test_what_the_country_database_says_is_placed_as_it_is(geo, server, country,
     ({"country": {"iso_code": "ZZ"}, "traits": {"is_anycast": True}}, (None, None, "ZZ", True)),
     ({"traits": {"is_anycast": "yes"}}, (None, None, None, False)),  # only a true boolean says anycast
     ({"continent": {"code": "EU"}}, (None, None, None, False)),
-    ("not a record", (None, None, None, False)),
+    (None, (None, None, None, False)),  # an address the database does not hold
 ])
 def test_location_of_a_country_record(record, expected):
-    where = location_of(record)
+    """location_of reads geoip2's model of the database record (as Geo builds it from a Country database)."""
+    where = location_of(None if record is None else geoip2.models.Country(["en"], **record))
     assert (where.country, where.source, where.code, where.anycast) == expected
 
 

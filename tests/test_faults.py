@@ -132,7 +132,7 @@ def still_serving(p: Proxy, web) -> None:
 
 # --- GeoIP database --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fault", ["deleted", "truncated", "garbage"])
+@pytest.mark.parametrize("fault", ["deleted", "truncated", "garbage", "an ASN database"])
 def test_geoip_database_fault_keeps_the_last_good_one_and_a_restored_one_applies(tmp_path, web, fault):
     with Proxy(tmp_path) as p:
         db = p.country_db
@@ -143,9 +143,15 @@ def test_geoip_database_fault_keeps_the_last_good_one_and_a_restored_one_applies
             db.unlink()
         elif fault == "truncated":
             os.truncate(db, len(good) // 3)  # in place, under the running proxy
-        else:
+        elif fault == "garbage":
             replace(db, os.urandom(len(good)))
+        else:  # the wrong file installed under the country database's name
+            replace(db, write_asn_db(tmp_path / "asn.mmdb").read_bytes())
         wait_for(lambda: p.count("database change refused") >= 1, RECOVERY, "the refusal")
+        if fault == "an ASN database":  # geoip2 reads the type: the message names the file and both types
+            assert p.count(f"{db}: expected a Country or City database (GeoLite2-Country, GeoLite2-City, "
+                           "GeoIP2-Country, GeoIP2-City, DB-IP's Country or City Lite), found a GeoLite2-ASN "
+                           "database") == 1, p.output()
         time.sleep(float(INTERVAL) * 5)  # several checks of an unchanged broken file
         assert p.count("database change refused") == 1  # once, not at every check
         assert p.count("keeping the last good database") == 1

@@ -540,6 +540,33 @@ def test_dbip_falls_back_to_previous_month(server: UpdateServer, db_dir: Path, b
     assert dbip_hits(server) == {f"dbip-country-lite-{current}.mmdb.gz": 1, f"dbip-asn-lite-{current}.mmdb.gz": 1}
 
 
+def test_a_downloaded_asn_database_under_the_country_edition_is_refused(
+        server: UpdateServer, conf: Path, installed: Path, builds: Builds) -> None:
+    """geoip2 reads the file's type: an ASN database served as the Country edition is not installed."""
+    server.publish(COUNTRY, builds.asn_new, day(NOW))
+    result = update(server, conf, installed)
+    assert result.returncode == 9, result.stderr
+    assert (f"the downloaded {COUNTRY}.mmdb is not a usable database: expected a Country or City database "
+            "(GeoLite2-Country, GeoLite2-City, GeoIP2-Country, GeoIP2-City, DB-IP's Country or City Lite), "
+            "found a GeoLite2-ASN database") in result.stderr, result.stderr
+    assert_unchanged(installed, builds)
+    assert leftovers(installed) == []
+
+
+def test_a_downloaded_database_with_a_corrupt_search_tree_is_refused(
+        server: UpdateServer, conf: Path, installed: Path, builds: Builds) -> None:
+    """Its metadata reads well; geoip2's probe lookup finds the search tree broken."""
+    broken = bytearray(builds.country_new)
+    broken[:1024] = b"\xff" * 1024
+    server.publish(COUNTRY, bytes(broken), day(NOW))
+    result = update(server, conf, installed)
+    assert result.returncode == 9, result.stderr
+    assert f"the downloaded {COUNTRY}.mmdb is not a usable database: database is corrupt (" in result.stderr, \
+        result.stderr
+    assert_unchanged(installed, builds)
+    assert leftovers(installed) == []
+
+
 @pytest.fixture
 def dbip_installed(db_dir: Path, builds: Builds, tmp_path: Path) -> dict[str, bytes]:
     """DB-IP files from two or more months ago installed."""

@@ -7,7 +7,7 @@ dict probes whatever the number of rules:
   looked up by walking its suffixes (api.binance.com, binance.com, com);
 - networks (server side) and clients live in a `PrefixTable`: one dict per prefix length in use;
 - rules without a name condition are candidates for every flow;
-- patterns (globs such as `*exchange*`) compile into one regular expression per rule.
+- patterns (globs such as `*exchange*`) go into one PatternSet (core/patterns.py): one automaton pass per name.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from geoblock.core.listindex import ListIndex
 from geoblock.core.lists import DomainMode, ListFile
 from geoblock.core.model import SEVERITY, Action
 from geoblock.core.names import EmbeddedIPv4, IPAddress
+from geoblock.core.patterns import PatternSet
 from geoblock.core.rules import DomainSpec, Policy, RuleSource, RuleSpec, load_rules
 
 # at one name: an exact entry, then name-and-subdomains, then subdomains (ListIndex.hits's ranks)
@@ -115,6 +116,7 @@ class Ruleset:
         self.indexed: tuple[tuple[int, ListFile, ListIndex], ...] = tuple(
             (r.index, lf, lf.index) for r in self.rules for lf in r.spec.lists if lf.index is not None)
         self.pattern_rules = tuple(r for r in self.rules if r.pattern is not None)
+        self.patterns = PatternSet((p, r.index) for r in self.rules for p in r.spec.patterns)  # core/patterns.py
         self.nameless = tuple(r.index for r in self.rules if not r.spec.has_name_condition)
         self.nameless_need_server = any(self.rules[i].needs_server_ip for i in self.nameless)
         self.networks = PrefixTable((net, r.index) for r in self.rules for net in r.spec.networks)
@@ -182,9 +184,7 @@ class Ruleset:
                 else:
                     hits = [(index, self._listed(name, rank, length, lf, ix, kid))
                             for rank, length, index, lf, ix, kid in listed]
-        for rule in self.pattern_rules:
-            if rule.pattern.match(name):  # type: ignore[union-attr]
-                hits.append((rule.index, None))
+        hits.extend((i, None) for i in self.patterns.matches(name))
         return tuple(hits)
 
     def _listed(self, name: str, rank: int, length: int, lf: ListFile, ix: ListIndex, kid: int) -> DomainSpec:

@@ -126,6 +126,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"{verdict.action}: {verdict.reason}")
         if server is not None:
             print(f"server {server_text(server)}: {_place(facts)}")
+            said = engine.geo.country_network(facts.server_ip or server) if engine.geo else None
+            if said is not None:  # the country database's own answer (geoip2's model), placed or not
+                print(f"country database: {said}")
         if verdict.rule:
             spec = next((r.spec for r in rs.rules if r.id == verdict.rule), None)
             if spec is not None:  # else a policy key decided ("policy:ech", ...)

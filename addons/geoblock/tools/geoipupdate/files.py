@@ -18,18 +18,19 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
+import geoip2.database
+import geoip2.errors
 import maxminddb
+from maxminddb import InvalidDatabaseError
 
-from geoblock.enrich.geo import DatabaseInfo, GeoError, open_database
+from geoblock.enrich.geo import PROBE_ADDRESS, DatabaseInfo, GeoError, answer_of, open_database
 from geoblock.tools.geoipupdate.errors import BadDownload, Locked
 from geoblock.tools.geoipupdate.failures import translated
 
 STAGING_PREFIX = ".geoblock-staging-"
 """Name prefix of the staging directories; any left by a killed run is removed by the next one."""
-PROBE_ADDRESS = "1.1.1.1"
-"""The address a new database must answer a lookup for (any answer, even none, but no error)."""
+__all__ = ["PROBE_ADDRESS", "build_of", "directory_lock", "install", "seed", "session", "staging", "validate"]
 
 
 def _kind(expected: str) -> str | None:
@@ -40,21 +41,24 @@ def _kind(expected: str) -> str | None:
     return "asn" if "ASN" in expected else None
 
 
-def _open(path: Path, kind: str | None) -> tuple[Any, DatabaseInfo]:
+def _open(path: Path, kind: str | None) -> tuple[geoip2.database.Reader | maxminddb.Reader, DatabaseInfo]:
+    """geoip2's reader, checked by geo.open_database, for an edition geoblock reads (`kind`); else the raw
+    maxminddb reader (geoip2 has no lookup for an edition in general). Raises GeoError."""
     if kind is not None:
         return open_database(str(path), kind)
     try:
         reader = maxminddb.open_database(str(path), maxminddb.MODE_AUTO)
-    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
-        raise GeoError(f"{path}: not a readable MaxMind database ({exc})") from None
+    except (OSError, ValueError, InvalidDatabaseError) as exc:
+        raise GeoError(f"{path}: not a readable MaxMind database, or a corrupt one ({exc})") from None
     meta = reader.metadata()
     build = _dt.datetime.fromtimestamp(meta.build_epoch, _dt.UTC)
     return reader, DatabaseInfo(str(path), str(meta.database_type), build)
 
 
 def validate(path: Path, expected: str, label: str | None = None) -> DatabaseInfo:
-    """Check a database file: it opens, is of the `expected` edition (its type contains that name), has a
-    non-empty search tree and answers a lookup.
+    """Check a database file with geoip2: it opens, is of the `expected` edition (its type contains that
+    name), has a non-empty search tree and answers a lookup (geoip2's own for what geoblock reads it for:
+    `country`/`city`/`asn`; an address not in it, AddressNotFoundError, is an answer).
 
     Args:
         path: the file.
@@ -64,8 +68,9 @@ def validate(path: Path, expected: str, label: str | None = None) -> DatabaseInf
     Returns its DatabaseInfo (path, edition, build time). Raises BadDownload.
     """
     label = label or path.name
+    kind = _kind(expected)
     try:
-        reader, info = _open(path, _kind(expected))
+        reader, info = _open(path, kind)
     except GeoError as exc:
         raise BadDownload(f"{label} is not a usable database: {str(exc).removeprefix(f'{path}: ')}") from None
     try:
@@ -74,8 +79,15 @@ def validate(path: Path, expected: str, label: str | None = None) -> DatabaseInf
             raise BadDownload(f"{label} is a {info.edition} database, not {expected}")
         if meta.node_count < 1:
             raise BadDownload(f"{label} has an empty search tree")
-        reader.get(PROBE_ADDRESS)
-    except (ValueError, maxminddb.InvalidDatabaseError) as exc:
+        if isinstance(reader, geoip2.database.Reader):  # an edition geoblock reads (kind is not None)
+            lookup = answer_of(reader, kind or "")
+            if lookup is not None:
+                lookup(PROBE_ADDRESS)  # a model, or AddressNotFoundError
+        else:
+            reader.get(PROBE_ADDRESS)  # an edition geoblock does not read: its raw record
+    except geoip2.errors.AddressNotFoundError:
+        pass
+    except (ValueError, TypeError, InvalidDatabaseError) as exc:
         raise BadDownload(f"{label} fails a lookup: {exc}") from None
     finally:
         reader.close()
@@ -85,9 +97,9 @@ def validate(path: Path, expected: str, label: str | None = None) -> DatabaseInf
 def build_of(path: Path) -> _dt.datetime | None:
     """The build time (UTC) in a database's metadata; None when it is missing or cannot be read."""
     try:
-        with maxminddb.open_database(str(path), maxminddb.MODE_AUTO) as reader:
+        with geoip2.database.Reader(str(path)) as reader:
             return _dt.datetime.fromtimestamp(reader.metadata().build_epoch, _dt.UTC)
-    except (OSError, ValueError, maxminddb.InvalidDatabaseError):
+    except (OSError, ValueError, InvalidDatabaseError):
         return None
 
 
