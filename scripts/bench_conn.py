@@ -176,7 +176,7 @@ def main() -> int:
             else:
                 m = Mitmdump(tmp / arm, {**geoblock, "geoblock_log": tmp / f"decisions-{arm}.jsonl"},
                              runner=False)
-                if arm == "runner":
+                if arm.startswith("runner"):
                     m.args = as_runner(m.args)
                 assert (str(BLOCK_PY) in m.args) == (arm == "plain")
             # the unit's termlog_verbosity=warn, not the tests' info (an option may be given once only):

@@ -48,11 +48,13 @@ from mitmproxy.addons import (
     readfile,
     script,
     strip_dns_https_records,
+    termlog,
     tlsconfig,
 )
 from mitmproxy.tools import cmdline
 
 from geoblock.mitm.addon import GeoBlock
+from geoblock.mitm.dispatch import HookTable
 from geoblock.mitm.options import OptionProblem, preflight
 
 __all__ = ["GatewayMaster", "main"]
@@ -117,9 +119,15 @@ class GatewayMaster(master.Master):
     `left_out` maps each option of a built-in the runner does not carry to that addon's class name.
     `add_geoblock()` registers geoblock once the command line is parsed."""
 
+    addons: HookTable
+
     def __init__(self, opts: options.Options, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        super().__init__(opts, event_loop=loop, with_termlog=True)
+        super().__init__(opts, event_loop=loop, with_termlog=False)
         self._legacy_log_events.uninstall()  # no add_log event per log record: no addon here uses it
+        self.options.changed.disconnect(self.addons._configure_all)
+        self.addons = HookTable(self)  # each event only to the addons that handle it (mitm/dispatch.py)
+        self._termlog_addon = termlog.TermLog()
+        self.addons.add(self._termlog_addon)
         self.addons.add(*_kept())
         self.left_out: dict[str, str] = {}
         loader = Loader(self)
@@ -162,6 +170,7 @@ class GatewayMaster(master.Master):
         # -s scripts, which live inside it), before next_layer and tlsconfig, whose choices it makes first
         geoblock = self.addons.register(GeoBlock())
         self.addons.chain.insert(self.addons.chain.index(self.addons.get("scriptloader")) + 1, geoblock)
+        self.addons.forget()
         for addon in [*late, geoblock]:
             self.addons.invoke_addon_sync(addon, hooks.ConfigureHook(set(self.options.keys())))
         return None
@@ -215,7 +224,6 @@ def main(argv: list[str] | None = None) -> None:
         await gateway.run()
 
     asyncio.run(serve())
-
 
 if __name__ == "__main__":
     main()
