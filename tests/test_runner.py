@@ -123,3 +123,35 @@ def test_a_failing_script_hook_is_logged_and_geoblock_still_refuses(tmp_path, ru
         assert head.startswith(b"HTTP/1.1 451")
         wait_for(lambda: "Addon error: this script fails" in m.output(), 10, "the addon error line")
     assert records(tmp_path / "decisions.jsonl", stage="connect", host="binance.com")[-1]["action"] == "block"
+
+
+HELLO_SCRIPT = """
+import logging
+
+class Hellos:
+    name = "hellos"
+
+    def tls_clienthello(self, data):
+        logging.getLogger("hellos").warning(f"script saw the ClientHello of {data.client_hello.sni}")
+
+addons = [Hellos()]
+"""
+
+
+@pytest.mark.parametrize("with_script", [False, True])
+def test_an_allowed_handshake_passes_through_and_a_script_still_sees_client_hellos(
+        tmp_path, rules_dir, geo_dir, servers, pki, with_script):
+    """The runner relays an allowed ClientHello straight to a raw relay only while no other addon reads
+    ClientHellos: a -s script with a tls_clienthello hook still gets every one."""
+    s = servers["https1"]
+    script = tmp_path / "hellos.py"
+    script.write_text(HELLO_SCRIPT)
+    extra = ["-s", str(script)] if with_script else []
+    m = Mitmdump(tmp_path / "conf", geoblock_options(rules_dir, geo_dir, tmp_path / "decisions.jsonl"),
+                 extra_args=extra, runner=True)
+    with m:
+        for _ in range(2):
+            r = curl(m, f"https://allowed.test:{s.port}/", "--connect-to", f"allowed.test:{s.port}:127.0.0.1:{s.port}",
+                     "--cacert", str(pki.ca_pem))
+            assert r.returncode == 0 and r.stdout.endswith("hello from 127.0.0.1\n"), r.stderr
+    assert m.output().count("script saw the ClientHello of allowed.test") == (2 if with_script else 0)

@@ -173,6 +173,8 @@ class GatewayMaster(master.Master):
         self.addons.forget()
         for addon in [*late, geoblock]:
             self.addons.invoke_addon_sync(addon, hooks.ConfigureHook(set(self.options.keys())))
+        own = {id(geoblock), id(self.addons.get("tlsconfig"))}
+        geoblock.layers.direct_pass = lambda: all(id(top) in own for top, _ in self.addons.handlers("tls_clienthello"))
         return None
 
 
