@@ -4,16 +4,19 @@
 #   2. scripts/bench_proxy.py: keep-alive HTTP req/s through mitmdump with vs without geoblock (wrk)
 #   3. scripts/bench_report.py: `geoblock report` over 1M and 10M generated records (HTML and JSON)
 #   4. scripts/bench_biglist.py: a block rule taking 1,000,000 domains from a list file (load, memory, decide)
-# Results: the tables on stdout, and bench-results/{decide,proxy,report}.{json,md} (git-ignored).
+#   5. scripts/bench_conn.py: CPU per refused and per passed-through connection: mitmdump with geoblock, a
+#      minimal blocker addon and the gateway runner geoblock-gateway (16 parallel clients)
+# Results: the tables on stdout, and bench-results/{decide,proxy,report,biglist,conn}.{json,md} (git-ignored).
 #   GEOBLOCK_PYTHON=3.12 scripts/bench.sh      other Python/mitmproxy pairing (results get a -3.12 suffix)
-#   scripts/bench.sh decide | proxy | report | biglist   one benchmark only
+#   scripts/bench.sh decide | proxy | report | biglist | conn   one benchmark only
 #   BENCH_DECIDE_ARGS="--iterations 50000" BENCH_PROXY_ARGS="--rounds 3 --duration 10" scripts/bench.sh
 #   BENCH_REPORT_ARGS="--sizes 1000000 --rounds 1" scripts/bench.sh report
+#   BENCH_CONN_ARGS="--rounds 5 --connections 3000" scripts/bench.sh conn
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ver="${GEOBLOCK_PYTHON:-3.11}"
 which="${1:-all}"
-case "$which" in all|decide|proxy|report|biglist) ;; *) echo "usage: scripts/bench.sh [all|decide|proxy|report|biglist]" >&2; exit 2;; esac
+case "$which" in all|decide|proxy|report|biglist|conn) ;; *) echo "usage: scripts/bench.sh [all|decide|proxy|report|biglist|conn]" >&2; exit 2;; esac
 venv="$(scripts/bootstrap.sh "$ver")"
 py="$venv/bin/python"
 suffix=""; [ "$ver" = "3.11" ] || suffix="-$ver"
@@ -38,5 +41,5 @@ run_bench() {
     "$py" "scripts/bench_$name.py" --out "bench-results/$name$suffix.json" $args | tee "bench-results/$name$suffix.md"
   fi
 }
-for name in decide proxy report biglist; do run_bench "$name"; done
+for name in decide proxy report biglist conn; do run_bench "$name"; done
 echo "=== results in bench-results/ (JSON and markdown)"

@@ -15,7 +15,8 @@ flow_detail=0, termlog_verbosity=warn; regular mode on loopback):
 The CPU is the proxy process's user + system time (/proc/PID/stat, clock ticks) over a batch of
 `--connections` connections, divided by their number; each round measures every arm and kind in turn
 (the order rotates between rounds), after a warm-up batch. Every answer is checked (451 for refused,
-200 and the server's body for passed); a failure stops the benchmark. The proxies run on the last CPU,
+200 and the server's body for passed), and so are geoblock's decision records (a block for each refused
+connection, allows for each passed one); a failure stops the benchmark. The proxies run on the last CPU,
 the clients and the server on the others (with 2+ CPUs).
 
 Noise: on a shared virtual machine the figures move from round to round; the medians and the ratios of
@@ -223,12 +224,29 @@ def main() -> int:
         for m in procs.values():
             m.stop()
         upstream.close()
+        made = args.warmup + args.rounds * args.connections  # of each kind, for each arm
+        results["decision_log"] = {arm: records_by_action(tmp / f"decisions-{arm}.jsonl")
+                                   for arm in procs if arm != "minimal"}
         shutil.rmtree(tmp, ignore_errors=True)
+    for arm, seen in results["decision_log"].items():
+        # one record per refused CONNECT (block); a passed connection has its CONNECT and its TLS allowed
+        if seen.get("block", 0) != made or seen.get("allow", 0) < made:
+            raise SystemExit(f"{arm}: decision records {seen}, expected {made} blocks and at least {made} allows")
 
     print(table(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2, default=str))
     return 0
+
+
+def records_by_action(log: Path) -> dict[str, int]:
+    """The number of decision records in `log` for each action ({} when there is no log)."""
+    counts: dict[str, int] = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            action = json.loads(line)["action"]
+            counts[action] = counts.get(action, 0) + 1
+    return counts
 
 
 def start_quiet(m: Mitmdump, cpus: set[int] | None) -> None:

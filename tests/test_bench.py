@@ -59,3 +59,20 @@ def test_report_benchmark_times_the_report_on_a_small_log(tmp_path: Path) -> Non
     assert all(run["records"] == 3000 for r in results if r["format"] == "json" for run in r["runs"])
     assert (tmp_path / "logs" / "3000-gz" / "decisions.jsonl.gz").is_file()
     assert "| 3,000 | 1 .gz |" in proc.stdout
+
+
+def test_connection_benchmark_measures_every_arm_and_checks_answers_and_records(tmp_path: Path) -> None:
+    out = tmp_path / "conn.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_conn.py"), "--rounds", "1", "--connections", "40",
+         "--warmup", "10", "--clients", "4", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())
+    assert set(results["arms"]) == {"plain", "minimal", "runner"}
+    for arm in results["arms"].values():
+        for kind in ("refused", "passed"):
+            assert len(arm[kind]["cpu_ms_per_conn"]) == 1 and arm[kind]["cpu_ms_per_conn"][0] >= 0
+    assert results["decision_log"] == {"plain": {"block": 50, "allow": 100}, "runner": {"block": 50, "allow": 100}}
+    assert "runner / plain: refused x" in proc.stdout and "runner / minimal: refused x" in proc.stdout
