@@ -73,11 +73,18 @@ def run_gateway(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
-def test_an_option_of_a_builtin_the_runner_does_not_carry_is_refused_in_one_line(tmp_path):
-    r = run_gateway(tmp_path, "--set", "anticache=true")
+@pytest.mark.parametrize("args, message", [
+    (["--set", "anticache=true"], "geoblock-gateway: option anticache belongs to mitmproxy's AntiCache addon, "
+     "which the gateway runner does not carry; run `mitmdump -s addons/block.py` for it"),
+    (["-w", "flows.out"], "geoblock-gateway: option save_stream_file belongs to mitmproxy's Save addon, "
+     "which the gateway runner does not carry; run `mitmdump -s addons/block.py` for it"),
+    (["~d binance.com"], "geoblock-gateway: a flow filter (~d binance.com) is for mitmdump's flow output and "
+     "saved flows; run `mitmdump -s addons/block.py` for it"),
+])
+def test_a_feature_the_runner_does_not_carry_is_refused_in_one_line(tmp_path, args, message):
+    r = run_gateway(tmp_path, *args)
     assert r.returncode == 1
-    assert r.stderr.strip() == ("geoblock-gateway: option anticache belongs to mitmproxy's AntiCache addon, which "
-                                "the gateway runner does not carry; run `mitmdump -s addons/block.py` for it")
+    assert r.stderr.strip() == message
     assert "Traceback" not in r.stdout + r.stderr and "listening" not in r.stdout
 
 

@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
                 args.termlog_verbosity, args.flow_detail = "debug", 2
             opts.update(**{k: v for k, v in vars(args).items() if k in opts and v is not None})
             problems = gateway.refused_options()
+            if getattr(args, "filter_args", None):  # mitmdump's flow filter: for the dumper and -w files
+                problems.append(f"geoblock-gateway: a flow filter ({' '.join(args.filter_args)}) is for "
+                                f"mitmdump's flow output and saved flows; run `mitmdump -s addons/block.py` for it")
             if problems:
                 print("\n".join(problems), file=sys.stderr)
                 sys.exit(1)
@@ -226,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         await gateway.run()
 
     asyncio.run(serve())
+
 
 if __name__ == "__main__":
     main()
