@@ -13,18 +13,21 @@
 #      cache cold and warm (docs/geoip.md)
 #   7. scripts/bench_patterns.py: one name against 100 to 10,000 pattern rules, per-rule regexes vs
 #      PatternSet (core/patterns.py)
+#   8. scripts/bench_conn.py: CPU per refused and per passed-through connection: mitmdump with geoblock, a
+#      minimal blocker addon and the gateway runner geoblock-gateway (16 parallel clients)
 # Results: the tables on stdout, and bench-results/{decide,proxy,report,...}.{json,md} (git-ignored).
 #   GEOBLOCK_PYTHON=3.12 scripts/bench.sh      other Python/mitmproxy pairing (results get a -3.12 suffix)
-#   scripts/bench.sh decide | proxy | report | biglist | trie | squid | geoip | patterns   one benchmark only
+#   scripts/bench.sh decide | proxy | report | biglist | trie | squid | geoip | patterns | conn   one benchmark only
 #   BENCH_DECIDE_ARGS="--iterations 50000" BENCH_PROXY_ARGS="--rounds 3 --duration 10" scripts/bench.sh
 #   BENCH_REPORT_ARGS="--sizes 1000000 --rounds 1" scripts/bench.sh report
 #   BENCH_SQUID_ARGS="--clients 32 --duration 20" scripts/bench.sh squid
+#   BENCH_CONN_ARGS="--rounds 5 --connections 3000" scripts/bench.sh conn
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ver="${GEOBLOCK_PYTHON:-3.11}"
 which="${1:-all}"
-case "$which" in all|decide|proxy|report|biglist|trie|squid|geoip|patterns) ;;
-  *) echo "usage: scripts/bench.sh [all|decide|proxy|report|biglist|trie|squid|geoip|patterns]" >&2; exit 2;; esac
+case "$which" in all|decide|proxy|report|biglist|trie|squid|geoip|patterns|conn) ;;
+  *) echo "usage: scripts/bench.sh [all|decide|proxy|report|biglist|trie|squid|geoip|patterns|conn]" >&2; exit 2;; esac
 venv="$(scripts/bootstrap.sh "$ver")"
 py="$venv/bin/python"
 suffix=""; [ "$ver" = "3.11" ] || suffix="-$ver"
@@ -49,5 +52,5 @@ run_bench() {
     "$py" "scripts/bench_$name.py" --out "bench-results/$name$suffix.json" $args | tee "bench-results/$name$suffix.md"
   fi
 }
-for name in decide proxy report biglist trie geoip patterns squid; do run_bench "$name"; done
+for name in decide proxy report biglist trie geoip patterns conn squid; do run_bench "$name"; done
 echo "=== results in bench-results/ (JSON and markdown)"

@@ -2,7 +2,8 @@
 # Set up (scripts/bootstrap.sh: .venv-3.X from the runtime and test locks, docs/install.md), lint (ruff,
 # mypy: scripts/lint.sh) and run the whole test suite under every supported pairing:
 # Python 3.11 + mitmproxy 11.0.2 and Python 3.12 + mitmproxy 12.x.
-# GEOBLOCK_PYTHONS="3.12" limits the run; extra arguments go to pytest.
+# GEOBLOCK_PYTHONS="3.12" limits the run; extra arguments go to pytest. GEOBLOCK_RUNNER=1 runs the tests'
+# proxies with geoblock as the production runner geoblock-gateway (tests/support/proc.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # curl: the tests' HTTP and TLS client; wrk: the benchmarks' load generator (tests/test_bench.py);

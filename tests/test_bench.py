@@ -75,6 +75,13 @@ def test_squid_benchmark_checks_both_proxies_refuse_a_listed_name_and_pass_an_al
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "bench_squid.py"), "--domains", "1000", "--clients", "4",
          "--duration", "1", "--after", "0.5", "--out", str(out)],
+
+
+def test_connection_benchmark_measures_every_arm_and_checks_answers_and_records(tmp_path: Path) -> None:
+    out = tmp_path / "conn.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_conn.py"), "--rounds", "1", "--connections", "40",
+         "--warmup", "10", "--clients", "4", "--out", str(out)],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -128,3 +135,11 @@ def test_patterns_benchmark_times_before_and_after(tmp_path: Path) -> None:
     assert [r["patterns"] for r in rows] == [50, 300]
     assert all(f"{kind} {way}" in r for r in rows for kind in ("unlisted", "listed") for way in ("before", "after"))
     assert "| 300 | unlisted |" in proc.stdout
+
+
+    assert set(results["arms"]) == {"plain", "minimal", "runner"}
+    for arm in results["arms"].values():
+        for kind in ("refused", "passed"):
+            assert len(arm[kind]["cpu_ms_per_conn"]) == 1 and arm[kind]["cpu_ms_per_conn"][0] >= 0
+    assert results["decision_log"] == {"plain": {"block": 50, "allow": 100}, "runner": {"block": 50, "allow": 100}}
+    assert "runner / plain: refused x" in proc.stdout and "runner / minimal: refused x" in proc.stdout

@@ -143,17 +143,20 @@ def test_geoip_update_commands_are_installed(installed: Installed, tmp_path: Pat
     assert f"GeoLite2-Country.mmdb: missing ({tmp_path}/GeoLite2-Country.mmdb)" in checked.stdout
 
 
-def test_geoblock_proxy_starts_mitmdump_with_geoblock_and_blocks(installed: Installed, tmp_path: Path) -> None:
-    """`geoblock-proxy`: the installed package's own mitmproxy script (no path to find): it starts with
-    the shipped rules and answers a listed name with the 451 page, recorded in the decision log."""
+@pytest.mark.parametrize("command", ["geoblock-proxy", "geoblock-gateway"])
+def test_geoblock_proxy_and_gateway_start_with_geoblock_and_block(installed: Installed, tmp_path: Path,
+                                                                  command: str) -> None:
+    """`geoblock-proxy` (mitmdump with the installed package's own mitmproxy script, no path to find) and
+    `geoblock-gateway` (the production runner): each starts with the shipped rules and answers a listed
+    name with the 451 page, recorded in the decision log."""
     port, log = free_port(), tmp_path / "decisions.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GEOBLOCK_") and k != "PYTHONPATH"}
-    proc = subprocess.Popen([str(installed.bin / "geoblock-proxy"), "--listen-host", "127.0.0.1", "--listen-port",
+    proc = subprocess.Popen([str(installed.bin / command), "--listen-host", "127.0.0.1", "--listen-port",
                              str(port), "--set", f"confdir={tmp_path / 'conf'}", "--set", f"geoblock_log={log}",
                              "--set", "geoblock_country_db=", "--set", "geoblock_asn_db="],
                             cwd=installed.elsewhere, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: _listening(port), timeout=60, what=f"geoblock-proxy listening on {port}")
+        wait_for(lambda: _listening(port), timeout=60, what=f"{command} listening on {port}")
         done = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-x", f"http://127.0.0.1:{port}",
                                "http://binance.com/"], capture_output=True, text=True, timeout=30)
         assert done.stdout == "451"

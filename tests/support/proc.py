@@ -23,6 +23,33 @@ def mitmdump_path() -> str:
     return str(Path(sys.executable).with_name("mitmdump"))
 
 
+def gateway_path() -> str:
+    """The production runner of this environment (`geoblock-gateway`, geoblock/mitm/run.py)."""
+    return str(Path(sys.executable).with_name("geoblock-gateway"))
+
+
+def runner_wanted() -> bool:
+    """GEOBLOCK_RUNNER=1: the tests' mitmdumps with geoblock run as `geoblock-gateway` instead of
+    `mitmdump -s addons/block.py` (the same command line, geoblock built in)."""
+    return os.environ.get("GEOBLOCK_RUNNER", "") not in ("", "0")
+
+
+def as_runner(args: list[str]) -> list[str]:
+    """A `mitmdump ... -s addons/block.py ...` command line as the runner's: `geoblock-gateway` with the
+    same arguments, less the `-s` of addons/block.py (geoblock is built in; other -s scripts stay and run
+    before geoblock, as they do when given before it)."""
+    out = [gateway_path()]
+    rest = args[1:]
+    i = 0
+    while i < len(rest):
+        if rest[i] == "-s" and i + 1 < len(rest) and rest[i + 1] == str(BLOCK_PY):
+            i += 2
+            continue
+        out.append(rest[i])
+        i += 1
+    return out
+
+
 def geoblock_options(rules: Path, geo_dir: Path, log: Path, **extra: object) -> dict[str, object]:
     """mitmdump options (name -> value, for `Mitmdump`) that run geoblock on the rules directory `rules`,
     the test databases in `geo_dir` (GeoLite2-Country.mmdb, GeoLite2-ASN.mmdb) and the decision log file
@@ -96,10 +123,12 @@ class LoggedProcess:
 
 
 class Mitmdump(LoggedProcess):
-    """`mitmdump` as a child process on 127.0.0.1:<port>; `with_geoblock=False` runs it bare."""
+    """`mitmdump` as a child process on 127.0.0.1:<port>; `with_geoblock=False` runs it bare. With
+    `runner=True` (default: GEOBLOCK_RUNNER=1 in the environment) a mitmdump with geoblock runs as the
+    production runner `geoblock-gateway` instead, with the same options."""
 
     def __init__(self, confdir: Path, options: dict[str, object] | None = None, with_geoblock: bool = True,
-                 extra_args: list[str] | None = None, port: int | None = None) -> None:
+                 extra_args: list[str] | None = None, port: int | None = None, runner: bool | None = None) -> None:
         self.port = port or free_port()
         self.confdir = confdir
         self.args = [mitmdump_path(), "--listen-host", "127.0.0.1", "-p", str(self.port),
@@ -116,6 +145,8 @@ class Mitmdump(LoggedProcess):
                 value = "true" if value else "false"
             self.args += ["--set", f"{key}={value}"]
         self.args += extra_args or []
+        if (with_geoblock or str(BLOCK_PY) in self.args) and (runner_wanted() if runner is None else runner):
+            self.args = as_runner(self.args)
         self.log_path = confdir / f"mitmdump-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

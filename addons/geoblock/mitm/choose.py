@@ -11,8 +11,9 @@ from __future__ import annotations
 from mitmproxy.addons import next_layer as _mitmproxy_next_layer
 from mitmproxy.proxy import layer
 from mitmproxy.proxy.context import Context
-from mitmproxy.proxy.layers import HttpLayer
+from mitmproxy.proxy.layers import ClientTLSLayer, HttpLayer, ServerTLSLayer, TCPLayer
 from mitmproxy.proxy.layers.http import HTTPMode
+from mitmproxy.tls import ClientHello
 
 
 class Chooser:
@@ -34,6 +35,24 @@ class Chooser:
             return self.addon._next_layer(context, data_client, data_server)
         except _mitmproxy_next_layer.NeedsMoreData:
             return None
+
+    @staticmethod
+    def pass_through(context: Context, chosen: layer.Layer, hello: ClientHello) -> layer.Layer:
+        """A raw relay (TCPLayer, ignore=True) in place of `chosen` when `chosen` is the pair of TLS layers
+        mitmproxy puts on a TCP ClientHello (ServerTLSLayer over ClientTLSLayer): what those layers end
+        in when tls_clienthello passes the handshake through (ignore_connection), with the client's sni
+        and alpn_offers set from `hello` as the TLS layer sets them. Any other choice is returned as it
+        is. The client and the server see the same bytes either way."""
+        client_tls = getattr(chosen, "child_layer", None)
+        if not (type(chosen) is ServerTLSLayer and type(client_tls) is ClientTLSLayer
+                and context.client.transport_protocol == "tcp"):
+            return chosen
+        for built in (chosen, client_tls):
+            while built in context.layers:
+                context.layers.remove(built)
+        context.client.sni = hello.sni
+        context.client.alpn_offers = hello.alpn_protocols
+        return TCPLayer(context, ignore=True)
 
     @staticmethod
     def http_instead(context: Context, chosen: layer.Layer) -> layer.Layer:

@@ -10,6 +10,8 @@ is asked for (`choose.Chooser`), and whatever it chose is judged by one owner: H
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mitmproxy import connection
 from mitmproxy.proxy import layer as mlayer
 from mitmproxy.proxy import mode_specs
@@ -45,6 +47,13 @@ class LayerJudge:
     def __init__(self, judging: Judging) -> None:
         self.judging = judging
         self.chooser = Chooser()  # mitmproxy's own layer choice, asked by next_layer
+        # Asked for each allowed ClientHello. The gateway runner (mitm/run.py) answers True while geoblock
+        # is the only addon with a tls_clienthello hook (apart from mitmproxy's tlsconfig, which has
+        # nothing to do for a handshake passed through): an allowed ClientHello that is not to be
+        # decrypted then goes straight to a raw relay (Chooser.pass_through) instead of through
+        # mitmproxy's TLS layers, which would parse it again, ask tls_clienthello and relay the same
+        # bytes through two idle TLS layers. mitmdump with the script: always False.
+        self.direct_pass: Callable[[], bool] = lambda: False
 
     @guarded("stream", "refuse")
     async def next_layer(self, nextlayer: mlayer.NextLayer) -> None:
@@ -75,6 +84,8 @@ class LayerJudge:
         chosen = self.chooser.choose(context, data, nextlayer.data_server())
         if chosen is None:
             return  # mitmproxy needs more bytes too; asked again with them
+        if shows == hold.TLS and state.hello is not None and self._passes(state, context) and self.direct_pass():
+            chosen = self.chooser.pass_through(context, chosen, state.hello)
         if shows != hold.TLS and not judged_later(chosen):
             if shows_http_version(data):
                 chosen = self.chooser.http_instead(context, chosen)  # a request line mitmproxy took for raw TCP
@@ -83,6 +94,12 @@ class LayerJudge:
                 if self.judging.enforcing(verdict):
                     return self._deny_stream(nextlayer, verdict)
         nextlayer.layer = chosen
+
+    def _passes(self, state: ConnState, context: Context) -> bool:
+        """Whether the ClientHello just judged on `context` goes through undecrypted: allowed (or only
+        logged), no geoblock_intercept, no blocked tunnel kept for the page (what tls_clienthello decides)."""
+        return (state.tls_judged.get(context) is True and state.blocked_tunnel is None
+                and not (self.judging.settings and self.judging.settings.intercept))
 
     @property
     def _hold_timeout(self) -> float:
@@ -120,6 +137,7 @@ class LayerJudge:
         not a host name: on_error decided). Raises observe.MalformedClientHello on a malformed one."""
         hello, _ = client_hello_of(data)
         state.tls_judged[context] = False
+        state.hello = hello
         facts = client_facts("tls", context.client, port_of(context.server.address))
         state.learn_destination(context)
         problem = sni_problem(hello.extensions, hello.sni)

@@ -14,6 +14,7 @@ from typing import Any
 
 from mitmproxy import connection
 from mitmproxy.proxy.context import Context
+from mitmproxy.tls import ClientHello
 
 from geoblock.core.model import Facts, Stage, Verdict
 from geoblock.core.names import IPAddress, normalize_host
@@ -65,6 +66,7 @@ class ConnState:
     # The ClientHellos judged on this connection, by the layer context that read them: allowed or not.
     tls_judged: weakref.WeakKeyDictionary[Context, bool] = field(default_factory=weakref.WeakKeyDictionary)
     sni: str | None = None  # the last judged ClientHello's SNI, normalised
+    hello: ClientHello | None = None  # the last judged ClientHello, as mitmproxy parsed it
     session: Session = field(default_factory=Session)  # names the engine resolved for this connection
     server_names: dict[tuple[str, int], str] = field(default_factory=dict)  # judged address -> TLS name
     http_memo: HttpMemo | None = None  # the last HTTP request's judgement on this connection
