@@ -430,8 +430,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
             _readable(artifact)
         if not args.json:
             print(f"{path}: {listed.entry_count} entries, version {listed.version} (sha256 {listed.sha256}), "
-                  f"artifact {artifact}, " + (f"built in {seconds:.2f} s" if done[-1]["built"]
-                                              else f"already compiled (opened in {seconds:.2f} s)"), flush=True)
+                  f"artifact {artifact}, " + (f"built in {seconds:.3f} s" if done[-1]["built"]
+                                              else f"already compiled (opened in {seconds:.3f} s)"), flush=True)
     try:
         rs = Ruleset.load(args.rules)  # the whole rules, as the proxy loads them, from the cache just filled
     except RuleError as exc:
