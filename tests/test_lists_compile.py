@@ -96,3 +96,19 @@ def test_a_compiled_list_is_mapped_by_the_proxy_without_compiling_it_again(tmp_p
     checked = geoblock("check", str(rules), cache=fresh)
     assert checked.returncode == 0, checked
     assert [p.name for p in fresh.iterdir()] == [artifact.name]
+
+
+def test_every_list_and_platform_a_rule_names_is_compiled_once(tmp_path: Path) -> None:
+    """A list named by two rules, one giving a default platform, is two artifacts (the platform is part of
+    what is compiled); both are built by the command itself, and a second run builds nothing."""
+    rules = rules_with_list(tmp_path / "rules", ["okx.com", "bybit.com  Bybit"])
+    (rules / "more.yaml").write_text("rules:\n  - id: named\n    action: log\n    platform: Regulator list\n"
+                                     "    domains_from: [lists/national.txt]\n")
+    cache = tmp_path / "cache"
+    first = geoblock("lists", "compile", str(rules), "--cache", str(cache))
+    assert first.returncode == 0, first
+    assert "built while loading the rules" not in first.stdout
+    assert first.stdout.splitlines()[-1].endswith("(2 built, 0 already compiled)")
+    assert len([p for p in cache.iterdir()]) == 2
+    second = geoblock("lists", "compile", str(rules), "--cache", str(cache))
+    assert second.stdout.splitlines()[-1].endswith("(0 built, 2 already compiled)"), second.stdout
