@@ -24,8 +24,19 @@ workers, how busy the machine was, and the CPU that processes outside the run us
 taken while others used more than 0.10 CPU is flagged: on a shared machine, rerun it when quiet). On a 2-core machine wrk, the server and the workers share the same two cores: expect little
 gain from N=2 here; the table says how much.
 
+`--list-size N` adds the national-scale case: one more block rule whose names come from a list file of N
+random domains (scripts/bench_biglist.write_rules; 1000000 for issue 15's figures). The list is compiled
+once before the workers start, by `geoblock lists compile` into a cache of the run (as a build step
+would), and every worker maps that one artifact (GEOBLOCK_CACHE_DIR). After the rounds, each worker's
+memory: VmRSS (/proc/PID/status) and, better where workers share pages, Pss (proportional set size,
+/proc/PID/smaps_rollup: a page shared by k processes counts 1/k in each), with the Rss and Pss of the
+artifact's own mappings (/proc/PID/smaps). A mapped page counts in a worker's Rss only once that worker
+has touched it (a lookup walking the trie): the list's Rss grows with the variety of names decided, up to
+the artifact's size, and its Pss stays that divided among the workers.
+
     sudo .venv-3.11/bin/python scripts/bench_workers.py [--workers 1,2] [--rounds 3] [--duration 8]
                                                          [--connections 16] [--workloads http,tls-new]
+                                                         [--list-size 1000000]
 """
 
 from __future__ import annotations
@@ -125,6 +136,58 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def memory(pid: int, artifacts: list[str]) -> dict[str, int]:
+    """Memory of process `pid` in kB: `rss` (VmRSS), `pss`, `pss_file` (Pss of file-backed pages),
+    `private` (Private_Clean + Private_Dirty), from /proc/PID/status and /proc/PID/smaps_rollup; and
+    `list_rss`, `list_pss`: of the mappings of files under the directories `artifacts` (/proc/PID/smaps).
+    A field the kernel does not give is left out."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            out["rss"] = int(line.split()[1])
+    rollup = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, _, rest = line.partition(":")
+        if rest.strip().endswith("kB"):
+            rollup[key] = int(rest.split()[0])
+    for key, name in (("Pss", "pss"), ("Pss_File", "pss_file")):
+        if key in rollup:
+            out[name] = rollup[key]
+    out["private"] = rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0)
+    if artifacts:
+        out["list_rss"] = out["list_pss"] = 0
+        inside = False
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            head = line.split()
+            if head and "-" in head[0] and ":" not in head[0]:  # a mapping's first line: range perms ... path
+                inside = len(head) >= 6 and any(head[5].startswith(a + "/") for a in artifacts)
+            elif inside and head[0] == "Rss:":
+                out["list_rss"] += int(head[1])
+            elif inside and head[0] == "Pss:":
+                out["list_pss"] += int(head[1])
+    return out
+
+
+def add_big_list(rules: Path, work: Path, size: int) -> tuple[Path, list[str], float]:
+    """Add to `rules` a block rule over a list file of `size` random domains, and compile it with
+    `geoblock lists compile` into the cache work/cache. Returns (cache, artifact directories, seconds)."""
+    import bench_biglist
+    big = work / "big"
+    bench_biglist.write_rules(big, size, seed=15)
+    (rules / "lists").mkdir(exist_ok=True)
+    shutil.move(str(big / "lists" / "big.txt"), rules / "lists" / "big.txt")
+    (rules / "zz-big.yaml").write_text("rules:\n  - {id: national-list, action: block, "
+                                       "domains_from: [lists/big.txt]}\n")
+    cache = work / "cache"
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "geoblock.tools.cli", "lists", "compile", str(rules), "--cache",
+                           str(cache), "--json"], capture_output=True, text=True, cwd=REPO / "addons", timeout=1800)
+    seconds = time.monotonic() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"geoblock lists compile failed: {done.stdout}{done.stderr}")
+    return cache, [d["artifact"] for d in json.loads(done.stdout)["lists"]], seconds
+
+
 def line_count(path: Path) -> int:
     try:
         with open(path, "rb") as f:
@@ -140,6 +203,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--workloads", default="http,tls-new,tls-keepalive")
+    ap.add_argument("--list-size", type=int, default=0, metavar="N",
+                    help="add a block rule over a list of N random domains (e.g. 1000000), compiled once")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
     ap.add_argument("--serve", nargs=3, metavar=("HOST", "CERT", "KEY"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -178,6 +243,12 @@ def main() -> int:
 
         pki = make_pki(work / "pki")
         rules = copy_shipped_rules(work / "rules")
+        artifacts: list[str] = []
+        if args.list_size:
+            cache, artifacts, compile_s = add_big_list(rules, work, args.list_size)
+            os.environ["GEOBLOCK_CACHE_DIR"] = str(cache)  # the workers map what the build step compiled
+            print(f"list of {args.list_size} names compiled in {compile_s:.1f} s (geoblock lists compile, "
+                  f"including its start)", flush=True)
         write_country_db(work / "GeoLite2-Country.mmdb", ns.GEO_PLACES)
         write_asn_db(work / "GeoLite2-ASN.mmdb", ns.GEO_PLACES)
 
@@ -216,6 +287,7 @@ def main() -> int:
             m.decisions = decisions
             workers.append(m)
         time.sleep(1)  # mitmproxy 12 may listen a moment before its scripts are configured
+        started_memory = [memory(m.pid, artifacts) for m in workers]
 
         order = []
         for r in range(args.rounds):
@@ -245,6 +317,7 @@ def main() -> int:
                 print(f"  N={n} {w:14s} {res['rps']:8.0f} req/s  errors {res['errors']:4d}  "
                       f"machine busy {res['machine_busy']:.0%} (others {res['others_cpu']:.2f} CPU)  worker CPU {res['cpu']}  "
                       f"decisions per worker {res['decisions']}", flush=True)
+        ended_memory = [memory(m.pid, artifacts) for m in workers]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -281,8 +354,22 @@ def main() -> int:
             cells.append(f"{rps:.0f} ({rps / base[w]:.2f}x; workers {cpu} CPU, machine {busy:.0%} busy"
                          + (f", others up to {others:.2f} CPU" if others > DISTURBED else "") + ")")
         print(f"| {n} | " + " | ".join(cells) + " |")
+    print()
+    print("memory per worker (MB; all workers run through every round; Pss: shared pages divided among "
+          "the processes that map them)")
+    print("| worker | when | VmRSS | Pss | Pss of files | private |"
+          + (" list Rss | list Pss |" if artifacts else ""))
+    print("|---|---|---:|---:|---:|---:|" + ("---:|---:|" if artifacts else ""))
+    for k in range(most):
+        for when, mem in (("started", started_memory[k]), ("after the rounds", ended_memory[k])):
+            cells = [mem.get(f) for f in ("rss", "pss", "pss_file", "private")
+                     + (("list_rss", "list_pss") if artifacts else ())]
+            print(f"| {k + 1} | {when} | " + " | ".join("-" if c is None else f"{c / 1024:.1f}" for c in cells) + " |")
+    if args.list_size:
+        print(f"\n(one block rule over a list of {args.list_size} names, compiled once and mapped by every worker)")
     if args.out:
-        args.out.write_text(json.dumps({"alone": alone, "results": results}, indent=1))
+        args.out.write_text(json.dumps({"alone": alone, "results": results, "list_size": args.list_size,
+                                        "memory": {"started": started_memory, "after": ended_memory}}, indent=1))
     return 0
 
 

@@ -143,3 +143,33 @@ def test_patterns_benchmark_times_before_and_after(tmp_path: Path) -> None:
             assert len(arm[kind]["cpu_ms_per_conn"]) == 1 and arm[kind]["cpu_ms_per_conn"][0] >= 0
     assert results["decision_log"] == {"plain": {"block": 50, "allow": 100}, "runner": {"block": 50, "allow": 100}}
     assert "runner / plain: refused x" in proc.stdout and "runner / minimal: refused x" in proc.stdout
+
+
+def test_workers_benchmark_maps_one_compiled_list_in_every_worker(tmp_path: Path) -> None:
+    """scripts/bench_workers.py with a list (2,000 names here; 1,000,000 for the figures): the list is
+    compiled once, both workers decide with it, and the memory table shows each worker mapping the same
+    artifact (its pages shared: each worker's Pss of them below its Rss)."""
+    from support import netns
+
+    reason = netns.unavailable()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "workers.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_workers.py"), "--workers", "1,2", "--rounds", "1",
+         "--duration", "1", "--connections", "4", "--workloads", "http", "--list-size", "2000", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())
+    assert results["list_size"] == 2000
+    assert "list of 2000 names compiled in" in proc.stdout
+    for r in results["results"]:
+        assert r["errors"] == 0 and r["non2xx"] == 0 and r["rps"] > 0, r
+    assert all(n > 0 for n in next(r for r in results["results"] if r["workers"] == 2)["decisions"])
+    after = results["memory"]["after"]
+    assert len(after) == 2
+    for worker in after:
+        assert worker["rss"] > 0 and worker["pss"] > 0
+        assert 0 < worker["list_pss"] < worker["list_rss"], worker  # mapped by both: shared pages halve
+    assert "| worker | when | VmRSS | Pss | Pss of files | private | list Rss | list Pss |" in proc.stdout

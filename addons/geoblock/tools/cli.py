@@ -5,7 +5,8 @@
     geoblock explain NAME|IP [--server IP] ...   the verdict a flow would get, and why
     geoblock status [--url URL] [--json]         what a running gateway says at its /status endpoint
     geoblock report LOG... [-o report.html]      what the decision logs say happened (tools/report.py)
-    geoblock lists import|update ...             import lists; keep feeds current (tools/lists.py)
+    geoblock lists import|update|compile ...     import lists; keep feeds current; compile lists into
+                                                 the artifact cache (tools/lists.py)
     geoblock discover LOG... [--list-out F]      platforms the logs point at, not listed yet (tools/discover.py)
 
 Exit codes: 0 ok, 1 rules refused (check --strict: or any warning, docs/lint.md; status: the gateway is

@@ -2,6 +2,7 @@
 
     geoblock lists import SRC [--format F] [--platform P] [-o OUT] [--source TEXT]
     geoblock lists update FEEDS [--only NAME] [--force]
+    geoblock lists compile [RULES] [--cache DIR] [--json]
 
 `import` reads SRC (a file, `-` for stdin, or an http(s) URL) in one of the list formats (core/lists.py:
 plain, hosts, adblock, csv; detected when not given), normalises every entry, keeps each name once, says
@@ -20,8 +21,18 @@ that fails keeps the list in place (the last good one) and is reported. A runnin
 replaced list and reloads it (its rules name it in `domains_from`). Run it from a timer
 (deploy/systemd/geoblock-lists.timer).
 
+`compile` compiles every list file the rules name (`domains_from`) into its index artifact
+(core/listindex.py) in the artifact cache (`--cache`, default the one the proxy uses: $GEOBLOCK_CACHE_DIR,
+systemd's $CACHE_DIRECTORY, ...), so that a build step (CI, an image build) compiles each list version
+once and every box and worker maps the same artifact instead of compiling it at start. Per list it prints
+the path, its entries, its version (the first 12 hex digits of its SHA-256, the records' `list_version`),
+the artifact directory, and the seconds taken, saying whether it was built or already in the cache; then
+the whole rules are loaded from that cache as the proxy loads them, and the ruleset version printed.
+A proxy started with the same cache (GEOBLOCK_CACHE_DIR=DIR) maps these artifacts and compiles nothing.
+
 Exit codes: 0 done (update: every feed current or unchanged), 1 a feed failed verification or could not
-be fetched (the others are still updated), 2 usage or input error (no such file, no entry at all).
+be fetched (the others are still updated); compile: a list or the rules refused, with file:line, 2 usage
+or input error (no such file, no entry at all; compile: the cache cannot be written).
 """
 
 from __future__ import annotations
@@ -30,8 +41,10 @@ import argparse
 import gzip
 import http.client
 import io
+import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -44,8 +57,10 @@ from typing import Any
 import yaml
 
 from geoblock import __version__ as _version
+from geoblock.core.listindex import ENV_CACHE, cache_dir, open_list
 from geoblock.core.lists import FORMATS, Entry, ListFile, ListFormat, read_list, read_list_text, write_list
-from geoblock.core.rules import RuleError
+from geoblock.core.rules import RuleError, rule_files
+from geoblock.core.ruleset import Ruleset
 from geoblock.errors import GeoblockError
 
 MAX_BYTES = 64 * 1024 * 1024  # the largest download accepted (bytes): a national list is a few MB
@@ -358,8 +373,111 @@ def cmd_update(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def named_lists(rules: str) -> list[tuple[Path, str | None]]:
+    """The list files the rules at `rules` name, as (path, platform of the naming rule or None), each once,
+    in the order the rules name them. A best effort over the YAML alone: what does not read (bad YAML, a
+    list that does not exist) is left out here, and Ruleset.load reports it with its file and line."""
+    found: dict[tuple[Path, str | None], None] = {}
+    try:
+        files = rule_files(rules)
+    except RuleError:
+        return []
+    for path in files:
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        rule_list = doc.get("rules") if isinstance(doc, dict) else None
+        for rule in rule_list if isinstance(rule_list, list) else ():
+            if not isinstance(rule, dict) or not isinstance(rule.get("domains_from"), list):
+                continue
+            platform = rule.get("platform")
+            for name in rule["domains_from"]:
+                target = path.parent / str(name)
+                if isinstance(name, str) and target.is_file() and (platform is None or isinstance(platform, str)):
+                    found[(target, platform)] = None
+    return list(found)
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    cache = os.path.abspath(args.cache or cache_dir())
+    try:
+        os.makedirs(cache, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=".probe-", dir=cache)
+        os.rmdir(probe)
+    except OSError as exc:
+        print(f"geoblock: cannot write the artifact cache {cache}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    os.environ[ENV_CACHE] = cache  # Ruleset.load below (and anything it starts) uses this cache
+    done: list[dict[str, Any]] = []
+    for path, platform in named_lists(args.rules):
+        before = set(os.listdir(cache))
+        started = time.perf_counter()
+        try:
+            listed = open_list(path, platform, cache=cache)
+        except RuleError as exc:
+            for name in set(os.listdir(cache)) - before:  # open_list leaves its .build- directory on a bad list
+                if name.startswith(".build-"):
+                    shutil.rmtree(os.path.join(cache, name), ignore_errors=True)
+            _refused(args, "list", exc)
+            return 1
+        seconds = time.perf_counter() - started
+        artifact = listed.index.path if listed.index is not None else ""  # open_list always gives one
+        done.append({"path": str(path), "platform": platform, "entries": listed.entry_count,
+                     "sha256": listed.sha256, "version": listed.version, "artifact": artifact,
+                     "built": os.path.basename(artifact) not in before, "seconds": round(seconds, 3)})
+        if done[-1]["built"]:
+            _readable(artifact)
+        if not args.json:
+            print(f"{path}: {listed.entry_count} entries, version {listed.version} (sha256 {listed.sha256}), "
+                  f"artifact {artifact}, " + (f"built in {seconds:.3f} s" if done[-1]["built"]
+                                              else f"already compiled (opened in {seconds:.3f} s)"), flush=True)
+    try:
+        rs = Ruleset.load(args.rules)  # the whole rules, as the proxy loads them, from the cache just filled
+    except RuleError as exc:
+        _refused(args, "rules", exc)
+        return 1
+    compiled = {d["artifact"] for d in done}
+    for listed in rs.source.lists:
+        if listed.index is not None and listed.index.path not in compiled:  # named in a way the walk missed
+            compiled.add(listed.index.path)
+            done.append({"path": listed.path, "platform": listed.platform, "entries": listed.entry_count,
+                         "sha256": listed.sha256, "version": listed.version, "artifact": listed.index.path,
+                         "built": True, "seconds": None})
+            if not args.json:
+                print(f"{listed.path}: {listed.entry_count} entries, version {listed.version} (sha256 "
+                      f"{listed.sha256}), artifact {listed.index.path}, built while loading the rules")
+    if args.json:
+        print(json.dumps({"ok": True, "ruleset": rs.version, "cache": cache, "lists": done}))
+    else:
+        built = sum(1 for d in done if d["built"])
+        print(f"ok: ruleset {rs.version}: {len(done)} list(s) in {cache} ({built} built, {len(done) - built} "
+              "already compiled)")
+    return 0
+
+
+def _readable(directory: str) -> None:
+    """Give an artifact directory built here the umask's permissions (it is made private, 0700): a
+    build step run as one user (root in an image build) leaves an artifact the proxy's user can map."""
+    mask = os.umask(0)
+    os.umask(mask)
+    try:
+        os.chmod(directory, 0o777 & ~mask)
+    except OSError:
+        pass
+
+
+def _refused(args: argparse.Namespace, what: str, exc: RuleError) -> None:
+    """Say why `what` ("list" or "rules") was refused: "file:line: message" on stderr, or with --json
+    {"ok": false, "error", "file", "line"} on stdout (as `geoblock check --json`)."""
+    if args.json:
+        print(json.dumps({"ok": False, "error": exc.message, "file": exc.path, "line": exc.line}))
+    else:
+        print(f"geoblock: {what} refused: {exc}", file=sys.stderr)
+
+
 def add_parser(sub: Any) -> None:
-    """The `lists` subcommand (import, update) on the `geoblock` parser's subparsers `sub`."""
+    """The `lists` subcommand (import, update, compile) on the `geoblock` parser's subparsers `sub`."""
     p = sub.add_parser("lists", help="import lists into geoblock's list format; keep feeds current",
                        description="Import a list (plain, hosts, adblock, CSV) as a geoblock list file, or "
                                    "update the feeds of a feeds file. docs/lists.md.")
@@ -377,3 +495,9 @@ def add_parser(sub: Any) -> None:
     upd.add_argument("--only", action="append", metavar="NAME", help="only this feed (repeatable)")
     upd.add_argument("--force", action="store_true", help="install even a feed that shrank more than max_shrink")
     upd.set_defaults(func=cmd_update, rules="")
+    comp = lists.add_parser("compile", help="compile the lists the rules name into the artifact cache (a build step)")
+    comp.add_argument("rules", nargs="?", help="a rules file or directory (default: the one the proxy uses)")
+    comp.add_argument("--cache", metavar="DIR",
+                      help=f"the artifact cache to fill (default: ${ENV_CACHE}, else the proxy's default)")
+    comp.add_argument("--json", action="store_true", help="print one JSON object: ruleset, cache, lists")
+    comp.set_defaults(func=cmd_compile)
