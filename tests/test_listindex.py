@@ -146,6 +146,7 @@ def test_a_large_list_compiles_in_a_child_process_and_a_bad_line_is_named(tmp_pa
     with pytest.raises(RuleError) as err:
         Ruleset.load(str(tmp_path))
     assert str(err.value).startswith(f"{lst}:502: 'http://bad.example/': must be a bare domain")
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")] == []  # no build left
 
 
 def test_a_damaged_artifact_is_compiled_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

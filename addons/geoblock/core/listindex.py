@@ -322,6 +322,7 @@ def open_list(path: str | os.PathLike[str], platform: str | None = None, *, cach
         except OSError:
             build = tempfile.mkdtemp(prefix="geoblock-list-")
             temporary = True
+        built = False
         try:
             if stat.st_size > CHILD_BYTES:
                 _compile_in_child(str(path), platform, build)
@@ -341,12 +342,13 @@ def open_list(path: str | os.PathLike[str], platform: str | None = None, *, cach
                 build = final
                 _prune(cache, os.path.basename(final))
             index = ListIndex(build)
+            built = True
         except RuleError:
             raise
         except (OSError, ValueError, KeyError) as exc:
             raise RuleError(p, None, f"cannot compile the list: {exc}") from None
         finally:
-            if temporary:
+            if temporary or not built:  # a failed build leaves nothing behind in the cache
                 shutil.rmtree(build, ignore_errors=True)  # mapped pages stay valid once the files are gone
     return _as_listfile(str(path), index, stat)
 
