@@ -437,14 +437,15 @@ def main() -> int:
     p.add_argument("--after", type=float, default=2.0, help="seconds the reload's client goes on once in force")
     p.add_argument("--start-limit", type=float, default=300.0, help="seconds a proxy may take to serve")
     p.add_argument("--reload-limit", type=float, default=300.0, help="seconds a reload may take")
-    p.add_argument("--only", choices=("squid", "geoblock"), default=None, help="one side only")
+    p.add_argument("--only", choices=("squid", "geoblock", "runner"), default=None,
+                   help="one side only (geoblock: mitmdump -s addons/block.py; runner: geoblock-gateway)")
     p.add_argument("--seed", type=int, default=15)
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                    help="the proxy on the last CPU, clients and server on the others (default: on)")
     args = p.parse_args()
     proxy_cpu = pin_proxy_cpu() if args.pin else None
-    squid = None if args.only == "geoblock" else ensure_squid()
+    squid = None if args.only in ("geoblock", "runner") else ensure_squid()
     results: dict = {"machine": machine(), "source": source_state(), "speed_index_ms": calibrate(),
                      "domains": args.domains, "clients": args.clients, "duration_s": args.duration,
                      "proxy_cpu": proxy_cpu, "sides": {}}
@@ -492,16 +493,24 @@ def main() -> int:
 
                 squid_cmd = pinned([squid, "-N", "-f", str(conf)], proxy_cpu)
                 sides.append(Side("Squid", squid_cmd, port, sq / "stdout.log", squid_reload))
-            if args.only != "squid":
-                gb = tmp / "geoblock"
+            # geoblock two ways: mitmdump with the addon script (what `make run` starts), and the production
+            # runner geoblock-gateway (what the systemd units start), with the same flags and rules
+            runner = str(Path(mitmdump_path()).with_name("geoblock-gateway"))
+            for label, front in (("geoblock", [mitmdump_path()]), ("geoblock-gateway", [runner])):
+                if args.only not in (None, "runner" if label == "geoblock-gateway" else "geoblock"):
+                    continue
+                gb = tmp / label
                 gb.mkdir()
+                side_rules = gb / "rules"  # its own copy: the reload edits the list
+                shutil.copytree(rules, side_rules)
                 port = free_port()
-                cmd = [mitmdump_path(), "--listen-host", "127.0.0.1", "-p", str(port),
+                cmd = [*front, "--listen-host", "127.0.0.1", "-p", str(port),
                        "--set", f"confdir={gb / 'confdir'}", "--set", "connection_strategy=lazy",
-                       "--set", "flow_detail=0", "--set", "termlog_verbosity=warn", "-s", str(BLOCK_PY),
-                       "--set", f"geoblock_rules={rules}", "--set", f"geoblock_log={gb / 'decisions.jsonl'}",
+                       "--set", "flow_detail=0", "--set", "termlog_verbosity=warn",
+                       *(["-s", str(BLOCK_PY)] if label == "geoblock" else []),
+                       "--set", f"geoblock_rules={side_rules}", "--set", f"geoblock_log={gb / 'decisions.jsonl'}",
                        "--set", "geoblock_metrics="]
-                big = rules / "lists" / "big.txt"
+                big = side_rules / "lists" / "big.txt"
 
                 def geoblock_reload(big: Path = big) -> None:
                     new = big.with_name("big.txt.new")
@@ -511,7 +520,7 @@ def main() -> int:
                     os.replace(new, big)
 
                 # an empty artifact cache: the list compiles at start (the cold figure), as on a first start
-                sides.append(Side("geoblock", pinned(cmd, proxy_cpu), port, gb / "mitmdump.log", geoblock_reload,
+                sides.append(Side(label, pinned(cmd, proxy_cpu), port, gb / "mitmdump.log", geoblock_reload,
                                   env={"GEOBLOCK_CACHE_DIR": str(gb / "cache")}))
             for side in sides:
                 results["sides"][side.label] = measure(side, target_port, ctx, listed_checks, ADDED, args)
@@ -559,9 +568,9 @@ def report(results: dict) -> None:
           + f"; {results['clients']} clients, whose own ceiling (straight to the server, no proxy) is "
           f"{results['direct_conn_per_s']:.0f} connections/s; speed index {results['speed_index_ms']:.0f} ms\n")
     labels = list(sides)
-    both = len(labels) == 2
-    print("| figure | " + " | ".join(labels) + (" | geoblock / Squid |" if both else " |"))
-    print("|---|" + "---:|" * (len(labels) + both))
+    ours = [label for label in labels if label != "Squid"] if "Squid" in sides else []
+    print("| figure | " + " | ".join(labels) + " |" + "".join(f" {label} / Squid |" for label in ours))
+    print("|---|" + "---:|" * (len(labels) + len(ours)))
     # (title, key, format, whether a ratio means something)
     rows = [("ready to serve", "ready_s", "{:.1f} s", True),
             ("memory when ready (VmRSS)", "rss_ready_mib", "{:.0f} MiB", True),
@@ -577,9 +586,9 @@ def report(results: dict) -> None:
     for title, key, fmt, ratio_means in rows:
         cells = [fmt.format(sides[label][key]) for label in labels]
         ratio = ""
-        if both:
-            a, b = sides["geoblock"][key], sides["Squid"][key]
-            ratio = f" {a / b:.2f} |" if b and ratio_means else " - |"
+        for label in ours:
+            a, b = sides[label][key], sides["Squid"][key]
+            ratio += f" {a / b:.2f} |" if b and ratio_means else " - |"
         print(f"| {title} | " + " | ".join(cells) + " |" + ratio)
     if "squid_entries" in results:
         left = results["domains"] - results["squid_entries"]

@@ -75,24 +75,17 @@ def test_squid_benchmark_checks_both_proxies_refuse_a_listed_name_and_pass_an_al
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "bench_squid.py"), "--domains", "1000", "--clients", "4",
          "--duration", "1", "--after", "0.5", "--out", str(out)],
-
-
-def test_connection_benchmark_measures_every_arm_and_checks_answers_and_records(tmp_path: Path) -> None:
-    out = tmp_path / "conn.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench_conn.py"), "--rounds", "1", "--connections", "40",
-         "--warmup", "10", "--clients", "4", "--out", str(out)],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads(out.read_text())
-    assert set(results["sides"]) == {"Squid", "geoblock"}
+    assert set(results["sides"]) == {"Squid", "geoblock", "geoblock-gateway"}
     for label, side in results["sides"].items():
         # the allowed name, a listed name, a subdomain of one, the name the reload then adds
         assert list(side["checks"].values()) == ["ok", "refused", "refused", "ok"], (label, side["checks"])
         assert side["added_refused"], label
         assert side["conn_ok"] > 0 and side["reload_attempts"] > 0, label
-    assert "| figure | Squid | geoblock | geoblock / Squid |" in proc.stdout
+    assert "| figure | Squid | geoblock | geoblock-gateway | geoblock / Squid | geoblock-gateway / Squid |" in proc.stdout
     assert "| proxy CPU per connection |" in proc.stdout
 
 
@@ -137,6 +130,15 @@ def test_patterns_benchmark_times_before_and_after(tmp_path: Path) -> None:
     assert "| 300 | unlisted |" in proc.stdout
 
 
+def test_connection_benchmark_measures_every_arm_and_checks_answers_and_records(tmp_path: Path) -> None:
+    out = tmp_path / "conn.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_conn.py"), "--rounds", "1", "--connections", "40",
+         "--warmup", "10", "--clients", "4", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())
     assert set(results["arms"]) == {"plain", "minimal", "runner"}
     for arm in results["arms"].values():
         for kind in ("refused", "passed"):
