@@ -219,3 +219,52 @@ def test_a_list_of_a_million_names_loads_and_decides_correctly(tmp_path: Path, m
         assert decide(Facts("tls", names=(name[1:],)), rs).action == ("block" if name[1:] in names else "allow")
         assert decide(Facts("tls", names=(name + "x",)), rs).action == ("block" if name + "x" in names else "allow")
     assert added < 100, f"the compiled list added {added:.0f} MB to the process"
+
+
+# ---------------------------------------------------------------------------------------------------
+# what an artifact's reading depends on is in its name (found by a review)
+
+
+def test_the_same_bytes_as_csv_and_as_a_plain_list_are_two_artifacts(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file named .csv reads as CSV, any other line by line: one artifact for both let whichever was
+    compiled first decide for the other (a listed name allowed)."""
+    monkeypatch.setenv("GEOBLOCK_CACHE_DIR", str(tmp_path / "cache"))
+    content = "binance.com Binance,domain\nx.example X,okx.com\n"
+    for d, name in (("a", "l.csv"), ("b", "l.txt")):
+        (tmp_path / d / "lists").mkdir(parents=True)
+        (tmp_path / d / "lists" / name).write_text(content)
+        (tmp_path / d / "r.yaml").write_text(f"rules:\n  - {{id: r, action: block, domains_from: [lists/{name}]}}\n")
+    as_csv = Ruleset.load(str(tmp_path / "a"))
+    as_plain = Ruleset.load(str(tmp_path / "b"))
+    assert decide(Facts("tls", names=("okx.com",)), as_csv).action == "block"
+    assert decide(Facts("tls", names=("binance.com",)), as_plain).action == "block"
+    assert decide(Facts("tls", names=("okx.com",)), as_plain).action == "allow"
+
+
+def test_another_parser_gets_another_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An artifact made by another release (another parser) is not reused: the code is in its name."""
+    monkeypatch.setenv("GEOBLOCK_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "l.txt").write_text("okx.com  OKX\n")
+    (tmp_path / "r.yaml").write_text("rules:\n  - {id: r, action: block, domains_from: [lists/l.txt]}\n")
+    Ruleset.load(str(tmp_path))
+    monkeypatch.setattr(listindex, "_CODE", "another-release")
+    Ruleset.load(str(tmp_path))
+    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 2
+
+
+def test_the_child_compiler_imports_nothing_from_the_current_directory(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listindex, "CHILD_BYTES", 10)
+    monkeypatch.setenv("GEOBLOCK_CACHE_DIR", str(tmp_path / "cache"))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "marisa_trie.py").write_text(f"open({str(tmp_path / 'PWNED')!r}, 'w').write('x')\n")
+    monkeypatch.chdir(work)
+    (tmp_path / "rules" / "lists").mkdir(parents=True)
+    (tmp_path / "rules" / "lists" / "l.txt").write_text("".join(f"n{i}.example\n" for i in range(100)))
+    (tmp_path / "rules" / "r.yaml").write_text("rules:\n  - {id: r, action: block, domains_from: [lists/l.txt]}\n")
+    rs = Ruleset.load(str(tmp_path / "rules"))
+    assert decide(Facts("tls", names=("n7.example",)), rs).action == "block"
+    assert not (tmp_path / "PWNED").exists()

@@ -57,7 +57,6 @@ ENV_CACHE = "GEOBLOCK_CACHE_DIR"
 _MODE_CHAR: dict[DomainMode, str] = {"tree": "T", "exact": "E", "below": "B"}
 _CHAR_MODE: dict[str, DomainMode] = {c: m for m, c in _MODE_CHAR.items()}
 _WRITTEN: dict[DomainMode, str] = {"tree": "", "exact": "=", "below": "*."}  # the plain notation's prefixes
-_MARISA = importlib.metadata.version("marisa-trie")  # in the artifact's name: another build, another file
 _FILES = ("trie.marisa", "lines.u32", "platforms.u32", "notation.u8")
 
 
@@ -220,8 +219,29 @@ def _write_artifact(cols: Columns, directory: str) -> None:
         json.dump(meta, f)
 
 
-def _artifact_name(sha256: str, platform: str | None) -> str:
-    salt = hashlib.sha256(f"{FORMAT}\0{_MARISA}\0{platform or ''}".encode()).hexdigest()[:12]
+def _code_version() -> str:
+    """A digest of what decides how a list file reads: the parser and name normaliser's source, this
+    module's, and the versions of the libraries they use (idna, marisa-trie). Another geoblock release
+    with another parser gets other artifacts, never the old release's reading of the same file."""
+    digest = hashlib.sha256()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for module in ("lists.py", "names.py", "listindex.py"):
+        with open(os.path.join(here, module), "rb") as f:
+            digest.update(f.read())
+    for dist in ("idna", "marisa-trie"):
+        digest.update(f"\0{dist}={importlib.metadata.version(dist)}".encode())
+    return digest.hexdigest()[:16]
+
+
+_CODE = _code_version()
+
+
+def _artifact_name(sha256: str, platform: str | None, path: str) -> str:
+    """The artifact's directory name: the list's SHA-256, then a digest of everything else its reading
+    depends on: the artifact format, the code (_CODE), the rule's default platform, and whether the file
+    name makes it CSV (lists.read_columns reads a `.csv` file as CSV, any other line by line)."""
+    csv_by_name = path.lower().endswith(".csv")
+    salt = hashlib.sha256(f"{FORMAT}\0{_CODE}\0{platform or ''}\0{csv_by_name}".encode()).hexdigest()[:12]
     return f"{sha256}-{salt}"
 
 
@@ -250,14 +270,16 @@ def _compile_in_child(path: str, platform: str | None, directory: str) -> None:
     from geoblock.core.rules import RuleError
 
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-c", "import sys; from geoblock.core.listindex import _main; sys.exit(_main(sys.argv[1:]))",
-           path, directory]
+    # -I: isolated (no current directory, user site or PYTHON* variables on the path: a `marisa_trie.py`
+    # in the directory an operator runs `geoblock check` from is never imported); the package's own
+    # root is put on the path explicitly
+    code = (f"import sys; sys.path.insert(0, {package_root!r}); "
+            "from geoblock.core.listindex import _main; sys.exit(_main(sys.argv[1:]))")
+    cmd = [sys.executable, "-I", "-c", code, path, directory]
     if platform is not None:
         cmd += ["--platform", platform]
     try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800, check=False)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RuleError(path, None, f"compiling the list failed: {exc}") from None
     if done.returncode == 0:
@@ -306,7 +328,7 @@ def open_list(path: str | os.PathLike[str], platform: str | None = None, *, cach
     except OSError as exc:
         raise RuleError(p, None, f"cannot read list file: {exc.strerror}") from None
     cache = cache or cache_dir()
-    name = _artifact_name(digest, platform)
+    name = _artifact_name(digest, platform, str(path))
     final = os.path.join(cache, name)
     index: ListIndex | None = None
     try:
@@ -332,7 +354,7 @@ def open_list(path: str | os.PathLike[str], platform: str | None = None, *, cach
                 built_sha = json.load(f)["list"]["sha256"]
             os.chmod(build, 0o755)  # readable by other users of a shared cache (mkdtemp makes it 0700)
             if not temporary:
-                final = os.path.join(cache, _artifact_name(built_sha, platform))  # what was read
+                final = os.path.join(cache, _artifact_name(built_sha, platform, str(path)))  # what was read
                 if os.path.isdir(final) and not _opens(final):
                     shutil.rmtree(final, ignore_errors=True)  # damaged (truncated, edited): replaced
                 try:

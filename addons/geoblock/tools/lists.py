@@ -406,7 +406,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         probe = tempfile.mkdtemp(prefix=".probe-", dir=cache)
         os.rmdir(probe)
     except OSError as exc:
-        print(f"geoblock: cannot write the artifact cache {cache}: {exc.strerror or exc}", file=sys.stderr)
+        why = "not a directory" if os.path.exists(cache) and not os.path.isdir(cache) else (exc.strerror or exc)
+        print(f"geoblock: cannot write the artifact cache {cache}: {why}", file=sys.stderr)
         return 2
     os.environ[ENV_CACHE] = cache  # Ruleset.load below (and anything it starts) uses this cache
     done: list[dict[str, Any]] = []
