@@ -101,3 +101,24 @@ def test_open_database_refuses_the_wrong_type(tmp_path, want, edition):
     path = (write_asn_db if "Country" not in edition else write_country_db)(tmp_path / "x.mmdb", edition=edition)
     with pytest.raises(GeoError, match=f"^{path}: expected .*, found a {edition} database$"):
         open_database(str(path), want)
+
+
+def test_explain_says_a_record_that_cannot_be_read_is_not_a_missing_one(tmp_path: Path) -> None:
+    """A country database holding a malformed record (a country that is not a map) says so in explain,
+    rather than "does not hold" (found by a review); the server's country is unknown there."""
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(ip_version=6, database_type="GeoLite2-Country", ipv4_compatible=True)
+    writer.insert_network(IPSet(["198.51.100.0/24"]), {"country": "SG"})  # not a map: geoip2 refuses it
+    writer.insert_network(IPSet(["203.0.113.0/24"]), {"country": {"iso_code": "SG"}})
+    path = tmp_path / "GeoLite2-Country.mmdb"
+    writer.to_db_file(str(path))
+    geo = Geo(str(path), None)
+    odd = geo.country_network(ipaddress.ip_address("198.51.100.7"))
+    assert odd is not None and "holds a record for 198.51.100.7 that cannot be read" in odd
+    assert geo.country_answer(ipaddress.ip_address("198.51.100.7")) is None
+    missing = geo.country_network(ipaddress.ip_address("192.0.2.1"))
+    assert missing is not None and missing.endswith("does not hold 192.0.2.1")
+    good = geo.country_network(ipaddress.ip_address("203.0.113.5"))
+    assert good is not None and "country SG" in good

@@ -252,13 +252,22 @@ class Geo:
         """The country database's own answer for an address (geoip2's Country or City model: country,
         registered country, traits with the network it holds the address in), uncached; None without a
         country database, for an address it does not hold, or when the lookup fails."""
+        return self._country_lookup(addr)[0]
+
+    def _country_lookup(self, addr: IPAddress) -> tuple[geoip2.models.Country | None, str | None]:
+        """(the answer or None, why there is none when the database holds the address but its record
+        cannot be read: a malformed record geoip2 refuses, or a corrupt tree)."""
         if self._country_answer is None:
-            return None
+            return None, None
         try:
             found = self._country_answer(addr)
-        except (geoip2.errors.AddressNotFoundError, ValueError, TypeError, InvalidDatabaseError):
-            return None
-        return found if isinstance(found, geoip2.models.Country) else None
+        except geoip2.errors.AddressNotFoundError:
+            return None, None
+        except (ValueError, TypeError, InvalidDatabaseError) as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+        if not isinstance(found, geoip2.models.Country):
+            return None, f"an answer of type {type(found).__name__}"
+        return found, None
 
     def country_network(self, addr: IPAddress) -> str | None:
         """What the country database says of an address, for `geoblock explain`: the database, the network
@@ -267,7 +276,10 @@ class Geo:
         network 8.8.8.0/24, country US, registered country US". None without a country database."""
         if self.country_info is None:
             return None
-        found = self.country_answer(addr)
+        found, unreadable = self._country_lookup(addr)
+        if found is None and unreadable is not None:
+            return (f"{self.country_info.describe()}: holds a record for {addr} that cannot be read "
+                    f"({unreadable[:200]}); the country is taken as unknown there")
         if found is None:
             return f"{self.country_info.describe()}: does not hold {addr}"
         said = f"{self.country_info.describe()}: network {found.traits.network}"
