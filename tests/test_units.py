@@ -90,7 +90,11 @@ def test_the_check_fails_a_unit_that_loses_its_sandbox(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(p.name for p in UNITS.iterdir()))
 def test_unit_verifies(name: str, tmp_path: Path) -> None:
     tool = analyze()
-    text = (UNITS / name).read_text().replace("/opt/geoblock/", f"{REPO}/")
+    # the units run from the runtime environment (.venv-run-3.11, docs/install.md); the tests run in the
+    # test environment, which holds the same commands
+    venv_bin = Path(sys.executable).parent
+    text = (UNITS / name).read_text().replace("/opt/geoblock/.venv-run-3.11/bin/", f"{venv_bin}/")
+    text = text.replace("/opt/geoblock/", f"{REPO}/")
     copy = tmp_path / name.replace("@.", "@8080.")  # a template is verified as one of its instances
     copy.write_text(text)
     r = subprocess.run([tool, "verify", "--no-pager", copy.name], cwd=tmp_path, capture_output=True, text=True,
