@@ -404,7 +404,8 @@ def test_status_shows_ruleset_version_counts_and_database_builds(gb):
 
 
 def test_status_lists_every_cache_with_its_bound(gb):
-    run(gb.requestheaders(http_flow("allowed.test")))
+    flow = http_flow("allowed.test")  # kept: its client's connection state lives as long as the client
+    run(gb.requestheaders(flow))
     sizes = gb.caches()
     assert set(sizes) == {"names", "addresses", "unicode names", "record addresses", "rdap lookupable", "rule hits",
                           "list entries", "geoip", "dns", "dns in flight", "ech public names", "error causes",
@@ -414,6 +415,7 @@ def test_status_lists_every_cache_with_its_bound(gb):
     text = gb.tctx.master.commands.execute("geoblock.status")
     assert "caches (entries/bound): names " in text and ", dns 0/65536, " in text and "geoip 1/65536" in text
     assert "connection states: 1" in text
+    assert flow.client_conn is not None
 
 
 def test_forced_reload_reports_what_it_did(gb, tmp_path):
