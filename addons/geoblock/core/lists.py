@@ -406,7 +406,9 @@ class Columns:
 # and a platform without `#`. Such a line is read without the general parser, to the same result
 # (tests/test_lists.py compares the two); every other line takes the general path.
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_FAST_LINE = re.compile(rf"((?:{_LABEL}\.)+[a-z](?:[a-z0-9_-]{{0,61}}[a-z0-9_])?)(?:[ \t]+([^#]*))?\Z")
+_FAST_NAME = rf"(?:{_LABEL}\.)+[a-z](?:[a-z0-9_-]{{0,61}}[a-z0-9_])?"
+# every line of a text without CR: (name, platform text) for a line in normal form, ("", "") for another
+_FAST_LINES = re.compile(rf"^(?:({_FAST_NAME})(?:[ \t]+([^#\n]*))?|[^\n]*)$", re.M)
 FAST_PATH = True  # tests switch it off to compare with the general parser
 
 
@@ -443,7 +445,7 @@ def read_columns(path: str, text: str, *, digest: str | None = None, mtime: floa
     numbers: list[int] = []
     refused: list[Refused] = []
     duplicates: list[tuple[int, str, int]] = []
-    first_line: dict[tuple[str, DomainMode], int] = {}
+    first_line: dict[DomainMode, dict[str, int]] = {"tree": {}, "exact": {}, "below": {}}  # mode: name -> line
     platform_of: dict[str, str | None] = {}  # platform text as written -> checked platform (the same few recur)
 
     def add(line: int, written: str, named: str | None) -> None:
@@ -455,11 +457,11 @@ def read_columns(path: str, text: str, *, digest: str | None = None, mtime: floa
                 raise RuleError(path, line, f"{written!r}: {exc.why}") from None
             refused.append(Refused(line, written, exc.why))
             return
-        key = (name, mode)
-        if key in first_line:
-            duplicates.append((line, written, first_line[key]))
+        seen = first_line[mode]
+        if name in seen:
+            duplicates.append((line, written, seen[name]))
             return
-        first_line[key] = line
+        seen[name] = line
         names.append(name)
         modes.append(mode)
         texts.append(written)
@@ -481,11 +483,17 @@ def read_columns(path: str, text: str, *, digest: str | None = None, mtime: floa
             raise RuleError(path, None, f"bad CSV: {exc}") from None
     else:
         line_fmt: ListFormat | None = declared  # type: ignore[assignment]
-        fast = _FAST_LINE.match if FAST_PATH and line_fmt in (None, "plain") else None
+        # the fast path's reading of every line at once (one pass in C), or None where it does not apply:
+        # per line, (name, platform text) when the line is in normal form, else ("", "")
+        pre: list[tuple[str, str]] | None = None
+        if FAST_PATH and line_fmt in (None, "plain") and "\r" not in text:
+            pre = _FAST_LINES.findall(text)
+            if len(pre) != len(lines):  # never seen; the per-line reading is the reference
+                pre = None
+        tree_seen = first_line["tree"]
         for number, raw in enumerate(lines, 1):
-            found = fast(raw) if fast is not None else None
-            if found is not None and found.end(1) <= MAX_NAME:  # the name starts the line: end = length
-                name, tail = found.groups()
+            name, tail = pre[number - 1] if pre is not None else ("", "")
+            if name and len(name) <= MAX_NAME:
                 owner = None
                 if tail:
                     if tail in platform_of:
@@ -496,11 +504,10 @@ def read_columns(path: str, text: str, *, digest: str | None = None, mtime: floa
                         except _Bad:
                             add(number, name, tail)  # the general path refuses it, naming why
                             continue
-                fast_key: tuple[str, DomainMode] = (name, "tree")
-                if fast_key in first_line:
-                    duplicates.append((number, name, first_line[fast_key]))
+                if name in tree_seen:
+                    duplicates.append((number, name, tree_seen[name]))
                     continue
-                first_line[fast_key] = number
+                tree_seen[name] = number
                 names.append(name)
                 modes.append("tree")
                 texts.append(name)
@@ -516,7 +523,7 @@ def read_columns(path: str, text: str, *, digest: str | None = None, mtime: floa
                 continue
             for written, named in items:
                 add(number, written, named)
-    listed = {name for name, _ in first_line}
+    listed = first_line["tree"].keys() | first_line["exact"].keys() | first_line["below"].keys()
     hidden_of: dict[str, str | None] = {}
     bad: list[int] = []
     for i, owner in enumerate(owners):
