@@ -1545,13 +1545,19 @@ class SniServer:
     answers one read with `ok`. OpenSSL answers a ClientHello whose key_share is empty with a
     HelloRetryRequest, and then reads the server_name of the second ClientHello again."""
 
-    def __init__(self, host: str, pki) -> None:
+    def __init__(self, host: str, pki, port: int = 0, netns: str | None = None) -> None:
         self.names: list[str | None] = []
         self.connections = 0
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(pki.cert_pem, pki.key_pem)
         self.ctx.sni_callback = lambda _sock, name, _ctx: self.names.append(name)
-        self.listener = socket.create_server((host, 0))
+        if netns is None:
+            self.listener = socket.create_server((host, port))
+        else:  # bound inside a network namespace (support/netns.py)
+            from support import netns as ns
+
+            with ns.inside(netns):
+                self.listener = socket.create_server((host, port))
         self.port = self.listener.getsockname()[1]
         import threading
 
@@ -1681,3 +1687,40 @@ def test_hello_retry_through_python_ssl_client_is_unchanged(proxy, sni_server, p
             assert tls.recv(10) == b"ok"
             assert tls.version() == "TLSv1.3"
     assert sni_server.names == ["allowed.test"]
+
+
+@pytest.mark.parametrize("second", [et.record(0x99, b"\x00" * 8),
+                                    et.record(22, et.handshake_message(b"\x00" * 40, msg_type=2)),
+                                    et.record(22, et.handshake_message(b"\x03\x03" + b"\x00" * 10))],
+                         ids=["not-a-record", "not-a-client-hello", "cut-client-hello"])
+def test_unreadable_bytes_where_the_second_client_hello_must_come_are_refused(proxy, sni_server, log, second):
+    """After a HelloRetryRequest, bytes that cannot be read as the second ClientHello: fail closed."""
+    sni_server.reset()
+    with tunnel(proxy, f"127.0.0.2:{sni_server.port}") as sock:
+        answer = hello_retry(sock, retry_hello("allowed.test", False), second)
+    assert_denied(answer)
+    rec = log.wait(stage="tls", rule="policy:hello-retry")
+    assert rec["action"] == "block" and rec["sni"] is None
+
+
+def test_transparent_second_client_hello_after_hello_retry_cannot_change_the_name(gateway, pki):
+    """The same switch through the transparent gateway (namespaces), to a TLS server on port 443 of an
+    offshore address: refused at the second ClientHello and recorded; a retry with the same name completes."""
+    from support import netns as ns
+
+    topo, m, _servers = gateway
+    server = SniServer(ns.OFFSHORE4, pki, port=443, netns=topo.ns("off"))
+    try:
+        log = Log(m)
+        with ns.tcp_connect(topo.ns("cli"), ns.OFFSHORE4, 443) as sock:
+            answer = hello_retry(sock, retry_hello("allowed.test", False), retry_hello("binance.com", True))
+        assert_denied(answer)
+        assert server.names == ["allowed.test"]
+        rec = log.wait(stage="tls", rule="policy:hello-retry")
+        assert rec["action"] == "block" and rec["sni"] == "binance.com" and rec["server_ip"] == ns.OFFSHORE4
+        with ns.tcp_connect(topo.ns("cli"), ns.OFFSHORE4, 443) as sock:
+            record, _ = hello_retry(sock, retry_hello("allowed.test", False), retry_hello("allowed.test", True))
+        assert record[5:6] == b"\x02" and record[11:43] != HRR_RANDOM, record[:64]
+        assert server.names == ["allowed.test", "allowed.test", "allowed.test"]
+    finally:
+        server.close()
