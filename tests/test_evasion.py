@@ -1654,15 +1654,36 @@ def test_second_client_hello_after_hello_retry_cannot_change_the_name(proxy, sni
         assert "from allowed.test to binance.com" in rec["reason"] and rec["name"] == "binance.com"
 
 
-def test_hello_retry_with_the_same_name_completes(proxy, sni_server, log):
+def split_records(records: bytes, size: int) -> bytes:
+    """One handshake record (`records`) split into records of at most `size` bytes of payload."""
+    return et.handshake_records(records[5:], cuts=range(size, len(records) - 5, size), version=records[1:3])
+
+
+@pytest.mark.parametrize("second_sni,split", [("allowed.test", False), ("ALLOWED.test.", False),
+                                              ("allowed.test", True)],
+                         ids=["same", "same-name-other-spelling", "in-40-byte-records"])
+def test_hello_retry_with_the_same_name_completes(proxy, sni_server, log, second_sni, split):
     """A legitimate retry (the client offered no key share the server takes): the second ClientHello
-    shows the same name, and the handshake goes on to the server's ServerHello."""
+    shows the same name (compared normalised; also split across records), and the handshake goes on
+    to the server's ServerHello."""
+    sni_server.reset()
+    second = retry_hello(second_sni, True)
+    with tunnel(proxy, f"127.0.0.2:{sni_server.port}") as sock:
+        record, _ = hello_retry(sock, retry_hello("allowed.test", False), split_records(second, 40) if split else second)
+    assert record[:1] == b"\x16" and record[5:6] == b"\x02" and record[11:43] != HRR_RANDOM, record[:64]
+    assert sni_server.names == ["allowed.test", second_sni]
+    log.none(rule="policy:hello-retry")
+
+
+def test_a_switched_name_split_across_records_is_refused(proxy, sni_server, log):
+    """The second ClientHello naming binance.com in 40-byte records: held until whole, then refused."""
     sni_server.reset()
     with tunnel(proxy, f"127.0.0.2:{sni_server.port}") as sock:
-        record, _ = hello_retry(sock, retry_hello("allowed.test", False), retry_hello("allowed.test", True))
-    assert record[:1] == b"\x16" and record[5:6] == b"\x02" and record[11:43] != HRR_RANDOM, record[:64]
-    assert sni_server.names == ["allowed.test", "allowed.test"]
-    log.none(rule="policy:hello-retry")
+        answer = hello_retry(sock, retry_hello("allowed.test", False),
+                             split_records(retry_hello("binance.com", True), 40))
+    assert_denied(answer)
+    assert sni_server.names == ["allowed.test"]
+    assert log.wait(stage="tls", rule="policy:hello-retry")["sni"] == "binance.com"
 
 
 def test_a_second_client_hello_sent_before_the_server_answers_is_refused(proxy, sni_server, log):
