@@ -1745,3 +1745,14 @@ def test_transparent_second_client_hello_after_hello_retry_cannot_change_the_nam
         assert server.names == ["allowed.test", "allowed.test", "allowed.test"]
     finally:
         server.close()
+
+
+def test_a_second_client_hello_larger_than_geoblock_holds_is_refused(proxy, sni_server, log):
+    """A second ClientHello declaring 16 MiB (more than the 64 KiB geoblock holds): refused at once,
+    nothing of it held or passed on."""
+    sni_server.reset()
+    huge = bytes([1]) + (2**24 - 1).to_bytes(3, "big") + b"\x03\x03" + b"\x00" * 100
+    with tunnel(proxy, f"127.0.0.2:{sni_server.port}") as sock:
+        answer = hello_retry(sock, retry_hello("allowed.test", False), et.record(22, huge))
+    assert_denied(answer)
+    assert "larger" in log.wait(stage="tls", rule="policy:hello-retry")["reason"]

@@ -14,7 +14,8 @@ layers that pass the handshake through) and relays every byte unchanged while it
   that is not a TLS handshake) ends the watching, and the layer takes itself out of the stack;
 - after a HelloRetryRequest, the client's next handshake message must be a ClientHello showing the
   same server name as the first (after normalisation), no server name where the first had none, and
-  no Encrypted Client Hello where the first had none. Its records are held until it is whole; then it
+  no Encrypted Client Hello where the first had none. Its records are held until it is whole (at most
+  `hold.LIMIT` bytes, as for the first); then it
   goes on and the watching ends (a second HelloRetryRequest is forbidden: the client aborts).
 - otherwise (a changed name, a handshake message the client must not send yet, bytes that are not
   TLS records where a ClientHello must come): the client gets a fatal access_denied alert, both
@@ -35,6 +36,7 @@ from mitmproxy.proxy.layers import ClientTLSLayer, ServerTLSLayer
 from mitmproxy.tls import ClientHello
 
 from geoblock.core.names import InvalidHost, normalize_host
+from geoblock.mitm import hold
 from geoblock.mitm.enforce import TLS_ACCESS_DENIED
 from geoblock.mitm.observe import MalformedClientHello, client_hello_of, sni_problem
 
@@ -251,6 +253,10 @@ class WatchHello(layer.Layer):
         if len(second) < 4:
             return None
         whole = 4 + int.from_bytes(second[1:4], "big")
+        if whole > hold.LIMIT:
+            yield from self._refuse(None, f"the second ClientHello after a HelloRetryRequest is larger "
+                                          f"({whole} bytes) than geoblock holds ({hold.LIMIT})")
+            return False
         if len(second) < whole:
             return None
         if second[0] != CLIENT_HELLO:
