@@ -102,7 +102,7 @@ class WatchHello(layer.Layer):
     def __init__(self, context: Context, child: layer.Layer, nextlayer: layer.NextLayer, first: HelloShown,
                  refused: Refused) -> None:
         super().__init__(context)
-        # After the layers it wraps in the context's stack, which the TLS layers look up by position.
+        # Kept out of the context's layer stack: the TLS layers below find their parent there by position.
         self.context.layers.remove(self)
         self.child = child
         self.nextlayer = nextlayer
