@@ -1535,3 +1535,224 @@ def test_transparent_allow_list_refuses_every_stream_that_shows_no_name(tmp_path
         assert len(recs) == len(streams) and {r["action"] for r in recs} == {"block"}
         answer, _ = raw_exchange(topo, ns.HOME4, [b"GET / HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n"])
         assert status(answer) == 200 and servers["home"].connections == 1
+
+
+# ==================================================== a second ClientHello after a HelloRetryRequest
+
+class SniServer:
+    """A TLS server (Python ssl, OpenSSL, TLS 1.3 allowed) on `host` that records every server name its
+    handshakes show (`names`, from OpenSSL's servername callback, which runs for each ClientHello) and
+    answers one read with `ok`. OpenSSL answers a ClientHello whose key_share is empty with a
+    HelloRetryRequest, and then reads the server_name of the second ClientHello again."""
+
+    def __init__(self, host: str, pki, port: int = 0, netns: str | None = None) -> None:
+        self.names: list[str | None] = []
+        self.connections = 0
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(pki.cert_pem, pki.key_pem)
+        self.ctx.sni_callback = lambda _sock, name, _ctx: self.names.append(name)
+        if netns is None:
+            self.listener = socket.create_server((host, port))
+        else:  # bound inside a network namespace (support/netns.py)
+            from support import netns as ns
+
+            with ns.inside(netns):
+                self.listener = socket.create_server((host, port))
+        self.port = self.listener.getsockname()[1]
+        import threading
+
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            conn.settimeout(10)
+            tls = self.ctx.wrap_socket(conn, server_side=True)
+            tls.recv(4096)
+            tls.sendall(b"ok")
+            tls.close()
+        conn.close()
+
+    def reset(self) -> None:
+        self.names.clear()
+        self.connections = 0
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture(scope="module")
+def sni_server(pki):
+    s = SniServer("127.0.0.2", pki)
+    yield s
+    s.close()
+
+
+def retry_hello(sni: str | None, key_share: bool, ech: bool = False) -> bytes:
+    """A TLS 1.3-only ClientHello (one record) for `sni` (None: no server_name) offering x25519 only, with
+    an empty key_share (`key_share` False: the server must ask again, a HelloRetryRequest) or a real
+    x25519 share; `ech`: with an Encrypted Client Hello extension."""
+    import struct
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    exts = [et.tls_ext(0x2B, b"\x02\x03\x04"), et.tls_ext(0x0A, b"\x00\x02\x00\x1d"),
+            et.tls_ext(0x0D, b"\x00\x06\x08\x04\x04\x03\x04\x01")]
+    if sni is not None:
+        exts.insert(0, et.sni_ext([sni.encode()]))
+    share = b""
+    if key_share:
+        pub = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        share = b"\x00\x1d\x00\x20" + pub
+    exts.append(et.tls_ext(0x33, struct.pack("!H", len(share)) + share))
+    if ech:
+        exts.append(et.tls_ext(et.EXT_ECH, et.ech_outer_body()))
+    body = et.client_hello_body(exts, session_id=b"\x01" * 32, ciphers=b"\x13\x01")
+    return et.record(22, et.handshake_message(body), b"\x03\x01")
+
+
+HRR_RANDOM = bytes.fromhex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c")
+CHANGE_CIPHER_SPEC = et.record(20, b"\x01")
+
+
+def hello_retry(sock: socket.socket, first: bytes, second: bytes) -> tuple[bytes, bool]:
+    """Send `first`, check that the server asked again (a HelloRetryRequest, passed through), then send
+    a ChangeCipherSpec record and `second` in one segment; returns the first record that came back and
+    whether the connection was closed after it (tls_first_record)."""
+    reply, _ = tls_first_record(sock, [first])
+    assert reply[:1] == b"\x16" and reply[5:6] == b"\x02" and reply[11:43] == HRR_RANDOM, reply[:64]
+    return tls_first_record(sock, [CHANGE_CIPHER_SPEC + second])
+
+
+@pytest.mark.parametrize("second_sni,ech", [("binance.com", False), (None, False), ("allowed.test", True)],
+                         ids=["other-name", "name-removed", "ech-added"])
+def test_second_client_hello_after_hello_retry_cannot_change_the_name(proxy, sni_server, log, second_sni, ech):
+    """ClientHello #1 for allowed.test with an empty key_share: the server answers with a
+    HelloRetryRequest; ClientHello #2 names binance.com (or none, or adds ECH). OpenSSL's server accepted
+    the new name and geoblock had judged only the first (fixed: refused with the TLS alert when the
+    second ClientHello comes, the server never reads it, the refusal is recorded)."""
+    sni_server.reset()
+    with tunnel(proxy, f"127.0.0.2:{sni_server.port}") as sock:
+        answer = hello_retry(sock, retry_hello("allowed.test", False), retry_hello(second_sni, True, ech=ech))
+    assert_denied(answer)
+    assert sni_server.names == ["allowed.test"]
+    rec = log.wait(stage="tls", rule="policy:hello-retry")
+    assert rec["action"] == "block" and rec["enforced"] is True and rec["sni"] == second_sni
+    assert "second ClientHello after a HelloRetryRequest" in rec["reason"]
+    if second_sni == "binance.com":
+        assert "from allowed.test to binance.com" in rec["reason"] and rec["name"] == "binance.com"
+
+
+def split_records(records: bytes, size: int) -> bytes:
+    """One handshake record (`records`) split into records of at most `size` bytes of payload."""
+    return et.handshake_records(records[5:], cuts=range(size, len(records) - 5, size), version=records[1:3])
+
+
+@pytest.mark.parametrize("second_sni,split", [("allowed.test", False), ("ALLOWED.test.", False),
+                                              ("allowed.test", True)],
+                         ids=["same", "same-name-other-spelling", "in-40-byte-records"])
+def test_hello_retry_with_the_same_name_completes(proxy, sni_server, log, second_sni, split):
+    """A legitimate retry (the client offered no key share the server takes): the second ClientHello
+    shows the same name (compared normalised; also split across records), and the handshake goes on
+    to the server's ServerHello."""
+    sni_server.reset()
+    second = retry_hello(second_sni, True)
+    with tunnel(proxy, f"127.0.0.2:{sni_server.port}") as sock:
+        record, _ = hello_retry(sock, retry_hello("allowed.test", False), split_records(second, 40) if split else second)
+    assert record[:1] == b"\x16" and record[5:6] == b"\x02" and record[11:43] != HRR_RANDOM, record[:64]
+    assert sni_server.names == ["allowed.test", second_sni]
+    log.none(rule="policy:hello-retry")
+
+
+def test_a_switched_name_split_across_records_is_refused(proxy, sni_server, log):
+    """The second ClientHello naming binance.com in 40-byte records: held until whole, then refused."""
+    sni_server.reset()
+    with tunnel(proxy, f"127.0.0.2:{sni_server.port}") as sock:
+        answer = hello_retry(sock, retry_hello("allowed.test", False),
+                             split_records(retry_hello("binance.com", True), 40))
+    assert_denied(answer)
+    assert sni_server.names == ["allowed.test"]
+    assert log.wait(stage="tls", rule="policy:hello-retry")["sni"] == "binance.com"
+
+
+def test_a_second_client_hello_sent_before_the_server_answers_is_refused(proxy, sni_server, log):
+    """Both ClientHellos at once (the second before any HelloRetryRequest): a server that asks again
+    would read the second from its buffer, so it never reaches the server."""
+    sni_server.reset()
+    with tunnel(proxy, f"127.0.0.2:{sni_server.port}") as sock:
+        answer = tls_first_record(sock, [retry_hello("allowed.test", False) + retry_hello("binance.com", True)])
+    assert_denied(answer)
+    assert "binance.com" not in sni_server.names
+    rec = log.wait(stage="tls", rule="policy:hello-retry")
+    assert rec["action"] == "block" and "before the server answered" in rec["reason"]
+
+
+def test_hello_retry_through_python_ssl_client_is_unchanged(proxy, sni_server, pki):
+    """An ordinary TLS 1.3 client (Python ssl) through the watched relay: the whole exchange works."""
+    sni_server.reset()
+    ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+    with tunnel(proxy, f"127.0.0.2:{sni_server.port}") as sock:
+        with ctx.wrap_socket(sock, server_hostname="allowed.test") as tls:
+            tls.sendall(b"hi")
+            assert tls.recv(10) == b"ok"
+            assert tls.version() == "TLSv1.3"
+    assert sni_server.names == ["allowed.test"]
+
+
+@pytest.mark.parametrize("second", [et.record(0x99, b"\x00" * 8),
+                                    et.record(22, et.handshake_message(b"\x00" * 40, msg_type=2)),
+                                    et.record(22, et.handshake_message(b"\x03\x03" + b"\x00" * 10))],
+                         ids=["not-a-record", "not-a-client-hello", "cut-client-hello"])
+def test_unreadable_bytes_where_the_second_client_hello_must_come_are_refused(proxy, sni_server, log, second):
+    """After a HelloRetryRequest, bytes that cannot be read as the second ClientHello: fail closed."""
+    sni_server.reset()
+    with tunnel(proxy, f"127.0.0.2:{sni_server.port}") as sock:
+        answer = hello_retry(sock, retry_hello("allowed.test", False), second)
+    assert_denied(answer)
+    rec = log.wait(stage="tls", rule="policy:hello-retry")
+    assert rec["action"] == "block" and rec["sni"] is None
+
+
+def test_transparent_second_client_hello_after_hello_retry_cannot_change_the_name(gateway, pki):
+    """The same switch through the transparent gateway (namespaces), to a TLS server on port 443 of an
+    offshore address: refused at the second ClientHello and recorded; a retry with the same name completes."""
+    from support import netns as ns
+
+    topo, m, _servers = gateway
+    server = SniServer(ns.OFFSHORE4, pki, port=443, netns=topo.ns("off"))
+    try:
+        log = Log(m)
+        with ns.tcp_connect(topo.ns("cli"), ns.OFFSHORE4, 443) as sock:
+            answer = hello_retry(sock, retry_hello("allowed.test", False), retry_hello("binance.com", True))
+        assert_denied(answer)
+        assert server.names == ["allowed.test"]
+        rec = log.wait(stage="tls", rule="policy:hello-retry")
+        assert rec["action"] == "block" and rec["sni"] == "binance.com" and rec["server_ip"] == ns.OFFSHORE4
+        with ns.tcp_connect(topo.ns("cli"), ns.OFFSHORE4, 443) as sock:
+            record, _ = hello_retry(sock, retry_hello("allowed.test", False), retry_hello("allowed.test", True))
+        assert record[5:6] == b"\x02" and record[11:43] != HRR_RANDOM, record[:64]
+        assert server.names == ["allowed.test", "allowed.test", "allowed.test"]
+    finally:
+        server.close()
+
+
+def test_a_second_client_hello_larger_than_geoblock_holds_is_refused(proxy, sni_server, log):
+    """A second ClientHello declaring 16 MiB (more than the 64 KiB geoblock holds): refused at once,
+    nothing of it held or passed on."""
+    sni_server.reset()
+    huge = bytes([1]) + (2**24 - 1).to_bytes(3, "big") + b"\x03\x03" + b"\x00" * 100
+    with tunnel(proxy, f"127.0.0.2:{sni_server.port}") as sock:
+        answer = hello_retry(sock, retry_hello("allowed.test", False), et.record(22, huge))
+    assert_denied(answer)
+    assert "larger" in log.wait(stage="tls", rule="policy:hello-retry")["reason"]

@@ -21,7 +21,7 @@ from mitmproxy.proxy.layers import tls as mtls
 from geoblock.core.model import Facts, Stage, Verdict
 from geoblock.core.names import InvalidHost, normalize_host
 from geoblock.engine import CannotJudge
-from geoblock.mitm import enforce, hold
+from geoblock.mitm import enforce, hold, relay
 from geoblock.mitm.choose import Chooser, judged_later
 from geoblock.mitm.judging import Judging, guarded
 from geoblock.mitm.observe import (
@@ -30,6 +30,7 @@ from geoblock.mitm.observe import (
     ech_of,
     mismatch_of,
     name_under,
+    peer_ip,
     port_of,
     shows_http_version,
     sni_name,
@@ -84,8 +85,11 @@ class LayerJudge:
         chosen = self.chooser.choose(context, data, nextlayer.data_server())
         if chosen is None:
             return  # mitmproxy needs more bytes too; asked again with them
-        if shows == hold.TLS and state.hello is not None and self._passes(state, context) and self.direct_pass():
-            chosen = self.chooser.pass_through(context, chosen, state.hello)
+        if shows == hold.TLS and state.hello is not None and self._passes(state, context):
+            if self.direct_pass():
+                chosen = self.chooser.pass_through(context, chosen, state.hello)
+            # Passed through undecrypted: watched until no second ClientHello can come (relay.WatchHello).
+            chosen = relay.WatchHello(context, chosen, nextlayer, relay.shown(state.hello), self._hello_changed)
         if shows != hold.TLS and not judged_later(chosen):
             if shows_http_version(data):
                 chosen = self.chooser.http_instead(context, chosen)  # a request line mitmproxy took for raw TCP
@@ -94,6 +98,30 @@ class LayerJudge:
                 if self.judging.enforcing(verdict):
                     return self._deny_stream(nextlayer, verdict)
         nextlayer.layer = chosen
+
+    def _hello_changed(self, context: Context, first: relay.HelloShown, second: relay.HelloShown | None,
+                       why: str) -> bool:
+        """Record the refusal of a connection whose second ClientHello (after a HelloRetryRequest) does not
+        show what the first, judged one showed (relay.WatchHello): stage "tls", rule
+        "policy:hello-retry", the second ClientHello's SNI (None when it could not be read) and names.
+        Returns whether it is enforced (not in monitor mode)."""
+        state = self.judging.sessions.of(context.client)
+        facts = client_facts("tls", context.client, port_of(context.server.address))
+        shown = [sni_name(second.raw) if second else None, sni_name(first.raw), state.connect_name]
+        facts.names = tuple(dict.fromkeys(n for n in shown if n))
+        facts.sni = second.raw if second else None
+        facts.host = state.connect_name
+        facts.server_ip = peer_ip(context.server.peername) or state.connect_ip
+        self.judging.place(facts)
+        verdict = Verdict(action="block", rule="policy:hello-retry", offshore=None,
+                          name=facts.names[0] if facts.names else None,
+                          reason=f"{why}: a retried handshake must show the name that was judged (RFC 8446 "
+                                 f"section 4.1.2)")
+        self.judging.record(facts, verdict)
+        if not self.judging.enforcing(verdict):
+            return False
+        state.blocked = verdict
+        return True
 
     def _passes(self, state: ConnState, context: Context) -> bool:
         """Whether the ClientHello just judged on `context` goes through undecrypted: allowed (or only
@@ -253,3 +281,4 @@ class LayerJudge:
         engine = self.judging.engine
         fronts = engine is not None and name_under(name, engine.ruleset.policy.ech_public_names)
         return fronts or name in self.judging.ech_names
+
