@@ -245,7 +245,7 @@ def _reason(
         parts.append(f"rule {spec.id} applies")
     if spec.clients and facts.client_ip is not None:
         parts.append(f"client {facts.client_ip} is in its client networks")
-    if spec.needs_server_ip:
+    if match.rule.needs_server_ip:
         parts.append(_where(facts, offshore, rs))
     if match.unknown is not None:
         parts.append(

@@ -113,8 +113,11 @@ class Ruleset:
             for dom in rule.spec.domains:
                 maps[dom.mode].setdefault(dom.name, []).append((rule.index, dom))
         # list files: compiled indexes, asked per name (core/listindex.py), in rule order
-        self.indexed: tuple[tuple[int, ListFile, ListIndex], ...] = tuple(
-            (r.index, lf, lf.index) for r in self.rules for lf in r.spec.lists if lf.index is not None)
+        # (rule index, list file, its index, a memo of the DomainSpecs of its entries found: key id -> spec)
+        self.indexed: tuple[tuple[int, ListFile, ListIndex, dict[int, DomainSpec]], ...] = tuple(
+            (r.index, lf, lf.index, {}) for r in self.rules for lf in r.spec.lists if lf.index is not None)
+        self.inline_tlds = frozenset(name[name.rfind(".") + 1:]
+                                     for names in (self.tree, self.exact, self.below) for name in names)
         self.pattern_rules = tuple(r for r in self.rules if r.pattern is not None)
         self.patterns = PatternSet((p, r.index) for r in self.rules for p in r.spec.patterns)  # core/patterns.py
         self.nameless = tuple(r.index for r in self.rules if not r.spec.has_name_condition)
@@ -129,7 +132,6 @@ class Ruleset:
         self.needs_country = any(r.spec.offshore is not None or r.spec.countries for r in self.rules)
         self.needs_asn = any(r.spec.asns for r in self.rules)
         self._hits_memo: dict[str, tuple[Hit, ...]] = {}
-        self._specs_memo: dict[tuple[int, int], DomainSpec] = {}
 
     @classmethod
     def load(cls, source: str) -> Ruleset:
@@ -154,52 +156,58 @@ class Ruleset:
 
     def _name_hits(self, name: str) -> tuple[Hit, ...]:
         hits: list[Hit] = []
-        found = self.exact.get(name)
-        if found:
-            hits.extend(found)
-        found = self.tree.get(name)
-        if found:
-            hits.extend(found)
-        tree, below = self.tree, self.below
-        dot = name.find(".")
-        while dot >= 0:
-            suffix = name[dot + 1 :]
-            found = tree.get(suffix)
+        # the suffix walk over the YAML entries, only where one could match: every entry's name ends in
+        # one of `inline_tlds` (a list-only ruleset skips it)
+        if name[name.rfind(".") + 1:] in self.inline_tlds:
+            found = self.exact.get(name)
             if found:
                 hits.extend(found)
-            found = below.get(suffix)
+            found = self.tree.get(name)
             if found:
                 hits.extend(found)
-            dot = name.find(".", dot + 1)
+            tree, below = self.tree, self.below
+            dot = name.find(".")
+            while dot >= 0:
+                suffix = name[dot + 1 :]
+                found = tree.get(suffix)
+                if found:
+                    hits.extend(found)
+                found = below.get(suffix)
+                if found:
+                    hits.extend(found)
+                dot = name.find(".", dot + 1)
         if self.indexed:
-            listed = [(rank, length, index, lf, ix, kid) for index, lf, ix in self.indexed
-                      for rank, length, kid in ix.hits(name)]
+            listed: list[tuple[int, int, Hit]] = []
+            for index, lf, ix, memo in self.indexed:
+                for rank, length, kid in ix.hits(name):
+                    spec = memo.get(kid)
+                    if spec is None:
+                        spec = self._listed(name, rank, length, lf, ix, kid, memo)
+                    listed.append((-length, rank, (index, spec)))
             if listed:
                 if hits:  # most specific first across both, then by rule: the order the suffix walk gives
                     ranked = [(-len(d.name) if d else 0, _RANK[d.mode] if d else 0, h) for h in hits for d in (h[1],)]
-                    ranked += [(-length, rank, (index, self._listed(name, rank, length, lf, ix, kid)))
-                               for rank, length, index, lf, ix, kid in listed]
+                    ranked += listed
                     ranked.sort(key=lambda r: (r[0], r[1], r[2][0]))
                     hits = [h for _, _, h in ranked]
                 else:
-                    hits = [(index, self._listed(name, rank, length, lf, ix, kid))
-                            for rank, length, index, lf, ix, kid in listed]
-        hits.extend((i, None) for i in self.patterns.matches(name))
+                    hits = [h for _, _, h in listed]
+        if self.pattern_rules:
+            hits.extend((i, None) for i in self.patterns.matches(name))
         return tuple(hits)
 
-    def _listed(self, name: str, rank: int, length: int, lf: ListFile, ix: ListIndex, kid: int) -> DomainSpec:
-        """The DomainSpec of a list entry `ix.hits(name)` found (memoised per ruleset, bounded: the
-        names of one platform share their entries)."""
-        memo = self._specs_memo
-        found = memo.get((id(ix), kid))
-        if found is None:
-            entry_name, mode = name[len(name) - length:], _MODES[rank]
-            text, platform, line = ix.describe(kid, entry_name, mode)
-            found = DomainSpec(entry_name, mode, text, platform, f"{lf.path}:{line}", lf)
-            if len(memo) >= _HITS_MEMO:
-                memo.clear()
-            memo[(id(ix), kid)] = found
-        return found
+    @staticmethod
+    def _listed(name: str, rank: int, length: int, lf: ListFile, ix: ListIndex, kid: int,
+                memo: dict[int, DomainSpec]) -> DomainSpec:
+        """The DomainSpec of the list entry `ix.hits(name)` found as (rank, length, kid), kept in `memo`
+        (that list's, bounded: the names of one platform share their entries)."""
+        entry_name, mode = name[len(name) - length:], _MODES[rank]
+        text, platform, line = ix.describe(kid, entry_name, mode)
+        spec = DomainSpec(entry_name, mode, text, platform, f"{lf.path}:{line}", lf)
+        if len(memo) >= _HITS_MEMO:
+            memo.clear()
+        memo[kid] = spec
+        return spec
 
     def needs_server_ip(self, names: Iterable[str]) -> bool:
         """Whether a verdict for these names could depend on the server's address or location."""
@@ -210,7 +218,8 @@ class Ruleset:
 
     def sizes(self) -> dict[str, tuple[int, int | None]]:
         """(entries, bound) of this ruleset's memo, for geoblock.status."""
-        return {"rule hits": (len(self._hits_memo), _HITS_MEMO), "list entries": (len(self._specs_memo), _HITS_MEMO)}
+        return {"rule hits": (len(self._hits_memo), _HITS_MEMO),
+                "list entries": (sum(len(memo) for *_, memo in self.indexed), _HITS_MEMO * len(self.indexed))}
 
     def summary(self) -> dict[str, object]:
         counts = {a: 0 for a in SEVERITY}
