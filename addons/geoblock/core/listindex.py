@@ -185,15 +185,19 @@ def _write_artifact(cols: Columns, directory: str) -> None:
     for kid, line in zip(ids, cols.lines, strict=True):
         lines[kid] = line
     table: dict[str, int] = {}
+    for owner in dict.fromkeys(cols.platforms):  # the distinct platforms, in order of first use
+        if owner:
+            table[owner] = len(table) + 1
     platforms = array.array("I", bytes(4 * count))
     for kid, owner in zip(ids, cols.platforms, strict=True):
         if owner:
-            platforms[kid] = table.get(owner) or table.setdefault(owner, len(table) + 1)
+            platforms[kid] = table[owner]
     notation = array.array("B", bytes(count))
     texts: dict[str, str] = {}
-    for kid, text, name, mode in zip(ids, cols.texts, cols.names, cols.modes, strict=True):
-        if text is name or text == _WRITTEN[mode] + name:
-            continue  # as the plain notation writes it (the common case: nothing stored)
+    for i in [i for i, (text, name) in enumerate(zip(cols.texts, cols.names, strict=True)) if text is not name]:
+        kid, text, name, mode = ids[i], cols.texts[i], cols.names[i], cols.modes[i]
+        if text == _WRITTEN[mode] + name:
+            continue  # as the plain notation writes it (nothing stored)
         if text == "." + name and mode == "tree":
             notation[kid] = 1
         else:

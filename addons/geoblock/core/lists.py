@@ -36,10 +36,11 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from itertools import repeat
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from geoblock.core.names import MAX_NAME, InvalidHost, normalize_host
@@ -410,6 +411,7 @@ _FAST_NAME = rf"(?:{_LABEL}\.)+[a-z](?:[a-z0-9_-]{{0,61}}[a-z0-9_])?"
 # every line of a text without CR: (name, platform text) for a line in normal form, ("", "") for another
 _FAST_LINES = re.compile(rf"^(?:({_FAST_NAME})(?:[ \t]+([^#\n]*))?|[^\n]*)$", re.M)
 FAST_PATH = True  # tests switch it off to compare with the general parser
+_UNSEEN: Any = object()  # not yet in platform_of
 
 
 def read_columns(path: str, text: str, *, digest: str | None = None, mtime: float = 0.0, size: int | None = None,
@@ -419,7 +421,8 @@ def read_columns(path: str, text: str, *, digest: str | None = None, mtime: floa
 
     headers: dict[str, str] = {}
     header_lines: dict[str, int] = {}
-    lines = _LINES.split(text)  # CR, LF, CRLF: as editors count lines (not U+2028 and the like)
+    # CR, LF, CRLF: as editors count lines (not U+2028 and the like); without CR, a plain split says the same
+    lines = _LINES.split(text) if "\r" in text else text.split("\n")
     for number, raw in enumerate(lines, 1):
         stripped = raw.strip()
         if not stripped:
@@ -491,14 +494,14 @@ def read_columns(path: str, text: str, *, digest: str | None = None, mtime: floa
             if len(pre) != len(lines):  # never seen; the per-line reading is the reference
                 pre = None
         tree_seen = first_line["tree"]
-        for number, raw in enumerate(lines, 1):
-            name, tail = pre[number - 1] if pre is not None else ("", "")
+        add_name, add_mode, add_text, add_owner, add_number = (
+            names.append, modes.append, texts.append, owners.append, numbers.append)
+        for number, raw, (name, tail) in zip(range(1, len(lines) + 1), lines, pre or repeat(("", "")), strict=False):
             if name and len(name) <= MAX_NAME:
                 owner = None
                 if tail:
-                    if tail in platform_of:
-                        owner = platform_of[tail]
-                    else:
+                    owner = platform_of.get(tail, _UNSEEN)
+                    if owner is _UNSEEN:
                         try:
                             owner = platform_of[tail] = _platform(tail)
                         except _Bad:
@@ -508,11 +511,11 @@ def read_columns(path: str, text: str, *, digest: str | None = None, mtime: floa
                     duplicates.append((number, name, tree_seen[name]))
                     continue
                 tree_seen[name] = number
-                names.append(name)
-                modes.append("tree")
-                texts.append(name)
-                owners.append(owner or default_platform)
-                numbers.append(number)
+                add_name(name)
+                add_mode("tree")
+                add_text(name)
+                add_owner(owner or default_platform)
+                add_number(number)
                 continue
             try:
                 items = list(_line_items(raw, line_fmt, lenient))
