@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 import marisa_trie
 
-from geoblock.core.lists import Columns, DomainMode, Entry, ListFile, read_columns
+from geoblock.core.lists import Columns, DomainMode, Entry, ListFile, read_columns, read_file
 from geoblock.watch import stamp_of
 
 __all__ = ["CHILD_BYTES", "FORMAT", "ListIndex", "cache_dir", "compile_list", "open_list"]
@@ -252,20 +252,8 @@ def _artifact_name(sha256: str, platform: str | None, path: str) -> str:
 def compile_list(path: str, platform: str | None, directory: str) -> None:
     """Read the list file at `path` strictly and write its artifact into the empty `directory`.
     Raises RuleError naming file:line for a bad entry or an unreadable file (lists.read_list's rules)."""
-    from geoblock.core.rules import RuleError
-
-    p = Path(path)
-    try:
-        stat = p.stat()
-        data = p.read_bytes()
-    except OSError as exc:
-        raise RuleError(p, None, f"cannot read list file: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise RuleError(p, data[: exc.start].count(b"\n") + 1, "not UTF-8 text") from None
-    cols = read_columns(path, text, digest=hashlib.sha256(data).hexdigest(), mtime=stat.st_mtime,
-                        size=stat.st_size, platform=platform)
+    stat, text, digest = read_file(path)
+    cols = read_columns(path, text, digest=digest, mtime=stat.st_mtime, size=stat.st_size, platform=platform)
     _write_artifact(cols, directory)
 
 

@@ -36,9 +36,9 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from itertools import repeat
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlsplit
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from geoblock.core.listindex import ListIndex
 
 __all__ = ["FORMATS", "Columns", "Entry", "ListFile", "ListFormat", "Refused", "parse_entry", "read_columns",
-           "read_list", "read_list_text", "write_list"]
+           "read_file", "read_list", "read_list_text", "write_list"]
 
 ListFormat = Literal["plain", "hosts", "adblock", "csv"]
 FORMATS: tuple[ListFormat, ...] = get_args(ListFormat)
@@ -358,6 +358,16 @@ def read_list(path: str | os.PathLike[str], *, fmt: ListFormat | None = None, le
     rule's `platform`). Strict (the default): raises RuleError naming file:line for the first bad entry,
     and for a missing or unreadable file or text that is not UTF-8. Lenient: bad entries are returned in
     `refused` instead (file-level problems still raise)."""
+    stat, text, digest = read_file(path)
+    listed = read_list_text(str(path), text, digest=digest, mtime=stat.st_mtime, size=stat.st_size, fmt=fmt,
+                            lenient=lenient, platform=platform)
+    return replace(listed, stamp=stamp_of(str(path), stat))
+
+
+def read_file(path: str | os.PathLike[str]) -> tuple[os.stat_result, str, str]:
+    """A list file's (stat taken before reading, its text decoded as UTF-8 (a BOM dropped), the SHA-256 of
+    its bytes in hex). Raises RuleError for a missing or unreadable file, and naming the line of the first
+    byte that is not UTF-8."""
     from geoblock.core.rules import RuleError  # rules imports this module
 
     p = Path(path)
@@ -370,9 +380,7 @@ def read_list(path: str | os.PathLike[str], *, fmt: ListFormat | None = None, le
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise RuleError(p, data[: exc.start].count(b"\n") + 1, "not UTF-8 text") from None
-    listed = read_list_text(str(path), text, digest=hashlib.sha256(data).hexdigest(), mtime=stat.st_mtime,
-                            size=stat.st_size, fmt=fmt, lenient=lenient, platform=platform)
-    return replace(listed, stamp=stamp_of(str(path), stat))
+    return stat, text, hashlib.sha256(data).hexdigest()
 
 
 def read_list_text(path: str, text: str, *, digest: str | None = None, mtime: float = 0.0, size: int | None = None,
