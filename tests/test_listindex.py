@@ -57,6 +57,28 @@ def test_the_fast_path_reads_every_line_as_the_general_parser(text: str, lenient
     assert _read(text, lenient, fast=True) == _read(text, lenient, fast=False)
 
 
+_GOOD_NAMES = ["binance.com", "api.binance.com", "okx.com", "b_x.io", "a-b.c-d.app", "x.y.z.org", "crypto.com",
+               "xn--bcher-kva.example", "a" * 63 + ".com", ".".join(["abcdefghij"] * 22) + ".com"]
+_GOOD_TAILS = ["", " Binance", "\tOKX Exchange", "  Crypto.com", "   ", " a\tb  c", " Binance "]
+
+
+@st.composite
+def _good_text(draw: st.DrawFn) -> str:
+    """Lists whose every line the fast path reads (or a blank or comment line): the columns are built a
+    column at a time (lists._bulk), unless a name repeats."""
+    lines = draw(st.lists(st.one_of(
+        st.tuples(st.sampled_from(_GOOD_NAMES), st.sampled_from(_GOOD_TAILS)).map("".join),
+        st.sampled_from(["", "   ", "# a comment", "  # indented comment", "# source: https://x.example/"])),
+        min_size=1, max_size=12))
+    return "\n".join(lines) + draw(st.sampled_from(["", "\n"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_good_text(), st.booleans())
+def test_a_list_read_a_column_at_a_time_reads_as_the_general_parser(text: str, lenient: bool) -> None:
+    assert _read(text, lenient, fast=True) == _read(text, lenient, fast=False)
+
+
 # ---------------------------------------------------------------------------------------------------
 # a compiled list answers as the same entries written in YAML
 

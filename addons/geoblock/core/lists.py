@@ -422,6 +422,32 @@ FAST_PATH = True  # tests switch it off to compare with the general parser
 _UNSEEN: Any = object()  # not yet in platform_of
 
 
+def _bulk(pre: list[tuple[str, str]], lines: list[str], default_platform: str | None
+          ) -> tuple[list[str], list[str], list[str | None], list[int]] | None:
+    """The columns (names, texts, platforms, lines) of a list whose every line the fast path read (`pre`,
+    from _FAST_LINES) or is blank or a comment, built a column at a time; None when any line is
+    another (a bad entry, another notation), a name repeats, a name is too long or a platform is bad:
+    the per-line loop reads those, and says why. The same result as that loop (tests/test_listindex.py)."""
+    for i in [i for i, (name, _) in enumerate(pre) if not name]:
+        stripped = lines[i].strip()
+        if stripped and not stripped.startswith("#"):
+            return None
+    names = [name for name, _ in pre if name]
+    if not names or max(map(len, names)) > MAX_NAME or len(set(names)) != len(names):
+        return None
+    tails = [tail for name, tail in pre if name]
+    platform_of: dict[str, str | None] = {"": None}
+    for tail in set(tails):
+        if tail:
+            try:
+                platform_of[tail] = _platform(tail)
+            except _Bad:
+                return None
+    owners = [platform_of[tail] or default_platform for tail in tails]
+    numbers = [number for number, (name, _) in enumerate(pre, 1) if name]
+    return names, list(names), owners, numbers
+
+
 def read_columns(path: str, text: str, *, digest: str | None = None, mtime: float = 0.0, size: int | None = None,
                  fmt: ListFormat | None = None, lenient: bool = False, platform: str | None = None) -> Columns:
     """read_list_text's work, returning the entries as `Columns`. Raises RuleError (strict)."""
@@ -501,6 +527,13 @@ def read_columns(path: str, text: str, *, digest: str | None = None, mtime: floa
             pre = _FAST_LINES.findall(text)
             if len(pre) != len(lines):  # never seen; the per-line reading is the reference
                 pre = None
+        bulk = _bulk(pre, lines, default_platform) if pre is not None else None
+        if bulk is not None:  # every line in normal form, a comment or blank: the columns at once
+            names, texts, owners, numbers = bulk
+            modes = ["tree"] * len(names)
+            first_line["tree"] = dict.fromkeys(names, 0)
+            pre = []  # nothing left for the loop below
+            lines = []
         tree_seen = first_line["tree"]
         add_name, add_mode, add_text, add_owner, add_number = (
             names.append, modes.append, texts.append, owners.append, numbers.append)
@@ -534,14 +567,16 @@ def read_columns(path: str, text: str, *, digest: str | None = None, mtime: floa
                 continue
             for written, named in items:
                 add(number, written, named)
-    listed = first_line["tree"].keys() | first_line["exact"].keys() | first_line["below"].keys()
-    hidden_of: dict[str, str | None] = {}
-    bad: list[int] = []
-    for i, owner in enumerate(owners):
-        if not owner or owner == default_platform:
-            continue
-        if owner not in hidden_of:
+    # platforms that spell a name the list does not hold: checked once per distinct platform, and the
+    # entries walked only when one does
+    hidden_of: dict[str | None, str | None] = dict.fromkeys(set(owners))
+    suspects = [owner for owner in hidden_of if owner and owner != default_platform and _DOTS.search(owner)]
+    if suspects:
+        listed = first_line["tree"].keys() | first_line["exact"].keys() | first_line["below"].keys()
+        for owner in suspects:
             hidden_of[owner] = _hidden_name(owner, listed)
+    bad: list[int] = []
+    for i, owner in enumerate(owners) if any(hidden_of.values()) else ():
         hidden = hidden_of[owner]
         if hidden is None:
             continue
@@ -572,7 +607,7 @@ def read_columns(path: str, text: str, *, digest: str | None = None, mtime: floa
         platform=default_platform,
         duplicates=tuple(duplicates),
         refused=tuple(refused),
-        platforms=frozenset(p for p in owners if p),
+        platforms=frozenset(p for p in (owners if bad else hidden_of) if p),
         count=len(names),
     )
     return Columns(info, names, modes, texts, owners, numbers)
