@@ -423,17 +423,19 @@ _UNSEEN: Any = object()  # not yet in platform_of
 
 
 def _bulk(pre: list[tuple[str, str]], lines: list[str], default_platform: str | None
-          ) -> tuple[list[str], list[str], list[str | None], list[int]] | None:
+          ) -> tuple[list[str], list[str], list[str | None], list[int], set[str]] | None:
     """The columns (names, texts, platforms, lines) of a list whose every line the fast path read (`pre`,
     from _FAST_LINES) or is blank or a comment, built a column at a time; None when any line is
     another (a bad entry, another notation), a name repeats, a name is too long or a platform is bad:
-    the per-line loop reads those, and says why. The same result as that loop (tests/test_listindex.py)."""
+    the per-line loop reads those, and says why. The same result as that loop (tests/test_listindex.py).
+    The fifth column is the set of the names."""
     for i in [i for i, (name, _) in enumerate(pre) if not name]:
         stripped = lines[i].strip()
         if stripped and not stripped.startswith("#"):
             return None
     names = [name for name, _ in pre if name]
-    if not names or max(map(len, names)) > MAX_NAME or len(set(names)) != len(names):
+    distinct = set(names)
+    if not names or max(map(len, names)) > MAX_NAME or len(distinct) != len(names):
         return None
     tails = [tail for name, tail in pre if name]
     platform_of: dict[str, str | None] = {"": None}
@@ -445,7 +447,7 @@ def _bulk(pre: list[tuple[str, str]], lines: list[str], default_platform: str | 
                 return None
     owners = [platform_of[tail] or default_platform for tail in tails]
     numbers = [number for number, (name, _) in enumerate(pre, 1) if name]
-    return names, list(names), owners, numbers
+    return names, list(names), owners, numbers, distinct
 
 
 def read_columns(path: str, text: str, *, digest: str | None = None, mtime: float = 0.0, size: int | None = None,
@@ -505,6 +507,7 @@ def read_columns(path: str, text: str, *, digest: str | None = None, mtime: floa
         owners.append(owner or default_platform)
         numbers.append(line)
 
+    bulk_names: set[str] | None = None  # the names, where the lines were read a column at a time
     if declared == "csv":
         try:
             for line, written, named in _csv_items(text, lenient):
@@ -529,9 +532,8 @@ def read_columns(path: str, text: str, *, digest: str | None = None, mtime: floa
                 pre = None
         bulk = _bulk(pre, lines, default_platform) if pre is not None else None
         if bulk is not None:  # every line in normal form, a comment or blank: the columns at once
-            names, texts, owners, numbers = bulk
+            names, texts, owners, numbers, bulk_names = bulk
             modes = ["tree"] * len(names)
-            first_line["tree"] = dict.fromkeys(names, 0)
             pre = []  # nothing left for the loop below
             lines = []
         tree_seen = first_line["tree"]
@@ -572,7 +574,8 @@ def read_columns(path: str, text: str, *, digest: str | None = None, mtime: floa
     hidden_of: dict[str | None, str | None] = dict.fromkeys(set(owners))
     suspects = [owner for owner in hidden_of if owner and owner != default_platform and _DOTS.search(owner)]
     if suspects:
-        listed = first_line["tree"].keys() | first_line["exact"].keys() | first_line["below"].keys()
+        listed = bulk_names if bulk_names is not None else (
+            first_line["tree"].keys() | first_line["exact"].keys() | first_line["below"].keys())
         for owner in suspects:
             hidden_of[owner] = _hidden_name(owner, listed)
     bad: list[int] = []
