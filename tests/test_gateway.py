@@ -607,9 +607,12 @@ def test_gateway_unit_needs_no_capability_but_net_admin(tmp_path):
     def as_unit(capabilities: list[str], *args: str) -> subprocess.CompletedProcess[str]:
         keep = "".join(f",+{c}" for c in capabilities)
         # in a mount namespace of its own: `run_dir` as /run (the state directory survives between up
-        # and down, as RuntimeDirectoryPreserve= keeps it), the rest read-only, an empty private /tmp
-        mounts = (f'mount --make-rprivate / && mount --bind {run_dir} /run && mount -o remount,bind,ro / && '
-                  'mount -t tmpfs tmpfs /tmp && exec "$@"')
+        # and down, as RuntimeDirectoryPreserve= keeps it), the rest read-only, an empty private /tmp.
+        # The checkout is mounted again over the empty /tmp where it lies under /tmp (a CI clone may).
+        mounts = (f'mount --make-rprivate / && mount --bind {run_dir} /run && mkdir -p /run/.checkout && '
+                  f'mount --bind {REPO} /run/.checkout && mount -o remount,bind,ro / && '
+                  f'mount -t tmpfs tmpfs /tmp && mkdir -p {REPO} && mount --bind /run/.checkout {REPO} && '
+                  'exec "$@"')
         return topo.run("gw", "unshare", "--mount", "sh", "-c", mounts, "sh",
                         "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs",
                         f"--bounding-set=-all{keep}", f"--inh-caps=-all{keep}", f"--ambient-caps=-all{keep}", "--",
