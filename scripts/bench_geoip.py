@@ -122,7 +122,7 @@ def timed(fn: Callable[[Any], Any], addresses: list[Any], n: int) -> list[int]:
 def figures(samples: list[int]) -> dict[str, float]:
     ordered = sorted(samples)
     return {"median_us": round(statistics.median(ordered) / 1000, 2),
-            "p99_us": round(ordered[int(len(ordered) * 0.99) - 1] / 1000, 2)}
+            "p99_us": round(ordered[max(0, int(len(ordered) * 0.99) - 1)] / 1000, 2)}
 
 
 def main() -> None:

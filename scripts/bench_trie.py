@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 
+from bench_biglist import _rss_mb  # the same reading of VmRSS
+
 TLDS = ("com", "net", "org", "io", "co", "xyz", "top", "cc", "me", "app")
 
 
@@ -44,14 +46,6 @@ def names_of(count: int, seed: int) -> list[str]:
                  for _ in range(labels)]
         names.add(".".join(parts) + "." + rng.choice(TLDS))
     return sorted(names)
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def build(kind: str, names: list[str], path: str) -> float:

@@ -83,7 +83,6 @@ class CompiledRule:
     spec: RuleSpec
     id: str
     action: Action
-    pattern: re.Pattern[str] | None  # the rule's `patterns` as one expression, or None without any
     needs_server_ip: bool
 
 
@@ -100,7 +99,6 @@ class Ruleset:
                 spec=spec,
                 id=spec.id,
                 action=spec.action,
-                pattern=_compile_patterns(spec.patterns),
                 needs_server_ip=spec.needs_server_ip,
             )
             for i, spec in enumerate(source.rules)
@@ -118,7 +116,7 @@ class Ruleset:
             (r.index, lf, lf.index, {}) for r in self.rules for lf in r.spec.lists if lf.index is not None)
         self.inline_tlds = frozenset(name[name.rfind(".") + 1:]
                                      for names in (self.tree, self.exact, self.below) for name in names)
-        self.pattern_rules = tuple(r for r in self.rules if r.pattern is not None)
+        self.has_patterns = any(r.spec.patterns for r in self.rules)
         self.patterns = PatternSet((p, r.index) for r in self.rules for p in r.spec.patterns)  # core/patterns.py
         self.nameless = tuple(r.index for r in self.rules if not r.spec.has_name_condition)
         self.nameless_need_server = any(self.rules[i].needs_server_ip for i in self.nameless)
@@ -192,7 +190,7 @@ class Ruleset:
                     hits = [h for _, _, h in ranked]
                 else:
                     hits = [h for _, _, h in listed]
-        if self.pattern_rules:
+        if self.has_patterns:
             hits.extend((i, None) for i in self.patterns.matches(name))
         return tuple(hits)
 
@@ -241,8 +239,3 @@ class Ruleset:
                              | {r.spec.platform for r in self.rules if r.spec.platform}),
         }
 
-
-def _compile_patterns(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
-    if not patterns:
-        return None
-    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
