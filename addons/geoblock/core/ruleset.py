@@ -12,9 +12,7 @@ dict probes whatever the number of rules:
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
