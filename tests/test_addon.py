@@ -418,7 +418,7 @@ def test_status_lists_every_cache_with_its_bound(gb):
     run(gb.requestheaders(flow))
     sizes = gb.caches()
     assert set(sizes) == {"names", "addresses", "unicode names", "record addresses", "rdap lookupable", "rule hits",
-                          "list entries", "geoip", "dns", "dns in flight", "ech public names", "error causes",
+                          "geoip", "dns", "dns in flight", "ech public names", "error causes",
                           "connection states"}  # RDAP is off
     assert sizes["rule hits"][0] >= 1 and sizes["names"][0] >= 1 and sizes["geoip"] == (1, 65536)
     assert sizes["connection states"] == (1, None)

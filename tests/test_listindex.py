@@ -179,7 +179,7 @@ def test_a_damaged_artifact_is_compiled_again(tmp_path: Path, monkeypatch: pytes
     (tmp_path / "rules" / "r.yaml").write_text("rules:\n  - {id: r, action: block, domains_from: [lists/l.txt]}\n")
     Ruleset.load(str(tmp_path / "rules"))
     (artifact,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
-    for damage in ("trie.marisa", "lines.u32", "meta.json"):
+    for damage in ("trie.marisa", "entries.u64", "meta.json"):
         data = (artifact / damage).read_bytes()
         (artifact / damage).write_bytes(data[: len(data) // 2])
         rs = Ruleset.load(str(tmp_path / "rules"))

@@ -28,17 +28,20 @@ Semantics:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 from geoblock.core.model import SEVERITY, STAGES, Action, Facts, Verdict
 from geoblock.core.names import EmbeddedIPv4, IPAddress, unicode_name
-from geoblock.core.rules import DomainSpec
-from geoblock.core.ruleset import CompiledRule, Ruleset
+from geoblock.core.rules import DomainSpec, RuleSpec
+from geoblock.core.ruleset import CompiledRule, Hit, Ruleset
 
 # Facts and Verdict live in geoblock.core.model; they are importable from here too.
 __all__ = ["STAGES", "Facts", "Verdict", "decide", "server_text"]
 
 _STRICT_FIRST: tuple[Action, ...] = ("block", "log")  # without an allow, the strictest match decides
+_rule_index = itemgetter(0)  # a Hit's rule index: candidates are judged in rule order
 
 
 @dataclass(slots=True)
@@ -54,8 +57,8 @@ def decide(facts: Facts, rs: Ruleset) -> Verdict:
     changes neither, raises nothing for any Facts whose names are normalised (names.normalize_host)."""
     country = facts.country
     offshore = None if country is None else country not in rs.policy.home_countries
-    client_hits = rs.clients.lookup(facts.client_ip) if rs.clients and facts.client_ip is not None else None
-    server_hits = rs.networks.lookup(facts.server_ip) if rs.networks and facts.server_ip is not None else None
+    client_hits = rs.clients.lookup(facts.client_ip) if rs.any_clients and facts.client_ip is not None else None
+    server_hits = rs.networks.lookup(facts.server_ip) if rs.any_networks and facts.server_ip is not None else None
     best: Verdict | None = None
     for name in facts.names or (None,):
         verdict = _decide_name(name, facts, rs, offshore, client_hits, server_hits)
@@ -100,13 +103,28 @@ def _decide_name(
     server_hits: frozenset[int] | None,
 ) -> Verdict:
     rules = rs.rules
-    candidates: list[tuple[int, DomainSpec | None]] = [(i, None) for i in rs.nameless]
-    if name is not None:
-        candidates.extend(rs.name_hits(name))
+    candidates: Sequence[Hit] = () if name is None else rs.name_hits(name)
+    if rs.nameless_hits:
+        candidates = [*rs.nameless_hits, *candidates]
     if not candidates:
         return Verdict(action=rs.policy.default, reason=_default_reason(name, rs), offshore=offshore, name=name)
-    if len(candidates) > 1:
-        candidates.sort(key=lambda c: c[0])
+    if len(candidates) == 1:
+        index, entry = candidates[0]
+        rule = rules[index]
+        if not rule.needs_server_ip and not rule.spec.clients:
+            # one rule on the name alone (a listed name's usual case): it decides as the loop below would,
+            # with the reason _reason gives such a match
+            action = rule.action
+            reason = f"{_named(name, entry, rule.spec)}: {action}"
+            if entry is None:
+                return Verdict.of(action, reason, rule.id, offshore, name, None, rule.spec.platform, None, None, None)
+            listed = entry.listfile
+            if listed is None:
+                return Verdict.of(action, reason, rule.id, offshore, name, None, entry.platform, entry.where, None, None)
+            return Verdict.of(action, reason, rule.id, offshore, name, None, entry.platform, entry.where, listed.name,
+                              listed.version)
+    else:
+        candidates = sorted(candidates, key=_rule_index)
     unknown_policy = rs.policy.unknown_country
     dns_stage = facts.stage == "dns"
     found: dict[Action, list[_Match]] = {}
@@ -213,6 +231,26 @@ def _where(facts: Facts, offshore: bool | None, rs: Ruleset) -> str:
     return place
 
 
+def _named(name: str | None, entry: DomainSpec | None, spec: RuleSpec) -> str:
+    """The first part of a reason: how the name matched rule `spec` (the entry `entry`, or a pattern), or
+    that the rule applies (no name condition matched a name)."""
+    if name is None or (entry is None and not spec.patterns):
+        return f"rule {spec.id} applies"
+    shown = unicode_name(name)
+    if entry is None:
+        return f"{shown} matches a name pattern of rule {spec.id}"
+    listfile, platform = entry.listfile, entry.platform
+    if listfile is not None:
+        listed = f" (list {listfile.name}, platform {platform})" if platform else f" (list {listfile.name})"
+    else:
+        listed = f" (platform {platform})" if platform else ""
+    if entry.mode == "exact":
+        return f"{shown} is listed exactly (={entry.name}) in rule {spec.id}{listed}"
+    if entry.mode == "tree" and name == entry.name:
+        return f"{shown} is listed in rule {spec.id}{listed}"
+    return f"{shown} is under {unicode_name(entry.name)}, listed in rule {spec.id}{listed}"
+
+
 def _reason(
     name: str | None,
     facts: Facts,
@@ -223,26 +261,7 @@ def _reason(
     refused_allow: _Match | None = None,
 ) -> str:
     spec = match.rule.spec
-    parts: list[str] = []
-    entry = match.entry
-    if name is not None and (entry is not None or spec.patterns):
-        shown = unicode_name(name)
-        notes = []
-        if entry is not None and entry.listfile is not None:
-            notes.append(f"list {entry.listfile.name}")
-        if entry is not None and entry.platform:
-            notes.append(f"platform {entry.platform}")
-        listed, owner = (f" ({', '.join(notes)})" if notes else ""), ""
-        if entry is None:
-            parts.append(f"{shown} matches a name pattern of rule {spec.id}")
-        elif entry.mode == "exact":
-            parts.append(f"{shown} is listed exactly (={entry.name}) in rule {spec.id}{listed}{owner}")
-        elif entry.mode == "tree" and name == entry.name:
-            parts.append(f"{shown} is listed in rule {spec.id}{listed}{owner}")
-        else:
-            parts.append(f"{shown} is under {unicode_name(entry.name)}, listed in rule {spec.id}{listed}{owner}")
-    else:
-        parts.append(f"rule {spec.id} applies")
+    parts = [_named(name, match.entry, spec)]
     if spec.clients and facts.client_ip is not None:
         parts.append(f"client {facts.client_ip} is in its client networks")
     if match.rule.needs_server_ip:

@@ -140,8 +140,9 @@ class ListFile:
     def entry_count(self) -> int:
         return len(self.entries) if self.count < 0 else self.count
 
-    @property
+    @cached_property
     def version(self) -> str:
+        """The first 12 hex digits of `sha256` (the records' `list_version`)."""
         return self.sha256[:12]
 
     @cached_property

@@ -316,11 +316,18 @@ def _label_problem(label: str) -> str:
     return f"label {label!r} has characters not allowed in a host name"
 
 
-@lru_cache(maxsize=4096)
 def unicode_name(name: str) -> str:
-    """The Unicode form of a normalised name, for people (falls back to the A-label form)."""
+    """The Unicode form of a normalised name, for people (falls back to the A-label form). A name with
+    no A-label (no "xn--") is its own Unicode form and is returned as it is, without the cache: most
+    names are, and a cache lookup and insert cost a decision more than the test does."""
     if "xn--" not in name:
         return name
+    return _decoded(name)
+
+
+@lru_cache(maxsize=4096)
+def _decoded(name: str) -> str:
+    """unicode_name of a name with an A-label: IDNA 2008 decoding (idna.decode), remembered."""
     try:
         return idna.decode(name)
     except (idna.IDNAError, UnicodeError):
@@ -330,5 +337,5 @@ def unicode_name(name: str) -> str:
 def cache_sizes() -> dict[str, tuple[int, int | None]]:
     """(entries, bound) of this module's caches, for geoblock.status."""
     infos = {"names": _normalize_host.cache_info(), "addresses": _normalize_ip_text.cache_info(),
-             "unicode names": unicode_name.cache_info()}
+             "unicode names": _decoded.cache_info()}
     return {label: (info.currsize, info.maxsize) for label, info in infos.items()}

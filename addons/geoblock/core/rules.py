@@ -37,6 +37,8 @@ from geoblock.core.lists import DomainMode, Entry, ListError, ListFile, parse_en
 from geoblock.core.model import ACTIONS, ON_ERROR, Action, OnError
 from geoblock.errors import GeoblockError
 
+_set_whole = object.__setattr__  # sets a frozen instance's __dict__ in one call (see DomainSpec.__init__)
+
 __all__ = ["ACTIONS", "DOH_CANARY", "ON_ERROR", "POLICY_KEYS", "RULE_KEYS", "DomainSpec", "Policy", "RuleError",
            "RuleSource", "RuleSpec", "load_rules", "read_file", "rule_files"]
 
@@ -76,7 +78,7 @@ class RuleError(GeoblockError, ValueError):
         super().__init__(f"{where}: {message}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, init=False)
 class DomainSpec:
     """One domain entry, of `domains` or of a list file (`domains_from`): `name` (name and subdomains),
     `=name` (exact), `*.name` (subdomains)."""
@@ -87,6 +89,14 @@ class DomainSpec:
     platform: str | None = None  # the platform the entry belongs to (its list line, else the rule's platform)
     where: str = ""  # "file:line" of the entry (the YAML file's line, or the list file's)
     listfile: ListFile | None = None  # the list file it came from (its name and version go into records)
+
+    def __init__(self, name: str, mode: DomainMode, text: str, platform: str | None = None, where: str = "",
+                 listfile: ListFile | None = None) -> None:
+        # one store of the whole instance dict (as model.Verdict's): a listed name's decision makes one
+        # DomainSpec for the entry it found, and a frozen dataclass's generated __init__ costs one
+        # object.__setattr__ call per field. tests/test_model.py checks the fields and defaults agree.
+        _set_whole(self, "__dict__", {"name": name, "mode": mode, "text": text, "platform": platform, "where": where,
+                                      "listfile": listfile})
 
 
 def listed_spec(entry: Entry, listfile: ListFile) -> DomainSpec:

@@ -28,7 +28,7 @@ _RANK = {"exact": 0, "tree": 1, "below": 2}
 _MODES: tuple[DomainMode, ...] = ("exact", "tree", "below")
 
 __all__ = ["SEVERITY", "CompiledRule", "Hit", "Network", "PrefixTable", "Ruleset"]
-_HITS_MEMO = 16384  # names remembered per ruleset; the memo starts over when full
+_HITS_MEMO = 1024  # names remembered per ruleset; the memo starts over when full
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Hit = tuple[int, DomainSpec | None]
@@ -108,18 +108,20 @@ class Ruleset:
         for rule in self.rules:
             for dom in rule.spec.domains:
                 maps[dom.mode].setdefault(dom.name, []).append((rule.index, dom))
-        # list files: compiled indexes, asked per name (core/listindex.py), in rule order
-        # (rule index, list file, its index, a memo of the DomainSpecs of its entries found: key id -> spec)
-        self.indexed: tuple[tuple[int, ListFile, ListIndex, dict[int, DomainSpec]], ...] = tuple(
-            (r.index, lf, lf.index, {}) for r in self.rules for lf in r.spec.lists if lf.index is not None)
+        # list files: compiled indexes, asked per name (core/listindex.py), in rule order:
+        # (rule index, list file, its index)
+        self.indexed: tuple[tuple[int, ListFile, ListIndex], ...] = tuple(
+            (r.index, lf, lf.index) for r in self.rules for lf in r.spec.lists if lf.index is not None)
         self.inline_tlds = frozenset(name[name.rfind(".") + 1:]
                                      for names in (self.tree, self.exact, self.below) for name in names)
         self.has_patterns = any(r.spec.patterns for r in self.rules)
         self.patterns = PatternSet((p, r.index) for r in self.rules for p in r.spec.patterns)  # core/patterns.py
         self.nameless = tuple(r.index for r in self.rules if not r.spec.has_name_condition)
+        self.nameless_hits: tuple[Hit, ...] = tuple((i, None) for i in self.nameless)  # candidates for every flow
         self.nameless_need_server = any(self.rules[i].needs_server_ip for i in self.nameless)
         self.networks = PrefixTable((net, r.index) for r in self.rules for net in r.spec.networks)
         self.clients = PrefixTable((net, r.index) for r in self.rules for net in r.spec.clients)
+        self.any_networks, self.any_clients = bool(self.networks), bool(self.clients)  # read on every decision
         # allow rules that could lift a block on the server's location once the name is known
         self.name_allows_on_server = tuple(
             r for r in self.rules if r.action == "allow" and r.spec.has_name_condition and r.needs_server_ip
@@ -154,7 +156,7 @@ class Ruleset:
         hits: list[Hit] = []
         # the suffix walk over the YAML entries, only where one could match: every entry's name ends in
         # one of `inline_tlds` (a list-only ruleset skips it)
-        if name[name.rfind(".") + 1:] in self.inline_tlds:
+        if self.inline_tlds and name[name.rfind(".") + 1:] in self.inline_tlds:
             found = self.exact.get(name)
             if found:
                 hits.extend(found)
@@ -172,14 +174,21 @@ class Ruleset:
                 if found:
                     hits.extend(found)
                 dot = name.find(".", dot + 1)
-        if self.indexed:
+        indexed = self.indexed
+        if len(indexed) == 1 and not hits:
+            # one list and no YAML entry covering the name (the usual case at national scale): the list's
+            # hits in the order ListIndex.hits gives them, most specific first, as the general case does
+            index, lf, ix = indexed[0]
+            path = lf.path
+            for rank, length, kid in ix.hits(name):  # as _listed, inline: a decision on a listed name runs it
+                entry_name, mode = name[len(name) - length:], _MODES[rank]
+                text, platform, line = ix.describe(kid, entry_name, mode)
+                hits.append((index, DomainSpec(entry_name, mode, text, platform, f"{path}:{line}", lf)))
+        elif indexed:
             listed: list[tuple[int, int, Hit]] = []
-            for index, lf, ix, memo in self.indexed:
+            for index, lf, ix in indexed:
                 for rank, length, kid in ix.hits(name):
-                    spec = memo.get(kid)
-                    if spec is None:
-                        spec = self._listed(name, rank, length, lf, ix, kid, memo)
-                    listed.append((-length, rank, (index, spec)))
+                    listed.append((-length, rank, (index, self._listed(name, rank, length, lf, ix, kid))))
             if listed:
                 if hits:  # most specific first across both, then by rule: the order the suffix walk gives
                     ranked = [(-len(d.name) if d else 0, _RANK[d.mode] if d else 0, h) for h in hits for d in (h[1],)]
@@ -193,17 +202,13 @@ class Ruleset:
         return tuple(hits)
 
     @staticmethod
-    def _listed(name: str, rank: int, length: int, lf: ListFile, ix: ListIndex, kid: int,
-                memo: dict[int, DomainSpec]) -> DomainSpec:
-        """The DomainSpec of the list entry `ix.hits(name)` found as (rank, length, kid), kept in `memo`
-        (that list's, bounded: the names of one platform share their entries)."""
+    def _listed(name: str, rank: int, length: int, lf: ListFile, ix: ListIndex, kid: int) -> DomainSpec:
+        """The DomainSpec of the list entry `ix.hits(name)` found as (rank, length, kid). Made anew each
+        time (the name memo keeps it for a name that recurs): a second memo per entry cost a decision on
+        a new listed name more than it saved (scripts/bench_biglist.py)."""
         entry_name, mode = name[len(name) - length:], _MODES[rank]
         text, platform, line = ix.describe(kid, entry_name, mode)
-        spec = DomainSpec(entry_name, mode, text, platform, f"{lf.path}:{line}", lf)
-        if len(memo) >= _HITS_MEMO:
-            memo.clear()
-        memo[kid] = spec
-        return spec
+        return DomainSpec(entry_name, mode, text, platform, f"{lf.path}:{line}", lf)
 
     def needs_server_ip(self, names: Iterable[str]) -> bool:
         """Whether a verdict for these names could depend on the server's address or location."""
@@ -214,8 +219,7 @@ class Ruleset:
 
     def sizes(self) -> dict[str, tuple[int, int | None]]:
         """(entries, bound) of this ruleset's memo, for geoblock.status."""
-        return {"rule hits": (len(self._hits_memo), _HITS_MEMO),
-                "list entries": (sum(len(memo) for *_, memo in self.indexed), _HITS_MEMO * len(self.indexed))}
+        return {"rule hits": (len(self._hits_memo), _HITS_MEMO)}
 
     def summary(self) -> dict[str, object]:
         counts = {a: 0 for a in SEVERITY}
