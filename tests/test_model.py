@@ -41,3 +41,30 @@ def test_decide_returns_model_verdicts(tmp_path):
     verdict = decide_mod.decide(Facts("connect", names=("api.binance.com",)), rs)
     assert type(verdict) is model.Verdict and (verdict.action, verdict.rule) == ("block", "x")
     assert type(decide_mod.decide(Facts("connect", names=("example.com",)), rs)) is model.Verdict
+
+
+def test_hand_written_constructors_agree_with_the_declared_fields():
+    """Verdict and DomainSpec build their instance dict in one store (for the decision's hot path): their
+    constructors take exactly the declared fields, with the declared defaults, and give equal, frozen,
+    hashable values; Verdict.of (positional) gives what the keyword constructor gives."""
+    import inspect
+
+    for cls in (Verdict, rules.DomainSpec):
+        params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
+        declared = dataclasses.fields(cls)
+        assert [p.name for p in params] == [f.name for f in declared], cls
+        assert [p.default for p in params] == [inspect.Parameter.empty if f.default is dataclasses.MISSING
+                                               else f.default for f in declared], cls
+    values = dict(action="block", reason="r", rule="x", offshore=True, name="a.com", unknown="country",
+                  platform="P", entry="l.txt:3", list="l.txt", list_version="0123456789ab")
+    by_keyword = Verdict(**values)  # type: ignore[arg-type]
+    by_position = Verdict.of(*values.values())  # type: ignore[arg-type]
+    assert by_position == by_keyword and hash(by_position) == hash(by_keyword)
+    assert dataclasses.asdict(by_position) == values and type(by_position) is Verdict
+    spec = rules.DomainSpec("a.com", "tree", "a.com", "P", "l.txt:3")
+    assert (spec.name, spec.mode, spec.text, spec.platform, spec.where, spec.listfile) == (
+        "a.com", "tree", "a.com", "P", "l.txt:3", None)
+    assert spec == rules.DomainSpec("a.com", "tree", "a.com", "P", "l.txt:3") and hash(spec)
+    for frozen in (by_position, spec):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            frozen.platform = "Q"  # type: ignore[misc]

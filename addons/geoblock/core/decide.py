@@ -118,10 +118,10 @@ def _decide_name(
             reason = f"{_named(name, entry, rule.spec)}: {action}"
             if entry is None:
                 return Verdict.of(action, reason, rule.id, offshore, name, None, rule.spec.platform, None, None, None)
-            listed = entry.listfile
+            listed, where = entry.listfile, entry.where
             if listed is None:
-                return Verdict.of(action, reason, rule.id, offshore, name, None, entry.platform, entry.where, None, None)
-            return Verdict.of(action, reason, rule.id, offshore, name, None, entry.platform, entry.where, listed.name,
+                return Verdict.of(action, reason, rule.id, offshore, name, None, entry.platform, where, None, None)
+            return Verdict.of(action, reason, rule.id, offshore, name, None, entry.platform, where, listed.name,
                               listed.version)
     else:
         candidates = sorted(candidates, key=_rule_index)

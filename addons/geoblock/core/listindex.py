@@ -86,9 +86,10 @@ def cache_dir() -> str:
 class ListIndex:
     """One compiled list, mapped from its artifact: `count` entries; `hits(name)` answers which cover a
     name; `entry(key_id)` rebuilds one entry for an explanation. Immutable and safe to share between
-    threads (the trie and arrays are read-only maps)."""
+    threads (the trie and the entry words are read-only maps)."""
 
-    __slots__ = ("_below", "_entries", "_exact", "_maps", "_meta", "_platform_names", "_texts", "_trie", "count", "path")
+    __slots__ = ("_below", "_entries", "_exact", "_maps", "_meta", "_platform_names", "_texts", "_trie",
+                 "count", "path")
 
     def __init__(self, directory: str) -> None:
         """Map the artifact in `directory`. Raises OSError or ValueError when it is missing, truncated or
