@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from support.proc import BLOCK_PY, free_port, mitmdump_path
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -187,3 +188,32 @@ def test_a_refusal_after_the_rules_loaded_ends_the_start_the_same_way(tmp_path, 
     assert lines[-2:] == [message, f"HTTP(S) proxy listening at 127.0.0.1:{port}."], lines
     assert not any("Traceback" in line or "error in script" in line for line in lines)
     assert err == EXITING and status == 1
+
+
+@pytest.mark.parametrize("config, message", [
+    ("geoblock_monitor: maybe\n",
+     "geoblock: option geoblock_monitor in mitmproxy's config file must be true or false, not 'maybe'"),
+    ("geoblock_rules: [a, b]\n",
+     "geoblock: option geoblock_rules in mitmproxy's config file must be text (quote it in YAML), not ['a', 'b']"),
+])
+def test_a_mistyped_value_in_mitmproxys_config_file_is_refused_in_one_line(tmp_path, config, message):
+    # Before: mitmproxy's TypeError traceback from the script loader, and geoblock dropped.
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text(config)
+    lines, err, status, port = refused_start(tmp_path)
+    assert lines == [f"Loading script {BLOCK_PY}", message, f"HTTP(S) proxy listening at 127.0.0.1:{port}."], lines
+    assert err == EXITING and status == 1
+
+
+def test_a_number_in_mitmproxys_config_file_is_read_as_the_text_option_it_sets(tmp_path):
+    # YAML reads `geoblock_dns_timeout: 1.5` as a number; geoblock's option is text (mitmproxy refused it).
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text("geoblock_dns_timeout: 1.5\ngeoblock_reload_interval: 0\n")
+    proc, port = run_mitmdump(tmp_path, "geoblock_country_db=", "geoblock_asn_db=", "geoblock_metrics=")
+    try:
+        wait_for(lambda: listening(port) or proc.poll() is not None, timeout=30, what="mitmdump listening or gone")
+        assert proc.poll() is None and listening(port)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert "Traceback" not in out and "must be" not in out and "geoblock: ruleset " in out, out

@@ -119,8 +119,9 @@ def preflight() -> None:
         if name not in known:
             raise OptionProblem(f"geoblock: unknown option {name!r}; geoblock's options are: {', '.join(known)}")
         values = getattr(value, "val", None)
-        if values is None:
-            continue  # already typed (set from a config file or an API)
+        if values is None:  # already typed: from mitmproxy's config.yaml (YAML types) or an API
+            _typed(name, value, known[name], ctx.options.deferred)
+            continue
         if len(values) > 1:
             raise OptionProblem(f"geoblock: option {name} is given more than once: {values}")
         if known[name] is bool and values and values[0] not in ("true", "false"):
@@ -129,6 +130,18 @@ def preflight() -> None:
             raise OptionProblem(f"geoblock: option {name} must be true or false, not {values[0]!r}")
         if known[name] is str and not values:
             raise OptionProblem(f"geoblock: option {name} needs a value ({name}=...)")
+
+
+def _typed(name: str, value: object, typespec: type, deferred: dict[str, Any]) -> None:
+    """Check a geoblock option's value as a config file gave it (YAML-typed), before mitmproxy applies it:
+    a number for a text option (`geoblock_dns_timeout: 2`, as YAML reads it) becomes that text in
+    `deferred`; a value of another type raises OptionProblem naming the option and the value (mitmproxy
+    would print a Python traceback and drop geoblock)."""
+    if typespec is str and isinstance(value, int | float) and not isinstance(value, bool):
+        deferred[name] = str(value)
+    elif not isinstance(value, typespec) or (typespec is int and isinstance(value, bool)):
+        kind = "true or false" if typespec is bool else "text (quote it in YAML)"
+        raise OptionProblem(f"geoblock: option {name} in mitmproxy's config file must be {kind}, not {value!r}")
 
 
 def seconds(value: str, option: str, low: float, high: float) -> float:
