@@ -334,6 +334,9 @@ def test_monitor_mode_blocks_nothing_and_records_everything(tmp_path, rules_dir,
         h = servers["http2"]
         r = curl(m, f"http://127.0.0.2:{h.port}/", "-H", "Host: okx.com")
         assert r.stdout.startswith("HTTP/1.1 200")
+        # the console says so once at start-up (it said nothing: a gateway blocking nothing looked enforcing)
+        assert m.output().count("geoblock: MONITOR MODE (geoblock_monitor=true): every flow is decided and "
+                                "recorded with enforced: false; nothing is blocked") == 1, m.output()
     blocks = records(log, action="block")
     assert {r["stage"] for r in blocks} == {"tls", "http"}
     assert all(r["enforced"] is False for r in records(log))

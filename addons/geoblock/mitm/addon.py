@@ -74,6 +74,7 @@ class GeoBlock:
         self.serving = False  # running() has run: the start-up heap is in place
         self.configured = False  # configure() has run once (mitmproxy's first call is the script's load)
         self.refused: str | None = None  # what the first configure refused (see _refuse): never serve
+        self.announced_monitor = False  # the monitor mode last announced in the log (said when it changes)
         self._watcher: asyncio.Task[None] | None = None
         self.endpoint: metrics.MetricsServer | None = None  # geoblock_metrics, while serving
 
@@ -123,6 +124,14 @@ class GeoBlock:
             engine.resolver.timeout = settings.dns_timeout
         if "geoblock_log" in updated:
             self._configure_log(settings)
+        if settings.monitor != self.announced_monitor:
+            # said at start-up and whenever it changes: a gateway that blocks nothing must not look as if it did
+            if settings.monitor:
+                logger.warning("geoblock: MONITOR MODE (geoblock_monitor=true): every flow is decided and recorded "
+                               "with enforced: false; nothing is blocked")
+            else:
+                logger.warning("geoblock: monitor mode off: verdicts are enforced again")
+            self.announced_monitor = settings.monitor
         if updated & {"geoblock_block_page", "geoblock_block_pages"}:
             try:
                 judging.page = enforce.PageSet.load(settings.block_pages, settings.block_page)
