@@ -123,6 +123,31 @@ def test_a_compiled_list_answers_as_the_same_entries_in_yaml(entries: list[tuple
             assert (a.action, a.rule) == (b.action, b.rule)
 
 
+@given(st.lists(st.tuples(st.sampled_from(["", "=", "*."]), _name()), min_size=1, max_size=8, unique_by=lambda t: t),
+       st.lists(_name(), max_size=6), st.sampled_from(["block", "log", "allow"]), st.booleans())
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_a_single_name_rules_verdict_is_the_one_the_full_comparison_gives(entries: list[tuple[str, str]], names: list[str],
+                                                                          action: str, as_list: bool) -> None:
+    """decide's fast path (one rule on the name alone matches) gives the verdict, reason and entry the
+    rule-by-rule comparison gives: the same ruleset with a rule that applies to every flow and never
+    matches (a client network no flow comes from) takes the comparison for every name."""
+    written = [m + n for m, n in entries]
+    with tempfile.TemporaryDirectory() as tmp:
+        made, d = [], Path(tmp)  # one directory: the two rulesets' records name the same files
+        (d / "lists").mkdir(parents=True)
+        (d / "policy.yaml").write_text("home_countries: [CN]\ndefault: allow\n")
+        (d / "lists" / "l.txt").write_text("".join(f"{e}  P{i}\n" for i, e in enumerate(written)))
+        for extra in ([], [{"id": "never", "action": "block", "clients": ["203.0.113.255/32"]}]):
+            rule = ({"id": "r", "action": action, "domains_from": ["lists/l.txt"]} if as_list
+                    else {"id": "r", "action": action, "domains": written, "platform": "Q"})
+            (d / "r.yaml").write_text(json.dumps({"rules": [rule, *extra]}))
+            made.append(Ruleset.load(str(d)))
+        fast, full = made
+        assert not fast.nameless and full.nameless
+        for name in names + [n for _, n in entries] + ["www." + n for _, n in entries]:
+            assert decide(Facts("tls", names=(name,)), fast) == decide(Facts("tls", names=(name,)), full), name
+
+
 def test_a_listed_entry_names_its_file_line_platform_and_notation(tmp_path: Path) -> None:
     (tmp_path / "lists").mkdir()
     (tmp_path / "lists" / "l.txt").write_text("# source: https://feed.example/l\nokx.com  OKX\n.bybit.com  Bybit\n"
