@@ -162,3 +162,25 @@ def test_an_allowed_handshake_passes_through_and_a_script_still_sees_client_hell
                      "--cacert", str(pki.ca_pem))
             assert r.returncode == 0 and r.stdout.endswith("hello from 127.0.0.1\n"), r.stderr
     assert m.output().count("script saw the ClientHello of allowed.test") == (2 if with_script else 0)
+
+
+def test_the_runners_options_read_as_mitmproxys_do():
+    """GatewayOptions skips mitmproxy's deep copy for immutable values only: every read gives what
+    mitmproxy's Options give, a list read is still a copy its reader may change, unknown names raise."""
+    from mitmproxy import options
+
+    from geoblock.mitm.run import GatewayOptions
+
+    ours, theirs = GatewayOptions(), options.Options()
+    for name in ("listen_port", "listen_host", "mode", "ignore_hosts", "allow_hosts", "ssl_insecure", "confdir"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    ours.mode.append("transparent")  # a reader changing its copy changes nothing
+    assert ours.mode == ["regular"]
+    ours.update(ignore_hosts=["a.test"], listen_port=8081, listen_host="127.0.0.1", ssl_insecure=True)
+    assert (ours.ignore_hosts, ours.listen_port, ours.listen_host, ours.ssl_insecure) == (
+        ["a.test"], 8081, "127.0.0.1", True)
+    assert ours.ignore_hosts is not ours.ignore_hosts
+    ours.update(listen_port=None)
+    assert ours.listen_port is None
+    with pytest.raises(AttributeError, match="No such option: geoblock_nothing"):
+        _ = ours.geoblock_nothing

@@ -57,11 +57,34 @@ from geoblock.mitm.addon import GeoBlock
 from geoblock.mitm.dispatch import HookTable
 from geoblock.mitm.options import OptionProblem, preflight
 
-__all__ = ["GatewayMaster", "main"]
+__all__ = ["GatewayMaster", "GatewayOptions", "main"]
 
 # The runner's own default for a mitmproxy option (mitmdump's is in brackets): flow_detail [1], one
 # line per flow on the terminal; the decision log has every decision.
 RUNNER_DEFAULTS: dict[str, Any] = {"flow_detail": 0}
+
+_ATOMS = (bool, int, float, str, bytes, type(None))  # option values that are never copied: immutable
+
+
+class GatewayOptions(options.Options):
+    """mitmproxy's options, read without a copy where a copy changes nothing.
+
+    mitmproxy's `OptManager.__getattr__` returns `copy.deepcopy` of an option's value (of its default
+    when unset) on every read, so that no reader can change a list in place; its layers read options
+    on every connection (each new layer reads `proxy_debug`, about a dozen layers per connection), which
+    cost a passed-through connection about 4 % of its CPU. A value of an immutable type (bool, int,
+    float, str, bytes, None) is returned as it is, which is what a deep copy of it gives; every other
+    value (lists of hosts, ...) still goes through mitmproxy's copying read."""
+
+    def __getattr__(self, attr: str) -> Any:
+        option = self.__dict__.get("_options", {}).get(attr)
+        if option is not None:
+            value = option.value
+            if value is optmanager.unset:
+                value = option._default
+            if type(value) in _ATOMS:
+                return value
+        return super().__getattr__(attr)
 
 
 def _kept() -> list[Any]:
@@ -189,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("asyncio").setLevel(logging.WARNING)
         logging.getLogger("hpack").setLevel(logging.WARNING)
         logging.getLogger("quic").setLevel(logging.WARNING)
-        opts = options.Options()
+        opts = GatewayOptions()
         gateway = GatewayMaster(opts)
         parser = cmdline.mitmdump(opts)
         parser.prog = "geoblock-gateway"
