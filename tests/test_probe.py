@@ -1,0 +1,259 @@
+"""`geoblock probe` end to end: the real CLI in a subprocess against a real geoblock.
+
+- Explicit proxy on loopback (no root): a mitmdump with geoblock (the shipped rules + tests/rules/extra.yaml),
+  test servers on 127.0.0.1 (HTTPS with the test PKI, HTTP), a DoH and a DoT resolver on 127.0.0.3; the
+  probe tries listed names (binance.com, bücher.example) and allowed ones (allowed.test, www.allowed.test)
+  with every technique, and the JSON lines, the exit status and the digest are checked.
+- Bad input: a missing list, a bad line in a list, a bad --proxy: exit 2 and one line.
+- The transparent gateway in network namespaces (root): the probe runs in the client namespace; a weakened
+  gateway (the listed server's address excluded) shows the leak first and exits 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from support.proc import with_names
+from support.resolvers import DohServer, DotServer
+from support.servers import TestServer
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[1]
+GEOBLOCK = str(Path(sys.executable).with_name("geoblock"))
+TECHNIQUES = ["dns", "tls-sni", "http-host", "connect-name", "connect-address", "http-blank-line", "http-split",
+              "tls-split-records", "sni-case", "sni-trailing-dot", "sni-idna", "h2c-upgrade", "ipv4-embedded",
+              "quic", "ech", "esni", "doh", "dot"]
+LISTED = ["binance.com", "bücher.example"]
+ALLOWED = ["allowed.test", "www.allowed.test"]
+FINDINGS = {"enforced", "leak", "inconclusive", "reached", "overblocked", "not-applicable", "failed"}
+
+
+def probe(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The real `geoblock probe` command in a subprocess."""
+    return subprocess.run([GEOBLOCK, "probe", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def read_lines(path: Path) -> tuple[dict, list[dict], dict]:
+    """(run line, try lines, end line) of a probe's JSON lines, checked against docs/probe.md's shape."""
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    run, tries, end = lines[0], lines[1:-1], lines[-1]
+    assert run["record"] == "run" and end["record"] == "end"
+    for key in ("run_id", "probe_version", "started", "via", "proxy", "control", "names_source", "names_total",
+                "sample", "seed", "techniques", "options", "observer_hostname", "gateway_status",
+                "gateway_status_error"):
+        assert key in run, key
+    assert run["started"].endswith("Z")
+    for t in tries:
+        assert t["record"] == "try" and t["run_id"] == run["run_id"]
+        assert t["outcome"] in ("blocked", "reached", "failed", "not-applicable"), t
+        assert t["finding"] in FINDINGS and t["path"] in ("gateway", "control"), t
+        for key in ("ts", "name", "expect", "technique", "how", "rule", "http_status", "tls_alert", "address",
+                    "sent_name", "detail", "duration_s", "control"):
+            assert key in t, (key, t)
+        assert "\n" not in t["detail"]
+    assert end["run_id"] == run["run_id"] and end["tries"] == len(tries)
+    gateway = [t for t in tries if t["path"] == "gateway"]
+    assert end["counts"] == dict(Counter(t["finding"] for t in gateway))
+    assert end["leaks"] == sum(t["finding"] == "leak" for t in gateway)
+    return run, tries, end
+
+
+def by_name(tries: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(t["name"], t["technique"]): t for t in tries if t["path"] == "gateway"}
+
+
+def table(tries: list[dict]) -> str:
+    """The tries as lines a person reads (for assertion messages)."""
+    return "\n".join(f"{t['path']:8} {t['name']:20} {t['technique']:18} {t['outcome']:15} {t['how']:15} "
+                     f"{t['finding']:15} {t['detail']}" for t in tries)
+
+
+def check_digest(path: Path) -> None:
+    side = path.with_name(path.name + ".sha256")
+    assert side.read_text() == f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n"
+    assert subprocess.run(["sha256sum", "-c", side.name], cwd=path.parent, capture_output=True).returncode == 0
+
+
+# --------------------------------------------------------------------------------------- explicit proxy
+
+@pytest.fixture(scope="module")
+def loopback(tmp_path_factory, rules_dir, geo_dir, pki):
+    """The servers, the resolvers and a mitmdump with geoblock that maps the test names to them."""
+    d = tmp_path_factory.mktemp("probe-proxy")
+    tls, http = TestServer("127.0.0.1", pki), TestServer("127.0.0.1")
+    answers = {n: "127.0.0.1" for n in [*LISTED, "xn--bcher-kva.example", *ALLOWED]}
+    doh, dot = DohServer("127.0.0.3", 0, pki, answers), DotServer("127.0.0.3", 0, pki, answers)
+    names = {}
+    for name in [*LISTED, "xn--bcher-kva.example", *ALLOWED]:
+        names[f"{name}:{tls.port}"] = ("127.0.0.1", tls.port)
+        names[f"{name}:{http.port}"] = ("127.0.0.1", http.port)
+    proxy = with_names(d / "conf", names, {
+        "geoblock_rules": rules_dir, "geoblock_country_db": geo_dir / "GeoLite2-Country.mmdb",
+        "geoblock_asn_db": geo_dir / "GeoLite2-ASN.mmdb", "geoblock_log": d / "decisions.jsonl",
+        "geoblock_rdap": False, "ssl_verify_upstream_trusted_ca": pki.ca_pem})
+    proxy.start()
+    try:
+        yield {"tls": tls, "http": http, "doh": doh, "dot": dot, "proxy": proxy, "dir": d, "pki": pki}
+    finally:
+        proxy.stop()
+        for s in (tls, http, doh, dot):
+            s.close()
+
+
+def loopback_args(env: dict, out: Path, *extra: str) -> list[str]:
+    lst = env["dir"] / "listed.txt"
+    lst.write_text("# test list\n" + "\n".join(LISTED) + "\n", encoding="utf-8")
+    resolve = [f"--resolve={n}=127.0.0.1" for n in [*LISTED, *ALLOWED]]
+    return [str(lst), *[f"--allowed={n}" for n in ALLOWED], "--proxy", f"127.0.0.1:{env['proxy'].port}",
+            *resolve, "--ca", str(env["pki"].ca_pem), "--tls-port", str(env["tls"].port),
+            "--http-port", str(env["http"].port), "--doh", f"https://127.0.0.3:{env['doh'].port}/dns-query",
+            "--dot", f"127.0.0.3:{env['dot'].port}", "--timeout", "5", "--concurrency", "4", "--rate", "50",
+            "-o", str(out), *extra]
+
+
+# what each technique can say through an explicit proxy: not-applicable where the proxy carries nothing
+PROXY_NOT_APPLICABLE = {"dns", "ipv4-embedded", "quic"}
+
+
+def test_explicit_proxy_listed_enforced_allowed_reached(loopback, tmp_path):
+    out = tmp_path / "probe.jsonl"
+    r = probe(*loopback_args(loopback, out))
+    run, tries, end = read_lines(out)
+    found = by_name(tries)
+    msg = f"{r.stderr}\n{table(tries)}\n{loopback['proxy'].output()[-3000:]}"
+    assert r.returncode == 0, msg
+    assert run["via"] == "proxy" and run["proxy"] == f"127.0.0.1:{loopback['proxy'].port}"
+    assert run["techniques"] == TECHNIQUES and run["names_total"] == len(LISTED)
+    assert len(found) == len(TECHNIQUES) * (len(LISTED) + len(ALLOWED)), msg
+    for technique in TECHNIQUES:
+        for name in LISTED:
+            t = found[(name, technique)]
+            if technique in PROXY_NOT_APPLICABLE or (technique == "sni-idna" and name.isascii()):
+                assert t["finding"] == "not-applicable", msg
+            else:
+                assert t["finding"] == "enforced", (t, msg)
+        for name in ALLOWED:
+            t = found[(name, technique)]
+            if technique in PROXY_NOT_APPLICABLE or technique == "sni-idna":
+                assert t["finding"] == "not-applicable", msg
+            else:
+                assert t["finding"] == "reached", (t, msg)
+    # how: what the proxy said, as a person would check it
+    assert found[("binance.com", "connect-name")]["how"] == "connect-451"
+    assert found[("binance.com", "connect-name")]["rule"] == "offshore-crypto-exchanges"
+    assert found[("binance.com", "http-host")]["how"] == "http-451"
+    assert found[("binance.com", "tls-sni")]["how"] == "tls-alert"
+    assert found[("binance.com", "tls-sni")]["tls_alert"] == 49  # access_denied
+    assert found[("bücher.example", "sni-idna")]["sent_name"] == "XN--bcher-kva.example"
+    assert found[("allowed.test", "tls-sni")]["how"] == "handshake"
+    assert "binance.com" in loopback["doh"].seen and "binance.com" in loopback["dot"].seen
+    assert "0 leaks" in r.stderr and str(out) in r.stderr
+    check_digest(out)
+
+
+def test_control_direct_and_sample(loopback, tmp_path):
+    """--control direct adds a control try per gateway try (the servers answer directly); --sample 1."""
+    out = tmp_path / "probe.jsonl"
+    r = probe(*loopback_args(loopback, out, "--control", "direct", "--sample", "1", "--seed", "7",
+                             "--techniques", "tls-sni,http-host"))
+    run, tries, end = read_lines(out)
+    assert r.returncode == 0, r.stderr + table(tries)
+    assert run["control"] == "direct" and run["sample"] == 1 and run["seed"] == 7
+    listed = {t["name"] for t in tries if t["expect"] == "blocked"}
+    assert len(listed) == 1 and listed <= set(LISTED)
+    control = [t for t in tries if t["path"] == "control"]
+    gateway = [t for t in tries if t["path"] == "gateway"]
+    assert len(control) == len(gateway) == 2 * 3
+    assert all(t["outcome"] == "reached" for t in control), table(control)
+    for t in gateway:
+        assert t["control"]["outcome"] == "reached"
+        assert t["finding"] == ("enforced" if t["expect"] == "blocked" else "reached"), table(tries)
+
+
+def test_control_file_inconclusive(loopback, tmp_path):
+    """A control run that could not reach the service: the gateway's block is inconclusive, not enforced."""
+    control = tmp_path / "control.jsonl"
+    control.write_text(json.dumps({"record": "try", "name": "binance.com", "technique": "tls-sni",
+                                   "path": "gateway", "outcome": "blocked", "how": "timeout"}) + "\n")
+    out = tmp_path / "probe.jsonl"
+    lst = tmp_path / "one.txt"
+    lst.write_text("binance.com\n")
+    args = loopback_args(loopback, out, "--control", str(control), "--techniques", "tls-sni")
+    args[0] = str(lst)
+    r = probe(*args)
+    run, tries, end = read_lines(out)
+    assert r.returncode == 0, r.stderr
+    assert run["control"] == f"file:{control}"
+    t = by_name(tries)[("binance.com", "tls-sni")]
+    assert t["finding"] == "inconclusive" and t["control"] == {"outcome": "blocked", "how": "timeout"}
+
+
+def test_leak_through_a_proxy_that_does_not_judge(loopback, tmp_path):
+    """A bare mitmdump (no geoblock) as the proxy: every applicable try of a listed name is a leak, listed
+    first in the summary, and the exit status is 1."""
+    from support.proc import Mitmdump
+
+    names = {f"binance.com:{loopback['tls'].port}": ("127.0.0.1", loopback["tls"].port)}
+    bare = Mitmdump(tmp_path / "bare", {"ssl_verify_upstream_trusted_ca": loopback["pki"].ca_pem,
+                                        "test_name_map": ",".join(f"{k}={a}:{p}" for k, (a, p) in names.items())},
+                    with_geoblock=False, extra_args=["-s", str(REPO / "tests" / "support" / "name_map.py")])
+    with bare:
+        out = tmp_path / "probe.jsonl"
+        lst = tmp_path / "one.txt"
+        lst.write_text("binance.com\n")
+        args = loopback_args(loopback, out, "--techniques", "tls-sni,connect-name")
+        args[0] = str(lst)
+        args[args.index("--proxy") + 1] = f"127.0.0.1:{bare.port}"
+        r = probe(*args)
+    run, tries, end = read_lines(out)
+    assert r.returncode == 1, r.stderr + table(tries)
+    assert end["leaks"] == 2
+    summary = r.stderr.splitlines()
+    first = next(i for i, line in enumerate(summary) if line.startswith("LEAK ") or line.startswith("probe: 2 tries"))
+    assert summary[first].startswith("LEAK binance.com connect-name: reached/handshake"), r.stderr
+    assert summary[first + 1].startswith("LEAK binance.com tls-sni: reached/handshake"), r.stderr
+    check_digest(out)
+
+
+# --------------------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("case", ["missing", "bad-line", "bad-proxy", "bad-technique", "bad-resolve"])
+def test_bad_input_one_line_exit_2(case, tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("binance.com\n")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("binance.com\nno spaces allowed here!\n")
+    args, expect = {
+        "missing": ([str(tmp_path / "nope.txt")], f"{tmp_path / 'nope.txt'}: no such file"),
+        "bad-line": ([str(bad)], f"{bad}:2:"),
+        "bad-proxy": ([str(good), "--proxy", "localhost"], "bad --proxy 'localhost'"),
+        "bad-technique": ([str(good), "--techniques", "tls-sni,teleport"], "unknown technique 'teleport'"),
+        "bad-resolve": ([str(good), "--resolve", "binance.com=1.2.3"], "bad --resolve address '1.2.3'"),
+    }[case]
+    r = probe(*args, "-o", str(tmp_path / "out.jsonl"))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("geoblock probe: ") and expect in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_rules_directory_as_names(rules_dir, tmp_path):
+    """A rules directory's block-rule domains are the names (only counted here: connect-name without
+    --proxy is not-applicable, so nothing is sent anywhere)."""
+    out = tmp_path / "out.jsonl"
+    r = probe(str(rules_dir), "--techniques", "connect-name", "--sample", "3", "--seed", "1", "--rate", "1000",
+              "-o", str(out))
+    run, tries, end = read_lines(out)
+    assert r.returncode == 0, r.stderr
+    assert run["names_total"] > 10 and len(tries) == 3
+    assert os.path.basename(run["names_source"]) == rules_dir.name
