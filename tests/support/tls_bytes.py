@@ -19,9 +19,22 @@ import struct
 from collections.abc import Sequence
 
 from geoblock.probe.hello import (  # noqa: F401 - re-exported: the tests' one place for ClientHello bytes
-    ACCESS_DENIED_ALERT, ALERT, APPLICATION_DATA, EXT_ECH, EXT_ECH_DRAFT_10, EXT_ESNI, EXT_SERVER_NAME, HANDSHAKE,
-    Hello, client_hello, client_hello_with, ech_outer_body, esni_body, record, server_name_body)
-
+    ACCESS_DENIED_ALERT,
+    ALERT,
+    APPLICATION_DATA,
+    EXT_ECH,
+    EXT_ECH_DRAFT_10,
+    EXT_ESNI,
+    EXT_SERVER_NAME,
+    HANDSHAKE,
+    Hello,
+    client_hello,
+    client_hello_with,
+    ech_outer_body,
+    esni_body,
+    record,
+    server_name_body,
+)
 
 # -- a ClientHello from parts (the fuzzers' structured inputs; lengths as given, unchecked) -------------
 

@@ -21,8 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from geoblock.core.names import InvalidHost, normalize_host
-from geoblock.probe.run import (Plan, ProbeInputError, Summary, load_names, read_control_file, run, sample_names,
-                                write_digest)
+from geoblock.probe.run import (
+    Plan,
+    ProbeInputError,
+    Summary,
+    load_names,
+    read_control_file,
+    run,
+    sample_names,
+    write_digest,
+)
 from geoblock.probe.techniques import DEFAULT_DOH, DEFAULT_DOT, TECHNIQUES, Options, Target, dot_address
 
 DEFAULT_CONCURRENCY = 4  # parallel tries: a handful of connections, as one browser makes
@@ -144,7 +152,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     except ProbeInputError as exc:
         _say(f"geoblock probe: {exc}")
         return 2
-    out = Path(args.output or f"probe-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.jsonl")
+    out = Path(args.output or f"probe-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}.jsonl")
     try:
         handle = out.open("w", encoding="utf-8")
     except OSError as exc:
@@ -196,7 +204,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--ca", help="a PEM file of trusted CAs (default: the system's)")
     p.add_argument("--nat64-prefix", help="the network's NAT64 prefix (e.g. 64:ff9b::/96)")
     p.add_argument("--doh", action="append", metavar="URL", help="a DNS-over-HTTPS URL (repeatable)")
-    p.add_argument("--dot", action="append", default=[], metavar="IP", help="a DNS-over-TLS resolver, IP or IP:PORT (repeatable)")
+    p.add_argument("--dot", action="append", default=[], metavar="IP",
+                   help="a DNS-over-TLS resolver, IP or IP:PORT (repeatable)")
     p.add_argument("--status", help="the gateway's /status URL, recorded in the run line")
     p.add_argument("--tls-port", type=int, default=443, help="the services' TLS port (default 443)")
     p.add_argument("--http-port", type=int, default=80, help="the services' HTTP port (default 80)")

@@ -69,7 +69,7 @@ class Hello:
     record_version: bytes = b"\x03\x01"
 
     @classmethod
-    def parse(cls, records: bytes) -> "Hello":
+    def parse(cls, records: bytes) -> Hello:
         handshake = b""
         rest = records
         record_version = records[1:3]
@@ -95,14 +95,14 @@ class Hello:
             q += 4 + n
         return cls(head, extensions, record_version)
 
-    def with_server_name(self, body: bytes | None) -> "Hello":
+    def with_server_name(self, body: bytes | None) -> Hello:
         """Replace the server_name extension's body (None: remove it); added first when absent."""
         exts = [e for e in self.extensions if e[0] != EXT_SERVER_NAME]
         if body is not None:
             exts.insert(0, (EXT_SERVER_NAME, body))
         return Hello(self.head, exts, self.record_version)
 
-    def with_extension(self, ext_type: int, body: bytes, first: bool = False) -> "Hello":
+    def with_extension(self, ext_type: int, body: bytes, first: bool = False) -> Hello:
         exts = list(self.extensions)
         # keep pre_shared_key (41) last, as TLS 1.3 requires
         at = 0 if first else next((i for i, (t, _) in enumerate(exts) if t == 41), len(exts))

@@ -42,7 +42,7 @@ class ProbeInputError(ValueError):
 
 def now_iso() -> str:
     """The current UTC time, ISO 8601 with milliseconds and "Z"."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def load_names(path: str) -> list[str]:
@@ -61,12 +61,20 @@ def load_names(path: str) -> list[str]:
                 if rule.action != "block":
                     continue
                 for spec in rule.all_domains():
-                    names.append("www." + spec.name if spec.mode == "below" else spec.name)
+                    names.append(_as_written(spec.name, spec.mode, spec.text))
             return list(dict.fromkeys(names))
         listed = read_list(path)
     except RuleError as exc:
         raise ProbeInputError(str(exc)) from None
-    return list(dict.fromkeys("www." + e.name if e.mode == "below" else e.name for e in listed.entries))
+    return list(dict.fromkeys(_as_written(e.name, e.mode, e.text) for e in listed.entries))
+
+
+def _as_written(name: str, mode: str, text: str) -> str:
+    """A name to try for an entry: as written (a U-label stays one), "www." before a "*." entry's name."""
+    if mode == "below":
+        return "www." + name
+    written = text.strip().lstrip("=")
+    return written if written and " " not in written else name
 
 
 def finding(expect: str, outcome: str, control: dict[str, str] | None) -> str:
@@ -203,10 +211,7 @@ def run(plan: Plan, out: TextIO, progress: Callable[[str], None] = lambda _: Non
     finishes, flushed, end line last). `progress` gets one line per name finished. Returns the Summary."""
     run_id = str(uuid.uuid4())
     status, status_error = read_status(plan.status_url, plan.opts.timeout)
-    if plan.control_file is not None:
-        control_label = f"file:{plan.control_label}"
-    else:
-        control_label = plan.control_label
+    control_label = f"file:{plan.control_label}" if plan.control_file is not None else plan.control_label
     header = {
         "record": "run", "run_id": run_id, "probe_version": __version__, "started": now_iso(),
         "via": "proxy" if plan.opts.proxy else "transparent",

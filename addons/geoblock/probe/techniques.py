@@ -67,7 +67,8 @@ class Options:
     `timeout` seconds per network step; `ca` a PEM file of trusted CAs (None: the system's); `resolver`
     an IP for plain DNS (None: the system resolver); `sinkholes` addresses a blocking resolver answers with;
     `nat64_prefix` an IPv6 /96 prefix (RFC 6052 section 2.2) or None; `doh` URLs (RFC 8484); `dot`
-    resolvers ("IP", port 853 (RFC 7858), or "IP:PORT"); `resolve` name -> addresses (--resolve); `tls_port` / `http_port`
+    resolvers ("IP", port 853 (RFC 7858), or "IP:PORT"); `resolve` name -> addresses (--resolve);
+    `tls_port` / `http_port`
     the services' ports (443 / 80)."""
 
     proxy: tuple[str, int] | None = None
@@ -191,6 +192,8 @@ def open_stream(host: str, port: int, opts: Options, authority: str | None = Non
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(opts.timeout)
     except OSError as exc:
+        if opts.proxy is not None:  # the proxy itself is not there: the probe could not try
+            raise Stop(Try("failed", "error", f"cannot connect to the proxy {_hostport(*opts.proxy)}: {exc}")) from None
         raise Stop(network_failure(exc, f"connect to {where}")) from None
     if opts.proxy is not None:
         try:
@@ -248,7 +251,7 @@ def tls_handshake(sock: socket.socket, name: str, opts: Options, sent: str | Non
     """A TLS handshake with SNI `sent` (default `name`) verified for `name` against --ca: completed ->
     reached/handshake; an alert -> blocked/tls-alert; a certificate that does not verify (an
     intercepting gateway's own) -> says so, then a GET / on an unverified connection looks for a 451."""
-    sent = sent or name
+    sent = sent or _a_label(name)
     try:
         with tls_context(opts).wrap_socket(sock, server_hostname=sent) as tls:
             version = tls.version()
@@ -308,7 +311,7 @@ def dns_lookup(target: Target, opts: Options) -> Try:
     if opts.proxy is not None and not opts.resolver:
         return Try("not-applicable", "not-applicable", "an explicit proxy resolves names itself; give --resolver "
                    "to test the network's DNS")
-    name = target.name
+    name = _a_label(target.name)
     if opts.resolver:
         where = f"resolver {opts.resolver}"
         try:
@@ -351,44 +354,46 @@ def tls_sni(target: Target, opts: Options) -> Try:
         # an intercepting gateway's own certificate: its block page says whether it blocked
         sock2, _ = _stream(target, opts, opts.tls_port)
         try:
-            with tls_context(opts, verify=False).wrap_socket(sock2, server_hostname=target.name) as tls:
+            with tls_context(opts, verify=False).wrap_socket(sock2, server_hostname=_a_label(target.name)) as tls:
                 tls.settimeout(opts.timeout)
-                answer = http_exchange(tls, _get(target.name))  # type: ignore[arg-type]
+                answer = http_exchange(tls, _get(_a_label(target.name)))
         except OSError as exc:
             answer = network_failure(exc, "TLS without verification")
-        if answer.how == "http-451":
-            answer.detail = result.detail + "; behind it HTTP 451 (the block page)"
-            answer.address, answer.sent_name = address, target.name
+        if answer.how in ("http-451", "http-answer"):
+            # 451: the intercepting gateway's block page; another answer: the service's content came through
+            # the interception (reached, though not with the service's own certificate)
+            answer.detail = f"{result.detail}; without verification: {answer.detail}"
+            answer.address, answer.sent_name = address, _a_label(target.name)
             return answer
         result.detail += f"; without verification: {answer.detail}"
     return result
 
 
 def _get(host: str, extra: str = "") -> bytes:
-    return f"GET / HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode("utf-8")
+    return f"GET / HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode()
 
 
 def _http(target: Target, opts: Options, request: bytes | list[bytes], pause: float = 0.0) -> Try:
     sock, address = _stream(target, opts, opts.http_port)
     with sock:
         result = http_exchange(sock, request, pause)
-    result.address, result.sent_name = address, target.name
+    result.address, result.sent_name = address, _a_label(target.name)
     return result
 
 
 def http_host(target: Target, opts: Options) -> Try:
     """GET / (RFC 9112) with Host: the name to its address, port 80."""
-    return _http(target, opts, _get(target.name))
+    return _http(target, opts, _get(_a_label(target.name)))
 
 
 def http_blank_line(target: Target, opts: Options) -> Try:
     """An empty line before the request line (RFC 9112 section 2.2 lets a server ignore it)."""
-    return _http(target, opts, b"\r\n" + _get(target.name))
+    return _http(target, opts, b"\r\n" + _get(_a_label(target.name)))
 
 
 def http_split(target: Target, opts: Options) -> Try:
     """The request in 1 to 3 byte TCP segments (TCP_NODELAY, 10 ms apart): a name split over segments."""
-    data, rng, parts, i = _get(target.name), random.Random(target.name), [], 0
+    data, rng, parts, i = _get(_a_label(target.name)), random.Random(target.name), [], 0
     head_end = data.index(b"\r\n\r\n")
     while i < head_end:
         n = rng.randint(1, 3)
@@ -402,8 +407,8 @@ def h2c_upgrade(target: Target, opts: Options) -> Try:
     """GET with Upgrade: h2c and HTTP2-Settings (RFC 7540 section 3.2): 451 -> blocked; 101 or another
     answer -> reached."""
     settings = "AAMAAABkAAQCAAAAAAIAAAAA"  # base64url SETTINGS: 100 streams, 32 MiB window, no push (as curl sends)
-    request = (f"GET / HTTP/1.1\r\nHost: {target.name}\r\nConnection: Upgrade, HTTP2-Settings\r\n"
-               f"Upgrade: h2c\r\nHTTP2-Settings: {settings}\r\n\r\n").encode("utf-8")
+    request = (f"GET / HTTP/1.1\r\nHost: {_a_label(target.name)}\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+               f"Upgrade: h2c\r\nHTTP2-Settings: {settings}\r\n\r\n").encode()
     return _http(target, opts, request)
 
 
@@ -411,8 +416,8 @@ def connect_name(target: Target, opts: Options) -> Try:
     """CONNECT name:443 to the proxy (the proxy resolves it), then TLS with SNI = the name."""
     if opts.proxy is None:
         return Try("not-applicable", "not-applicable", "no --proxy: CONNECT is an explicit proxy's")
-    authority = _hostport(target.name, opts.tls_port)
-    sock, _ = open_stream(target.name, opts.tls_port, opts, authority=authority)
+    authority = _hostport(_a_label(target.name), opts.tls_port)
+    sock, _ = open_stream(_a_label(target.name), opts.tls_port, opts, authority=authority)
     result = tls_handshake(sock, target.name, opts)
     result.address = authority
     return result
@@ -441,13 +446,13 @@ def _hello_for(sent: str) -> th.Hello:
 def tls_split_records(target: Target, opts: Options) -> Try:
     """The ClientHello fragmented over TLS records of 20 bytes (RFC 8446 section 5.1) and each record in
     its own TCP segment, 10 ms apart."""
-    records = _hello_for(target.name).records(fragment=20)
+    records = _hello_for(_a_label(target.name)).records(fragment=20)
     parts, i = [], 0
     while i < len(records):
         n = 5 + struct.unpack("!H", records[i + 3:i + 5])[0]
         parts.append(records[i:i + n])
         i += n
-    return _raw_hello(target, opts, parts, target.name, pause=0.01)
+    return _raw_hello(target, opts, parts, _a_label(target.name), pause=0.01)
 
 
 def sni_case(target: Target, opts: Options) -> Try:
@@ -537,7 +542,7 @@ def quic(target: Target, opts: Options) -> Try:
             for datagram, _ in conn.datagrams_to_send(now=time.time()):
                 sock.sendto(datagram, where)
             data = sock.recv(65536)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return Try("blocked", "dropped", f"no UDP answer within {opts.timeout:g} s",
                        address=_hostport(*where), sent_name=_a_label(target.name))
         except OSError as exc:
