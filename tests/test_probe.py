@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -256,3 +257,137 @@ def test_rules_directory_as_names(rules_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     assert run["names_total"] > 10 and len(tries) == 3
     assert os.path.basename(run["names_source"]) == rules_dir.name
+
+
+# --------------------------------------------------------------------------------------- transparent gateway
+#
+#   cli 192.0.2.2   `ip netns exec <cli> geoblock probe ...` (no proxy: the gateway is on the path)
+#    |
+#   gw  192.0.2.1   scripts/gateway.sh up (QUIC dropped) + mitmdump --mode transparent (geoblock.service's
+#    |              command line) + geoblock's DNS mitmdump on 192.0.2.1:53 (geoblock-dns.service's)
+#    +-- home 198.51.100.10   HTTPS :443 and HTTP :80 (the test PKI) for every name; UDP echo :443 (QUIC)
+#    +-- off  203.0.113.10    a DoH resolver :443, a DoT resolver :853 (answering 198.51.100.10 for every
+#                             name), the stub DNS resolver :53 the DNS mitmdump forwards to
+
+NETNS_LISTED = ["binance.com", "okx.com"]
+NETNS_ALLOWED = ["allowed.test", "www.allowed.test"]
+# gateway.sh drops UDP/443 for every destination (geoblock cannot judge QUIC): QUIC is blocked for every
+# name, an unlisted one included; the probe says so (overblocked), and the test expects it
+DROPPED_FOR_ALL = {"quic"}
+TRANSPARENT_NOT_APPLICABLE = {"connect-name", "connect-address", "sni-idna", "ipv4-embedded"}
+
+
+@pytest.fixture(scope="module")
+def netgw(tmp_path_factory, pki):
+    """The topology, servers, resolvers and both mitmdumps (see above); module-scoped: one topology."""
+    from support import netns as ns
+    from support.netns import (GW_IN4, GW_IN_IFACE, HOME4, OFFSHORE4, NsDnsStub, NsMitmdump, NsServer, UdpEcho,
+                               gateway_sh, gateway_topology, unit_capabilities, unit_command)
+    from support.sandbox import seccomp_prefix
+    from test_gateway import _unavailable, proxy as gateway_proxy, write_test_data
+
+    reason = _unavailable()
+    if reason:
+        pytest.skip(reason)
+    d = tmp_path_factory.mktemp("probe-gateway")
+    topo = gateway_topology()
+    try:
+        with contextlib.ExitStack() as stack:
+            answers = {n: HOME4 for n in [*NETNS_LISTED, *NETNS_ALLOWED]}
+            made = [NsServer(topo.ns("home"), HOME4, 443, pki), NsServer(topo.ns("home"), HOME4, 80),
+                    UdpEcho(topo.ns("home"), HOME4, 443),
+                    DohServer(OFFSHORE4, 443, pki, answers, netns=topo.ns("off")),
+                    DotServer(OFFSHORE4, 853, pki, answers, netns=topo.ns("off")),
+                    NsDnsStub(topo.ns("off"), OFFSHORE4, answer=HOME4)]
+            for server in made:
+                stack.callback(server.close)
+            state = d / "gateway.state"
+            gateway_args = ("up", "--in-iface", GW_IN_IFACE, "--port", "8080")
+            gateway_sh(topo, *gateway_args, state=state)
+            transparent = gateway_proxy(topo, d / "gw", "geoblock.service", 8080)
+            stack.callback(transparent.stop)
+            transparent.start()
+            dd = d / "dns"
+            write_test_data(dd)
+            argv = unit_command("geoblock-dns.service", dd, dd / "rules")
+            argv[argv.index("--mode") + 1] = f"dns@{GW_IN4}:53"
+            dns_proxy = NsMitmdump(topo, "gw", 53, dd, argv, {
+                "geoblock_country_db": dd / "GeoLite2-Country.mmdb", "geoblock_asn_db": dd / "GeoLite2-ASN.mmdb",
+                "geoblock_rdap": False, "dns_name_servers": OFFSHORE4, "dns_use_hosts_file": False},
+                caps=unit_capabilities("geoblock-dns.service"), seccomp=seccomp_prefix("geoblock-dns.service"))
+            stack.callback(dns_proxy.stop)
+            dns_proxy.start()
+            yield {"topo": topo, "dir": d, "pki": pki, "state": state, "gateway_args": gateway_args,
+                   "servers": made, "transparent": transparent, "ns": ns}
+    finally:
+        problems = topo.close()
+        assert not problems, problems
+
+
+def netns_probe(env: dict, out: Path, *extra: str, listed: list[str] = NETNS_LISTED) -> subprocess.CompletedProcess[str]:
+    """The real `geoblock probe` in the client namespace (ip netns exec), listed names from a list file."""
+    from support.netns import GW_IN4, HOME4, OFFSHORE4
+
+    lst = out.with_suffix(".txt")
+    lst.write_text("\n".join(listed) + "\n", encoding="utf-8")
+    args = [str(lst), *[f"--allowed={n}" for n in NETNS_ALLOWED],
+            *[f"--resolve={n}={HOME4}" for n in [*listed, *NETNS_ALLOWED]], "--resolver", GW_IN4,
+            "--ca", str(env["pki"].ca_pem), "--doh", f"https://{OFFSHORE4}/dns-query", "--dot", OFFSHORE4,
+            "--timeout", "3", "--rate", "50", "-o", str(out), *extra]
+    cmd = env["topo"].exec_args("cli", GEOBLOCK, "probe", *args)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+
+
+def test_transparent_gateway_every_technique(netgw, tmp_path):
+    out = tmp_path / "probe.jsonl"
+    r = netns_probe(netgw, out)
+    run, tries, end = read_lines(out)
+    found = by_name(tries)
+    msg = f"exit {r.returncode}\n{r.stderr}\n{table(tries)}"
+    assert run["via"] == "transparent" and run["proxy"] is None, msg
+    for technique in TECHNIQUES:
+        for name in NETNS_LISTED:
+            t = found[(name, technique)]
+            want = "not-applicable" if technique in TRANSPARENT_NOT_APPLICABLE else "enforced"
+            assert t["finding"] == want, (t, msg)
+        for name in NETNS_ALLOWED:
+            t = found[(name, technique)]
+            want = ("not-applicable" if technique in TRANSPARENT_NOT_APPLICABLE else
+                    "overblocked" if technique in DROPPED_FOR_ALL else "reached")
+            assert t["finding"] == want, (t, msg)
+    assert found[("binance.com", "dns")]["how"] == "nxdomain"
+    assert found[("binance.com", "tls-sni")]["how"] == "tls-alert"
+    assert found[("binance.com", "http-host")]["how"] == "http-451"
+    assert found[("binance.com", "http-host")]["rule"] == "offshore-crypto-exchanges"
+    assert found[("binance.com", "quic")]["how"] == "dropped"
+    assert found[("binance.com", "doh")]["how"] == "tls-alert"  # the resolver answered; the TLS was refused
+    assert found[("binance.com", "dot")]["how"] == "tls-alert"
+    assert found[("allowed.test", "tls-sni")]["how"] == "handshake"
+    assert r.returncode == 0 and end["leaks"] == 0, msg
+    check_digest(out)
+    print(r.stderr)  # the lead's closing note: the summary of the test topology's probe
+
+
+def test_weakened_gateway_leak_first_exit_1(netgw, tmp_path):
+    """gateway.sh with the listed service's address excluded (its traffic bypasses the proxy): the probe
+    reports the leaks first and exits 1. The gateway is set back afterwards."""
+    from support.netns import HOME4, gateway_sh
+
+    gateway_sh(netgw["topo"], *netgw["gateway_args"], "--exclude", f"{HOME4}/32", state=netgw["state"])
+    try:
+        out = tmp_path / "probe.jsonl"
+        r = netns_probe(netgw, out, "--techniques", "tls-sni,http-host,dns", listed=["binance.com"])
+    finally:
+        gateway_sh(netgw["topo"], *netgw["gateway_args"], state=netgw["state"])
+    run, tries, end = read_lines(out)
+    msg = f"exit {r.returncode}\n{r.stderr}\n{table(tries)}"
+    assert r.returncode == 1, msg
+    assert end["leaks"] == 2, msg
+    found = by_name(tries)
+    assert found[("binance.com", "tls-sni")]["finding"] == "leak"
+    assert found[("binance.com", "http-host")]["finding"] == "leak"
+    assert found[("binance.com", "dns")]["finding"] == "enforced"  # DNS still answers NXDOMAIN
+    summary = [line for line in r.stderr.splitlines() if not line.endswith(": done")]
+    assert summary[1].startswith("LEAK binance.com http-host: reached/http-answer"), msg
+    assert summary[2].startswith("LEAK binance.com tls-sni: reached/handshake"), msg
+    check_digest(out)
