@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from support.proc import with_names
+from support.proc import free_port, with_names
 from support.resolvers import DohServer, DotServer
 from support.servers import TestServer
 
@@ -100,7 +100,8 @@ def loopback(tmp_path_factory, rules_dir, geo_dir, pki):
     proxy = with_names(d / "conf", names, {
         "geoblock_rules": rules_dir, "geoblock_country_db": geo_dir / "GeoLite2-Country.mmdb",
         "geoblock_asn_db": geo_dir / "GeoLite2-ASN.mmdb", "geoblock_log": d / "decisions.jsonl",
-        "geoblock_rdap": False, "ssl_verify_upstream_trusted_ca": pki.ca_pem})
+        "geoblock_rdap": False, "ssl_verify_upstream_trusted_ca": pki.ca_pem,
+        "geoblock_metrics": f"127.0.0.1:{free_port()}"})
     proxy.start()
     try:
         yield {"tls": tls, "http": http, "doh": doh, "dot": dot, "proxy": proxy, "dir": d, "pki": pki}
@@ -127,13 +128,18 @@ PROXY_NOT_APPLICABLE = {"dns", "ipv4-embedded", "quic"}
 
 def test_explicit_proxy_listed_enforced_allowed_reached(loopback, tmp_path):
     out = tmp_path / "probe.jsonl"
-    r = probe(*loopback_args(loopback, out))
+    metrics = next(a for a in loopback["proxy"].args if a.startswith("geoblock_metrics="))
+    status_url = f"http://{metrics.split('=', 1)[1]}/status"
+    r = probe(*loopback_args(loopback, out, "--status", status_url))
     run, tries, end = read_lines(out)
     found = by_name(tries)
     msg = f"{r.stderr}\n{table(tries)}\n{loopback['proxy'].output()[-3000:]}"
     assert r.returncode == 0, msg
     assert run["via"] == "proxy" and run["proxy"] == f"127.0.0.1:{loopback['proxy'].port}"
     assert run["techniques"] == TECHNIQUES and run["names_total"] == len(LISTED)
+    # the gateway's own account of itself, as its /status said it: the ruleset version and databases
+    assert run["gateway_status_error"] is None and run["gateway_status"]["ruleset"]["version"], run
+    assert set(run["gateway_status"]["databases"]) == {"country", "asn"}
     assert len(found) == len(TECHNIQUES) * (len(LISTED) + len(ALLOWED)), msg
     for technique in TECHNIQUES:
         for name in LISTED:
@@ -265,7 +271,9 @@ def test_rules_directory_as_names(rules_dir, tmp_path):
 #    |
 #   gw  192.0.2.1   scripts/gateway.sh up (QUIC dropped) + mitmdump --mode transparent (geoblock.service's
 #    |              command line) + geoblock's DNS mitmdump on 192.0.2.1:53 (geoblock-dns.service's)
-#    +-- home 198.51.100.10   HTTPS :443 and HTTP :80 (the test PKI) for every name; UDP echo :443 (QUIC)
+#    +-- home 198.51.100.10   HTTPS :443 and HTTP :80 (the test PKI) for every name; UDP echo :443 (QUIC);
+#    |                        HTTPS :443 also on 64:ff9b::c633:640a (NAT64, RFC 6052) and 2002:c633:640a::
+#    |                        (6to4, RFC 3056), the IPv6 forms of 198.51.100.10 (the gateway routes both there)
 #    +-- off  203.0.113.10    a DoH resolver :443, a DoT resolver :853 (answering 198.51.100.10 for every
 #                             name), the stub DNS resolver :53 the DNS mitmdump forwards to
 
@@ -274,7 +282,9 @@ NETNS_ALLOWED = ["allowed.test", "www.allowed.test"]
 # gateway.sh drops UDP/443 for every destination (geoblock cannot judge QUIC): QUIC is blocked for every
 # name, an unlisted one included; the probe says so (overblocked), and the test expects it
 DROPPED_FOR_ALL = {"quic"}
-TRANSPARENT_NOT_APPLICABLE = {"connect-name", "connect-address", "sni-idna", "ipv4-embedded"}
+TRANSPARENT_NOT_APPLICABLE = {"connect-name", "connect-address", "sni-idna"}
+NAT64_PREFIX = "64:ff9b::/96"  # the well-known prefix (RFC 6052 section 2.1)
+EMBEDDED = ("64:ff9b::c633:640a", "2002:c633:640a::")  # 198.51.100.10 (HOME4) in NAT64 and 6to4 form
 
 
 @pytest.fixture(scope="module")
@@ -294,8 +304,12 @@ def netgw(tmp_path_factory, pki):
     try:
         with contextlib.ExitStack() as stack:
             answers = {n: HOME4 for n in [*NETNS_LISTED, *NETNS_ALLOWED]}
+            topo.addr("home", "eth0", *(f"{a}/128" for a in EMBEDDED))
+            for prefix in ("64:ff9b::/96", "2002:c633:640a::/48"):
+                ns.sh("ip", "-n", topo.ns("gw"), "-6", "route", "add", prefix, "via", "2001:db8:a::10")
             made = [NsServer(topo.ns("home"), HOME4, 443, pki), NsServer(topo.ns("home"), HOME4, 80),
                     UdpEcho(topo.ns("home"), HOME4, 443),
+                    *(NsServer(topo.ns("home"), a, 443, pki) for a in EMBEDDED),
                     DohServer(OFFSHORE4, 443, pki, answers, netns=topo.ns("off")),
                     DotServer(OFFSHORE4, 853, pki, answers, netns=topo.ns("off")),
                     NsDnsStub(topo.ns("off"), OFFSHORE4, answer=HOME4)]
@@ -333,7 +347,7 @@ def netns_probe(env: dict, out: Path, *extra: str, listed: list[str] = NETNS_LIS
     args = [str(lst), *[f"--allowed={n}" for n in NETNS_ALLOWED],
             *[f"--resolve={n}={HOME4}" for n in [*listed, *NETNS_ALLOWED]], "--resolver", GW_IN4,
             "--ca", str(env["pki"].ca_pem), "--doh", f"https://{OFFSHORE4}/dns-query", "--dot", OFFSHORE4,
-            "--timeout", "3", "--rate", "50", "-o", str(out), *extra]
+            "--nat64-prefix", NAT64_PREFIX, "--timeout", "3", "--rate", "50", "-o", str(out), *extra]
     cmd = env["topo"].exec_args("cli", GEOBLOCK, "probe", *args)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
 
@@ -363,6 +377,8 @@ def test_transparent_gateway_every_technique(netgw, tmp_path):
     assert found[("binance.com", "doh")]["how"] == "tls-alert"  # the resolver answered; the TLS was refused
     assert found[("binance.com", "dot")]["how"] == "tls-alert"
     assert found[("allowed.test", "tls-sni")]["how"] == "handshake"
+    assert found[("allowed.test", "ipv4-embedded")]["address"] in (f"[{a}]:443" for a in EMBEDDED)
+    assert all(f"[{a}]:443" in found[("binance.com", "ipv4-embedded")]["detail"] for a in EMBEDDED)
     assert r.returncode == 0 and end["leaks"] == 0, msg
     check_digest(out)
     print(r.stderr)  # the lead's closing note: the summary of the test topology's probe
@@ -391,3 +407,25 @@ def test_weakened_gateway_leak_first_exit_1(netgw, tmp_path):
     assert summary[1].startswith("LEAK binance.com http-host: reached/http-answer"), msg
     assert summary[2].startswith("LEAK binance.com tls-sni: reached/handshake"), msg
     check_digest(out)
+
+
+def test_sinkhole_answer_and_unreadable_status(netgw, tmp_path):
+    """A resolver that answers a known sinkhole address (--sinkhole; here the stub answers every name with
+    198.51.100.10) is a block by DNS (and over-blocking for the unlisted names); a --status URL that does not
+    answer is recorded as such in the run line."""
+    from support.netns import GW_IN4, HOME4, OFFSHORE4
+
+    out = tmp_path / "probe.jsonl"
+    r = netns_probe(netgw, out, "--techniques", "dns", "--sinkhole", HOME4, "--status", f"http://{GW_IN4}:9/status")
+    run, tries, end = read_lines(out)
+    assert run["gateway_status"] is None and f"http://{GW_IN4}:9/status" in run["gateway_status_error"]
+    found = by_name(tries)
+    assert found[("binance.com", "dns")]["how"] == "nxdomain"  # the gateway's DNS answers first
+    # the last --resolver wins: ask the stub itself (the gateway forwards UDP/53)
+    r = netns_probe(netgw, out, "--techniques", "dns", "--sinkhole", HOME4, "--resolver", OFFSHORE4)
+    run, tries, end = read_lines(out)
+    found = by_name(tries)
+    msg = f"{r.stderr}\n{table(tries)}"
+    assert r.returncode == 0, msg
+    assert found[("binance.com", "dns")]["how"] == "sinkhole" and found[("binance.com", "dns")]["finding"] == "enforced"
+    assert found[("allowed.test", "dns")]["finding"] == "overblocked", msg

@@ -211,6 +211,8 @@ def run(plan: Plan, out: TextIO, progress: Callable[[str], None] = lambda _: Non
     finishes, flushed, end line last). `progress` gets one line per name finished. Returns the Summary."""
     run_id = str(uuid.uuid4())
     status, status_error = read_status(plan.status_url, plan.opts.timeout)
+    if isinstance(status, dict) and isinstance(status.get("sinkhole"), str):  # a gateway that says its sinkhole
+        plan.opts.sinkholes = plan.opts.sinkholes | {status["sinkhole"]}
     control_label = f"file:{plan.control_label}" if plan.control_file is not None else plan.control_label
     header = {
         "record": "run", "run_id": run_id, "probe_version": __version__, "started": now_iso(),

@@ -47,6 +47,13 @@ TLS_ALERTS: dict[str, int] = {  # OpenSSL's reason names of received alerts -> t
     "INTERNAL_ERROR": 80, "INAPPROPRIATE_FALLBACK": 86, "USER_CANCELLED": 90, "MISSING_EXTENSION": 109,
     "UNSUPPORTED_EXTENSION": 110, "UNRECOGNIZED_NAME": 112, "NO_APPLICATION_PROTOCOL": 120,
 }
+
+
+def alert_name(code: int) -> str:
+    """An alert's description name (RFC 8446 section 6: 49 -> "access_denied"), else its number."""
+    return next((k.lower() for k, v in TLS_ALERTS.items() if v == code), str(code))
+
+
 DEFAULT_DOH = ("https://1.1.1.1/dns-query", "https://8.8.8.8/dns-query", "https://9.9.9.9/dns-query")
 DEFAULT_DOT = ("1.1.1.1", "8.8.8.8", "9.9.9.9")
 
@@ -285,7 +292,7 @@ def first_tls_record(sock: socket.socket, data: bytes | list[bytes], pause: floa
     if not head:
         return Try("blocked", "closed", "the connection closed without a TLS answer")
     if head[0] == th.ALERT and len(head) >= 7:
-        return Try("blocked", "tls-alert", f"TLS alert {head[6]}", tls_alert=head[6])
+        return Try("blocked", "tls-alert", f"TLS alert {alert_name(head[6])}", tls_alert=head[6])
     if head[0] == th.HANDSHAKE and len(head) >= 6 and head[5] == 2:
         return Try("reached", "server-hello", "a ServerHello came back")
     return Try("failed", "error", f"an unexpected first record {head[:6].hex()}")
