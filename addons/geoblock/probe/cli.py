@@ -16,7 +16,6 @@ import argparse
 import datetime as dt
 import ipaddress
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -160,10 +159,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         return 2
     _say(f"probe: {len(plan.targets)} names x {len(plan.techniques)} techniques, "
          f"{'via proxy ' + args.proxy if args.proxy else 'direct (transparent gateway)'}, writing {out}")
-    last = [time.monotonic()]
-
     def progress(line: str) -> None:
-        last[0] = time.monotonic()
         _say(f"probe: {line}")
 
     with handle:
