@@ -22,9 +22,27 @@ from pathlib import Path
 
 import pytest
 
-from support.proc import free_port, with_names
+from support import netns as ns
+from support.netns import (
+    GW_IN4,
+    GW_IN_IFACE,
+    HOME4,
+    OFFSHORE4,
+    NsDnsStub,
+    NsMitmdump,
+    NsServer,
+    UdpEcho,
+    gateway_sh,
+    gateway_topology,
+    unit_capabilities,
+    unit_command,
+)
+from support.proc import Mitmdump, free_port, with_names
 from support.resolvers import DohServer, DotServer
+from support.sandbox import seccomp_prefix
 from support.servers import TestServer
+from test_gateway import _unavailable, write_test_data
+from test_gateway import proxy as gateway_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -207,8 +225,6 @@ def test_control_file_inconclusive(loopback, tmp_path):
 def test_leak_through_a_proxy_that_does_not_judge(loopback, tmp_path):
     """A bare mitmdump (no geoblock, intercepting TLS with its own CA) as the proxy: every try of a listed
     name is a leak, listed first in the summary, and the exit status is 1."""
-    from support.proc import Mitmdump
-
     with Mitmdump(tmp_path / "bare", {"ssl_verify_upstream_trusted_ca": loopback["pki"].ca_pem},
                   with_geoblock=False) as bare:
         out = tmp_path / "probe.jsonl"
@@ -290,12 +306,6 @@ EMBEDDED = ("64:ff9b::c633:640a", "2002:c633:640a::")  # 198.51.100.10 (HOME4) i
 @pytest.fixture(scope="module")
 def netgw(tmp_path_factory, pki):
     """The topology, servers, resolvers and both mitmdumps (see above); module-scoped: one topology."""
-    from support import netns as ns
-    from support.netns import (GW_IN4, GW_IN_IFACE, HOME4, OFFSHORE4, NsDnsStub, NsMitmdump, NsServer, UdpEcho,
-                               gateway_sh, gateway_topology, unit_capabilities, unit_command)
-    from support.sandbox import seccomp_prefix
-    from test_gateway import _unavailable, proxy as gateway_proxy, write_test_data
-
     reason = _unavailable()
     if reason:
         pytest.skip(reason)
@@ -332,16 +342,15 @@ def netgw(tmp_path_factory, pki):
             stack.callback(dns_proxy.stop)
             dns_proxy.start()
             yield {"topo": topo, "dir": d, "pki": pki, "state": state, "gateway_args": gateway_args,
-                   "servers": made, "transparent": transparent, "ns": ns}
+                   "servers": made, "transparent": transparent}
     finally:
         problems = topo.close()
         assert not problems, problems
 
 
-def netns_probe(env: dict, out: Path, *extra: str, listed: list[str] = NETNS_LISTED) -> subprocess.CompletedProcess[str]:
+def netns_probe(env: dict, out: Path, *extra: str,
+                listed: list[str] = NETNS_LISTED) -> subprocess.CompletedProcess[str]:
     """The real `geoblock probe` in the client namespace (ip netns exec), listed names from a list file."""
-    from support.netns import GW_IN4, HOME4, OFFSHORE4
-
     lst = out.with_suffix(".txt")
     lst.write_text("\n".join(listed) + "\n", encoding="utf-8")
     args = [str(lst), *[f"--allowed={n}" for n in NETNS_ALLOWED],
@@ -387,8 +396,6 @@ def test_transparent_gateway_every_technique(netgw, tmp_path):
 def test_weakened_gateway_leak_first_exit_1(netgw, tmp_path):
     """gateway.sh with the listed service's address excluded (its traffic bypasses the proxy): the probe
     reports the leaks first and exits 1. The gateway is set back afterwards."""
-    from support.netns import HOME4, gateway_sh
-
     gateway_sh(netgw["topo"], *netgw["gateway_args"], "--exclude", f"{HOME4}/32", state=netgw["state"])
     try:
         out = tmp_path / "probe.jsonl"
@@ -413,8 +420,6 @@ def test_sinkhole_answer_and_unreadable_status(netgw, tmp_path):
     """A resolver that answers a known sinkhole address (--sinkhole; here the stub answers every name with
     198.51.100.10) is a block by DNS (and over-blocking for the unlisted names); a --status URL that does not
     answer is recorded as such in the run line."""
-    from support.netns import GW_IN4, HOME4, OFFSHORE4
-
     out = tmp_path / "probe.jsonl"
     r = netns_probe(netgw, out, "--techniques", "dns", "--sinkhole", HOME4, "--status", f"http://{GW_IN4}:9/status")
     run, tries, end = read_lines(out)
