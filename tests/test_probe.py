@@ -248,7 +248,8 @@ def test_leak_through_a_proxy_that_does_not_judge(loopback, tmp_path):
 
 # --------------------------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("case", ["missing", "bad-line", "bad-proxy", "bad-technique", "bad-resolve"])
+@pytest.mark.parametrize("case", ["missing", "bad-line", "bad-proxy", "bad-technique", "bad-resolve", "empty",
+                                  "bad-sample", "bad-control"])
 def test_bad_input_one_line_exit_2(case, tmp_path):
     good = tmp_path / "good.txt"
     good.write_text("binance.com\n")
@@ -260,13 +261,36 @@ def test_bad_input_one_line_exit_2(case, tmp_path):
         "bad-proxy": ([str(good), "--proxy", "localhost"], "bad --proxy 'localhost'"),
         "bad-technique": ([str(good), "--techniques", "tls-sni,teleport"], "unknown technique 'teleport'"),
         "bad-resolve": ([str(good), "--resolve", "binance.com=1.2.3"], "bad --resolve address '1.2.3'"),
+        "empty": ([str(tmp_path / "empty.txt")], f"{tmp_path / 'empty.txt'}: no names to try"),
+        "bad-sample": ([str(good), "--sample", "0"], "bad --sample 0"),
+        "bad-control": ([str(good), "--control", "somewhere"], "bad --control 'somewhere'"),
     }[case]
+    (tmp_path / "empty.txt").write_text("# nothing yet\n")
     r = probe(*args, "-o", str(tmp_path / "out.jsonl"))
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("geoblock probe: ") and expect in lines[0], r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_findings():
+    """What a gateway try means, given what was expected and the control path's outcome (docs/probe.md)."""
+    from geoblock.probe.run import finding, sample_names
+
+    reached, down = {"outcome": "reached", "how": "handshake"}, {"outcome": "blocked", "how": "timeout"}
+    assert finding("blocked", "blocked", None) == "enforced"
+    assert finding("blocked", "blocked", reached) == "enforced"
+    assert finding("blocked", "blocked", down) == "inconclusive"
+    assert finding("blocked", "reached", down) == "leak"
+    assert finding("reached", "reached", None) == "reached"
+    assert finding("reached", "blocked", None) == "overblocked"
+    assert finding("blocked", "failed", None) == "failed"
+    assert finding("reached", "not-applicable", None) == "not-applicable"
+    names = [f"n{i}.test" for i in range(50)]
+    assert sample_names(names, 5, 3) == sample_names(names, 5, 3) and len(sample_names(names, 5, 3)) == 5
+    assert sample_names(names, 5, 3) == sorted(sample_names(names, 5, 3), key=names.index)  # list order
+    assert sample_names(names, None, None) == names == sample_names(names, 500, 1)
 
 
 def test_rules_directory_as_names(rules_dir, tmp_path):

@@ -77,6 +77,13 @@ def _names_of(value: str) -> list[str]:
 def build_plan(args: argparse.Namespace) -> Plan:
     """The run's Plan from the parsed arguments; ProbeInputError (one line) for bad input."""
     listed = load_names(args.names)
+    if not listed:
+        raise ProbeInputError(f"{args.names}: no names to try")
+    if args.sample is not None and args.sample < 1:
+        raise ProbeInputError(f"bad --sample {args.sample}: 1 or more")
+    for flag, port in (("--tls-port", args.tls_port), ("--http-port", args.http_port)):
+        if not 0 < port < 65536:
+            raise ProbeInputError(f"bad {flag} {port}: a port from 1 to 65535")
     total = len(listed)
     listed = sample_names(listed, args.sample, args.seed)
     allowed: list[str] = []
