@@ -423,20 +423,22 @@ def test_weakened_gateway_leak_first_exit_1(netgw, tmp_path):
     gateway_sh(netgw["topo"], *netgw["gateway_args"], "--exclude", f"{HOME4}/32", state=netgw["state"])
     try:
         out = tmp_path / "probe.jsonl"
-        r = netns_probe(netgw, out, "--techniques", "tls-sni,http-host,dns", listed=["binance.com"])
+        r = netns_probe(netgw, out, "--techniques", "tls-sni,http-host,quic,dns", listed=["binance.com"])
     finally:
         gateway_sh(netgw["topo"], *netgw["gateway_args"], state=netgw["state"])
     run, tries, end = read_lines(out)
     msg = f"exit {r.returncode}\n{r.stderr}\n{table(tries)}"
     assert r.returncode == 1, msg
-    assert end["leaks"] == 2, msg
+    assert end["leaks"] == 3, msg
     found = by_name(tries)
     assert found[("binance.com", "tls-sni")]["finding"] == "leak"
     assert found[("binance.com", "http-host")]["finding"] == "leak"
+    assert found[("binance.com", "quic")]["finding"] == "leak"  # an excluded destination's UDP/443 passes too
     assert found[("binance.com", "dns")]["finding"] == "enforced"  # DNS still answers NXDOMAIN
     summary = [line for line in r.stderr.splitlines() if not line.endswith(": done")]
     assert summary[1].startswith("LEAK binance.com http-host: reached/http-answer"), msg
-    assert summary[2].startswith("LEAK binance.com tls-sni: reached/handshake"), msg
+    assert summary[2].startswith("LEAK binance.com quic: reached/udp-answer"), msg
+    assert summary[3].startswith("LEAK binance.com tls-sni: reached/handshake"), msg
     check_digest(out)
 
 
