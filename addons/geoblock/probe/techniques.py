@@ -282,7 +282,7 @@ def first_tls_record(sock: socket.socket, data: bytes | list[bytes], pause: floa
                 time.sleep(pause)
             sock.sendall(part)
         head = b""
-        while len(head) < 6:
+        while len(head) < 7:  # an alert record is 7 bytes; a ServerHello's record is longer
             chunk = sock.recv(4096)
             if not chunk:
                 break
