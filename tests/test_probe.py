@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -41,6 +42,7 @@ from support.proc import Mitmdump, free_port, with_names
 from support.resolvers import DohServer, DotServer
 from support.sandbox import seccomp_prefix
 from support.servers import TestServer
+from support.waiting import wait_for
 from test_gateway import _unavailable, write_test_data
 from test_gateway import proxy as gateway_proxy
 
@@ -244,6 +246,37 @@ def test_leak_through_a_proxy_that_does_not_judge(loopback, tmp_path):
                                  "does not verify for binance.com"), r.stderr
     assert summary[3].startswith("probe: 6 tries in "), r.stderr
     check_digest(out)
+
+
+def test_killed_probe_keeps_every_line_written(loopback, tmp_path):
+    """Each line is flushed as its try finishes: a probe killed in the middle of a try that hangs (a server
+    that accepts TCP and never answers) leaves the run line and the finished tries, each whole JSON."""
+    port = loopback["tls"].port
+    hang = socket.socket()
+    hang.bind(("127.0.0.6", port))  # the same port as the TLS server: one --tls-port for both names
+    hang.listen(8)
+    lst = tmp_path / "two.txt"
+    lst.write_text("binance.com\nokx.com\n")
+    out = tmp_path / "probe.jsonl"
+    cmd = [GEOBLOCK, "probe", str(lst), "--resolve", "binance.com=127.0.0.1", "--resolve", "okx.com=127.0.0.6",
+           "--ca", str(loopback["pki"].ca_pem), "--tls-port", str(port), "--techniques", "tls-sni",
+           "--concurrency", "1", "--timeout", "60", "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        wait_for(lambda: out.exists() and out.read_text().count("\n") >= 2, timeout=30, what="two lines")
+        hang.settimeout(30)
+        accepted, _ = hang.accept()  # the second try is under way (and will hang: nothing answers)
+        proc.terminate()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        hang.close()
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [x["record"] for x in lines] == ["run", "try"]
+    assert lines[1]["name"] == "binance.com" and lines[1]["finding"] == "leak"  # no gateway on this path
+    assert not out.with_name(out.name + ".sha256").exists()  # no digest of an unfinished run
 
 
 # --------------------------------------------------------------------------------------- bad input
