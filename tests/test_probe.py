@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -249,8 +250,9 @@ def test_leak_through_a_proxy_that_does_not_judge(loopback, tmp_path):
 
 
 def test_killed_probe_keeps_every_line_written(loopback, tmp_path):
-    """Each line is flushed as its try finishes: a probe killed in the middle of a try that hangs (a server
-    that accepts TCP and never answers) leaves the run line and the finished tries, each whole JSON."""
+    """Each line is flushed as its try finishes: a probe interrupted (Ctrl-C) in the middle of a try that
+    hangs (a server that accepts TCP and never answers) leaves the run line and the finished tries, each
+    whole JSON, says so in one line and exits 130."""
     port = loopback["tls"].port
     hang = socket.socket()
     hang.bind(("127.0.0.6", port))  # the same port as the TLS server: one --tls-port for both names
@@ -266,8 +268,8 @@ def test_killed_probe_keeps_every_line_written(loopback, tmp_path):
         wait_for(lambda: out.exists() and out.read_text().count("\n") >= 2, timeout=30, what="two lines")
         hang.settimeout(30)
         accepted, _ = hang.accept()  # the second try is under way (and will hang: nothing answers)
-        proc.terminate()
-        proc.wait(30)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        proc.wait(90)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -277,6 +279,8 @@ def test_killed_probe_keeps_every_line_written(loopback, tmp_path):
     assert [x["record"] for x in lines] == ["run", "try"]
     assert lines[1]["name"] == "binance.com" and lines[1]["finding"] == "leak"  # no gateway on this path
     assert not out.with_name(out.name + ".sha256").exists()  # no digest of an unfinished run
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 130 and "probe: interrupted" in stderr and "Traceback" not in stderr, stderr
 
 
 # --------------------------------------------------------------------------------------- bad input

@@ -7,7 +7,8 @@
                    [-o OUT.jsonl] [--html OUT.html]
 
 Exit status: 0 no leak, 1 at least one leak (a listed name reached), 2 a usage or input error (one line on
-stderr naming the file:line or value). Progress and the summary (leaks first) go to stderr.
+stderr naming the file:line or value), 130 interrupted (Ctrl-C: the lines written so far stay). Progress
+and the summary (leaks first) go to stderr.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -169,8 +171,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:
         _say(f"probe: {line}")
 
-    with handle:
-        summary = run(plan, handle, progress)
+    try:
+        with handle:
+            summary = run(plan, handle, progress)
+    except KeyboardInterrupt:
+        _say(f"probe: interrupted: the tries finished so far are in {out} (no end line, no digest)")
+        # the tries under way wait on sockets for up to --timeout each: leave now, the file is closed
+        os._exit(130)
     side = write_digest(out)
     print_summary(summary, out, side.read_text(encoding="utf-8").split()[0])
     if args.html:

@@ -208,7 +208,8 @@ def _line(record: dict[str, Any]) -> str:
 
 def run(plan: Plan, out: TextIO, progress: Callable[[str], None] = lambda _: None) -> Summary:
     """Make every try of `plan` and write the JSON lines to `out` (run line first, each try as it
-    finishes, flushed, end line last). `progress` gets one line per name finished. Returns the Summary."""
+    finishes, flushed, end line last). `progress` gets one line per name finished. Returns the Summary.
+    KeyboardInterrupt: the tries not started are cancelled and it propagates (no end line is written)."""
     run_id = str(uuid.uuid4())
     status, status_error = read_status(plan.status_url, plan.opts.timeout)
     if isinstance(status, dict) and isinstance(status.get("sinkhole"), str):  # a gateway that says its sinkhole
@@ -266,10 +267,15 @@ def run(plan: Plan, out: TextIO, progress: Callable[[str], None] = lambda _: Non
         if done:
             progress(f"{target.name}: done")
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, plan.concurrency)) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, plan.concurrency))
+    try:
         futures = [pool.submit(one, t, tech) for t in plan.targets for tech in plan.techniques]
         for f in concurrent.futures.as_completed(futures):
             f.result()
+    except BaseException:  # Ctrl-C: no new tries; the lines written stay (no end line: the run did not end)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     summary.duration_s = round(time.monotonic() - started, 3)
     end = {"record": "end", "run_id": run_id, "ended": now_iso(), "duration_s": summary.duration_s,
            "tries": summary.tries, "counts": dict(summary.counts), "leaks": len(summary.leaks)}
