@@ -257,7 +257,7 @@ def http_exchange(sock: socket.socket, request: bytes | list[bytes], pause: floa
 def tls_handshake(sock: socket.socket, name: str, opts: Options, sent: str | None = None) -> Try:
     """A TLS handshake with SNI `sent` (default `name`) verified for `name` against --ca: completed ->
     reached/handshake; an alert -> blocked/tls-alert; a certificate that does not verify (an
-    intercepting gateway's own) -> says so, then a GET / on an unverified connection looks for a 451."""
+    intercepting gateway's own) -> failed, saying so (tls_sni then looks behind it). Closes `sock`."""
     sent = sent or _a_label(name)
     try:
         with tls_context(opts).wrap_socket(sock, server_hostname=sent) as tls:
@@ -271,6 +271,8 @@ def tls_handshake(sock: socket.socket, name: str, opts: Options, sent: str | Non
         result = network_failure(exc, "TLS handshake")
         result.sent_name = sent
         return result
+    finally:
+        sock.close()  # wrap_socket leaves it open when the handshake fails
 
 
 def first_tls_record(sock: socket.socket, data: bytes | list[bytes], pause: float = 0.0) -> Try:
@@ -339,17 +341,18 @@ def dns_lookup(target: Target, opts: Options) -> Try:
                 rcode, addrs = dns.rcode.NXDOMAIN, []
             else:
                 return Try("failed", "error", f"{where}: {exc}", sent_name=name)
-    base = {"sent_name": name, "address": f"{opts.resolver}:53" if opts.resolver else None}
+    address = f"{opts.resolver}:53" if opts.resolver else None
     if rcode == dns.rcode.NXDOMAIN:
-        return Try("blocked", "nxdomain", f"{where}: NXDOMAIN", **base)  # type: ignore[arg-type]
+        return Try("blocked", "nxdomain", f"{where}: NXDOMAIN", sent_name=name, address=address)
     if rcode == dns.rcode.REFUSED:
-        return Try("blocked", "dns-refused", f"{where}: REFUSED", **base)  # type: ignore[arg-type]
+        return Try("blocked", "dns-refused", f"{where}: REFUSED", sent_name=name, address=address)
     sunk = [a for a in addrs if a in opts.sinkholes]
     if sunk:
-        return Try("blocked", "sinkhole", f"{where}: the sinkhole {sunk[0]}", **base)  # type: ignore[arg-type]
+        return Try("blocked", "sinkhole", f"{where}: the sinkhole {sunk[0]}", sent_name=name, address=address)
     if rcode != dns.rcode.NOERROR:
-        return Try("failed", "error", f"{where}: {dns.rcode.to_text(rcode)}", **base)  # type: ignore[arg-type]
-    return Try("reached", "dns-answer", f"{where}: {', '.join(addrs) or 'no A record'}", **base)  # type: ignore[arg-type]
+        return Try("failed", "error", f"{where}: {dns.rcode.to_text(rcode)}", sent_name=name, address=address)
+    return Try("reached", "dns-answer", f"{where}: {', '.join(addrs) or 'no A record'}", sent_name=name,
+               address=address)
 
 
 def tls_sni(target: Target, opts: Options) -> Try:
