@@ -283,6 +283,28 @@ def test_killed_probe_keeps_every_line_written(loopback, tmp_path):
     assert proc.returncode == 130 and "probe: interrupted" in stderr and "Traceback" not in stderr, stderr
 
 
+def test_control_through_a_proxy_and_allowed_from_a_file(loopback, tmp_path):
+    """--control HOST:PORT makes the control tries through that proxy (here the same geoblock: the control
+    path is blocked too, so a block is inconclusive, not evidence); --allowed takes a list file."""
+    allowed = tmp_path / "allowed.txt"
+    allowed.write_text("allowed.test\n")
+    out = tmp_path / "probe.jsonl"
+    args = loopback_args(loopback, out, "--control", f"127.0.0.1:{loopback['proxy'].port}", "--techniques",
+                         "tls-sni", f"--allowed={allowed}")
+    args = [a for a in args if a not in ("--allowed=allowed.test", "--allowed=www.allowed.test")]
+    r = probe(*args)
+    run, tries, end = read_lines(out)
+    assert r.returncode == 0, r.stderr + table(tries)
+    assert run["control"] == f"127.0.0.1:{loopback['proxy'].port}"
+    found = by_name(tries)
+    assert {n for n, _ in found} == {*LISTED, "allowed.test"}
+    for name in LISTED:
+        assert found[(name, "tls-sni")]["control"] == {"outcome": "blocked", "how": "tls-alert"}
+        assert found[(name, "tls-sni")]["finding"] == "inconclusive"
+    assert found[("allowed.test", "tls-sni")]["finding"] == "reached"
+    assert end["counts"] == {"inconclusive": 2, "reached": 1}
+
+
 # --------------------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("case", ["missing", "bad-line", "bad-proxy", "bad-technique", "bad-resolve", "empty",

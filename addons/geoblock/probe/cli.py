@@ -128,7 +128,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         host, port = parse_hostport(args.control, "--control")
         control, label = Options(**{**vars(opts), "proxy": (host, port)}), f"{host}:{port}"
     targets = [Target(n, resolve.get(n, ()), "blocked") for n in listed]
-    targets += [Target(n, resolve.get(n, ()), "reached") for n in allowed if n not in set(listed)]
+    targets += [Target(n, resolve.get(n, ()), "reached") for n in dict.fromkeys(allowed) if n not in set(listed)]
     return Plan(targets, techniques, opts, names_source=args.names, names_total=total, control=control,
                 control_file=control_file, control_label=label, concurrency=args.concurrency, rate=args.rate,
                 sample=args.sample, seed=args.seed, status_url=args.status)

@@ -258,9 +258,12 @@ def run(plan: Plan, out: TextIO, progress: Callable[[str], None] = lambda _: Non
             emit(target, technique, "control", c, None)
             control = {"outcome": c.outcome, "how": c.how}
         elif plan.control_file is not None:
-            control = plan.control_file.get((target.name, technique), {"outcome": "missing", "how": "not-applicable"})
+            control = plan.control_file.get((target.name, technique))  # None: the control run has no such try
         bucket.take()
-        emit(target, technique, "gateway", attempt(technique, target, plan.opts), control)
+        result = attempt(technique, target, plan.opts)
+        if plan.control_file is not None and control is None:
+            result.detail += " (no control try for it in the control file)"
+        emit(target, technique, "gateway", result, control)
         with lock:
             left[target.name] -= 1
             done = left[target.name] == 0
