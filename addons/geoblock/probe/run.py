@@ -9,6 +9,11 @@ closed its SHA-256 goes to FILE.sha256 in `sha256sum` format.
 - `Plan` holds what to try; `run(plan, out)` makes the tries and writes the lines.
 - `finding(expect, outcome, control)`: what a try means (enforced, leak, inconclusive, reached,
   overblocked, not-applicable, failed).
+
+Control tries (--control direct or HOST:PORT) are lines of their own with "path": "control", written just
+before the gateway try they serve; their finding says only whether the service answered ("reached"; a
+block on the control path is "inconclusive"; else "failed" or "not-applicable"). The end line's "tries"
+counts every try line; its "counts" and "leaks" count the gateway path's only.
 """
 
 from __future__ import annotations
