@@ -327,3 +327,38 @@ def test_the_page_in_chromium_shows_leaks_first_and_fetches_nothing(page_file, t
     width, height, _ = browser.png_pixels(shown.png)
     assert (width, height) == (1200, 3000)
     assert browser.dark_pixels(shown.png) > 5000  # text drawn, not a blank page
+
+
+# --- the real probe's lines: `geoblock probe --html` with no gateway on the path (every try a leak) ---
+
+def test_the_real_probe_writes_evidence_that_reads_verifies_and_renders(pki, tmp_path) -> None:
+    """The engine's own JSON lines (a direct path to a loopback HTTPS and HTTP server, nothing judging:
+    the listed name is reached, a leak, exit 1) read with evidence.read, pass probe-verify, and the page
+    it writes with --html shows the leaks first with the file's digest."""
+    from support.servers import TestServer
+
+    tls, http = TestServer("127.0.0.1", pki), TestServer("127.0.0.1")
+    listed = tmp_path / "listed.txt"
+    listed.write_text("binance.com\n")
+    out, html_out = tmp_path / "real.jsonl", tmp_path / "real.html"
+    try:
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("geoblock")), "probe", str(listed), "--resolve",
+             "binance.com=127.0.0.1", "--ca", str(pki.ca_pem), "--tls-port", str(tls.port), "--http-port",
+             str(http.port), "--techniques", "tls-sni,http-host", "--concurrency", "1", "--timeout", "10",
+             "-o", str(out), "--html", str(html_out)], capture_output=True, text=True, timeout=120)
+    finally:
+        tls.close()
+        http.close()
+    assert done.returncode == 1, done.stderr
+    ev = evidence.read(out)
+    assert ev.end is not None and ev.end["leaks"] == 2
+    assert [(t["name"], t["technique"], t["finding"]) for t in ev.leaks] == [
+        ("binance.com", "http-host", "leak"), ("binance.com", "tls-sni", "leak")]
+    assert evidence.verify(out)
+    verified = geoblock("probe-verify", out)
+    assert verified.returncode == 0 and "2 leak(s)" in verified.stdout, verified.stderr
+    text = html_out.read_text()
+    assert hashlib.sha256(out.read_bytes()).hexdigest() in text
+    leaks = text[text.index('id="leaks"'):text.index('id="overblocked"')]
+    assert leaks.count('<span class="label">LEAK</span>') == 2 and "binance.com" in leaks

@@ -181,13 +181,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
     side = write_digest(out)
     print_summary(summary, out, side.read_text(encoding="utf-8").split()[0])
     if args.html:
-        try:
-            from geoblock.probe import page  # type: ignore[attr-defined]
-        except ImportError:  # lead: remove this guard once probe/page.py is merged
-            _say("probe: HTML page not available")
-        else:
-            page.write(out, Path(args.html))
-            _say(f"probe: page {args.html}")
+        from geoblock.probe import page  # matplotlib and duckdb (tools/report.py) load only when a page is asked for
+
+        page.write(out, Path(args.html))
+        _say(f"probe: page {args.html}")
     return 1 if summary.leaks else 0
 
 

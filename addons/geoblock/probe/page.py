@@ -85,8 +85,10 @@ def _header(ev: Evidence, digest: str) -> str:
     status = run.get("gateway_status")
     gateway = "not read (no --status URL given)"
     if isinstance(status, dict):
-        rs = status.get("ruleset") if isinstance(status.get("ruleset"), dict) else None
-        dbs = status.get("databases") if isinstance(status.get("databases"), dict) else {}
+        rs = status.get("ruleset")
+        dbs = status.get("databases")
+        rs = rs if isinstance(rs, dict) else None
+        dbs = dbs if isinstance(dbs, dict) else {}
         parts = [f"ruleset <code>{_e(rs.get('version'))}</code> ({_e(rs.get('rules'))} rules, "
                  f"{_e(rs.get('domains'))} domains)" if rs else "no ruleset loaded"]
         for key in ("country", "asn"):
@@ -107,12 +109,14 @@ def _header(ev: Evidence, digest: str) -> str:
         ended = f"{_e(end['ended'])} ({float(end['duration_s']):,.1f} s)"
     else:
         ended = "no end line: the run was stopped before it finished"
+    no_control = "none (a block is counted as enforced without checking the service was up)"
     return f"""<dl>
-<dt>probe</dt><dd>geoblock {_e(run['probe_version'])}, run <code>{_e(run['run_id'])}</code>, on {_e(run.get('observer_hostname'))}</dd>
+<dt>probe</dt><dd>geoblock {_e(run['probe_version'])}, run <code>{_e(run['run_id'])}</code>,
+on {_e(run.get('observer_hostname'))}</dd>
 <dt>started</dt><dd>{_e(run['started'])}</dd>
 <dt>ended</dt><dd>{ended}</dd>
 <dt>path</dt><dd>through {via}</dd>
-<dt>control</dt><dd>{_e(control) if control else "none (a block is counted as enforced without checking the service was up)"}</dd>
+<dt>control</dt><dd>{_e(control) if control else no_control}</dd>
 <dt>gateway</dt><dd>{gateway}</dd>
 <dt>names</dt><dd>{_e(run.get('names_total'))} from <code>{_e(run.get('names_source'))}</code>{sample}</dd>
 <dt>techniques</dt><dd>{len(run['techniques'])}: {_e(', '.join(map(str, run['techniques'])))}</dd>
@@ -182,17 +186,17 @@ def _grid(ev: Evidence, techniques: list[str]) -> str:
     for n in order:
         out = [f'<tr><td class="name">{_e(n)}</td><td>{_e(names[n])}</td>']
         for tech in techniques:
-            t = cells.get((n, tech))
-            if t is None:
+            cell = cells.get((n, tech))
+            if cell is None:
                 out.append('<td class="muted">not tried</td>')
                 continue
-            finding = t["finding"]
-            rule = f'<span class="rule">rule {_e(t["rule"])}</span>' if t.get("rule") else ""
-            ctl = t.get("control")
+            finding = cell["finding"]
+            rule = f'<span class="rule">rule {_e(cell["rule"])}</span>' if cell.get("rule") else ""
+            ctl = cell.get("control")
             control = (f'<span class="ctl">control: {_e(ctl.get("outcome"))}/{_e(ctl.get("how"))}</span>'
                        if isinstance(ctl, dict) else "")
-            out.append(f'<td class="f-{finding}" title="{_e(t.get("detail"))}"><span class="label">'
-                       f'{STYLE[finding][2]}</span><span class="how">{_e(t["outcome"])}: {_e(t["how"])}</span>'
+            out.append(f'<td class="f-{finding}" title="{_e(cell.get("detail"))}"><span class="label">'
+                       f'{STYLE[finding][2]}</span><span class="how">{_e(cell["outcome"])}: {_e(cell["how"])}</span>'
                        f"{rule}{control}</td>")
         out.append("</tr>\n")
         rows.append("".join(out))
@@ -216,6 +220,9 @@ def render(evidence: Evidence, digest: str) -> str:
     verdict = f"{len(leaks):,} leak(s)" if leaks else "no leak"
     summary = ", ".join(f"{counts[k]:,} {STYLE[k][2]}" for k in FINDINGS if counts[k])
     controls = len(ev.tries) - len(ev.gateway_tries)
+    on_control = f"; {controls:,} on the control path" if controls else ""
+    no_leak = "No leak: no name expected blocked was reached by any technique."
+    no_over = "Nothing over-blocked: every name expected reached was reached (or none was given)."
     chart = _chart(ev, techniques)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -223,13 +230,13 @@ def render(evidence: Evidence, digest: str) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>geoblock probe {_e(ev.run['run_id'])}: {verdict}</title><style>{_CSS}{_PAGE_CSS}</style></head>
 <body><h1>geoblock probe: <span class="verdict f-{verdict_finding}">{verdict}</span></h1>
-<p>{len(ev.gateway_tries):,} tries through the gateway ({_e(summary) or "none"}){f"; {controls:,} on the control path" if controls else ""}.</p>
+<p>{len(ev.gateway_tries):,} tries through the gateway ({_e(summary) or "none"}){on_control}.</p>
 {_header(ev, digest)}
 <section id="leaks"><h2>Leaks: {len(leaks):,}</h2>
 <p>Every try where a name expected blocked was reached through the gateway.</p>
-{_try_table(leaks, "No leak: no name expected blocked was reached by any technique.", "LEAK")}</section>
+{_try_table(leaks, no_leak, "LEAK")}</section>
 <section id="overblocked"><h2>Over-blocked: {len(over):,}</h2>
-{_try_table(over, "Nothing over-blocked: every name expected reached was reached (or none was given).", "OVERBLOCKED")}</section>
+{_try_table(over, no_over, "OVERBLOCKED")}</section>
 <section id="by-technique"><h2>Findings per technique</h2>{f"<figure>{chart}</figure>" if chart else ""}</section>
 <section id="legend"><h2>What each finding means</h2>{_legend()}</section>
 <section id="grid"><h2>Every try: names x techniques</h2>

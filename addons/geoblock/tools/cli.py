@@ -10,6 +10,8 @@
     geoblock discover LOG... [--list-out F]      platforms the logs point at, not listed yet (tools/discover.py)
     geoblock probe NAMES [--proxy H:P] ...        try to reach listed services from the client side; JSON lines
                                                  evidence; exit 1 on a leak (probe/cli.py)
+    geoblock probe-verify FILE.jsonl             check a probe's evidence against its SHA-256 sidecar; exit 1
+                                                 on a mismatch (probe/evidence.py)
 
 Exit codes: 0 ok, 1 rules refused (check --strict: or any warning, docs/lint.md; status: the gateway is
 unhealthy), 2 usage or input error (status: nothing answers at the URL). `explain` says its verdict in
@@ -42,6 +44,7 @@ from geoblock.engine import Engine
 from geoblock.enrich.geo import Geo
 from geoblock.paths import DEFAULT_ASN_DB, DEFAULT_COUNTRY_DB, DEFAULT_RULES, DEFAULT_RULES_ORIGIN
 from geoblock.probe import cli as probe_cli
+from geoblock.probe import evidence as probe_evidence
 from geoblock.tools import discover, lists, report
 
 DEFAULT_METRICS = "127.0.0.1:9464"  # the default of the proxy's geoblock_metrics option
@@ -223,12 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     lists.add_parser(sub)
     discover.add_parser(sub)
     probe_cli.add_parser(sub)
-    try:  # lead: probe/evidence.py (helper B) brings `probe-verify`; drop this guard when it is merged
-        from geoblock.probe import evidence  # type: ignore[attr-defined]
-    except ImportError:
-        pass
-    else:
-        evidence.add_parser(sub)
+    probe_evidence.add_parser(sub)
     args = parser.parse_args(argv)
     # say which rules a bare command judges with (geoblock.paths: checkout, /etc, shipped)
     if getattr(args, "rules", "") is None:
