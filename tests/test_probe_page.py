@@ -362,3 +362,27 @@ def test_the_real_probe_writes_evidence_that_reads_verifies_and_renders(pki, tmp
     assert hashlib.sha256(out.read_bytes()).hexdigest() in text
     leaks = text[text.index('id="leaks"'):text.index('id="overblocked"')]
     assert leaks.count('<span class="label">LEAK</span>') == 2 and "binance.com" in leaks
+
+
+@pytest.mark.browser
+def test_a_thousand_names_page_loads_in_chromium(tmp_path) -> None:
+    """1,000 names x 18 techniques: Chromium loads the whole grid (every cell in its DOM) and draws it."""
+    if browser.CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does it as root)")
+    path = tmp_path / "big.jsonl"
+    names = [f"name{i:04}.example" for i in range(1000)]
+    make_run(path, names, [], leaks={(names[999], "dot"): "handshake"})
+    out = page.write(path, tmp_path / "big.html")
+    listener = browser.Listener()
+    try:
+        shown = browser.visit(out.as_uri(), f"http://127.0.0.1:{listener.port}", tmp_path / "chromium",
+                              extra=["--window-size=1200,3000"])
+    finally:
+        listener.close()
+    assert shown.returncode == 0, shown.problems
+    assert browser.page_requests(listener.requests) == []
+    assert shown.dom.count('<td class="f-') == 18 * 1000 + 1
+    assert shown.dom.rstrip().endswith("</html>")
+    grid = shown.dom[shown.dom.index('id="grid"'):]
+    assert re.search(r'<tr><td class="name">([^<]*)</td>', grid).group(1) == names[999]
+    assert browser.dark_pixels(shown.png) > 5000

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
-import hashlib
 import json
-import os
 import random
 import socket
 import threading
@@ -38,6 +36,7 @@ from typing import Any, TextIO
 from geoblock import __version__
 from geoblock.core.lists import read_list
 from geoblock.core.rules import load_rules
+from geoblock.probe.evidence import write_digest
 from geoblock.probe.techniques import TECHNIQUES, Options, Target, Try, attempt
 
 
@@ -183,16 +182,6 @@ def read_status(url: str | None, timeout: float) -> tuple[Any, str | None]:
             return json.loads(answer.read().decode("utf-8")), None
     except (OSError, ValueError) as exc:
         return None, f"{url}: {exc}"
-
-
-def write_digest(path: str | os.PathLike[str]) -> Path:
-    """Write `path`'s SHA-256 to `path`.sha256 in sha256sum's format ("<hex>  <basename>\\n") and return
-    that file's path. (Lead: geoblock.probe.evidence.write_digest does the same; keep one.)"""
-    p = Path(path)
-    digest = hashlib.sha256(p.read_bytes()).hexdigest()
-    side = p.with_name(p.name + ".sha256")
-    side.write_text(f"{digest}  {p.name}\n", encoding="utf-8")
-    return side
 
 
 @dataclass
