@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from geoblock.core.names import InvalidHost, normalize_host
+from geoblock.probe.evidence import EvidenceError
 from geoblock.probe.run import (
     Plan,
     ProbeInputError,
@@ -183,8 +184,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.html:
         from geoblock.probe import page  # matplotlib and duckdb (tools/report.py) load only when a page is asked for
 
-        page.write(out, Path(args.html))
-        _say(f"probe: page {args.html}")
+        try:
+            page.write(out, Path(args.html))
+        except (EvidenceError, OSError) as exc:  # the evidence stands; only the page is missing
+            _say(f"geoblock probe: no page written: {exc}")
+        else:
+            _say(f"probe: page {args.html}")
     return 1 if summary.leaks else 0
 
 

@@ -70,6 +70,8 @@ td.f-leak { outline: 2px solid #7b241c; }
 td.f-inconclusive { border: 2px dashed #b7950b; font-style: italic; }
 td.f-overblocked { outline: 2px solid #4a235a; }
 code.digest { overflow-wrap: anywhere; }
+@media print { .grid-wrap { overflow: visible; } table.grid { font-size: 6.5pt; } table.grid td { min-width: 0; }
+               table.grid thead th { position: static; } }
 """ + "".join(f"td.f-{k}, span.f-{k} {{ background: {bg}; color: {fg}; }}\n" for k, (bg, fg, _) in STYLE.items())
 
 
