@@ -197,6 +197,24 @@ def test_lines_that_are_not_json_or_out_of_place_name_their_line(tmp_path) -> No
         evidence.read(path)
 
 
+def test_an_end_line_whose_totals_disagree_with_the_lines_names_it(tmp_path) -> None:
+    path = tmp_path / "p.jsonl"
+    make_run(path, ["a.example", "b.example"], [], techniques=["dns", "tls-sni"], leaks={("b.example", "dns"): "dns-answer"})
+    lines = path.read_text().splitlines()
+    end = len(lines)
+    cases = {  # a try line removed; a leak line turned into an enforced one
+        "tries": (lines[:3] + lines[4:], f":{end - 1}: field 'tries' is 5, but the file has 4"),
+        "counts": ([line.replace('"outcome":"reached","how":"dns-answer"', '"outcome":"blocked","how":"nxdomain"')
+                    .replace('"finding":"leak"', '"finding":"enforced"') for line in lines],
+                   f":{end}: field 'leaks' is 1, but the file has 0"),
+    }
+    for what, (content, message) in cases.items():
+        path.write_text("\n".join(content) + "\n")
+        with pytest.raises(evidence.EvidenceError) as caught:
+            evidence.read(path)
+        assert str(caught.value) == f"{path}{message}", what
+
+
 def test_a_run_stopped_early_has_no_end_and_reads(tmp_path) -> None:
     path = tmp_path / "p.jsonl"
     make_run(path, ["a.example"], [], techniques=["dns", "tls-sni"])

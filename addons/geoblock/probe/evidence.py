@@ -128,11 +128,23 @@ def check_end(obj: dict[str, Any], where: str, run_id: str) -> None:
     _need(obj, "counts", dict, where)
 
 
+def _check_totals(ev: Evidence, where: str) -> None:
+    """The end line's totals against the lines above it: a line lost or added shows here."""
+    assert ev.end is not None
+    counted = {"tries": len(ev.tries), "leaks": len(ev.leaks)}
+    for key, n in counted.items():
+        if ev.end[key] != n:
+            raise EvidenceError(f"{where}: field {key!r} is {ev.end[key]}, but the file has {n}")
+    if {k: v for k, v in ev.end["counts"].items() if v} != dict(ev.counts()):
+        raise EvidenceError(f"{where}: field 'counts' is {ev.end['counts']}, but the file has {dict(ev.counts())}")
+
+
 def read(path: str | os.PathLike[str]) -> Evidence:
     """Read and check the probe's JSON lines at `path` (UTF-8, one object a line, probe_schema.md):
-    the first line "run", then "try" lines, then at most one "end" line, last. Raises EvidenceError naming
-    `file:line` and the bad field for a line that is not JSON, not an object, of an unknown or misplaced
-    record, or missing a field; or naming the file when it cannot be read or is empty."""
+    the first line "run", then "try" lines, then at most one "end" line, last, whose totals ("tries",
+    "counts", "leaks") must match the lines above it. Raises EvidenceError naming `file:line` and the bad
+    field for a line that is not JSON, not an object, of an unknown or misplaced record, missing a field,
+    or an end line whose totals disagree; or naming the file when it cannot be read or is empty."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -165,6 +177,7 @@ def read(path: str | os.PathLike[str]) -> Evidence:
         elif record == "end":
             check_end(obj, where, evidence.run["run_id"])
             evidence.end = obj
+            _check_totals(evidence, where)
         else:
             raise EvidenceError(f"{where}: field 'record' is {record!r:.40}, not 'try' or 'end'")
     if evidence is None:

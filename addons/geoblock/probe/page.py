@@ -158,6 +158,9 @@ def _chart(ev: Evidence, techniques: list[str]) -> str:
                         edgecolor="#555", linewidth=.4)
                 left = [a + b for a, b in zip(left, xs, strict=True)]
         ax.set_yticks(ys, [_CONTROL.sub("\ufffd", t) for t in techniques])
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tries are counted, never halved
         ax.set_xlabel("tries through the gateway")
         ax.legend(loc="lower right", frameon=False, ncols=4, fontsize=8, bbox_to_anchor=(1, 1))
         ax.spines[["top", "right"]].set_visible(False)
@@ -197,9 +200,10 @@ def _grid(ev: Evidence, techniques: list[str]) -> str:
             ctl = cell.get("control")
             control = (f'<span class="ctl">control: {_e(ctl.get("outcome"))}/{_e(ctl.get("how"))}</span>'
                        if isinstance(ctl, dict) else "")
+            how = ("" if cell["how"] == cell["outcome"] else  # not-applicable: the label says it all
+                   f'<span class="how">{_e(cell["outcome"])}: {_e(cell["how"])}</span>')
             out.append(f'<td class="f-{finding}" title="{_e(cell.get("detail"))}"><span class="label">'
-                       f'{STYLE[finding][2]}</span><span class="how">{_e(cell["outcome"])}: {_e(cell["how"])}</span>'
-                       f"{rule}{control}</td>")
+                       f"{STYLE[finding][2]}</span>{how}{rule}{control}</td>")
         out.append("</tr>\n")
         rows.append("".join(out))
     return (f'<div class="grid-wrap"><table class="grid"><thead><tr><th class="name">name</th><th>expected</th>'
