@@ -7,8 +7,9 @@ can check the file later with `sha256sum -c OUT.jsonl.sha256` or with
     geoblock probe-verify OUT.jsonl
 
 which checks the digest and every line's structure and prints the run's id, times, counts and leaks.
-Exit codes: 0 the digest matches and every line is well formed; 1 the digest does not match or a line
-is malformed (the evidence is not what the probe wrote); 2 the file or its sidecar cannot be read.
+Exit codes: 0 the digest matches and every line is well formed; 1 the digest does not match, a line is
+malformed, or the end line's totals disagree with the lines (the evidence is not what the probe wrote);
+2 the file or its sidecar cannot be read.
 
 - `read(path) -> Evidence`: every line parsed and checked against the schema; EvidenceError names
   `file:line` and the bad field.
