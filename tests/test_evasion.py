@@ -938,18 +938,26 @@ def test_split_client_hello_with_an_allowed_sni_passes(proxy, servers, log, how)
     assert log.wait(stage="tls")["action"] == "allow"
 
 
-@pytest.mark.parametrize("content_type", [et.APPLICATION_DATA, et.ALERT], ids=["application-data", "alert"])
-def test_non_handshake_record_first_is_tunnelled_to_the_judged_destination(proxy, servers, log, content_type):
-    """Not TLS to geoblock: raw TCP to the destination the CONNECT was judged on (allowed here); the
-    server answers its own alert. No name was shown, so only the connect record exists."""
+@pytest.mark.parametrize("first", [
+    et.record(et.ALERT, b"\x01\x5a"),  # warning, user_canceled: a server may skip it (Go's crypto/tls does)
+    et.record(et.APPLICATION_DATA, b"x" * 20),
+    et.record(0x14, b"\x01"),  # change_cipher_spec
+    et.record(0x18, b"\x01\x00\x10" + b"h" * 32),  # heartbeat
+], ids=["warning-alert", "application-data", "change-cipher-spec", "heartbeat"])
+def test_a_tls_record_before_the_client_hello_is_refused_and_nothing_dialled(proxy, servers, log, first):
+    """A TLS record that is not a handshake, then a ClientHello for a listed name, through an allowed
+    CONNECT: no client sends such a record first, and a server may skip it and serve the name. Before,
+    geoblock relayed the stream as one that shows no name (`unreadable`: log) and the listed SNI went
+    to the server unjudged. Now it is TLS to geoblock, and refused as a malformed ClientHello."""
     s = servers["https2"]
     sock = tunnel(proxy, f"127.0.0.2:{s.port}")
     with sock:
-        record, _ = tls_first_record(sock, [et.record(content_type, b"\x02\x28" if content_type == et.ALERT else b"x" * 20)])
-    assert record[:1] == b"\x15" and record != et.ACCESS_DENIED_ALERT  # the server's alert, not geoblock's
-    assert s.connections == 1
-    assert log.wait(stage="connect")["action"] == "allow"
-    log.none(stage="tls")
+        assert_denied(tls_first_record(sock, [first + hello(b"binance.com").records()]))
+    assert s.connections == 0
+    rec = log.wait(stage="tls")
+    assert rec["action"] == "block" and rec["error"].startswith("MalformedClientHello"), rec
+    assert "malformed TLS ClientHello" in rec["reason"]
+    log.none(stage="stream")
 
 
 @pytest.mark.parametrize("payload", [

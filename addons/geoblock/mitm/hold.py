@@ -34,10 +34,27 @@ def may_be_client_hello(data: bytes) -> bool:
     return bool(data) and data[0] == 0x16 and (len(data) < 2 or data[1] == 0x03)
 
 
+# The TLS record content types other than handshake (RFC 8446 section 5.1; heartbeat: RFC 6520): no
+# client sends one before its ClientHello, and a server may skip one (Go's crypto/tls drops a warning
+# alert), so a stream that opens with one is TLS to geoblock, whose ClientHello it cannot judge there.
+_OTHER_RECORDS = frozenset({0x14, 0x15, 0x17, 0x18})  # change_cipher_spec, alert, application_data, heartbeat
+
+
+def starts_like_other_record(data: bytes) -> bool:
+    """Whether `data` may be (the start of) a TLS record that is not a handshake: a content type of
+    `_OTHER_RECORDS`, then 0x03 (RFC 8446 section 5.1)."""
+    return bool(data) and data[0] in _OTHER_RECORDS and (len(data) < 2 or data[1] == 0x03)
+
+
 def stream_state(data: bytes) -> str:
-    """What a stream's first bytes show: "tls" (a whole ClientHello, or a handshake record mitmproxy
-    cannot read as one), observe.LINE (a whole first line), observe.MORE (still incomplete) or
-    observe.OTHER (neither TLS nor the start of an HTTP request line)."""
+    """What a stream's first bytes show: "tls" (a whole ClientHello, a handshake record mitmproxy
+    cannot read as one, or a TLS record of another type where the ClientHello should be: the TLS
+    judgement refuses those, on_error), observe.LINE (a whole first line), observe.MORE (still
+    incomplete) or observe.OTHER (neither TLS nor the start of an HTTP request line)."""
+    if starts_like_other_record(data):
+        # before: relayed as a stream that shows no name (policy `unreadable`, log by default), so a
+        # warning alert in front of a ClientHello took a listed SNI to a server that skips the alert
+        return MORE if len(data) < 2 else TLS
     if may_be_client_hello(data):
         if len(data) < 3:
             return MORE
@@ -119,7 +136,7 @@ class HoldFirstBytes(layer.Layer):
 
 
 __all__ = ["HoldFirstBytes", "LIMIT", "LINE", "MORE", "OTHER", "Replayed", "TLS", "may_be_client_hello",
-           "stream_state"]
+           "starts_like_other_record", "stream_state"]
 
 
 def must_hold(shows: str, data: bytes) -> bool:

@@ -267,7 +267,8 @@ class LayerJudge:
     def refuse(self, nextlayer: mlayer.NextLayer, verdict: Verdict) -> None:
         """A layer choice: a TLS alert for what may be a ClientHello, else the connection closed."""
         self.judging.sessions.of(nextlayer.context.client).blocked = verdict
-        tls = hold.may_be_client_hello(nextlayer.data_client())
+        first = nextlayer.data_client()
+        tls = hold.may_be_client_hello(first) or hold.starts_like_other_record(first)
         nextlayer.layer = (enforce.DenyTLS if tls else enforce.DenyStream)(nextlayer.context)
 
     def refuse_hello(self, data: mtls.ClientHelloData, verdict: Verdict) -> None:
