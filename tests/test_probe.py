@@ -249,6 +249,50 @@ def test_leak_through_a_proxy_that_does_not_judge(loopback, tmp_path):
     check_digest(out)
 
 
+def test_a_proxy_that_refuses_for_another_reason_is_no_evidence_of_a_block(loopback, tmp_path):
+    """A proxy that wants credentials (407) or cannot reach the service (502) refused no destination: every
+    try is "failed", none "enforced" (before, any answer to the CONNECT but 2xx counted as a block)."""
+    lst = tmp_path / "one.txt"
+    lst.write_text("binance.com\n")
+    with Mitmdump(tmp_path / "auth", {"proxyauth": "u:p"}, with_geoblock=False) as auth:
+        out = tmp_path / "auth.jsonl"
+        args = loopback_args(loopback, out, "--techniques", "tls-sni,http-host,tls-split-records,sni-case")
+        args[0], args[args.index("--proxy") + 1] = str(lst), f"127.0.0.1:{auth.port}"
+        r = probe(*args)
+    run, tries, end = read_lines(out)
+    assert r.returncode == 3 and end["counts"] == {"failed": 12}, r.stderr + table(tries)  # 3 names x 4
+    assert "geoblock probe: no try was made" in r.stderr
+    assert all(t["http_status"] == 407 and "not a refusal" in t["detail"] for t in tries), table(tries)
+    with Mitmdump(tmp_path / "bare", {}, with_geoblock=False) as bare:  # nothing listens on the port asked
+        out = tmp_path / "down.jsonl"
+        args = loopback_args(loopback, out, "--techniques", "tls-sni,http-host", "--tls-port", str(free_port()),
+                             "--http-port", str(free_port()))
+        args[0], args[args.index("--proxy") + 1] = str(lst), f"127.0.0.1:{bare.port}"
+        r = probe(*args)
+    run, tries, end = read_lines(out)
+    assert end["counts"] == {"failed": 6} and {t["http_status"] for t in tries} == {502}, r.stderr + table(tries)
+
+
+def test_an_intercepting_gateways_own_handshake_is_not_a_leak(loopback, tmp_path, rules_dir, geo_dir):
+    """geoblock_intercept: the gateway completes the TLS handshake itself and answers the 451 page. The
+    spelling and split-record techniques complete the handshake and check the certificate, so they see the
+    gateway's page (enforced), not a ServerHello they took for the service's (a false leak before)."""
+    opts = {"geoblock_rules": rules_dir, "geoblock_country_db": geo_dir / "GeoLite2-Country.mmdb",
+            "geoblock_asn_db": geo_dir / "GeoLite2-ASN.mmdb", "geoblock_log": tmp_path / "d.jsonl",
+            "geoblock_rdap": False, "geoblock_intercept": True, "ssl_verify_upstream_trusted_ca": loopback["pki"].ca_pem}
+    with Mitmdump(tmp_path / "intercepting", opts) as gw:
+        out = tmp_path / "probe.jsonl"
+        args = loopback_args(loopback, out, "--techniques", "tls-sni,tls-split-records,sni-case,sni-trailing-dot")
+        args[args.index("--proxy") + 1] = f"127.0.0.1:{gw.port}"
+        r = probe(*args)
+    run, tries, end = read_lines(out)
+    found = by_name(tries)
+    for technique in ("tls-sni", "tls-split-records", "sni-case", "sni-trailing-dot"):
+        t = found[("binance.com", technique)]
+        assert (t["finding"], t["how"], t["rule"]) == ("enforced", "http-451", "offshore-crypto-exchanges"), table(tries)
+    assert end["leaks"] == 0 and r.returncode == 0, r.stderr + table(tries)
+
+
 def test_killed_probe_keeps_every_line_written(loopback, tmp_path):
     """Each line is flushed as its try finishes: a probe interrupted (Ctrl-C) in the middle of a try that
     hangs (a server that accepts TCP and never answers) leaves the run line and the finished tries, each
@@ -359,7 +403,7 @@ def test_rules_directory_as_names(rules_dir, tmp_path):
     r = probe(str(rules_dir), "--techniques", "connect-name", "--sample", "3", "--seed", "1", "--rate", "1000",
               "-o", str(out))
     run, tries, end = read_lines(out)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 3 and "no try was made" in r.stderr, r.stderr  # nothing applicable: nothing shown
     assert run["names_total"] > 10 and len(tries) == 3
     assert os.path.basename(run["names_source"]) == rules_dir.name
 

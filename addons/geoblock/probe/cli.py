@@ -7,7 +7,8 @@
                    [-o OUT.jsonl] [--html OUT.html]
 
 Exit status: 0 no leak, 1 at least one leak (a listed name reached), 2 a usage or input error (one line on
-stderr naming the file:line or value), 130 interrupted (Ctrl-C: the lines written so far stay). Progress
+stderr naming the file:line or value), 3 no try was made (every one failed or was not applicable: a wrong
+--proxy, no address for any name), 130 interrupted (Ctrl-C: the lines written so far stay). Progress
 and the summary (leaks first) go to stderr.
 """
 
@@ -190,7 +191,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
             _say(f"geoblock probe: no page written: {exc}")
         else:
             _say(f"probe: page {args.html}")
-    return 1 if summary.leaks else 0
+    if summary.leaks:
+        return 1
+    if not any(summary.counts.get(k) for k in ("enforced", "leak", "inconclusive", "reached", "overblocked")):
+        # no try got an answer either way (a wrong --proxy, no address for any name, every service down)
+        _say("geoblock probe: no try was made (every one failed or was not applicable): nothing is shown "
+             "either way; see the details in the evidence")
+        return 3
+    return 0
 
 
 def add_parser(sub: Any) -> None:

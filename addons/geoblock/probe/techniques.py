@@ -185,11 +185,18 @@ def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     return int(parts[1]), headers
 
 
+# The answers to a CONNECT that refuse the destination: 451 Unavailable For Legal Reasons (RFC 7725, what
+# geoblock answers) and 403 Forbidden (what Squid's http_access deny and most proxies answer). Any other
+# failure (407 Proxy Authentication Required, 502 Bad Gateway, 503, 504) says the try was not made.
+REFUSALS = frozenset({451, 403})
+GATEWAY_ERRORS = frozenset({502, 503, 504})  # Bad Gateway, Service Unavailable, Gateway Timeout
+
+
 def open_stream(host: str, port: int, opts: Options, authority: str | None = None) -> tuple[socket.socket, str]:
     """A TCP stream to host:port, through the proxy's CONNECT to `authority` (default host:port) when
     there is one: (socket with TCP_NODELAY and the timeout, "ip:port" of the destination). Raises Stop:
-    blocked/connect-451 (a 451 to the CONNECT, with its rule), blocked/connect-refused (another non-2xx),
-    or the network failure."""
+    blocked/connect-451 (a 451 to the CONNECT, with its rule), blocked/connect-refused (a 403),
+    failed/error (another non-2xx: 407, 5xx), or the network failure."""
     where = authority or _hostport(host, port)
     try:
         if opts.proxy is None:
@@ -216,6 +223,12 @@ def open_stream(host: str, port: int, opts: Options, authority: str | None = Non
             raise Stop(Try("blocked", "closed", f"CONNECT {where}: the proxy closed without an answer")) from None
         if not 200 <= status < 300:
             sock.close()
+            if status not in REFUSALS:
+                # not a refusal of the destination: the proxy wants credentials (407), could not reach the
+                # service (502, 503, 504) or failed otherwise; nothing was tried, so nothing was enforced
+                raise Stop(Try("failed", "error", f"CONNECT {where}: the proxy answered {status}, which is not a "
+                                                  f"refusal (451, 403): the try could not be made",
+                               http_status=status))
             how = "connect-451" if status == 451 else "connect-refused"
             raise Stop(Try("blocked", how, f"CONNECT {where}: the proxy answered {status}",
                            rule=headers.get("x-geoblock-rule"), http_status=status))
@@ -233,7 +246,8 @@ def tls_context(opts: Options, verify: bool = True) -> ssl.SSLContext:
 
 def http_exchange(sock: socket.socket, request: bytes | list[bytes], pause: float = 0.0) -> Try:
     """Send `request` (one buffer, or segments with `pause` seconds between them) and read the answer:
-    451 -> blocked/http-451 (rule from x-geoblock-rule); another status -> reached/http-answer."""
+    451 -> blocked/http-451 (rule from x-geoblock-rule); 502, 503, 504 -> failed/error (no answer of the
+    service came through); another status -> reached/http-answer."""
     try:
         for i, part in enumerate([request] if isinstance(request, bytes) else request):
             if i and pause:
@@ -242,6 +256,11 @@ def http_exchange(sock: socket.socket, request: bytes | list[bytes], pause: floa
         head = read_head(sock)
     except OSError as exc:
         return network_failure(exc, "HTTP request")
+    return _http_result(head)
+
+
+def _http_result(head: bytes) -> Try:
+    """What an HTTP answer's head (empty: none came) says (see http_exchange)."""
     if not head:
         return Try("blocked", "closed", "the connection closed without an HTTP answer")
     try:
@@ -251,6 +270,11 @@ def http_exchange(sock: socket.socket, request: bytes | list[bytes], pause: floa
     if status == 451:
         return Try("blocked", "http-451", "HTTP 451 (the block page)", rule=headers.get("x-geoblock-rule"),
                    http_status=status)
+    if status in GATEWAY_ERRORS:
+        # a proxy's or gateway's own answer that it could not reach the service (RFC 9110 section 15.6):
+        # neither the service's content nor a refusal
+        return Try("failed", "error", f"HTTP {status}: a gateway on the path could not get an answer from the "
+                                      f"service; not an answer of the service", http_status=status)
     return Try("reached", "http-answer", f"HTTP {status}", http_status=status)
 
 
@@ -262,10 +286,10 @@ def tls_handshake(sock: socket.socket, name: str, opts: Options, sent: str | Non
     try:
         with tls_context(opts).wrap_socket(sock, server_hostname=sent) as tls:
             version = tls.version()
-        return Try("reached", "handshake", f"TLS handshake completed ({version}), certificate verified for {name}",
+        return Try("reached", "handshake", f"TLS handshake completed ({version}), certificate verified for {sent}",
                    sent_name=sent)
     except ssl.SSLCertVerificationError as exc:
-        return Try("failed", "error", f"TLS handshake: the certificate does not verify for {name}: "
+        return Try("failed", "error", f"TLS handshake: the certificate does not verify for {sent}: "
                    f"{exc.verify_message} (an intercepting gateway's own certificate?)", sent_name=sent)
     except OSError as exc:
         result = network_failure(exc, "TLS handshake")
@@ -357,14 +381,22 @@ def dns_lookup(target: Target, opts: Options) -> Try:
 
 def tls_sni(target: Target, opts: Options) -> Try:
     """TLS (RFC 8446) to the name's address with SNI = the name, certificate verified for it."""
+    return _tls_spelled(target, opts, _a_label(target.name))
+
+
+def _tls_spelled(target: Target, opts: Options, sent: str) -> Try:
+    """A whole TLS handshake (Python's ssl, which sends `sent` as the SNI byte for byte) to the name's
+    address, the certificate verified for `sent`: completed -> reached/handshake. A certificate that does
+    not verify (an intercepting gateway's own, or one for the name without the spelling) -> the same
+    without verification and one GET: 451 -> blocked/http-451 (the gateway's page); another answer ->
+    reached/http-answer (content came through, the detail says the certificate did not verify)."""
     sock, address = _stream(target, opts, opts.tls_port)
-    result = tls_handshake(sock, target.name, opts)
+    result = tls_handshake(sock, target.name, opts, sent=sent)
     result.address = address
     if result.outcome == "failed" and "does not verify" in result.detail:
-        # an intercepting gateway's own certificate: its block page says whether it blocked
         sock2, _ = _stream(target, opts, opts.tls_port)
         try:
-            with tls_context(opts, verify=False).wrap_socket(sock2, server_hostname=_a_label(target.name)) as tls:
+            with tls_context(opts, verify=False).wrap_socket(sock2, server_hostname=sent) as tls:
                 tls.settimeout(opts.timeout)
                 answer = http_exchange(tls, _get(_a_label(target.name)))
         except OSError as exc:
@@ -373,7 +405,7 @@ def tls_sni(target: Target, opts: Options) -> Try:
             # 451: the intercepting gateway's block page; another answer: the service's content came through
             # the interception (reached, though not with the service's own certificate)
             answer.detail = f"{result.detail}; without verification: {answer.detail}"
-            answer.address, answer.sent_name = address, _a_label(target.name)
+            answer.address, answer.sent_name = address, sent
             return answer
         result.detail += f"; without verification: {answer.detail}"
     return result
@@ -455,26 +487,114 @@ def _hello_for(sent: str) -> th.Hello:
 
 def tls_split_records(target: Target, opts: Options) -> Try:
     """The ClientHello fragmented over TLS records of 20 bytes (RFC 8446 section 5.1) and each record in
-    its own TCP segment, 10 ms apart."""
-    records = _hello_for(_a_label(target.name)).records(fragment=20)
+    its own TCP segment, 10 ms apart, then the handshake completed and the certificate verified: a
+    handshake's transcript is its messages, not their records (RFC 8446 section 4.4.1), so Python's ssl
+    goes on from the re-framed hello. Completed -> reached/handshake; an alert -> blocked/tls-alert; a
+    certificate that does not verify -> the same split without verification and one GET (as tls-sni)."""
+    sent = _a_label(target.name)
+    sock, address = _stream(target, opts, opts.tls_port)
+    with sock:
+        result = _split_handshake(sock, sent, opts, verify=True)
+    if result.outcome == "failed" and "does not verify" in result.detail:
+        sock2, _ = _stream(target, opts, opts.tls_port)
+        with sock2:
+            answer = _split_handshake(sock2, sent, opts, verify=False)
+        answer.detail = f"{result.detail}; without verification: {answer.detail}"
+        result = answer if answer.how in ("http-451", "http-answer") else result
+    result.address, result.sent_name = address, sent
+    return result
+
+
+def _split_handshake(sock: socket.socket, sent: str, opts: Options, verify: bool) -> Try:
+    """The handshake of tls_split_records on `sock` (an ssl.SSLObject over memory BIOs, the first flight
+    re-framed); with `verify` False, one GET over it once it completes."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = tls_context(opts, verify=verify).wrap_bio(incoming, outgoing, server_hostname=sent)
+    first = True
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            flight = outgoing.read()
+            if flight and first:
+                for i, part in enumerate(_reframed(flight, 20)):
+                    if i:
+                        time.sleep(0.01)
+                    sock.sendall(part)
+                first = False
+            elif flight:
+                sock.sendall(flight)
+            if done:
+                break
+            data = sock.recv(65536)
+            if not data:
+                return Try("blocked", "closed", "the connection closed during the TLS handshake")
+            if first is False and data[:1] == bytes([th.ALERT]) and len(data) >= 7 and not tls.version():
+                return Try("blocked", "tls-alert", f"TLS alert {alert_name(data[6])}", tls_alert=data[6])
+            incoming.write(data)
+    except ssl.SSLCertVerificationError as exc:
+        return Try("failed", "error", f"TLS handshake: the certificate does not verify for {sent}: "
+                   f"{exc.verify_message} (an intercepting gateway's own certificate?)")
+    except ssl.SSLError as exc:
+        return Try("blocked", "tls-alert", f"TLS handshake refused: {exc.reason or exc}")
+    except OSError as exc:
+        return network_failure(exc, "TLS handshake")
+    if verify:
+        return Try("reached", "handshake", f"TLS handshake completed ({tls.version()}) from a ClientHello split "
+                                           f"over records, certificate verified for {sent}")
+    tls.write(_get(sent))
+    sock.sendall(outgoing.read())
+    answer = b""
+    try:
+        while b"\r\n\r\n" not in answer:
+            try:
+                answer += tls.read(65536)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            data = sock.recv(65536)
+            if not data:
+                break
+            incoming.write(data)
+    except (OSError, ssl.SSLError) as exc:
+        return network_failure(exc, "HTTP over TLS")
+    return _http_result(answer)
+
+
+def _reframed(flight: bytes, size: int) -> list[bytes]:
+    """The handshake records of `flight` (a client's first flight: its ClientHello) as records of at most
+    `size` bytes of the same handshake message, byte for byte (RFC 8446 section 5.1 lets a handshake
+    message span records), with the flight's record version."""
+    message = b"".join(record[5:] for record in _records_of(flight) if record[0] == th.HANDSHAKE)
+    version = flight[1:3]
+    return [bytes([th.HANDSHAKE]) + version + struct.pack("!H", len(message[i:i + size])) + message[i:i + size]
+            for i in range(0, len(message), size)]
+
+
+def _records_of(data: bytes) -> list[bytes]:
+    """TLS records `data` holds, one bytes each (for sending each in its own TCP segment)."""
     parts, i = [], 0
-    while i < len(records):
-        n = 5 + struct.unpack("!H", records[i + 3:i + 5])[0]
-        parts.append(records[i:i + n])
+    while i < len(data):
+        n = 5 + struct.unpack("!H", data[i + 3:i + 5])[0]
+        parts.append(data[i:i + n])
         i += n
-    return _raw_hello(target, opts, parts, _a_label(target.name), pause=0.01)
+    return parts
 
 
 def sni_case(target: Target, opts: Options) -> Try:
-    """SNI in mixed case (DNS names compare case-insensitively, RFC 4343): BiNaNcE.CoM."""
+    """SNI in mixed case (DNS names compare case-insensitively, RFC 4343): BiNaNcE.CoM, in a whole
+    handshake (the certificate is checked, so an intercepting gateway's answer is told from the service's)."""
     sent = "".join(c.upper() if i % 2 == 0 else c.lower() for i, c in enumerate(_a_label(target.name)))
-    return _raw_hello(target, opts, _hello_for(sent).records(), sent)
+    return _tls_spelled(target, opts, sent)
 
 
 def sni_trailing_dot(target: Target, opts: Options) -> Try:
-    """SNI with a trailing dot (the absolute form; RFC 6066 section 3 forbids it, servers differ)."""
-    sent = _a_label(target.name).rstrip(".") + "."
-    return _raw_hello(target, opts, _hello_for(sent).records(), sent)
+    """SNI with a trailing dot (the absolute form; RFC 6066 section 3 forbids it, servers differ), in a
+    whole handshake."""
+    return _tls_spelled(target, opts, _a_label(target.name).rstrip(".") + ".")
 
 
 def _a_label(name: str) -> str:
@@ -491,7 +611,7 @@ def sni_idna(target: Target, opts: Options) -> Try:
     if "xn--" not in a_label.lower():
         return Try("not-applicable", "not-applicable", "an ASCII name has no IDNA form")
     sent = ".".join("XN--" + label[4:] if label.lower().startswith("xn--") else label for label in a_label.split("."))
-    return _raw_hello(target, opts, _hello_for(sent).records(), sent)
+    return _tls_spelled(target, opts, sent)
 
 
 def ech(target: Target, opts: Options) -> Try:
