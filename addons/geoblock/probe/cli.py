@@ -130,6 +130,10 @@ def build_plan(args: argparse.Namespace) -> Plan:
         host, port = parse_hostport(args.control, "--control")
         control, label = Options(**{**vars(opts), "proxy": (host, port)}), f"{host}:{port}"
     targets = [Target(n, resolve.get(n, ()), "blocked") for n in listed]
+    both = sorted(set(listed) & set(allowed))
+    if both:  # the list decides: a name it holds is expected blocked
+        _say(f"geoblock probe: {', '.join(both[:5])}{' ...' if len(both) > 5 else ''} given with --allowed and "
+             f"in the list: tried as listed (expected blocked)")
     targets += [Target(n, resolve.get(n, ()), "reached") for n in dict.fromkeys(allowed) if n not in set(listed)]
     return Plan(targets, techniques, opts, names_source=args.names, names_total=total, control=control,
                 control_file=control_file, control_label=label, concurrency=args.concurrency, rate=args.rate,
@@ -223,9 +227,12 @@ def add_parser(sub: Any) -> None:
                    help="an address a blocking resolver answers with")
     p.add_argument("--ca", help="a PEM file of trusted CAs (default: the system's)")
     p.add_argument("--nat64-prefix", help="the network's NAT64 prefix (e.g. 64:ff9b::/96)")
-    p.add_argument("--doh", action="append", metavar="URL", help="a DNS-over-HTTPS URL (repeatable)")
+    p.add_argument("--doh", action="append", metavar="URL",
+                   help="a DNS-over-HTTPS URL (repeatable); default: the public resolvers "
+                        + ", ".join(DEFAULT_DOH) + " (the doh technique asks them: leave it out with --techniques)")
     p.add_argument("--dot", action="append", default=[], metavar="IP",
-                   help="a DNS-over-TLS resolver, IP or IP:PORT (repeatable)")
+                   help="a DNS-over-TLS resolver, IP or IP:PORT (repeatable); default: the public resolvers "
+                        + ", ".join(DEFAULT_DOT) + " on port 853")
     p.add_argument("--status", help="the gateway's /status URL, recorded in the run line")
     p.add_argument("--tls-port", type=int, default=443, help="the services' TLS port (default 443)")
     p.add_argument("--http-port", type=int, default=80, help="the services' HTTP port (default 80)")
