@@ -38,9 +38,10 @@ from geoblock.core.lists import read_list
 from geoblock.core.rules import load_rules
 from geoblock.probe.evidence import write_digest
 from geoblock.probe.techniques import TECHNIQUES, Options, Target, Try, attempt
+from geoblock.errors import GeoblockError
 
 
-class ProbeInputError(ValueError):
+class ProbeInputError(GeoblockError, ValueError):
     """Bad input for the probe (a missing or bad list, a bad option value): one line for the user."""
 
 

@@ -38,6 +38,7 @@ import dns.rdatatype
 import dns.resolver
 
 from geoblock.probe import hello as th
+from geoblock.errors import GeoblockError
 
 TLS_ALERTS: dict[str, int] = {  # OpenSSL's reason names of received alerts -> the code (RFC 8446 section 6)
     "CLOSE_NOTIFY": 0, "UNEXPECTED_MESSAGE": 10, "BAD_RECORD_MAC": 20, "HANDSHAKE_FAILURE": 40,
@@ -110,8 +111,9 @@ class Try:
     duration_s: float = 0.0
 
 
-class Stop(Exception):
-    """A try ended before its goal: carries the finished `Try` (a refusal, a reset...)."""
+class Stop(GeoblockError):
+    """A try ended before its goal: carries the finished `Try` (a refusal, a reset...). Caught by
+    `attempt`, never seen outside this module."""
 
     def __init__(self, result: Try) -> None:
         super().__init__(result.detail)
