@@ -36,9 +36,9 @@ from typing import Any, TextIO
 from geoblock import __version__
 from geoblock.core.lists import read_list
 from geoblock.core.rules import load_rules
+from geoblock.errors import GeoblockError
 from geoblock.probe.evidence import write_digest
 from geoblock.probe.techniques import TECHNIQUES, Options, Target, Try, attempt
-from geoblock.errors import GeoblockError
 
 
 class ProbeInputError(GeoblockError, ValueError):

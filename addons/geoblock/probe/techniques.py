@@ -37,8 +37,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
-from geoblock.probe import hello as th
 from geoblock.errors import GeoblockError
+from geoblock.probe import hello as th
 
 TLS_ALERTS: dict[str, int] = {  # OpenSSL's reason names of received alerts -> the code (RFC 8446 section 6)
     "CLOSE_NOTIFY": 0, "UNEXPECTED_MESSAGE": 10, "BAD_RECORD_MAC": 20, "HANDSHAKE_FAILURE": 40,
