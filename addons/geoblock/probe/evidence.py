@@ -147,11 +147,7 @@ def read(path: str | os.PathLike[str]) -> Evidence:
     field for a line that is not JSON, not an object, of an unknown or misplaced record, missing a field,
     or an end line whose totals disagree; or naming the file when it cannot be read or is empty."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.__class__.__name__
-        raise EvidenceError(f"{p}: cannot read ({why})") from None
+    text = _text_of(p, "cannot read")
     evidence: Evidence | None = None
     for number, line in enumerate(text.splitlines(), 1):
         where = f"{p}:{number}"
@@ -209,15 +205,20 @@ def write_digest(path: str | os.PathLike[str]) -> Path:
     return side
 
 
+def _text_of(path: Path, failing: str) -> str:
+    """The UTF-8 text of `path`; EvidenceError "<path>: <failing> (<why>)" when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.__class__.__name__
+        raise EvidenceError(f"{path}: {failing} ({why})") from None
+
+
 def recorded_digest(path: str | os.PathLike[str]) -> str:
     """The hex digest the sidecar of `path` records (lowercase). EvidenceError when the sidecar is missing,
     unreadable, or not one `sha256sum` line naming `path`'s file."""
     side = sidecar(path)
-    try:
-        text = side.read_text(encoding="utf-8")
-    except (OSError, UnicodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.__class__.__name__
-        raise EvidenceError(f"{side}: cannot read the digest ({why})") from None
+    text = _text_of(side, "cannot read the digest")
     lines = text.splitlines()
     match = _SHA256_LINE.match(lines[0]) if len(lines) == 1 else None
     if match is None:
