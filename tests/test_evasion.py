@@ -1380,7 +1380,11 @@ def test_stream_state_unit():
         assert hold.stream_state(whole[:cut]) == hold.MORE, cut
     assert hold.stream_state(et.record(et.HANDSHAKE, b"\x02\x00\x00\x04\x03\x03\x00\x00")) == hold.TLS
     assert hold.stream_state(b"GET / HTTP/1.1\r\n") == hold.LINE
-    assert hold.stream_state(b"\x17\x03\x03\x00\x01x") == hold.OTHER
+    # a TLS record of another type where a ClientHello should be: TLS to geoblock (refused there, on_error)
+    assert hold.stream_state(b"\x17\x03\x03\x00\x01x") == hold.TLS
+    assert hold.stream_state(b"\x15") == hold.MORE and hold.stream_state(b"\x15\x03") == hold.TLS
+    assert hold.stream_state(b"\x17\x04\x03") == hold.OTHER  # not TLS framing: a stream with no name
+    assert hold.stream_state(b"\x00\x01\x02\x03") == hold.OTHER
 
 
 # ============================================================== 9. transparent gateway: Host vs destination
