@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from geoblock.probe.evidence import FINDINGS, Evidence, digest_file, read
-from geoblock.tools.report import _CONTROL, _CSS, _svg
+from geoblock.tools.report import CONTROL_CHARS, CSS, svg_chart
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 """The page's Content-Security-Policy: the same as `geoblock report`'s (nothing fetched, no script)."""
@@ -79,7 +79,7 @@ def _e(value: Any) -> str:
     """A value from the file as HTML text: escaped, control characters shown as U+FFFD, None as "–"."""
     if value is None:
         return "–"
-    return html.escape(_CONTROL.sub("\ufffd", str(value)))
+    return html.escape(CONTROL_CHARS.sub("\ufffd", str(value)))
 
 
 def _header(ev: Evidence, digest: str) -> str:
@@ -157,14 +157,14 @@ def _chart(ev: Evidence, techniques: list[str]) -> str:
                 ax.barh(ys, xs, left=left, color=STYLE[finding][0], label=STYLE[finding][2],
                         edgecolor="#555", linewidth=.4)
                 left = [a + b for a, b in zip(left, xs, strict=True)]
-        ax.set_yticks(ys, [_CONTROL.sub("\ufffd", t) for t in techniques])
+        ax.set_yticks(ys, [CONTROL_CHARS.sub("\ufffd", t) for t in techniques])
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tries are counted, never halved
         ax.set_xlabel("tries through the gateway")
         ax.legend(loc="lower right", frameon=False, ncols=4, fontsize=8, bbox_to_anchor=(1, 1))
         ax.spines[["top", "right"]].set_visible(False)
-    return _svg(draw, 1.2 + 0.25 * len(techniques))
+    return svg_chart(draw, 1.2 + 0.25 * len(techniques))
 
 
 def _legend() -> str:
@@ -234,7 +234,7 @@ def render(evidence: Evidence, digest: str) -> str:
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{CSP}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>geoblock probe {_e(ev.run['run_id'])}: {verdict}</title><style>{_CSS}{_PAGE_CSS}</style></head>
+<title>geoblock probe {_e(ev.run['run_id'])}: {verdict}</title><style>{CSS}{_PAGE_CSS}</style></head>
 <body><h1>geoblock probe: <span class="verdict f-{verdict_finding}">{verdict}</span></h1>
 <p>{len(ev.gateway_tries):,} tries through the gateway ({_e(summary) or "none"}){on_control}.</p>
 {_header(ev, digest)}

@@ -519,7 +519,7 @@ def _score_chart(candidates: Sequence[Candidate]) -> str:
         ax.set_xlabel("score (the signals it counts)")
         ax.legend(loc="lower right", frameon=False)
         ax.spines[["top", "right"]].set_visible(False)
-    return report._svg(draw, 0.8 + 0.28 * len(candidates))
+    return report.svg_chart(draw, 0.8 + 0.28 * len(candidates))
 
 
 def render_html(found: Discovery) -> str:
@@ -559,7 +559,7 @@ def render_html(found: Discovery) -> str:
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>geoblock discover {e(period)}</title><style>{report._CSS} td ul {{ margin: 0; padding-left: 1.1em; }}
+<title>geoblock discover {e(period)}</title><style>{report.CSS} td ul {{ margin: 0; padding-left: 1.1em; }}
 td.signals {{ min-width: 26em; }} td.when {{ white-space: nowrap; }}
 body {{ max-width: 80em; }}</style></head>
 <body><h1>geoblock discover: platforms not listed yet</h1>

@@ -51,7 +51,7 @@ LOST_ROWS = 100  # rows of the lost-records table (the totals count them all)
 ACTIONS = ("block", "log", "allow")
 COLOURS = {"block": "#c0392b", "log": "#e6a23c", "allow": "#7fa87f"}
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # shown as U+FFFD on a page (also discover's and the probe's)
 EARLIEST, LATEST = "1970-01-01", "2200-01-01"  # the times a decision record may carry (UTC)
 
 # Every field the report reads, with the type it is read as (read_json's `columns`): a value of another
@@ -468,7 +468,8 @@ def write_html(report: Report, out: Path) -> list[Path]:
 WRITERS: dict[str, Callable[[Report, Path], list[Path]]] = {"html": write_html, "csv": write_csv, "json": write_json}
 DEFAULT_OUT = {"html": "report.html", "csv": "report-csv", "json": "report.json"}
 
-_CSS = """
+# the pages' style: this report's, geoblock discover's and the probe's (probe/page.py)
+CSS = """
 body { font: 15px/1.45 "DejaVu Sans", Helvetica, Arial, sans-serif; color: #222; max-width: 60em; margin: 1.5em auto;
        padding: 0 1em; }
 h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
@@ -484,7 +485,7 @@ dt { font-weight: bold; } dd { margin: 0; }
 """
 
 
-def _svg(draw: Callable[[Any], None], height: float) -> str:
+def svg_chart(draw: Callable[[Any], None], height: float) -> str:
     """A matplotlib figure drawn by `draw(axes)`, as inline SVG text (text kept as text, no ids that
     change from run to run)."""
     from matplotlib import rc_context
@@ -521,8 +522,8 @@ def _bar_chart(table: Table, label: str, value: str, colour: str, xlabel: str) -
     if not rows:
         return ""
     # a label is text a client may have chosen: control characters (no glyph in any font) shown as U+FFFD
-    labels = [_CONTROL.sub("\ufffd", str(r[label])) if r[label] is not None else "(none)" for r in rows]
-    return _svg(_bars(labels, [int(r[value]) for r in rows], colour, xlabel), 0.6 + 0.28 * len(rows))
+    labels = [CONTROL_CHARS.sub("\ufffd", str(r[label])) if r[label] is not None else "(none)" for r in rows]
+    return svg_chart(_bars(labels, [int(r[value]) for r in rows], colour, xlabel), 0.6 + 0.28 * len(rows))
 
 
 def _time_chart(report: Report) -> str:
@@ -545,7 +546,7 @@ def _time_chart(report: Report) -> str:
         ax.set_ylabel(f"decisions per {report.summary['bucket']}")
         ax.legend(loc="upper left", frameon=False, ncols=3)
         ax.spines[["top", "right"]].set_visible(False)
-    return _svg(draw, 3.4)
+    return svg_chart(draw, 3.4)
 
 
 def _cell(value: Any, column: str) -> str:
@@ -612,7 +613,7 @@ def render_html(report: Report) -> str:
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>geoblock report {e(period)}</title><style>{_CSS}</style></head>
+<title>geoblock report {e(period)}</title><style>{CSS}</style></head>
 <body><h1>geoblock report</h1>
 <dl><dt>period</dt><dd>{e(period)}</dd>
 <dt>decisions</dt><dd>{s['records']:,} ({e(by)})</dd>
